@@ -1,0 +1,82 @@
+//! The client behind `llmgate chat`: stream one completion to a terminal,
+//! so a newcomer can see the gateway work end to end.
+
+use std::io::Write;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use crate::proto::llm_service_client::LlmServiceClient;
+use crate::proto::{CompleteRequest, Message};
+
+/// Streams a completion of `prompt` from the gateway at `addr` to `out`,
+/// then writes usage to `summary`.
+pub async fn chat(
+    addr: &str,
+    model: &str,
+    prompt: &str,
+    max_tokens: i32,
+    timeout: Duration,
+    out: &mut dyn Write,
+    summary: &mut dyn Write,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let mut client = LlmServiceClient::connect(url).await?;
+    let mut request = tonic::Request::new(CompleteRequest {
+        model: model.to_string(),
+        messages: vec![Message {
+            role: "user".into(),
+            content: prompt.to_string(),
+        }],
+        max_tokens,
+        ..Default::default()
+    });
+    request.set_timeout(timeout);
+    let mut stream = client
+        .complete_stream(request)
+        .await
+        .map_err(describe)?
+        .into_inner();
+    let mut printed = false;
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(status) => {
+                if printed {
+                    writeln!(out)?;
+                }
+                return Err(describe(status).into());
+            }
+        };
+        printed |= !chunk.token.is_empty();
+        out.write_all(chunk.token.as_bytes())?;
+        out.flush()?;
+        if chunk.done {
+            writeln!(out)?;
+            let usage = chunk.usage.unwrap_or_default();
+            writeln!(
+                summary,
+                "[model {}, finish {}, {} tokens in, {} out]",
+                chunk.model, chunk.finish_reason, usage.input_tokens, usage.output_tokens
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// A status as one readable line: `DEADLINE_EXCEEDED: ...`.
+fn describe(status: tonic::Status) -> String {
+    let code = format!("{:?}", status.code());
+    let mut name = String::new();
+    for (i, c) in code.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    format!("{name}: {}", status.message())
+}

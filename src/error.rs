@@ -1,0 +1,152 @@
+//! The one error type a call can fail with, from any layer.
+//!
+//! Each error carries its canonical kind (which decides the gRPC code and the
+//! HTTP status) and a message written for the caller: what went wrong and,
+//! where there is one, what to do next. The mapping to a wire status happens
+//! exactly once, at the front end's edge.
+
+use std::fmt;
+
+/// Canonical failure classes. They are the gRPC codes a caller can act on;
+/// the set is deliberately small so every layer agrees on what each means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request itself is wrong; retrying it unchanged cannot help.
+    InvalidArgument,
+    /// The model is not routed here, or the upstream does not have it.
+    NotFound,
+    /// A rate limit tripped (ours or the upstream's 429); retry with back-off.
+    ResourceExhausted,
+    /// No upstream could serve the call right now; safe to retry.
+    Unavailable,
+    /// The caller's deadline or an upstream timeout passed.
+    DeadlineExceeded,
+    /// The upstream refused our credentials.
+    Unauthenticated,
+    /// The upstream refused the call for these credentials.
+    PermissionDenied,
+    /// The caller went away before the call finished.
+    Cancelled,
+    /// A bug in the gateway.
+    Internal,
+}
+
+/// A failed call: its kind and a message for the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct GatewayError {
+    kind: ErrorKind,
+    message: String,
+}
+
+// === impl ErrorKind ===
+
+impl ErrorKind {
+    /// The gRPC status code for this kind.
+    pub fn grpc_code(self) -> tonic::Code {
+        match self {
+            ErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
+            ErrorKind::NotFound => tonic::Code::NotFound,
+            ErrorKind::ResourceExhausted => tonic::Code::ResourceExhausted,
+            ErrorKind::Unavailable => tonic::Code::Unavailable,
+            ErrorKind::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+            ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
+            ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
+            ErrorKind::Cancelled => tonic::Code::Cancelled,
+            ErrorKind::Internal => tonic::Code::Internal,
+        }
+    }
+
+    /// The HTTP status an HTTP front end answers with for this kind.
+    pub fn http_status(self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            ErrorKind::InvalidArgument => S::BAD_REQUEST,
+            ErrorKind::NotFound => S::NOT_FOUND,
+            ErrorKind::ResourceExhausted => S::TOO_MANY_REQUESTS,
+            ErrorKind::Unavailable => S::SERVICE_UNAVAILABLE,
+            ErrorKind::DeadlineExceeded => S::GATEWAY_TIMEOUT,
+            ErrorKind::Unauthenticated => S::UNAUTHORIZED,
+            ErrorKind::PermissionDenied => S::FORBIDDEN,
+            ErrorKind::Cancelled => S::from_u16(499).unwrap_or(S::BAD_REQUEST),
+            ErrorKind::Internal => S::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The kind an upstream HTTP status means for our caller.
+    pub fn from_upstream_status(status: http::StatusCode) -> ErrorKind {
+        match status.as_u16() {
+            400 | 413 | 422 => ErrorKind::InvalidArgument,
+            401 => ErrorKind::Unauthenticated,
+            403 => ErrorKind::PermissionDenied,
+            404 => ErrorKind::NotFound,
+            408 | 504 => ErrorKind::DeadlineExceeded,
+            429 => ErrorKind::ResourceExhausted,
+            _ => ErrorKind::Unavailable,
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.grpc_code())
+    }
+}
+
+// === impl GatewayError ===
+
+impl GatewayError {
+    /// An error of `kind` with a caller-facing message.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        GatewayError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// A request field is wrong: the message names the field.
+    pub fn invalid_argument(field: &str, problem: &str) -> Self {
+        Self::new(ErrorKind::InvalidArgument, format!("{field} {problem}"))
+    }
+
+    /// No upstream could take the call.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, message)
+    }
+
+    /// A deadline or timeout passed.
+    pub fn deadline_exceeded(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::DeadlineExceeded, message)
+    }
+
+    /// What class of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The caller-facing message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// A duration as people write it in config files and timeouts (`250ms`,
+/// `1.5s`), for error messages.
+pub fn human_duration(d: std::time::Duration) -> String {
+    if d < std::time::Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        let secs = d.as_secs_f64();
+        if secs.fract() == 0.0 {
+            format!("{secs:.0}s")
+        } else {
+            format!("{secs:.1}s")
+        }
+    }
+}
+
+impl From<GatewayError> for tonic::Status {
+    fn from(err: GatewayError) -> Self {
+        tonic::Status::new(err.kind.grpc_code(), err.message)
+    }
+}

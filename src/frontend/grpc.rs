@@ -1,0 +1,239 @@
+//! The `llm.v1.LLMService` gRPC front end.
+//!
+//! It translates messages, reads the caller's deadline from `grpc-timeout`
+//! (tonic does not enforce it on streamed bodies, so the stack does), and
+//! maps errors to canonical status codes in exactly one place
+//! (`From<GatewayError> for Status`). Responses stream straight from the
+//! upstream body: no task hop per token, and when the caller cancels, tonic
+//! drops the stream and with it the upstream request.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+use tower::ServiceExt;
+
+use crate::chat::{
+    ChatEvent, ChatMessage, ChatRequest, ChatStream, Completion, Role, SamplingParams,
+};
+use crate::error::GatewayError;
+use crate::proto;
+use crate::proto::llm_service_server::LlmService;
+use crate::route::SharedTable;
+use crate::stack::ChatService;
+
+/// The gRPC service implementation.
+pub struct GrpcFrontend {
+    /// The call path behind the front end.
+    stack: ChatService,
+    /// The live table, for `ListModels`.
+    table: SharedTable,
+}
+
+/// A [`ChatStream`] as `TokenChunk`s. It insists on a final `Done`: a
+/// stream that stops without one was cut short, and the caller gets an
+/// error instead of a truncated answer that looks complete.
+pub struct TokenChunks {
+    /// The tokens; `None` once finished.
+    inner: Option<ChatStream>,
+}
+
+impl GrpcFrontend {
+    /// A front end over `stack`, listing models from `table`.
+    pub fn new(stack: ChatService, table: SharedTable) -> Self {
+        GrpcFrontend { stack, table }
+    }
+
+    async fn start(
+        &self,
+        request: Request<proto::CompleteRequest>,
+        stream: bool,
+    ) -> Result<ChatStream, Status> {
+        let deadline = grpc_timeout(request.metadata()).map(|budget| Instant::now() + budget);
+        let req = chat_request(request.into_inner(), stream, deadline)?;
+        Ok(self.stack.clone().oneshot(req).await?)
+    }
+}
+
+#[tonic::async_trait]
+impl LlmService for GrpcFrontend {
+    async fn complete(
+        &self,
+        request: Request<proto::CompleteRequest>,
+    ) -> Result<Response<proto::CompleteResponse>, Status> {
+        let mut stream = self.start(request, false).await?;
+        let mut text = String::new();
+        while let Some(event) = stream.next().await {
+            match event? {
+                ChatEvent::Token(token) => text.push_str(&token),
+                ChatEvent::Done(completion) => {
+                    return Ok(Response::new(proto::CompleteResponse {
+                        text,
+                        usage: usage(&completion),
+                        finish_reason: finish_reason(&completion),
+                        model: completion.model.to_string(),
+                    }));
+                }
+            }
+        }
+        Err(truncated().into())
+    }
+
+    type CompleteStreamStream = TokenChunks;
+
+    async fn complete_stream(
+        &self,
+        request: Request<proto::CompleteRequest>,
+    ) -> Result<Response<Self::CompleteStreamStream>, Status> {
+        let stream = self.start(request, true).await?;
+        Ok(Response::new(TokenChunks {
+            inner: Some(stream),
+        }))
+    }
+
+    async fn list_models(
+        &self,
+        _request: Request<proto::ListModelsRequest>,
+    ) -> Result<Response<proto::ListModelsResponse>, Status> {
+        let table = self.table.load();
+        let models = table
+            .routes()
+            .iter()
+            .map(|route| proto::ModelInfo {
+                name: route.model.clone(),
+                aliases: route.aliases.clone(),
+            })
+            .collect();
+        Ok(Response::new(proto::ListModelsResponse { models }))
+    }
+}
+
+// === impl TokenChunks ===
+
+impl Stream for TokenChunks {
+    type Item = Result<proto::TokenChunk, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let item = match ready!(inner.as_mut().poll_next(cx)) {
+            Some(Ok(ChatEvent::Token(token))) => {
+                return Poll::Ready(Some(Ok(proto::TokenChunk {
+                    token,
+                    ..Default::default()
+                })));
+            }
+            Some(Ok(ChatEvent::Done(completion))) => Ok(proto::TokenChunk {
+                token: String::new(),
+                done: true,
+                usage: usage(&completion),
+                finish_reason: finish_reason(&completion),
+                model: completion.model.to_string(),
+            }),
+            Some(Err(err)) => Err(err.into()),
+            None => Err(truncated().into()),
+        };
+        // Whatever ended the stream, release the upstream now.
+        self.inner = None;
+        Poll::Ready(Some(item))
+    }
+}
+
+// === translation ===
+
+/// The wire request as a validated [`ChatRequest`].
+fn chat_request(
+    wire: proto::CompleteRequest,
+    stream: bool,
+    deadline: Option<Instant>,
+) -> Result<ChatRequest, GatewayError> {
+    let messages = wire
+        .messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, message)| {
+            let role = Role::parse(&message.role).ok_or_else(|| {
+                GatewayError::invalid_argument(
+                    &format!("messages[{i}].role"),
+                    &format!(
+                        "'{}' is not a role; use system, user or assistant",
+                        message.role
+                    ),
+                )
+            })?;
+            Ok(ChatMessage {
+                role,
+                content: message.content,
+            })
+        })
+        .collect::<Result<Vec<_>, GatewayError>>()?;
+    let max_tokens = match wire.max_tokens {
+        0 => None,
+        n if n < 0 => {
+            return Err(GatewayError::invalid_argument(
+                "max_tokens",
+                &format!("is {n}; it must be positive, or 0 for the upstream's default"),
+            ));
+        }
+        n => Some(n.unsigned_abs()),
+    };
+    let req = ChatRequest {
+        model: wire.model,
+        messages,
+        params: SamplingParams {
+            max_tokens,
+            temperature: wire.temperature,
+            top_p: wire.top_p,
+            stop: wire.stop,
+        },
+        stream,
+        deadline,
+    };
+    req.validate()?;
+    Ok(req)
+}
+
+fn usage(completion: &Completion) -> Option<proto::Usage> {
+    completion.usage.map(|u| proto::Usage {
+        input_tokens: i32::try_from(u.input_tokens).unwrap_or(i32::MAX),
+        output_tokens: i32::try_from(u.output_tokens).unwrap_or(i32::MAX),
+    })
+}
+
+fn finish_reason(completion: &Completion) -> String {
+    completion
+        .finish_reason
+        .map(|r| r.as_str().to_string())
+        .unwrap_or_default()
+}
+
+fn truncated() -> GatewayError {
+    GatewayError::unavailable(
+        "the upstream stream ended before its final chunk; the answer is incomplete",
+    )
+}
+
+/// The caller's time budget from the `grpc-timeout` header: up to eight
+/// digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`). A malformed header is
+/// ignored, as gRPC servers do, rather than failing the call.
+pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}

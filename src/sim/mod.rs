@@ -1,0 +1,157 @@
+//! A simulated LLM, so routes, tests and load runs work without a GPU.
+//!
+//! The same generator backs `kind: sim` upstreams (in process) and
+//! `llmgate sim` (over HTTP with vLLM's OpenAI-compatible API), so what a
+//! newcomer sees through the shipped routing file is what a benchmark
+//! measures over the real HTTP path.
+
+pub mod server;
+
+use std::time::Duration;
+
+use futures_util::Stream;
+use tokio::time::Instant;
+
+use crate::chat::{ChatMessage, FinishReason, Usage};
+
+/// How the simulated model behaves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SimSettings {
+    /// Delay before the first token.
+    pub ttft: Duration,
+    /// Tokens per second after the first; 0 means as fast as possible.
+    pub tokens_per_second: f64,
+    /// Tokens per answer unless `max_tokens` cuts it shorter.
+    pub output_tokens: u32,
+    /// Share of calls (0 to 1) that fail as an overloaded server would.
+    pub error_rate: f64,
+}
+
+/// One simulated generation: what it will say and when.
+#[derive(Debug, Clone)]
+pub struct SimRun {
+    settings: SimSettings,
+    tokens: u32,
+    finish_reason: FinishReason,
+    usage: Usage,
+}
+
+/// Words the simulator cycles through; fixed so tests can predict output.
+const WORDS: [&str; 16] = [
+    "The",
+    " gateway",
+    " routes",
+    " every",
+    " call",
+    " to",
+    " the",
+    " least",
+    " loaded",
+    " endpoint",
+    " and",
+    " streams",
+    " tokens",
+    " back",
+    " in",
+    " order.",
+];
+
+// === impl SimSettings ===
+
+impl Default for SimSettings {
+    fn default() -> Self {
+        SimSettings {
+            ttft: Duration::from_millis(20),
+            tokens_per_second: 100.0,
+            output_tokens: 64,
+            error_rate: 0.0,
+        }
+    }
+}
+
+impl SimSettings {
+    /// Plans one generation for these messages, or `None` when this call is
+    /// one of the `error_rate` share that fails.
+    pub fn start(&self, messages: &[ChatMessage], max_tokens: Option<u32>) -> Option<SimRun> {
+        if self.error_rate > 0.0 && rand::random::<f64>() < self.error_rate {
+            return None;
+        }
+        let limit = max_tokens.unwrap_or(u32::MAX);
+        let tokens = self.output_tokens.min(limit);
+        let finish_reason = if limit < self.output_tokens {
+            FinishReason::Length
+        } else {
+            FinishReason::Stop
+        };
+        let input_tokens = messages
+            .iter()
+            .map(|m| m.content.split_whitespace().count() as u32 + 1)
+            .sum();
+        Some(SimRun {
+            settings: *self,
+            tokens,
+            finish_reason,
+            usage: Usage {
+                input_tokens,
+                output_tokens: tokens,
+            },
+        })
+    }
+}
+
+// === impl SimRun ===
+
+impl SimRun {
+    /// The text of token `index`.
+    pub fn token(index: u32) -> &'static str {
+        WORDS[index as usize % WORDS.len()]
+    }
+
+    /// Why the generation ends.
+    pub fn finish_reason(&self) -> FinishReason {
+        self.finish_reason
+    }
+
+    /// Tokens in and out.
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    /// The whole answer at once, after the time the stream would take.
+    pub async fn text(&self) -> String {
+        if let Some(last) = self.tokens.checked_sub(1) {
+            tokio::time::sleep(self.offset(last)).await;
+        }
+        (0..self.tokens).map(SimRun::token).collect()
+    }
+
+    /// The tokens, each released at its scheduled time. Times are measured
+    /// from the start, so pacing does not drift with scheduling delays.
+    pub fn tokens(&self) -> impl Stream<Item = &'static str> + Send + 'static {
+        let start = Instant::now();
+        let run = self.clone();
+        futures_util::stream::unfold(0u32, move |index| {
+            let run = run.clone();
+            async move {
+                if index >= run.tokens {
+                    return None;
+                }
+                let due = start + run.offset(index);
+                if due > Instant::now() {
+                    tokio::time::sleep_until(due).await;
+                }
+                Some((SimRun::token(index), index + 1))
+            }
+        })
+    }
+
+    /// When token `index` is due, from the start of the call.
+    fn offset(&self, index: u32) -> Duration {
+        let pace = if self.settings.tokens_per_second > 0.0 {
+            Duration::from_secs_f64(f64::from(index) / self.settings.tokens_per_second)
+        } else {
+            Duration::ZERO
+        };
+        self.settings.ttft + pace
+    }
+}
