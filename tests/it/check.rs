@@ -1,0 +1,1 @@
+//! `llmgate check`: written by a helper.

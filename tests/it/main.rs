@@ -1,0 +1,8 @@
+//! Integration tests: the real gateway on 127.0.0.1:0, real tonic clients,
+//! and real HTTP upstream servers started by each test. One test binary, so
+//! linking happens once.
+
+#![allow(unreachable_pub)]
+
+mod check;
+mod support;

@@ -1,0 +1,372 @@
+//! Test harness: a gateway started in process on a routing file written by
+//! the test, and a fake OpenAI-compatible upstream whose every byte on the
+//! wire the test scripts.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use llmgate::config::Config;
+use llmgate::proto::llm_service_client::LlmServiceClient;
+use llmgate::proto::{CompleteRequest, Message};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::Channel;
+
+/// The longest any test waits for something that should happen at once;
+/// only a guard against hanging, never a measurement.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A gateway running in this process.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<Result<(), llmgate::server::ServeError>>>,
+}
+
+impl Gateway {
+    /// Starts a gateway on `yaml` (its `listen:` is ignored: port 0 is used).
+    pub async fn start(yaml: &str) -> Gateway {
+        Self::start_with_env(yaml, &|_| None).await
+    }
+
+    /// Like [`Gateway::start`], with environment variables from `env`.
+    pub async fn start_with_env(yaml: &str, env: &dyn Fn(&str) -> Option<String>) -> Gateway {
+        let config = match Config::parse(yaml, "test.yaml", env) {
+            Ok(config) => config,
+            Err(err) => panic!("test routing file is invalid:\n{err}"),
+        };
+        Self::start_config(config).await
+    }
+
+    /// Starts a gateway on an already parsed config.
+    pub async fn start_config(config: Config) -> Gateway {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let done = tokio::spawn(llmgate::run(listener, config, async {
+            let _ = stopped.await;
+        }));
+        Gateway {
+            addr,
+            stop: Some(stop),
+            done: Some(done),
+        }
+    }
+
+    /// A client on a new HTTP/2 connection.
+    pub async fn client(&self) -> LlmServiceClient<Channel> {
+        LlmServiceClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connect to gateway")
+    }
+
+    /// The URL of the gateway.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Signals shutdown and waits for `run` to return.
+    pub async fn shutdown(mut self) -> Result<(), llmgate::server::ServeError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let done = self.done.take().expect("running");
+        tokio::time::timeout(PATIENCE, done)
+            .await
+            .expect("gateway stops in time")
+            .expect("gateway task")
+    }
+
+    /// Signals shutdown without waiting.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits for `run` to return after [`Gateway::begin_shutdown`].
+    pub async fn stopped(mut self) -> Result<(), llmgate::server::ServeError> {
+        let done = self.done.take().expect("running");
+        tokio::time::timeout(PATIENCE, done)
+            .await
+            .expect("gateway stops in time")
+            .expect("gateway task")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(done) = &self.done {
+            done.abort();
+        }
+    }
+}
+
+/// A request with one user message.
+pub fn request(model: &str, prompt: &str) -> CompleteRequest {
+    CompleteRequest {
+        model: model.to_string(),
+        messages: vec![Message {
+            role: "user".into(),
+            content: prompt.into(),
+        }],
+        ..Default::default()
+    }
+}
+
+/// A request with a `grpc-timeout`.
+pub fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+// === fake upstream ===
+
+/// One request as the fake upstream received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: serde_json::Value,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What the fake upstream does with a request, step by step.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Send response headers: status and content type; the body follows
+    /// with chunked transfer encoding.
+    Head(u16, &'static str),
+    /// Send these bytes as one HTTP chunk.
+    Chunk(Vec<u8>),
+    /// End the body properly (the zero-length chunk).
+    End,
+    /// Close the connection abruptly (no end of body).
+    Cut,
+    /// Send nothing more and wait for the gateway to close the connection.
+    Hang,
+}
+
+/// A whole JSON answer with a status.
+pub fn json_reply(status: u16, body: &serde_json::Value) -> Vec<Step> {
+    vec![
+        Step::Head(status, "application/json"),
+        Step::Chunk(body.to_string().into_bytes()),
+        Step::End,
+    ]
+}
+
+/// An OpenAI SSE stream chunk carrying one token.
+pub fn sse_token(token: &str) -> String {
+    let chunk = serde_json::json!({
+        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+        "model": "upstream-model",
+        "choices": [{"index": 0, "delta": {"content": token}, "finish_reason": null}],
+    });
+    format!("data: {chunk}\n\n")
+}
+
+/// The final chunks of an OpenAI stream: finish reason, usage, `[DONE]`.
+pub fn sse_finish(reason: &str, input: u32, output: u32) -> String {
+    let finish = serde_json::json!({
+        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+        "model": "upstream-model",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": reason}],
+    });
+    let usage = serde_json::json!({
+        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+        "model": "upstream-model", "choices": [],
+        "usage": {"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output},
+    });
+    format!("data: {finish}\n\ndata: {usage}\n\ndata: [DONE]\n\n")
+}
+
+type Script = Arc<dyn Fn(&Received) -> Vec<Step> + Send + Sync>;
+
+/// An HTTP/1.1 server on 127.0.0.1:0 that answers each request with the
+/// steps its script returns, records every request, and reports every
+/// connection the gateway closes while the server waits on it.
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+    closed: mpsc::UnboundedReceiver<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeUpstream {
+    /// Starts a server that answers every request with `script(request)`.
+    pub async fn start(script: impl Fn(&Received) -> Vec<Step> + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let addr = listener.local_addr().expect("addr");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (closed_tx, closed) = mpsc::unbounded_channel();
+        let script: Script = Arc::new(script);
+        let log = received.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let _ = socket.set_nodelay(true);
+                tokio::spawn(serve_connection(
+                    socket,
+                    script.clone(),
+                    log.clone(),
+                    closed_tx.clone(),
+                ));
+            }
+        });
+        FakeUpstream {
+            addr,
+            received,
+            closed,
+            task,
+        }
+    }
+
+    /// Its base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().expect("lock").clone()
+    }
+
+    /// Waits until the gateway closes a connection the server was holding
+    /// open (a `Hang` step). Panics if that does not happen in [`PATIENCE`].
+    pub async fn wait_closed(&mut self) {
+        tokio::time::timeout(PATIENCE, self.closed.recv())
+            .await
+            .expect("the gateway closed the upstream connection")
+            .expect("server running");
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_connection(
+    mut socket: TcpStream,
+    script: Script,
+    log: Arc<Mutex<Vec<Received>>>,
+    closed: mpsc::UnboundedSender<()>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let Some(request) = read_request(&mut socket, &mut buf).await else {
+            return;
+        };
+        log.lock().expect("lock").push(request.clone());
+        for step in script(&request) {
+            let result = match step {
+                Step::Head(status, content_type) => {
+                    let head = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\n\
+                         transfer-encoding: chunked\r\n\r\n"
+                    );
+                    socket.write_all(head.as_bytes()).await
+                }
+                Step::Chunk(bytes) => {
+                    let mut chunk = format!("{:x}\r\n", bytes.len()).into_bytes();
+                    chunk.extend_from_slice(&bytes);
+                    chunk.extend_from_slice(b"\r\n");
+                    socket.write_all(&chunk).await
+                }
+                Step::End => socket.write_all(b"0\r\n\r\n").await,
+                Step::Cut => return,
+                Step::Hang => {
+                    let mut scratch = [0u8; 1024];
+                    loop {
+                        match socket.read(&mut scratch).await {
+                            Ok(0) | Err(_) => {
+                                let _ = closed.send(());
+                                return;
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                }
+            };
+            if result.is_err() {
+                let _ = closed.send(());
+                return;
+            }
+            let _ = socket.flush().await;
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 request (headers and a content-length body).
+async fn read_request(socket: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Received> {
+    let head_end = loop {
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = socket.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let method = first.next()?.to_string();
+    let path = first.next()?.to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let body_start = head_end + 4;
+    while buf.len() < body_start + length {
+        let mut chunk = [0u8; 4096];
+        let n = socket.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = serde_json::from_slice(&buf[body_start..body_start + length])
+        .unwrap_or(serde_json::Value::Null);
+    buf.drain(..body_start + length);
+    Some(Received {
+        method,
+        path,
+        headers,
+        body,
+    })
+}
+
+/// A routing file with one `openai` upstream named `up` at `url` serving
+/// model `m` (upstream model `upstream-model`), plus `extra` upstream keys.
+pub fn one_upstream(url: &str, extra: &str) -> String {
+    format!(
+        "upstreams:\n  up:\n    kind: openai\n    endpoints: [{url}]\n{extra}\
+         routes:\n  - model: m\n    pools:\n      - upstream: up\n        model: upstream-model\n"
+    )
+}
