@@ -1,16 +1,27 @@
 //! Putting the gateway together: `run(listener, config, shutdown)`.
 //!
 //! The caller binds the listener, so `main` and every test share this one
-//! entry point and tests can bind port 0. On shutdown the gateway stops
-//! accepting, lets calls in flight finish for the configured grace period,
-//! then cuts whatever is left (which cancels those upstream requests).
+//! entry point and tests can bind port 0.
+//!
+//! Connections are served with hyper directly rather than through tonic's
+//! `Server`: tonic's server arms its own timer from `grpc-timeout` and
+//! answers CANCELLED when it fires, racing the gateway's DEADLINE_EXCEEDED.
+//! Owning the accept loop also sets TCP_NODELAY on every connection and
+//! lets shutdown be bounded: stop accepting, let calls in flight finish for
+//! the grace period, then cut what is left (which cancels those upstream
+//! requests).
 
 use std::future::Future;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
+use tokio::task::JoinSet;
+use tonic::service::Routes;
 
 use crate::backend::http;
 use crate::config::Config;
@@ -20,15 +31,12 @@ use crate::proto::llm_service_server::LlmServiceServer;
 use crate::route::{Router, RoutingTable, SharedTable};
 use crate::stack;
 
-/// Why the gateway could not start or stopped with an error.
+/// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The routing table could not be built.
     #[error("building the routing table: {0}")]
     Table(#[from] GatewayError),
-    /// The gRPC server failed.
-    #[error("gRPC server: {0}")]
-    Transport(#[from] tonic::transport::Error),
 }
 
 /// Serves the gateway on `listener` with `config` until `shutdown`
@@ -43,25 +51,53 @@ pub async fn run(
         &config, &client,
     )?));
     let frontend = GrpcFrontend::new(stack::build(Router::new(table.clone())), table);
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
-        .add_service(LlmServiceServer::new(frontend))
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = stop_rx.await;
-        });
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => return Ok(result?),
-        () = shutdown => {}
-    }
-    tracing::info!(grace = ?config.shutdown_grace, "shutting down: no new calls, draining calls in flight");
-    let _ = stop_tx.send(());
-    match tokio::time::timeout(config.shutdown_grace, server).await {
-        Ok(result) => Ok(result?),
-        Err(_) => {
-            tracing::warn!("grace period over; cutting the calls still in flight");
-            Ok(())
+    let service = TowerToHyperService::new(Routes::new(LlmServiceServer::new(frontend)).prepare());
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // Out of file descriptors or a connection reset
+                        // before accept: not fatal; back off briefly so a
+                        // persistent error does not spin a core.
+                        tracing::warn!(%err, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                // Tokens must leave the moment they are produced.
+                let _ = stream.set_nodelay(true);
+                let connection = builder
+                    .serve_connection(TokioIo::new(stream), service.clone())
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                connections.spawn(async move {
+                    if let Err(err) = connection.await {
+                        tracing::debug!(%peer, %err, "connection ended with an error");
+                    }
+                });
+            }
+            Some(_) = connections.join_next() => {}
+            () = &mut shutdown => break,
         }
     }
+    drop(listener);
+    tracing::info!(
+        grace = ?config.shutdown_grace,
+        calls = graceful.count(),
+        "shutting down: no new connections, draining calls in flight"
+    );
+    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; cutting the calls still in flight");
+    }
+    connections.shutdown().await;
+    Ok(())
 }

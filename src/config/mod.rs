@@ -7,6 +7,8 @@
 //! table they had.
 
 mod schema;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -14,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_saphyr::{Location, Spanned};
+use serde_saphyr::{Location, MessageFormatter as _, Spanned, UserMessageFormatter};
 
 use crate::sim::SimSettings;
 use schema::{RawConfig, RawPool, RawRoute, RawSim, RawUpstream};
@@ -159,11 +161,15 @@ impl Config {
             problems,
         };
         let raw: RawConfig = serde_saphyr::from_str(text).map_err(|err| {
-            let message = err.to_string();
-            // The library's message carries its own position and snippet;
-            // keep only the first line so ours is the one place it appears.
-            let first_line = message.lines().next().unwrap_or("invalid YAML").to_string();
-            fail(vec![Problem::at(err.location(), first_line)])
+            // The library's Display carries its own position (and advice
+            // aimed at programmers); take the bare message so the
+            // `file:line:column:` prefix is the one place a position appears.
+            let message: String = UserMessageFormatter
+                .format_message(&err)
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            fail(vec![Problem::at(err.location(), message)])
         })?;
         let mut checker = Checker::default();
         let config = checker.config(raw, env);
@@ -318,6 +324,10 @@ impl Checker {
             .as_ref()
             .and_then(|d| self.duration(d))
             .unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+        // Every upstream the file defines, even one with problems of its
+        // own: a pool naming it is not also "unknown".
+        let defined_upstreams: Vec<String> = raw.upstreams.keys().cloned().collect();
+        let known_upstreams: Vec<&str> = defined_upstreams.iter().map(String::as_str).collect();
         let upstreams: BTreeMap<String, UpstreamConfig> = raw
             .upstreams
             .into_iter()
@@ -326,16 +336,16 @@ impl Checker {
                 Some((name, checked))
             })
             .collect();
-        let known_upstreams: Vec<&str> = upstreams.keys().map(String::as_str).collect();
-        if raw.routes.is_empty() {
-            self.problems.push(Problem::at(
-                None,
+        if raw.routes.value.is_empty() {
+            self.report(
+                &raw.routes,
                 "routes: is empty; add at least one route so the gateway can serve a model",
-            ));
+            );
         }
         let mut names_seen: HashMap<String, Location> = HashMap::new();
         let routes = raw
             .routes
+            .value
             .into_iter()
             .map(|route| self.route(route, &known_upstreams, &mut names_seen))
             .collect();
@@ -396,7 +406,10 @@ impl Checker {
         if let (Some(UpstreamKind::OpenAi), Some(sim)) = (kind, &up.sim) {
             self.report(
                 sim,
-                format!("upstream '{name}': sim: applies to kind sim only"),
+                format!(
+                    "upstream '{name}': sim: applies to kind sim only; remove it, \
+                     or set kind: sim"
+                ),
             );
         }
         let api_key = up
@@ -549,7 +562,10 @@ impl Checker {
         match humantime::parse_duration(raw.value.trim()) {
             Ok(d) if !d.is_zero() => Some(d),
             Ok(_) => {
-                self.report(raw, "a duration must be more than zero");
+                self.report(
+                    raw,
+                    format!("duration '{}' must be more than zero", raw.value),
+                );
                 None
             }
             Err(err) => {

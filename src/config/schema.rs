@@ -24,7 +24,7 @@ pub(crate) struct RawConfig {
     /// Upstreams by name.
     pub(crate) upstreams: BTreeMap<String, Spanned<RawUpstream>>,
     /// Routes, in file order.
-    pub(crate) routes: Vec<Spanned<RawRoute>>,
+    pub(crate) routes: Spanned<Vec<Spanned<RawRoute>>>,
 }
 
 /// `listen:`.

@@ -52,7 +52,8 @@ impl GrpcFrontend {
         request: Request<proto::CompleteRequest>,
         stream: bool,
     ) -> Result<ChatStream, Status> {
-        let deadline = grpc_timeout(request.metadata()).map(|budget| Instant::now() + budget);
+        let deadline =
+            grpc_timeout(request.metadata()).map(|budget| Instant::now() + answer_by(budget));
         let req = chat_request(request.into_inner(), stream, deadline)?;
         Ok(self.stack.clone().oneshot(req).await?)
     }
@@ -215,6 +216,18 @@ fn truncated() -> GatewayError {
     GatewayError::unavailable(
         "the upstream stream ended before its final chunk; the answer is incomplete",
     )
+}
+
+/// How much of the caller's budget the gateway uses before it answers
+/// DEADLINE_EXCEEDED itself.
+///
+/// The answer has to travel back before the caller's own timer fires: a
+/// caller whose timer wins sees a local timeout (tonic clients report
+/// CANCELLED) instead of our status and the reason in it. Keeping a tenth of
+/// the budget, at most 10 ms, for the trip back lets the gateway's
+/// DEADLINE_EXCEEDED arrive first.
+pub fn answer_by(budget: Duration) -> Duration {
+    budget - (budget / 10).min(Duration::from_millis(10))
 }
 
 /// The caller's time budget from the `grpc-timeout` header: up to eight

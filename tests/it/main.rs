@@ -5,4 +5,6 @@
 #![allow(unreachable_pub)]
 
 mod check;
+mod deadline;
+mod openai;
 mod support;

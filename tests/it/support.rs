@@ -210,7 +210,9 @@ pub struct FakeUpstream {
 impl FakeUpstream {
     /// Starts a server that answers every request with `script(request)`.
     pub async fn start(script: impl Fn(&Received) -> Vec<Step> + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let received = Arc::new(Mutex::new(Vec::new()));
         let (closed_tx, closed) = mpsc::unbounded_channel();
@@ -285,6 +287,8 @@ async fn serve_connection(
                     );
                     socket.write_all(head.as_bytes()).await
                 }
+                // A zero-length chunk would end the body; send nothing.
+                Step::Chunk(bytes) if bytes.is_empty() => Ok(()),
                 Step::Chunk(bytes) => {
                     let mut chunk = format!("{:x}\r\n", bytes.len()).into_bytes();
                     chunk.extend_from_slice(&bytes);
@@ -369,4 +373,77 @@ pub fn one_upstream(url: &str, extra: &str) -> String {
         "upstreams:\n  up:\n    kind: openai\n    endpoints: [{url}]\n{extra}\
          routes:\n  - model: m\n    pools:\n      - upstream: up\n        model: upstream-model\n"
     )
+}
+
+/// Calls `Complete` over a bare HTTP/2 connection with a raw `grpc-timeout`
+/// header, and returns the gRPC status the gateway sent. Unlike a tonic
+/// client, this one arms no timer of its own, so it sees what the gateway
+/// answers even when the deadline is shorter than a round trip.
+pub async fn raw_complete(
+    addr: SocketAddr,
+    message: &CompleteRequest,
+    grpc_timeout: &str,
+) -> (tonic::Code, String) {
+    use http_body_util::BodyExt;
+    use prost::Message as _;
+
+    let mut frame = vec![0u8];
+    let encoded = message.encode_to_vec();
+    frame.extend_from_slice(&u32::try_from(encoded.len()).expect("small").to_be_bytes());
+    frame.extend_from_slice(&encoded);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let request = http::Request::post(format!("http://{addr}/llm.v1.LLMService/Complete"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", grpc_timeout)
+        .body(http_body_util::Full::new(bytes::Bytes::from(frame)))
+        .expect("request");
+    let response = tokio::time::timeout(PATIENCE, client.request(request))
+        .await
+        .expect("gateway answers")
+        .expect("HTTP/2 response");
+    let headers = response.headers().clone();
+    let body = tokio::time::timeout(PATIENCE, response.into_body().collect())
+        .await
+        .expect("body in time")
+        .expect("body");
+    let trailers = body.trailers().cloned().unwrap_or_default();
+    let field = |name: &str| {
+        headers
+            .get(name)
+            .or_else(|| trailers.get(name))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let code = field("grpc-status")
+        .and_then(|c| c.parse::<i32>().ok())
+        .map_or(tonic::Code::Unknown, tonic::Code::from_i32);
+    let message = field("grpc-message")
+        .map(|m| percent_decode(&m))
+        .unwrap_or_default();
+    (code, message)
+}
+
+/// Decodes the percent-encoding of `grpc-message`.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        if bytes[i] == b'%'
+            && let Some(Ok(b)) = hex.map(|h| u8::from_str_radix(h, 16))
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
