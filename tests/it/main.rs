@@ -6,5 +6,6 @@
 
 mod check;
 mod deadline;
+mod gateway;
 mod openai;
 mod support;
