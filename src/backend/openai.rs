@@ -120,6 +120,9 @@ struct SseChatStream {
     completion: Completion,
     /// Whether the model name came from the upstream yet.
     model_reported: bool,
+    /// Chunks decoded so far: a stream that ends having sent none did not
+    /// answer at all.
+    chunks: u64,
     /// Tokens forwarded so far, for error messages.
     tokens: u64,
     /// The upstream's name, for error messages.
@@ -195,6 +198,9 @@ impl OpenAiBackend {
             ))
         })?;
         let status = response.status();
+        // A server that ignored `stream: true` (or reports an error as a
+        // 200 JSON body) answers with JSON; read it whole either way.
+        let sse = req.stream && !is_json(response.headers());
         let body = response.into_body();
         if !status.is_success() {
             return Err(self.status_error(status, body).await);
@@ -204,12 +210,13 @@ impl OpenAiBackend {
             usage: None,
             model,
         };
-        if req.stream {
+        if sse {
             return Ok(Box::pin(SseChatStream {
                 body,
                 decoder: SseDecoder::new(),
                 completion,
                 model_reported: false,
+                chunks: 0,
                 tokens: 0,
                 upstream: self.name.clone(),
                 finished: false,
@@ -311,6 +318,7 @@ impl SseChatStream {
             let message = format!("reported an error mid-stream: {}", error_message(&error));
             return Some(Err(self.fail(message)));
         }
+        self.chunks += 1;
         if !self.model_reported
             && let Some(model) = chunk.model
         {
@@ -378,6 +386,10 @@ impl Stream for SseChatStream {
                     let err = this.fail(format!("broke the connection ({})", error_chain(&err)));
                     return Poll::Ready(Some(Err(err)));
                 }
+                None if this.chunks == 0 => {
+                    let err = this.fail("ended its stream without sending a single chunk".into());
+                    return Poll::Ready(Some(Err(err)));
+                }
                 // The upstream ended its body cleanly without `[DONE]`: it
                 // meant to stop, so report what it said.
                 None => return Poll::Ready(Some(Ok(this.finish()))),
@@ -409,6 +421,13 @@ fn chat_url(base: &Uri) -> Option<Uri> {
         format!("{base}/v1/chat/completions")
     };
     url.parse().ok()
+}
+
+fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
 }
 
 async fn read_body(body: Incoming) -> Result<Bytes, String> {

@@ -1,79 +1,940 @@
-use super::*;
-use serde_saphyr::MessageFormatter as _;
+//! The routing file as an operator meets it: what a valid file turns into,
+//! and, for each mistake, the exact `line:column` reported and a message
+//! that names the offending value and says how to fix it.
+//!
+//! Files are written as one string per line so line numbers can be read off
+//! the array (the first string is line 1); columns are 1-based.
 
-fn show(name: &str, text: &str) {
-    match serde_saphyr::from_str::<schema::RawConfig>(text) {
-        Ok(_) => println!("== {name}: OK"),
-        Err(e) => {
-            let inner = e.without_snippet();
-            println!(
-                "== {name}: loc {:?}",
-                e.location().map(|l| (l.line(), l.column()))
-            );
-            println!(
-                "  default: {}",
-                serde_saphyr::DefaultMessageFormatter.format_message(inner)
-            );
-            println!(
-                "  user:    {}",
-                serde_saphyr::UserMessageFormatter.format_message(inner)
-            );
-            println!("  display: {}", e.to_string().lines().next().unwrap_or(""));
+use std::cell::RefCell;
+use std::time::Duration;
+
+use super::*;
+
+/// The source name every test parses under.
+const FILE: &str = "routing.yaml";
+
+/// A variable name no environment has; the tests never read the process
+/// environment anyway (the env closure is theirs), but a name like this
+/// keeps that obvious.
+const UNSET_VAR: &str = "LLMGATE_TEST_SURELY_UNSET_7F3A";
+
+/// Joins `lines` into a file: `lines[0]` is line 1.
+fn yaml(lines: &[&str]) -> String {
+    let mut text = lines.join("\n");
+    text.push('\n');
+    text
+}
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn parse_ok(text: &str) -> Config {
+    match Config::parse(text, FILE, &no_env) {
+        Ok(config) => config,
+        Err(err) => panic!("expected the file to be valid, got:\n{err}"),
+    }
+}
+
+fn problems_with_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<Problem> {
+    match Config::parse(text, FILE, env) {
+        Ok(config) => panic!("expected the file to be rejected, but it parsed: {config:#?}"),
+        Err(err) => {
+            assert_eq!(err.source, FILE, "errors carry the file name given");
+            err.problems
         }
     }
 }
 
+fn problems(text: &str) -> Vec<Problem> {
+    problems_with_env(text, &no_env)
+}
+
+/// The single problem in `text`; fails if there are more or none.
+fn only_problem(text: &str) -> Problem {
+    let mut all = problems(text);
+    assert_eq!(all.len(), 1, "expected exactly one problem, got {all:#?}");
+    all.remove(0)
+}
+
+#[track_caller]
+fn assert_at(problem: &Problem, line: u64, column: u64) {
+    assert_eq!(
+        (problem.line, problem.column),
+        (line, column),
+        "wrong position for {problem:?}"
+    );
+}
+
+#[track_caller]
+fn assert_mentions(problem: &Problem, needles: &[&str]) {
+    for needle in needles {
+        assert!(
+            problem.message.contains(needle),
+            "message {:?} should mention {needle:?}",
+            problem.message
+        );
+    }
+}
+
+/// A YAML-level message must not repeat the position: the
+/// `file:line:column:` prefix is the one place it appears.
+#[track_caller]
+fn assert_no_position_in_message(problem: &Problem) {
+    let lower = problem.message.to_ascii_lowercase();
+    assert!(
+        !lower.contains("line ") && !lower.contains("column"),
+        "message repeats a position: {:?}",
+        problem.message
+    );
+}
+
+// === valid files ===
+
 #[test]
-fn probe() {
-    let base_routes = "routes:\n  - model: demo\n    pools:\n      - upstream: local\n";
-    show(
-        "unknown top",
-        &format!("upstreams:\n  local:\n    kind: sim\n{base_routes}listn:\n  grpc: 127.0.0.1:1\n"),
+fn full_file_is_read_field_by_field() {
+    const SECRET: &str = "sk-test-very-secret-4242";
+    let text = yaml(&[
+        "listen:",
+        "  grpc: 0.0.0.0:6000",
+        "shutdown_grace: 2m",
+        "upstreams:",
+        "  fleet:",
+        "    kind: openai",
+        "    endpoints: [http://10.0.0.11:8000, https://api.example.com/v1]",
+        "    api_key_env: FLEET_KEY",
+        "    timeout: 2m",
+        "    first_token_timeout: 250ms",
+        "    idle_timeout: 15s",
+        "  simulated:",
+        "    kind: sim",
+        "    sim: { ttft: 50ms, tokens_per_second: 40, output_tokens: 48, error_rate: 0.25 }",
+        "routes:",
+        "  - model: llama",
+        "    aliases: [llama-latest, llama-3]",
+        "    pools:",
+        "      - upstream: fleet",
+        "        weight: 9",
+        "        model: meta-llama/Llama-3.1-8B-Instruct",
+        "      - upstream: simulated",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: simulated",
+        "        weight: 0",
+        "      - upstream: fleet",
+        "        weight: 3",
+        "        model: gpt-4o-mini",
+    ]);
+    let asked = RefCell::new(Vec::new());
+    let env = |name: &str| {
+        asked.borrow_mut().push(name.to_string());
+        (name == "FLEET_KEY").then(|| SECRET.to_string())
+    };
+    let config = match Config::parse(&text, FILE, &env) {
+        Ok(config) => config,
+        Err(err) => panic!("valid file rejected:\n{err}"),
+    };
+
+    let expected = Config {
+        listen: ListenConfig {
+            grpc: SocketAddr::from(([0, 0, 0, 0], 6000)),
+        },
+        shutdown_grace: Duration::from_secs(120),
+        upstreams: BTreeMap::from([
+            (
+                "fleet".to_string(),
+                UpstreamConfig {
+                    name: "fleet".into(),
+                    kind: UpstreamKind::OpenAi,
+                    endpoints: vec![
+                        http::Uri::from_static("http://10.0.0.11:8000"),
+                        http::Uri::from_static("https://api.example.com/v1"),
+                    ],
+                    api_key: Some(Secret::new(SECRET.into())),
+                    timeouts: UpstreamTimeouts {
+                        total: Duration::from_secs(120),
+                        first_token: Some(Duration::from_millis(250)),
+                        idle: Some(Duration::from_secs(15)),
+                    },
+                    sim: SimSettings::default(),
+                },
+            ),
+            (
+                "simulated".to_string(),
+                UpstreamConfig {
+                    name: "simulated".into(),
+                    kind: UpstreamKind::Sim,
+                    endpoints: vec![],
+                    api_key: None,
+                    timeouts: UpstreamTimeouts {
+                        total: DEFAULT_UPSTREAM_TIMEOUT,
+                        first_token: None,
+                        idle: None,
+                    },
+                    sim: SimSettings {
+                        ttft: Duration::from_millis(50),
+                        tokens_per_second: 40.0,
+                        output_tokens: 48,
+                        error_rate: 0.25,
+                    },
+                },
+            ),
+        ]),
+        routes: vec![
+            RouteConfig {
+                model: "llama".into(),
+                aliases: vec!["llama-latest".into(), "llama-3".into()],
+                pools: vec![
+                    PoolConfig {
+                        upstream: "fleet".into(),
+                        weight: 9,
+                        model: "meta-llama/Llama-3.1-8B-Instruct".into(),
+                    },
+                    // No weight: 1. No model: the route's own name.
+                    PoolConfig {
+                        upstream: "simulated".into(),
+                        weight: 1,
+                        model: "llama".into(),
+                    },
+                ],
+            },
+            RouteConfig {
+                model: "demo".into(),
+                aliases: vec![],
+                pools: vec![
+                    // Weight 0 disables one pool; fine while another serves.
+                    PoolConfig {
+                        upstream: "simulated".into(),
+                        weight: 0,
+                        model: "demo".into(),
+                    },
+                    PoolConfig {
+                        upstream: "fleet".into(),
+                        weight: 3,
+                        model: "gpt-4o-mini".into(),
+                    },
+                ],
+            },
+        ],
+    };
+    assert_eq!(config, expected);
+    assert_eq!(
+        asked.borrow().as_slice(),
+        ["FLEET_KEY".to_string()],
+        "the key is read through the env closure, and only the variable named"
     );
-    show(
-        "timout",
-        &format!("upstreams:\n  local:\n    kind: sim\n    timout: 30s\n{base_routes}"),
+
+    let names: Vec<&str> = config.model_names().map(|(name, _)| name).collect();
+    assert_eq!(names, ["llama", "llama-latest", "llama-3", "demo"]);
+    for (name, route) in config.model_names() {
+        let owner = if name == "demo" { "demo" } else { "llama" };
+        assert_eq!(route.model, owner, "{name} routes to {owner}");
+    }
+}
+
+#[test]
+fn api_key_never_appears_in_debug_or_describe() {
+    const SECRET: &str = "sk-test-do-not-print-9d2c";
+    let text = yaml(&[
+        "upstreams:",
+        "  cloud:",
+        "    kind: openai",
+        "    endpoints: [https://api.openai.com/v1]",
+        "    api_key_env: CLOUD_KEY",
+        "routes:",
+        "  - model: gpt",
+        "    pools:",
+        "      - upstream: cloud",
+    ]);
+    let env = |name: &str| (name == "CLOUD_KEY").then(|| SECRET.to_string());
+    let config = match Config::parse(&text, FILE, &env) {
+        Ok(config) => config,
+        Err(err) => panic!("valid file rejected:\n{err}"),
+    };
+    let key = config.upstreams["cloud"]
+        .api_key
+        .as_ref()
+        .expect("api key read from CLOUD_KEY");
+    assert_eq!(key.expose(), SECRET);
+
+    for shown in [
+        format!("{config:?}"),
+        format!("{config:#?}"),
+        format!("{key:?}"),
+        describe(&config),
+    ] {
+        assert!(!shown.contains(SECRET), "secret leaked in: {shown}");
+    }
+    assert!(format!("{config:?}").contains("Secret(***)"));
+    assert!(describe(&config).contains("upstream cloud (openai) https://api.openai.com/v1"));
+    assert!(describe(&config).contains(", with api key"));
+}
+
+#[test]
+fn minimal_file_gets_the_documented_defaults() {
+    let config = parse_ok(&yaml(&[
+        "upstreams:",
+        "  local:",
+        "    kind: sim",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: local",
+    ]));
+    let default_grpc: SocketAddr = DEFAULT_GRPC_LISTEN.parse().expect("default address parses");
+    assert_eq!(config.listen.grpc, default_grpc);
+    assert_eq!(config.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
+    let local = &config.upstreams["local"];
+    assert_eq!(local.kind, UpstreamKind::Sim);
+    assert_eq!(local.timeouts.total, DEFAULT_UPSTREAM_TIMEOUT);
+    assert_eq!(local.timeouts.first_token, None);
+    assert_eq!(local.timeouts.idle, None);
+    assert_eq!(local.sim, SimSettings::default());
+    assert_eq!(
+        config.routes[0].pools,
+        [PoolConfig {
+            upstream: "local".into(),
+            weight: 1,
+            model: "demo".into(),
+        }]
     );
-    show(
-        "null routes",
-        "upstreams:\n  local:\n    kind: sim\nroutes:\n",
+}
+
+#[test]
+fn error_rate_bounds_zero_and_one_are_accepted() {
+    for rate in ["0", "1", "1.0"] {
+        let config = parse_ok(&yaml(&[
+            "upstreams:",
+            "  local:",
+            "    kind: sim",
+            &format!("    sim: {{ error_rate: {rate}, tokens_per_second: 0 }}"),
+            "routes:",
+            "  - model: demo",
+            "    pools:",
+            "      - upstream: local",
+        ]));
+        let sim = config.upstreams["local"].sim;
+        assert_eq!(sim.error_rate, if rate == "0" { 0.0 } else { 1.0 });
+        assert_eq!(sim.tokens_per_second, 0.0, "0 means no pacing");
+    }
+}
+
+#[test]
+fn shipped_routing_file_parses_and_routes_demo() {
+    let config = match Config::parse(include_str!("../../routing.yaml"), FILE, &no_env) {
+        Ok(config) => config,
+        Err(err) => panic!("the shipped routing.yaml is invalid:\n{err}"),
+    };
+    let names: Vec<&str> = config.model_names().map(|(name, _)| name).collect();
+    assert_eq!(names, ["demo", "demo-latest"]);
+    for (name, route) in config.model_names() {
+        assert_eq!(route.model, "demo", "{name} routes to demo");
+        assert_eq!(
+            route.pools,
+            [PoolConfig {
+                upstream: "sim-local".into(),
+                weight: 1,
+                model: "demo".into(),
+            }]
+        );
+    }
+    let sim_local = &config.upstreams["sim-local"];
+    assert_eq!(sim_local.kind, UpstreamKind::Sim);
+    assert_eq!(sim_local.sim.ttft, Duration::from_millis(50));
+    assert_eq!(sim_local.sim.output_tokens, 48);
+    assert_eq!(
+        config.listen.grpc,
+        SocketAddr::from(([127, 0, 0, 1], 50051))
     );
-    show("missing routes", "upstreams:\n  local:\n    kind: sim\n");
-    show(
-        "tab",
-        &format!("upstreams:\n  local:\n\tkind: sim\n{base_routes}"),
+
+    let summary = describe(&config);
+    assert!(
+        summary.contains("upstream sim-local (sim) in process"),
+        "{summary}"
     );
-    show(
-        "unclosed",
-        &format!(
-            "upstreams:\n  local:\n    kind: openai\n    endpoints: [http://a:1\n{base_routes}"
+    assert!(
+        summary.contains("route demo (aliases: demo-latest)"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("  -> sim-local as 'demo', weight 1 (100%)"),
+        "{summary}"
+    );
+}
+
+// === unknown fields (deny_unknown_fields) ===
+
+#[test]
+fn unknown_top_level_field_is_refused_with_the_valid_ones_listed() {
+    let problem = only_problem(&yaml(&[
+        "upstreams:",
+        "  local:",
+        "    kind: sim",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: local",
+        "listn:",
+        "  grpc: 127.0.0.1:1",
+    ]));
+    assert_at(&problem, 8, 1);
+    assert_mentions(&problem, &["unknown field", "listn", "listen"]);
+    assert_no_position_in_message(&problem);
+}
+
+#[test]
+fn typo_in_an_upstream_field_is_refused() {
+    let problem = only_problem(&yaml(&[
+        "upstreams:",
+        "  local:",
+        "    kind: sim",
+        "    timout: 30s",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: local",
+    ]));
+    assert_at(&problem, 4, 5);
+    assert_mentions(&problem, &["unknown field", "timout", "timeout"]);
+    assert_no_position_in_message(&problem);
+}
+
+#[test]
+fn typo_in_a_pool_field_is_refused() {
+    let problem = only_problem(&yaml(&[
+        "upstreams:",
+        "  local:",
+        "    kind: sim",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: local",
+        "        wieght: 2",
+    ]));
+    assert_at(&problem, 8, 9);
+    assert_mentions(&problem, &["unknown field", "wieght", "weight"]);
+    assert_no_position_in_message(&problem);
+}
+
+// === references between upstreams and routes ===
+
+#[test]
+fn pool_naming_an_undefined_upstream_lists_the_defined_ones() {
+    let problem = only_problem(&yaml(&[
+        "upstreams:",
+        "  alpha:",
+        "    kind: sim",
+        "  beta:",
+        "    kind: sim",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: alpha",
+        "      - upstream: gamma",
+    ]));
+    assert_at(&problem, 10, 19);
+    assert_mentions(
+        &problem,
+        &[
+            "'demo'",
+            "unknown upstream 'gamma'",
+            "defined upstreams: alpha, beta",
+        ],
+    );
+}
+
+#[test]
+fn unknown_kind_is_refused_and_its_pools_are_not_also_unknown() {
+    // The upstream is defined, only broken: one problem, at the kind.
+    let problem = only_problem(&yaml(&[
+        "upstreams:",
+        "  local:",
+        "    kind: ollama",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: local",
+    ]));
+    assert_at(&problem, 3, 11);
+    assert_mentions(
+        &problem,
+        &["'local'", "unknown kind 'ollama'", "openai or sim"],
+    );
+}
+
+#[test]
+fn duplicate_names_point_at_the_second_use_and_name_the_first_line() {
+    let found = problems(&yaml(&[
+        "upstreams:",
+        "  local:",
+        "    kind: sim",
+        "routes:",
+        "  - model: demo",
+        "    aliases: [demo-latest]",
+        "    pools:",
+        "      - upstream: local",
+        "  - model: other",
+        "    aliases: [demo]",
+        "    pools:",
+        "      - upstream: local",
+        "  - model: demo-latest",
+        "    pools:",
+        "      - upstream: local",
+    ]));
+    assert_eq!(found.len(), 2, "{found:#?}");
+    // An alias repeating an earlier model.
+    assert_at(&found[0], 10, 15);
+    assert_mentions(&found[0], &["'demo'", "already routed (line 5)", "once"]);
+    // A model repeating an earlier alias.
+    assert_at(&found[1], 13, 12);
+    assert_mentions(
+        &found[1],
+        &["'demo-latest'", "already routed (line 6)", "once"],
+    );
+}
+
+#[test]
+fn route_whose_pools_all_have_weight_zero_is_refused() {
+    let problem = only_problem(&yaml(&[
+        "upstreams:",
+        "  a:",
+        "    kind: sim",
+        "  b:",
+        "    kind: sim",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: a",
+        "        weight: 0",
+        "      - upstream: b",
+        "        weight: 0",
+    ]));
+    assert_at(&problem, 7, 12);
+    assert_mentions(&problem, &["'demo'", "weight 0", "positive weight"]);
+}
+
+#[test]
+fn empty_routes_is_refused_at_the_routes_key() {
+    let problem = only_problem(&yaml(&[
+        "upstreams:",
+        "  local:",
+        "    kind: sim",
+        "routes: []",
+    ]));
+    assert_at(&problem, 4, 9);
+    assert_mentions(&problem, &["routes: is empty", "add at least one route"]);
+}
+
+#[test]
+fn route_without_pools_is_refused() {
+    let problem = only_problem(&yaml(&[
+        "upstreams:",
+        "  local:",
+        "    kind: sim",
+        "routes:",
+        "  - model: demo",
+        "    pools: []",
+    ]));
+    // The start of the route's block.
+    assert_at(&problem, 5, 5);
+    assert_mentions(
+        &problem,
+        &["'demo'", "pools: is empty", "add at least one pool"],
+    );
+}
+
+// === upstream settings ===
+
+#[test]
+fn endpoints_must_be_http_base_urls() {
+    let found = problems(&yaml(&[
+        "upstreams:",
+        "  fleet:",
+        "    kind: openai",
+        "    endpoints:",
+        "      - http://10.0.0.5:8000",
+        "      - 10.0.0.6:8000",
+        "      - ftp://files.example.com",
+        "      - not a url",
+        "      - http://10.0.0.7:8000/?x=1",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: fleet",
+    ]));
+    assert_eq!(found.len(), 4, "{found:#?}");
+    assert_at(&found[0], 6, 9);
+    assert_mentions(
+        &found[0],
+        &["'10.0.0.6:8000'", "needs a scheme", "http://10.0.0.5:8000"],
+    );
+    assert_at(&found[1], 7, 9);
+    assert_mentions(
+        &found[1],
+        &[
+            "'ftp://files.example.com'",
+            "must start with http:// or https://",
+        ],
+    );
+    assert_at(&found[2], 8, 9);
+    assert_mentions(
+        &found[2],
+        &["'not a url'", "is not a URL", "such as http://"],
+    );
+    assert_at(&found[3], 9, 9);
+    assert_mentions(
+        &found[3],
+        &[
+            "'http://10.0.0.7:8000/?x=1'",
+            "must not have a query string",
+        ],
+    );
+}
+
+#[test]
+fn missing_api_key_variable_is_reported_at_its_name() {
+    let text = yaml(&[
+        "upstreams:",
+        "  cloud:",
+        "    kind: openai",
+        "    endpoints: [https://api.openai.com/v1]",
+        &format!("    api_key_env: {UNSET_VAR}"),
+        "routes:",
+        "  - model: gpt",
+        "    pools:",
+        "      - upstream: cloud",
+    ]);
+    // Unset, and set but empty: both are a missing key.
+    let empty = |_: &str| Some(String::new());
+    for found in [problems(&text), problems_with_env(&text, &empty)] {
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert_at(&found[0], 5, 18);
+        assert_mentions(
+            &found[0],
+            &[
+                "'cloud'",
+                UNSET_VAR,
+                "not set",
+                "export it",
+                "remove api_key_env",
+            ],
+        );
+    }
+}
+
+#[test]
+fn bad_duration_is_reported_with_examples() {
+    let problem = only_problem(&yaml(&[
+        "upstreams:",
+        "  fleet:",
+        "    kind: openai",
+        "    endpoints: [http://10.0.0.5:8000]",
+        "    timeout: 5 parsecs",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: fleet",
+    ]));
+    assert_at(&problem, 5, 14);
+    assert_mentions(
+        &problem,
+        &["'5 parsecs'", "not a duration", "250ms, 30s or 2m"],
+    );
+}
+
+#[test]
+fn bad_durations_are_found_wherever_they_are() {
+    let found = problems(&yaml(&[
+        "shutdown_grace: soon",
+        "upstreams:",
+        "  local:",
+        "    kind: sim",
+        "    sim: { ttft: fast }",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: local",
+    ]));
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert_at(&found[0], 1, 17);
+    assert_mentions(&found[0], &["'soon'", "not a duration"]);
+    assert_at(&found[1], 5, 18);
+    assert_mentions(&found[1], &["'fast'", "not a duration"]);
+}
+
+#[test]
+fn zero_duration_is_refused() {
+    let problem = only_problem(&yaml(&[
+        "upstreams:",
+        "  fleet:",
+        "    kind: openai",
+        "    endpoints: [http://10.0.0.5:8000]",
+        "    idle_timeout: 0s",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: fleet",
+    ]));
+    assert_at(&problem, 5, 19);
+    assert_mentions(&problem, &["'0s'", "more than zero"]);
+}
+
+#[test]
+fn openai_upstream_without_endpoints_is_refused() {
+    for body in [
+        vec!["    kind: openai"],
+        vec!["    kind: openai", "    endpoints: []"],
+    ] {
+        let mut lines = vec!["upstreams:", "  fleet:"];
+        lines.extend(body);
+        lines.extend([
+            "routes:",
+            "  - model: demo",
+            "    pools:",
+            "      - upstream: fleet",
+        ]);
+        let problem = only_problem(&yaml(&lines));
+        // The start of the upstream's block.
+        assert_at(&problem, 3, 5);
+        assert_mentions(
+            &problem,
+            &["'fleet'", "endpoints: is empty", "http://127.0.0.1:8000"],
+        );
+    }
+}
+
+#[test]
+fn sim_upstream_with_endpoints_is_refused() {
+    let problem = only_problem(&yaml(&[
+        "upstreams:",
+        "  local:",
+        "    kind: sim",
+        "    endpoints: [http://127.0.0.1:8000]",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: local",
+    ]));
+    assert_at(&problem, 4, 17);
+    assert_mentions(
+        &problem,
+        &[
+            "'local'",
+            "takes no endpoints",
+            "remove them",
+            "kind openai",
+        ],
+    );
+}
+
+#[test]
+fn sim_settings_on_an_openai_upstream_are_refused() {
+    let problem = only_problem(&yaml(&[
+        "upstreams:",
+        "  fleet:",
+        "    kind: openai",
+        "    endpoints: [http://10.0.0.5:8000]",
+        "    sim: { ttft: 10ms }",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: fleet",
+    ]));
+    assert_at(&problem, 5, 10);
+    assert_mentions(&problem, &["'fleet'", "kind sim only", "remove it"]);
+}
+
+#[test]
+fn sim_rates_out_of_range_are_refused() {
+    let found = problems(&yaml(&[
+        "upstreams:",
+        "  local:",
+        "    kind: sim",
+        "    sim:",
+        "      error_rate: 1.5",
+        "      tokens_per_second: -3",
+        "  other:",
+        "    kind: sim",
+        "    sim: { error_rate: -0.1 }",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: local",
+        "      - upstream: other",
+    ]));
+    assert_eq!(found.len(), 3, "{found:#?}");
+    assert_at(&found[0], 5, 19);
+    assert_mentions(&found[0], &["'local'", "error_rate", "between 0 and 1"]);
+    assert_at(&found[1], 6, 26);
+    assert_mentions(
+        &found[1],
+        &["'local'", "tokens_per_second", "0 (no pacing) or more"],
+    );
+    assert_at(&found[2], 9, 24);
+    assert_mentions(&found[2], &["'other'", "error_rate", "between 0 and 1"]);
+}
+
+#[test]
+fn listen_address_must_be_ip_and_port() {
+    let problem = only_problem(&yaml(&[
+        "listen:",
+        "  grpc: localhost:50051",
+        "upstreams:",
+        "  local:",
+        "    kind: sim",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: local",
+    ]));
+    assert_at(&problem, 2, 9);
+    assert_mentions(&problem, &["'localhost:50051'", "ip:port", "0.0.0.0:50051"]);
+}
+
+// === YAML syntax ===
+
+#[test]
+fn tab_indentation_is_reported_on_its_line() {
+    let problem = only_problem(&yaml(&[
+        "upstreams:",
+        "  local:",
+        "\tkind: sim",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: local",
+    ]));
+    // The column is the parser's (just past the tab); the line is what an
+    // operator needs.
+    assert_eq!(problem.line, 3, "{problem:?}");
+    assert!(problem.column <= 2, "{problem:?}");
+    assert_mentions(&problem, &["tab"]);
+    assert_no_position_in_message(&problem);
+}
+
+#[test]
+fn unclosed_bracket_is_reported_at_the_bracket() {
+    let problem = only_problem(&yaml(&[
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: fleet",
+        "upstreams:",
+        "  fleet:",
+        "    kind: openai",
+        "    endpoints: [http://10.0.0.5:8000",
+    ]));
+    assert_at(&problem, 8, 16);
+    assert_mentions(&problem, &["unclosed", "["]);
+    assert_no_position_in_message(&problem);
+}
+
+#[test]
+fn duplicate_upstream_key_is_an_error() {
+    let problem = only_problem(&yaml(&[
+        "upstreams:",
+        "  local:",
+        "    kind: sim",
+        "  local:",
+        "    kind: openai",
+        "    endpoints: [http://10.0.0.5:8000]",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: local",
+    ]));
+    assert_at(&problem, 4, 3);
+    assert_mentions(&problem, &["duplicate", "local"]);
+    assert_no_position_in_message(&problem);
+    assert!(
+        !problem.message.contains("DuplicateKeyPolicy"),
+        "library advice for programmers is not for operators: {:?}",
+        problem.message
+    );
+}
+
+// === many problems, one pass ===
+
+#[test]
+fn every_problem_is_reported_in_line_order() {
+    let text = yaml(&[
+        "listen:",
+        "  grpc: nowhere",
+        "upstreams:",
+        "  zeta:",
+        "    kind: openai",
+        "    endpoints: [ftp://10.0.0.5]",
+        &format!("    api_key_env: {UNSET_VAR}"),
+        "  alpha:",
+        "    kind: sim",
+        "    sim: { ttft: 5 parsecs, error_rate: 2 }",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: nowhere",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: alpha",
+        "  - model: idle",
+        "    pools:",
+        "      - upstream: alpha",
+        "        weight: 0",
+    ]);
+    let err = match Config::parse(&text, FILE, &no_env) {
+        Ok(config) => panic!("expected the file to be rejected, but it parsed: {config:#?}"),
+        Err(err) => err,
+    };
+    // Upstreams are checked alphabetically (alpha before zeta) but reported
+    // in file order.
+    let expected: [(u64, u64, &str); 8] = [
+        (2, 9, "'nowhere' is not a listen address"),
+        (6, 17, "endpoint 'ftp://10.0.0.5' must start with http://"),
+        (7, 18, UNSET_VAR),
+        (10, 18, "'5 parsecs' is not a duration"),
+        (10, 41, "error_rate must be between 0 and 1"),
+        (
+            14,
+            19,
+            "unknown upstream 'nowhere'; defined upstreams: alpha, zeta",
         ),
-    );
-    show(
-        "unclosed eof",
-        &format!(
-            "{base_routes}upstreams:\n  local:\n    kind: openai\n    endpoints: [http://a:1\n"
-        ),
-    );
-    show(
-        "dup",
-        &format!("upstreams:\n  local:\n    kind: sim\n  local:\n    kind: sim\n{base_routes}"),
-    );
-    show(
-        "neg weight",
-        "upstreams:\n  local:\n    kind: sim\nroutes:\n  - model: demo\n    pools:\n      - upstream: local\n        weight: -1\n",
-    );
-    show(
-        "str weight",
-        "upstreams:\n  local:\n    kind: sim\nroutes:\n  - model: demo\n    pools:\n      - upstream: local\n        weight: heavy\n",
-    );
-    show("empty file", "");
-    show(
-        "alias",
-        "upstreams:\n  local: &x\n    kind: sim\n    bogus: 1\n  other: *x\nroutes: []\n",
-    );
-    show(
-        "kind list",
-        "upstreams:\n  local:\n    kind: [sim]\nroutes: []\n",
+        (15, 12, "model name 'demo' is already routed (line 12)"),
+        (18, 12, "route 'idle': every pool has weight 0"),
+    ];
+    assert_eq!(err.problems.len(), expected.len(), "{err}");
+    for (problem, (line, column, needle)) in err.problems.iter().zip(expected) {
+        assert_at(problem, line, column);
+        assert_mentions(problem, &[needle]);
+    }
+
+    // What `llmgate check` prints: one `file:line:column: message` line each.
+    let shown = err.to_string();
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), expected.len(), "{shown}");
+    for (shown_line, (line, column, needle)) in lines.iter().zip(expected) {
+        let prefix = format!("{FILE}:{line}:{column}: ");
+        assert!(
+            shown_line.starts_with(&prefix),
+            "{shown_line:?} should start with {prefix:?}"
+        );
+        assert!(shown_line.contains(needle), "{shown_line:?}");
+    }
+}
+
+#[test]
+fn unreadable_file_is_reported_without_a_position() {
+    let path = std::env::temp_dir().join(format!(
+        "llmgate-config-test-{}-surely-missing.yaml",
+        std::process::id()
+    ));
+    let err = match Config::load(&path) {
+        Ok(config) => panic!("a missing file loaded: {config:#?}"),
+        Err(err) => err,
+    };
+    assert_eq!(err.problems.len(), 1, "{err}");
+    assert_eq!((err.problems[0].line, err.problems[0].column), (0, 0));
+    let shown = err.to_string();
+    assert!(
+        shown.starts_with(&format!("{}: cannot read the file: ", path.display())),
+        "{shown}"
     );
 }

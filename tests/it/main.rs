@@ -8,4 +8,5 @@ mod check;
 mod deadline;
 mod gateway;
 mod openai;
+mod serve_cli;
 mod support;

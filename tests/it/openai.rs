@@ -369,3 +369,61 @@ async fn unset_parameters_are_left_to_the_upstream() {
     }
     assert!(upstream.received()[0].header("authorization").is_none());
 }
+
+#[tokio::test]
+async fn a_stream_that_ends_without_any_chunk_is_an_error_not_an_empty_answer() {
+    let upstream = FakeUpstream::start(|_| {
+        vec![
+            Step::Head(200, "text/event-stream"),
+            Step::Chunk(b": just a comment\n\n".to_vec()),
+            Step::End,
+        ]
+    })
+    .await;
+    let gateway = Gateway::start(&one_upstream(&upstream.url(), "")).await;
+    let status = collect(&mut gateway.client().await, request("m", "hi"))
+        .await
+        .expect_err("no answer at all");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("without sending a single chunk"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn a_json_answer_to_a_stream_request_is_read_whole() {
+    let upstream = FakeUpstream::start(|received| {
+        if received.body["messages"][0]["content"] == "fail" {
+            json_reply(200, &json!({"error": {"message": "model is loading"}}))
+        } else {
+            json_reply(
+                200,
+                &json!({"choices": [{"message": {"content": "whole"}, "finish_reason": "stop"}]}),
+            )
+        }
+    })
+    .await;
+    let gateway = Gateway::start(&one_upstream(&upstream.url(), "")).await;
+    let mut client = gateway.client().await;
+    let chunks = collect(&mut client, request("m", "hi"))
+        .await
+        .expect("answer");
+    let text: String = chunks.iter().map(|c| c.token.as_str()).collect();
+    assert_eq!(text, "whole");
+    assert!(
+        chunks
+            .last()
+            .is_some_and(|c| c.done && c.finish_reason == "stop")
+    );
+    let status = collect(&mut client, request("m", "fail"))
+        .await
+        .expect_err("an error body is an error");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("model is loading"),
+        "{}",
+        status.message()
+    );
+}

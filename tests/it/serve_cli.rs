@@ -1,0 +1,147 @@
+//! The `llmgate` binary as an operator runs it: `serve`, `chat` against it,
+//! and SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::support::PATIENCE;
+
+const BIN: &str = env!("CARGO_BIN_EXE_llmgate");
+
+/// A child process killed if the test fails before it exits.
+struct Running(Option<Child>);
+
+impl Running {
+    fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn routing_file(contents: &str) -> std::path::PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "llmgate-serve-{}-{}.yaml",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, contents).expect("write routing file");
+    path
+}
+
+/// Starts `llmgate serve` and returns it with the address it listens on.
+fn serve(config: &std::path::Path) -> (Running, String) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start llmgate serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the listening line");
+    let addr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .filter(|a| a.contains(':'))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    (Running(Some(child)), addr)
+}
+
+/// Waits for the child to exit, at most [`PATIENCE`] (then kills it).
+fn wait_exit(mut running: Running) -> std::process::ExitStatus {
+    let pid = running.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut child = running.0.take().expect("running");
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    match rx.recv_timeout(PATIENCE) {
+        Ok(status) => status.expect("wait"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("llmgate did not exit in time");
+        }
+    }
+}
+
+#[test]
+fn serve_answers_chat_and_exits_zero_on_sigterm() {
+    let config = routing_file(
+        "listen: { grpc: 127.0.0.1:0 }
+upstreams:
+  sim: { kind: sim, sim: { ttft: 1ms, tokens_per_second: 0, output_tokens: 4 } }
+routes:
+  - model: demo
+    pools: [{ upstream: sim }]
+",
+    );
+    let (server, addr) = serve(&config);
+
+    let chat = Command::new(BIN)
+        .args(["chat", "--model", "demo", "--addr", &addr, "hello"])
+        .output()
+        .expect("run llmgate chat");
+    assert!(
+        chat.status.success(),
+        "{}",
+        String::from_utf8_lossy(&chat.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&chat.stdout),
+        "The gateway routes every\n"
+    );
+    let summary = String::from_utf8_lossy(&chat.stderr);
+    assert!(summary.contains("finish stop"), "{summary}");
+    assert!(summary.contains("2 tokens in, 4 out"), "{summary}");
+
+    let unknown = Command::new(BIN)
+        .args(["chat", "--model", "nope", "--addr", &addr, "hello"])
+        .output()
+        .expect("run llmgate chat");
+    assert!(!unknown.status.success());
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(stderr.contains("NOT_FOUND"), "{stderr}");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .expect("send SIGTERM");
+    assert!(killed.success());
+    let status = wait_exit(server);
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    let _ = std::fs::remove_file(config);
+}
+
+#[test]
+fn serve_refuses_a_broken_routing_file_with_its_position() {
+    let config =
+        routing_file("upstreams: {}\nroutes:\n  - model: m\n    pools: [{ upstream: ghost }]\n");
+    let output = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run llmgate serve");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(":4:"), "{stderr}");
+    assert!(stderr.contains("unknown upstream 'ghost'"), "{stderr}");
+    let _ = std::fs::remove_file(config);
+}
