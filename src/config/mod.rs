@@ -455,7 +455,12 @@ impl Checker {
 
     fn sim(&mut self, name: &str, raw: RawSim) -> SimSettings {
         let mut settings = SimSettings::default();
-        if let Some(ttft) = raw.ttft.as_ref().and_then(|d| self.duration(d)) {
+        // A simulated model may answer instantly (benchmarks do).
+        if let Some(ttft) = raw
+            .ttft
+            .as_ref()
+            .and_then(|d| self.duration_from(d, Duration::ZERO))
+        {
             settings.ttft = ttft;
         }
         if let Some(tps) = raw.tokens_per_second {
@@ -558,9 +563,15 @@ impl Checker {
         }
     }
 
+    /// A time limit: zero would fail every call, so it is refused.
     fn duration(&mut self, raw: &Spanned<String>) -> Option<Duration> {
+        self.duration_from(raw, Duration::from_nanos(1))
+    }
+
+    /// A duration of at least `min`.
+    fn duration_from(&mut self, raw: &Spanned<String>, min: Duration) -> Option<Duration> {
         match humantime::parse_duration(raw.value.trim()) {
-            Ok(d) if !d.is_zero() => Some(d),
+            Ok(d) if d >= min => Some(d),
             Ok(_) => {
                 self.report(
                     raw,

@@ -938,3 +938,18 @@ fn unreadable_file_is_reported_without_a_position() {
         "{shown}"
     );
 }
+
+#[test]
+fn a_simulated_model_may_answer_with_no_delay() {
+    let config = parse_ok(&yaml(&[
+        "upstreams:",
+        "  instant:",
+        "    kind: sim",
+        "    sim: { ttft: 0s, tokens_per_second: 0 }",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: instant",
+    ]));
+    assert_eq!(config.upstreams["instant"].sim.ttft, Duration::ZERO);
+}
