@@ -37,6 +37,11 @@ pub enum ErrorKind {
 pub struct GatewayError {
     kind: ErrorKind,
     message: String,
+    /// How long the upstream asked us to wait (its `Retry-After`).
+    retry_after: Option<std::time::Duration>,
+    /// The model refused the prompt as longer than its context window: no
+    /// retry on the same model can help, a larger one might.
+    context_length: bool,
 }
 
 // === impl ErrorKind ===
@@ -101,6 +106,8 @@ impl GatewayError {
         GatewayError {
             kind,
             message: message.into(),
+            retry_after: None,
+            context_length: false,
         }
     }
 
@@ -117,6 +124,44 @@ impl GatewayError {
     /// A deadline or timeout passed.
     pub fn deadline_exceeded(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::DeadlineExceeded, message)
+    }
+
+    /// Notes the upstream's `Retry-After`.
+    pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
+    }
+
+    /// Marks the error as "prompt longer than the model's context window".
+    pub fn with_context_length_exceeded(mut self) -> Self {
+        self.context_length = true;
+        self
+    }
+
+    /// How long the upstream asked callers to wait before trying again.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.retry_after
+    }
+
+    /// Whether the prompt was too long for the model.
+    pub fn is_context_length_exceeded(&self) -> bool {
+        self.context_length
+    }
+
+    /// Whether another endpoint, pool or fallback model could succeed where
+    /// this attempt failed: the upstream was down, overloaded or too slow,
+    /// not the request wrong.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::Unavailable | ErrorKind::ResourceExhausted | ErrorKind::DeadlineExceeded
+        )
+    }
+
+    /// The same error with `context` put before its message.
+    pub fn context(mut self, context: &str) -> Self {
+        self.message = format!("{context}: {}", self.message);
+        self
     }
 
     /// What class of failure this is.

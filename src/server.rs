@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tonic::service::Routes;
 
-use crate::backend::http;
+use crate::backend::Connectors;
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::frontend::grpc::GrpcFrontend;
@@ -46,9 +46,20 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let client = http::client();
+    run_with(listener, config, Connectors::default(), shutdown).await
+}
+
+/// [`run`] with the outside world given: the HTTP client and DNS resolver
+/// upstreams use (tests move DNS answers around with their own).
+pub async fn run_with(
+    listener: TcpListener,
+    config: Config,
+    connectors: Connectors,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
     let table: SharedTable = Arc::new(ArcSwap::from_pointee(RoutingTable::build(
-        &config, &client,
+        &config,
+        &connectors,
     )?));
     let frontend = GrpcFrontend::new(stack::build(Router::new(table.clone())), table);
     let service = TowerToHyperService::new(Routes::new(LlmServiceServer::new(frontend)).prepare());

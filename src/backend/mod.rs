@@ -1,10 +1,11 @@
 //! Backend adapters: the last stage of a call, where the internal request
 //! becomes an upstream's wire format and its answer becomes a token stream.
 //!
-//! An [`Upstream`] is one named entry of the routing file. Besides speaking
-//! its wire, it holds the call to the upstream's own time limits (`timeout`,
+//! An [`Upstream`] is one named entry of the routing file: a wire format, a
+//! balancer over its endpoints, and its own time limits (`timeout`,
 //! `first_token_timeout`, `idle_timeout`), which sit inside the caller's
-//! deadline enforced further up the stack.
+//! deadline enforced further up the stack and cover the whole attempt,
+//! waiting for an endpoint included.
 
 pub mod http;
 mod openai;
@@ -18,28 +19,43 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
+use crate::balance::discover::Resolve;
+use crate::balance::endpoint::{Dispatch, EndpointCall};
+use crate::balance::health::EndpointSnapshot;
+use crate::balance::{Balancer, DispatchFactory};
 use crate::chat::{ChatRequest, ChatStream};
-use crate::config::{UpstreamConfig, UpstreamKind, UpstreamTimeouts};
+use crate::config::{Discovery, UpstreamConfig, UpstreamKind, UpstreamTimeouts};
 use crate::error::{GatewayError, human_duration};
 use crate::sim::SimSettings;
 use crate::stack::timeout::{StreamLimits, TimedStream, TimeoutMessages};
 use http::HttpClient;
 use openai::OpenAiBackend;
 
+/// What upstreams need from the outside world: the shared HTTP client and
+/// a DNS resolver (replaceable in tests).
+#[derive(Clone)]
+pub struct Connectors {
+    /// The pooled client every HTTP upstream sends through.
+    pub http: HttpClient,
+    /// Resolves `discover: { dns: ... }` names.
+    pub resolver: Arc<dyn Resolve>,
+}
+
 /// One upstream of the routing file, ready to take calls.
 #[derive(Debug)]
 pub struct Upstream {
     /// Its name in the routing file.
     name: Arc<str>,
-    /// The wire it speaks.
-    backend: Backend,
+    /// Picks an endpoint per call.
+    balancer: Balancer,
     /// Its own limits on a call.
     timeouts: UpstreamTimeouts,
 }
 
-#[derive(Debug)]
+/// The wire an upstream speaks, shared by its endpoints.
+#[derive(Debug, Clone)]
 enum Backend {
-    OpenAi(Box<OpenAiBackend>),
+    OpenAi(Arc<OpenAiBackend>),
     Sim(SimSettings),
 }
 
@@ -51,26 +67,62 @@ struct UpstreamLimits {
     total: Duration,
 }
 
+/// The pseudo-address of an in-process simulator's one endpoint.
+const SIM_ENDPOINT: &str = "sim://in-process";
+
+// === impl Connectors ===
+
+impl Default for Connectors {
+    fn default() -> Self {
+        Connectors {
+            http: http::client(),
+            resolver: Arc::new(crate::balance::discover::SystemResolver),
+        }
+    }
+}
+
 // === impl Upstream ===
 
 impl Upstream {
-    /// Builds an upstream from its validated config; HTTP kinds send through
-    /// the shared `client`.
-    pub fn new(config: &UpstreamConfig, client: &HttpClient) -> Result<Self, GatewayError> {
-        let backend = match config.kind {
-            UpstreamKind::OpenAi => Backend::OpenAi(Box::new(
-                OpenAiBackend::new(config, client.clone()).ok_or_else(|| {
-                    GatewayError::unavailable(format!(
-                        "upstream '{}' has no usable endpoint",
-                        config.name
-                    ))
-                })?,
-            )),
-            UpstreamKind::Sim => Backend::Sim(config.sim),
+    /// Builds an upstream from its validated config and starts discovering
+    /// its endpoints (so it needs a Tokio runtime).
+    pub fn new(config: &UpstreamConfig, connectors: &Connectors) -> Result<Self, GatewayError> {
+        let name: Arc<str> = Arc::from(config.name.as_str());
+        if let Discovery::Static(urls) = &config.discovery
+            && let Some(bad) = urls.iter().find(|url| openai::chat_url(url).is_none())
+        {
+            return Err(GatewayError::unavailable(format!(
+                "upstream '{name}': endpoint {bad} cannot be used as a base URL"
+            )));
+        }
+        let (backend, discovery) = match config.kind {
+            UpstreamKind::OpenAi => (
+                Backend::OpenAi(Arc::new(OpenAiBackend::new(
+                    config,
+                    connectors.http.clone(),
+                ))),
+                config.discovery.clone(),
+            ),
+            UpstreamKind::Sim => (
+                Backend::Sim(config.sim),
+                Discovery::Static(vec![::http::Uri::from_static(SIM_ENDPOINT)]),
+            ),
         };
+        let factory: DispatchFactory = {
+            let name = name.clone();
+            Arc::new(move |base: &::http::Uri| backend_dispatch(&backend, &name, base))
+        };
+        let balancer = Balancer::new(
+            &config.name,
+            &discovery,
+            &config.policy,
+            factory,
+            connectors.http.clone(),
+            connectors.resolver.clone(),
+        );
         Ok(Upstream {
-            name: Arc::from(config.name.as_str()),
-            backend,
+            name,
+            balancer,
             timeouts: config.timeouts,
         })
     }
@@ -80,37 +132,41 @@ impl Upstream {
         &self.name
     }
 
+    /// Whether any endpoint could take a call now.
+    pub fn is_available(&self) -> bool {
+        self.balancer.is_available()
+    }
+
+    /// Every endpoint's state, for introspection.
+    pub fn endpoints(&self) -> Vec<EndpointSnapshot> {
+        self.balancer.endpoints()
+    }
+
     /// Sends `req` to this upstream as `model`, held to the upstream's time
     /// limits from this moment on.
     pub fn call(
         self: &Arc<Self>,
         model: Arc<str>,
-        req: ChatRequest,
+        req: Arc<ChatRequest>,
     ) -> BoxFuture<'static, Result<ChatStream, GatewayError>> {
-        let this = Arc::clone(self);
+        let start = Instant::now();
+        let limits = StreamLimits {
+            deadline: Some(start + self.timeouts.total),
+            // A unary answer arrives whole; only streams have a first token
+            // and gaps to time.
+            first_token: self.timeouts.first_token.filter(|_| req.stream),
+            idle: self.timeouts.idle.filter(|_| req.stream),
+        };
+        let messages = UpstreamLimits {
+            name: self.name.clone(),
+            total: self.timeouts.total,
+        };
+        // Headers must arrive within the first-token limit too: a server that
+        // queues the request before answering is just as slow.
+        let first_token_cap = limits.first_token.filter(|l| *l < self.timeouts.total);
+        let headers_by = start + first_token_cap.unwrap_or(self.timeouts.total);
+        let response = self.balancer.call(EndpointCall { model, req });
         async move {
-            let start = Instant::now();
-            let limits = StreamLimits {
-                deadline: Some(start + this.timeouts.total),
-                // A unary answer arrives whole; only streams have a first
-                // token and gaps to time.
-                first_token: this.timeouts.first_token.filter(|_| req.stream),
-                idle: this.timeouts.idle.filter(|_| req.stream),
-            };
-            let messages = UpstreamLimits {
-                name: this.name.clone(),
-                total: this.timeouts.total,
-            };
-            // Headers must arrive within the first-token limit too: a server
-            // that queues the request before answering is just as slow.
-            let first_token_cap = limits.first_token.filter(|l| *l < this.timeouts.total);
-            let headers_by = start + first_token_cap.unwrap_or(this.timeouts.total);
-            let response = async {
-                match &this.backend {
-                    Backend::OpenAi(backend) => backend.call(model, &req).await,
-                    Backend::Sim(settings) => sim::call(settings, &this.name, model, &req),
-                }
-            };
             let stream = match (
                 tokio::time::timeout_at(headers_by, response).await,
                 first_token_cap,
@@ -122,6 +178,29 @@ impl Upstream {
             Ok(Box::pin(TimedStream::new(stream, limits, start, messages)) as ChatStream)
         }
         .boxed()
+    }
+}
+
+/// The backend bound to one endpoint's base URL.
+fn backend_dispatch(backend: &Backend, name: &Arc<str>, base: &::http::Uri) -> Option<Dispatch> {
+    match backend {
+        Backend::OpenAi(openai) => {
+            let target = Arc::new(openai::chat_url(base)?);
+            let openai = openai.clone();
+            Some(Arc::new(move |call: EndpointCall| {
+                let openai = openai.clone();
+                let target = target.clone();
+                async move { openai.call(&target, call.model, &call.req).await }.boxed()
+            }))
+        }
+        Backend::Sim(settings) => {
+            let settings = *settings;
+            let name = name.clone();
+            Some(Arc::new(move |call: EndpointCall| {
+                futures_util::future::ready(sim::call(&settings, &name, call.model, &call.req))
+                    .boxed()
+            }))
+        }
     }
 }
 

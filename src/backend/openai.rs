@@ -24,7 +24,6 @@ use serde::{Deserialize, Serialize};
 
 use super::http::HttpClient;
 use super::sse::SseDecoder;
-use crate::balance::RoundRobin;
 use crate::chat::{
     ChatEvent, ChatMessage, ChatRequest, ChatStream, Completion, FinishReason, Usage,
 };
@@ -36,15 +35,13 @@ const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// How much of an unreadable error body is quoted back to the caller.
 const MAX_QUOTED_ERROR: usize = 512;
 
-/// An OpenAI-compatible upstream: where to send, and with which key.
+/// An OpenAI-compatible upstream: how to reach it, and with which key.
 #[derive(Debug)]
 pub(crate) struct OpenAiBackend {
     /// The upstream's name, for error messages.
     name: Arc<str>,
     /// The shared pooled client.
     client: HttpClient,
-    /// `/v1/chat/completions` of each endpoint.
-    endpoints: RoundRobin<Uri>,
     /// `Bearer <key>`, marked sensitive so it is never logged.
     authorization: Option<HeaderValue>,
 }
@@ -134,29 +131,28 @@ struct SseChatStream {
 // === impl OpenAiBackend ===
 
 impl OpenAiBackend {
-    /// Prepares the endpoints and credentials of `config`.
-    pub(crate) fn new(config: &UpstreamConfig, client: HttpClient) -> Option<Self> {
-        let endpoints = config.endpoints.iter().filter_map(chat_url).collect();
+    /// Prepares the credentials of `config`.
+    pub(crate) fn new(config: &UpstreamConfig, client: HttpClient) -> Self {
         let authorization = config.api_key.as_ref().and_then(|key| {
             let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose())).ok()?;
             value.set_sensitive(true);
             Some(value)
         });
-        Some(OpenAiBackend {
+        OpenAiBackend {
             name: Arc::from(config.name.as_str()),
             client,
-            endpoints: RoundRobin::new(endpoints)?,
             authorization,
-        })
+        }
     }
 
-    /// Sends `req` for `model` to the next endpoint and returns its tokens.
+    /// Sends `req` for `model` to `url` (an endpoint's
+    /// `/v1/chat/completions`) and returns its tokens.
     pub(crate) async fn call(
         &self,
+        url: &Uri,
         model: Arc<str>,
         req: &ChatRequest,
     ) -> Result<ChatStream, GatewayError> {
-        let url = self.endpoints.pick();
         let body = WireRequest {
             model: &model,
             messages: &req.messages,
@@ -198,12 +194,17 @@ impl OpenAiBackend {
             ))
         })?;
         let status = response.status();
+        let retry_after = retry_after(response.headers());
         // A server that ignored `stream: true` (or reports an error as a
         // 200 JSON body) answers with JSON; read it whole either way.
         let sse = req.stream && !is_json(response.headers());
         let body = response.into_body();
         if !status.is_success() {
-            return Err(self.status_error(status, body).await);
+            let err = self.status_error(status, body).await;
+            return Err(match retry_after {
+                Some(wait) => err.with_retry_after(wait),
+                None => err,
+            });
         }
         let completion = Completion {
             finish_reason: None,
@@ -290,10 +291,16 @@ impl OpenAiBackend {
             ErrorKind::Unavailable => "; the upstream is failing, retry later",
             _ => "",
         };
-        GatewayError::new(
+        let too_long = kind == ErrorKind::InvalidArgument && mentions_context_length(&detail);
+        let err = GatewayError::new(
             kind,
             format!("upstream '{}' answered {status}: {detail}{hint}", self.name),
-        )
+        );
+        if too_long {
+            err.with_context_length_exceeded()
+        } else {
+            err
+        }
     }
 }
 
@@ -412,7 +419,7 @@ impl WireUsage {
 // === helpers ===
 
 /// `{base}/v1/chat/completions`, accepting a base that already ends in `/v1`.
-fn chat_url(base: &Uri) -> Option<Uri> {
+pub(crate) fn chat_url(base: &Uri) -> Option<Uri> {
     let base = base.to_string();
     let base = base.trim_end_matches('/');
     let url = if base.ends_with("/v1") {
@@ -421,6 +428,33 @@ fn chat_url(base: &Uri) -> Option<Uri> {
         format!("{base}/v1/chat/completions")
     };
     url.parse().ok()
+}
+
+/// The upstream's `Retry-After` in seconds (the HTTP-date form is rare from
+/// inference servers and not worth a date parser).
+fn retry_after(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    let seconds: u64 = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(std::time::Duration::from_secs(seconds))
+}
+
+/// Whether an upstream's 400 says the prompt exceeds the context window, in
+/// the words vLLM and OpenAI use.
+fn mentions_context_length(detail: &str) -> bool {
+    let detail = detail.to_ascii_lowercase();
+    [
+        "context length",
+        "context_length",
+        "context window",
+        "maximum context",
+    ]
+    .iter()
+    .any(|phrase| detail.contains(phrase))
 }
 
 fn is_json(headers: &http::HeaderMap) -> bool {

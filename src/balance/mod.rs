@@ -1,33 +1,317 @@
-//! Choosing an endpoint inside one upstream, per call.
+//! Choosing an endpoint for each call: power of two choices over live load.
 //!
 //! Every call picks on its own, never per connection: that is what spreads
-//! calls arriving on one long-lived HTTP/2 connection over every server.
-//! Today the choice is a lock-free round robin; power-of-two-choices over
-//! live load replaces it behind the same `pick`.
+//! calls arriving on one long-lived HTTP/2 connection over every server of a
+//! pool. The balancer is tower's `p2c::Balance` (the maintained home of the
+//! old tower-balance crate) over a discovery stream of [`endpoint::Endpoint`]
+//! services, shared by all calls through a `Buffer`.
+//!
+//! tower's `Balance` waits, without limit, while no endpoint is ready. A
+//! gateway must not: a [`FailFast`] between the buffer and the balancer turns
+//! "nothing ready" into an immediate UNAVAILABLE, which retries and fallbacks
+//! above can act on within the caller's deadline.
+//!
+//! - [`endpoint`]: one endpoint as a service; its load is calls in flight
+//!   until the last token.
+//! - [`health`]: outlier ejection and active health verdicts.
+//! - [`discover`]: static lists and DNS names as change streams.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+pub mod discover;
+pub mod endpoint;
+pub mod health;
 
-/// A fixed set of endpoints taken in turn.
-#[derive(Debug)]
-pub struct RoundRobin<T> {
-    /// The endpoints; never empty.
-    items: Vec<T>,
-    /// Which one the next call takes.
-    next: AtomicUsize,
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+use tower::balance::p2c::Balance;
+use tower::buffer::Buffer;
+use tower::discover::Change;
+use tower::{Service, ServiceExt};
+
+use crate::backend::http::HttpClient;
+use crate::chat::ChatStream;
+use crate::config::{Discovery, EndpointPolicy, HealthCheck};
+use crate::error::GatewayError;
+use discover::{ChangeSender, Changes, Resolve};
+use endpoint::{Dispatch, Endpoint, EndpointCall};
+use health::{EndpointSnapshot, EndpointState, PoolHealth};
+
+/// How many calls may wait for the balancer task at once. Calls only wait
+/// here for the moment it takes to pick an endpoint.
+const DISPATCH_QUEUE: usize = 1024;
+
+/// Makes the [`Dispatch`] for an endpoint's base URL (the backend adapter
+/// bound to that address), or `None` if the URL cannot be used.
+pub type DispatchFactory = Arc<dyn Fn(&http::Uri) -> Option<Dispatch> + Send + Sync>;
+
+/// The endpoints of one upstream and the balancer over them.
+pub struct Balancer {
+    /// The upstream's name, for errors.
+    name: Arc<str>,
+    /// The shared P2C balancer.
+    service: Buffer<EndpointCall, BoxFuture<'static, Result<ChatStream, GatewayError>>>,
+    /// Every endpoint's state.
+    pool: Arc<PoolHealth>,
+    /// Background discovery; stops when the balancer is dropped.
+    _discovery: Option<AbortOnDrop>,
 }
 
-impl<T> RoundRobin<T> {
-    /// A rotation over `items`, or `None` when there is nothing to pick.
-    pub fn new(items: Vec<T>) -> Option<Self> {
-        (!items.is_empty()).then(|| RoundRobin {
-            items,
-            next: AtomicUsize::new(0),
-        })
+/// Turns "no endpoint ready" into an immediate error instead of a wait.
+pub struct FailFast<S> {
+    inner: S,
+    /// Whether the last readiness check found nothing ready.
+    unready: bool,
+    /// The upstream's name, for the error.
+    name: Arc<str>,
+}
+
+/// Aborts a background task when dropped, so a table that is replaced takes
+/// its tasks with it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+/// What the balancer needs to add an endpoint.
+#[derive(Clone)]
+struct EndpointMaker {
+    pool: Arc<PoolHealth>,
+    policy: EndpointPolicy,
+    dispatch: DispatchFactory,
+    probe_client: HttpClient,
+}
+
+// === impl Balancer ===
+
+impl std::fmt::Debug for Balancer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Balancer")
+            .field("name", &self.name)
+            .field("endpoints", &self.pool.snapshot())
+            .finish()
+    }
+}
+
+impl Balancer {
+    /// Starts balancing over the endpoints `discovery` names.
+    pub fn new(
+        name: &str,
+        discovery: &Discovery,
+        policy: &EndpointPolicy,
+        dispatch: DispatchFactory,
+        probe_client: HttpClient,
+        resolver: Arc<dyn Resolve>,
+    ) -> Self {
+        let name: Arc<str> = Arc::from(name);
+        let pool = Arc::new(PoolHealth::default());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let maker = EndpointMaker {
+            pool: pool.clone(),
+            policy: policy.clone(),
+            dispatch,
+            probe_client,
+        };
+        let discovery_task = match discovery {
+            Discovery::Static(urls) => {
+                for url in urls {
+                    maker.insert(&tx, url.clone());
+                }
+                None
+            }
+            Discovery::Dns {
+                host,
+                port,
+                scheme,
+                interval,
+            } => {
+                let scheme = scheme.clone();
+                let watch = discover::watch_dns(
+                    resolver,
+                    host.clone(),
+                    *port,
+                    *interval,
+                    move |added, removed| {
+                        for addr in removed {
+                            if let Some(url) = address_url(&scheme, addr) {
+                                maker.pool.remove(&url);
+                                let _ = tx.send(Ok(Change::Remove(url)));
+                            }
+                        }
+                        for addr in added {
+                            if let Some(url) = address_url(&scheme, addr) {
+                                maker.insert(&tx, url);
+                            }
+                        }
+                        !tx.is_closed()
+                    },
+                );
+                Some(AbortOnDrop(tokio::spawn(watch)))
+            }
+        };
+        let changes: Changes<Endpoint> = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+        let balance = FailFast {
+            inner: Balance::new(changes),
+            unready: false,
+            name: name.clone(),
+        };
+        Balancer {
+            name,
+            service: Buffer::new(balance, DISPATCH_QUEUE),
+            pool,
+            _discovery: discovery_task,
+        }
     }
 
-    /// The endpoint for the next call.
-    pub fn pick(&self) -> &T {
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.items.len();
-        &self.items[index]
+    /// Sends `call` to the least loaded of two ready endpoints.
+    pub fn call(
+        &self,
+        call: EndpointCall,
+    ) -> impl Future<Output = Result<ChatStream, GatewayError>> + Send + 'static {
+        let mut service = self.service.clone();
+        let name = self.name.clone();
+        async move {
+            let from_box = |err: tower::BoxError| match err.downcast::<GatewayError>() {
+                Ok(err) => *err,
+                Err(other) => GatewayError::unavailable(format!(
+                    "upstream '{name}': the balancer stopped ({other})"
+                )),
+            };
+            service.ready().await.map_err(from_box)?;
+            service.call(call).await.map_err(from_box)
+        }
+    }
+
+    /// Whether any endpoint could take a call now; a pool without one is
+    /// down, and calls go elsewhere at once.
+    pub fn is_available(&self) -> bool {
+        self.pool.any_admissible()
+    }
+
+    /// Every endpoint's state, for introspection.
+    pub fn endpoints(&self) -> Vec<EndpointSnapshot> {
+        self.pool.snapshot()
+    }
+}
+
+// === impl EndpointMaker ===
+
+impl EndpointMaker {
+    /// Adds the endpoint at `url` to the pool and the balancer.
+    fn insert(&self, tx: &ChangeSender<Endpoint>, url: http::Uri) {
+        let Some(dispatch) = (self.dispatch)(&url) else {
+            tracing::warn!(%url, "endpoint URL cannot be used; skipped");
+            return;
+        };
+        let state = EndpointState::new(url.clone(), &self.pool, self.policy.outlier);
+        if let Some(check) = &self.policy.health_check {
+            tokio::spawn(probe(
+                Arc::downgrade(&state),
+                self.probe_client.clone(),
+                check.clone(),
+            ));
+        }
+        self.pool.insert(state.clone());
+        let endpoint = Endpoint::new(state, dispatch, self.policy.max_in_flight);
+        let _ = tx.send(Ok(Change::Insert(url, endpoint)));
+    }
+}
+
+/// `scheme://addr` as a base URL.
+fn address_url(scheme: &str, addr: std::net::SocketAddr) -> Option<http::Uri> {
+    format!("{scheme}://{addr}").parse().ok()
+}
+
+/// Probes one endpoint until it is gone, flipping its health verdict after
+/// `unhealthy_after` failures or `healthy_after` passes in a row.
+async fn probe(state: Weak<EndpointState>, client: HttpClient, check: HealthCheck) {
+    let Some(url) = state.upgrade().and_then(|s| {
+        let base = s.url.to_string();
+        format!("{}{}", base.trim_end_matches('/'), check.path)
+            .parse::<http::Uri>()
+            .ok()
+    }) else {
+        return;
+    };
+    let (mut passes, mut failures) = (0u32, 0u32);
+    let mut ticks = tokio::time::interval(check.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if state.strong_count() == 0 {
+            return;
+        }
+        let passed = matches!(
+            tokio::time::timeout(check.timeout, client.get(url.clone())).await,
+            Ok(Ok(response)) if response.status().is_success()
+        );
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        if passed {
+            passes += 1;
+            failures = 0;
+            if !state.is_healthy() && passes >= check.healthy_after {
+                tracing::info!(endpoint = %state.url, "health check passes again; endpoint back in");
+                state.set_healthy(true);
+            }
+        } else {
+            failures += 1;
+            passes = 0;
+            if state.is_healthy() && failures >= check.unhealthy_after {
+                tracing::warn!(endpoint = %state.url, path = %check.path, "health check failing; endpoint out");
+                state.set_healthy(false);
+            }
+        }
+    }
+}
+
+// === impl FailFast ===
+
+impl<S> Service<EndpointCall> for FailFast<S>
+where
+    S: Service<EndpointCall, Response = ChatStream, Error = tower::BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = ChatStream;
+    type Error = GatewayError;
+    type Future = BoxFuture<'static, Result<ChatStream, GatewayError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        // Never an error either: the buffer would fail every later call.
+        self.unready = match self.inner.poll_ready(cx) {
+            Poll::Ready(Ok(())) => false,
+            Poll::Ready(Err(err)) => {
+                tracing::warn!(upstream = %self.name, %err, "balancer not ready");
+                true
+            }
+            Poll::Pending => true,
+        };
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: EndpointCall) -> Self::Future {
+        if self.unready {
+            let err = GatewayError::unavailable(format!(
+                "upstream '{}' has no endpoint that can take a call now (all are ejected, \
+                 failing health checks or at max_in_flight); retry later",
+                self.name
+            ));
+            return futures_util::future::ready(Err(err)).boxed();
+        }
+        self.inner
+            .call(call)
+            .map(|result| {
+                result.map_err(|err| match err.downcast::<GatewayError>() {
+                    Ok(err) => *err,
+                    Err(other) => GatewayError::unavailable(other.to_string()),
+                })
+            })
+            .boxed()
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -6,6 +6,7 @@
 //! file in one pass. A file that fails changes nothing: callers keep the
 //! table they had.
 
+mod resilience;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -19,6 +20,9 @@ use std::time::Duration;
 use serde_saphyr::{Location, MessageFormatter as _, Spanned, UserMessageFormatter};
 
 use crate::sim::SimSettings;
+pub use resilience::{
+    DEFAULT_DNS_INTERVAL, Discovery, EndpointPolicy, HealthCheck, OutlierPolicy, RetryPolicy,
+};
 use schema::{RawConfig, RawPool, RawRoute, RawSim, RawUpstream};
 
 /// Where the gRPC front end listens when the file does not say.
@@ -57,8 +61,11 @@ pub struct UpstreamConfig {
     pub name: String,
     /// The wire it speaks.
     pub kind: UpstreamKind,
-    /// Base URLs of its servers (empty for `sim`).
-    pub endpoints: Vec<http::Uri>,
+    /// Where its servers are: a fixed list of base URLs (empty for `sim`)
+    /// or a DNS name.
+    pub discovery: Discovery,
+    /// Admission and health of each endpoint.
+    pub policy: EndpointPolicy,
     /// The bearer token read from `api_key_env` when the file was loaded.
     pub api_key: Option<Secret>,
     /// Time limits on calls to it.
@@ -97,6 +104,12 @@ pub struct RouteConfig {
     pub aliases: Vec<String>,
     /// Where its calls go.
     pub pools: Vec<PoolConfig>,
+    /// How failed calls are retried.
+    pub retry: RetryPolicy,
+    /// Models tried in order when every pool of this route failed.
+    pub fallback: Vec<String>,
+    /// A larger-context model for calls rejected as too long.
+    pub context_fallback: Option<String>,
 }
 
 /// One pool of a route.
@@ -202,7 +215,18 @@ pub fn describe(config: &Config) -> String {
             UpstreamKind::OpenAi => "openai",
             UpstreamKind::Sim => "sim",
         };
-        let endpoints: Vec<String> = up.endpoints.iter().map(ToString::to_string).collect();
+        let endpoints: Vec<String> = match &up.discovery {
+            Discovery::Static(list) => list.iter().map(ToString::to_string).collect(),
+            Discovery::Dns {
+                host,
+                port,
+                interval,
+                ..
+            } => vec![format!(
+                "every address of {host}:{port} (resolved every {})",
+                crate::error::human_duration(*interval)
+            )],
+        };
         let _ = writeln!(
             out,
             "upstream {} ({kind}) {}{}",
@@ -238,6 +262,12 @@ pub fn describe(config: &Config) -> String {
                 "  -> {} as '{}', weight {} ({share:.0}%)",
                 pool.upstream, pool.model, pool.weight
             );
+        }
+        if !route.fallback.is_empty() {
+            let _ = writeln!(out, "  fallback: {}", route.fallback.join(", "));
+        }
+        if let Some(bigger) = &route.context_fallback {
+            let _ = writeln!(out, "  context_fallback: {bigger}");
         }
     }
     out
@@ -343,12 +373,50 @@ impl Checker {
             );
         }
         let mut names_seen: HashMap<String, Location> = HashMap::new();
+        let fallbacks: Vec<(String, Vec<String>, Vec<Spanned<String>>)> = raw
+            .routes
+            .value
+            .iter()
+            .map(|route| {
+                let own = std::iter::once(&route.value.model)
+                    .chain(&route.value.aliases)
+                    .map(|n| n.value.clone())
+                    .collect();
+                let targets = route
+                    .value
+                    .fallback
+                    .iter()
+                    .chain(&route.value.context_fallback)
+                    .cloned()
+                    .collect();
+                (route.value.model.value.clone(), own, targets)
+            })
+            .collect();
         let routes = raw
             .routes
             .value
             .into_iter()
             .map(|route| self.route(route, &known_upstreams, &mut names_seen))
             .collect();
+        for (model, own, targets) in fallbacks {
+            for target in targets {
+                if own.contains(&target.value) {
+                    self.report(
+                        &target,
+                        format!("route '{model}': a route cannot fall back to itself"),
+                    );
+                } else if !names_seen.contains_key(&target.value) {
+                    self.report(
+                        &target,
+                        format!(
+                            "route '{model}': fallback '{}' is not a routed model; add a route \
+                             for it or remove it",
+                            target.value
+                        ),
+                    );
+                }
+            }
+        }
         Config {
             listen: ListenConfig {
                 grpc: grpc.unwrap_or(default_grpc),
@@ -382,13 +450,25 @@ impl Checker {
             }
         };
         let endpoints: Vec<http::Uri> = up.endpoints.iter().filter_map(|e| self.url(e)).collect();
+        let dns = up.discover.as_ref().and_then(|d| self.discovery(name, d));
+        match (&up.discover, up.endpoints.first()) {
+            (Some(discover), Some(_)) => self.report(
+                discover,
+                format!("upstream '{name}': give either endpoints: or discover:, not both"),
+            ),
+            (Some(discover), None) if kind == Some(UpstreamKind::Sim) => self.report(
+                discover,
+                format!("upstream '{name}': kind sim runs in process and takes no discover:"),
+            ),
+            _ => {}
+        }
         match kind {
-            Some(UpstreamKind::OpenAi) if up.endpoints.is_empty() => {
+            Some(UpstreamKind::OpenAi) if up.endpoints.is_empty() && up.discover.is_none() => {
                 self.problems.push(Problem::at(
                     Some(at),
                     format!(
                         "upstream '{name}': endpoints: is empty; list at least one base URL \
-                         such as http://127.0.0.1:8000"
+                         such as http://127.0.0.1:8000, or use discover: {{ dns: name:port }}"
                     ),
                 ));
             }
@@ -439,10 +519,35 @@ impl Checker {
             .sim
             .map(|sim| self.sim(name, sim.value))
             .unwrap_or_default();
+        let max_in_flight = match &up.max_in_flight {
+            Some(n) if n.value == 0 => {
+                self.report(
+                    n,
+                    format!(
+                        "upstream '{name}': max_in_flight must be 1 or more (omit it for no cap)"
+                    ),
+                );
+                None
+            }
+            other => other.as_ref().map(|n| n.value),
+        };
+        let policy = EndpointPolicy {
+            max_in_flight,
+            outlier: up
+                .outlier
+                .as_ref()
+                .map(|o| self.outlier(name, &o.value))
+                .unwrap_or_default(),
+            health_check: up
+                .health_check
+                .as_ref()
+                .and_then(|h| self.health_check(name, kind, h)),
+        };
         Some(UpstreamConfig {
             name: name.to_string(),
             kind: kind?,
-            endpoints,
+            discovery: dns.unwrap_or(Discovery::Static(endpoints)),
+            policy,
             api_key,
             timeouts: UpstreamTimeouts {
                 total: total.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
@@ -534,10 +639,18 @@ impl Checker {
                 ),
             ));
         }
+        let retry = route
+            .retry
+            .as_ref()
+            .map(|r| self.retry(&model, &r.value))
+            .unwrap_or_default();
         RouteConfig {
             model,
             aliases: route.aliases.into_iter().map(|a| a.value).collect(),
             pools,
+            retry,
+            fallback: route.fallback.iter().map(|f| f.value.clone()).collect(),
+            context_fallback: route.context_fallback.as_ref().map(|f| f.value.clone()),
         }
     }
 

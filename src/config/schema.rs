@@ -60,6 +60,86 @@ pub(crate) struct RawUpstream {
     /// Simulator settings (`kind: sim`).
     #[serde(default)]
     pub(crate) sim: Option<Spanned<RawSim>>,
+    /// Endpoints from DNS instead of `endpoints:`.
+    #[serde(default)]
+    pub(crate) discover: Option<Spanned<RawDiscover>>,
+    /// Cap on calls in flight per endpoint.
+    #[serde(default)]
+    pub(crate) max_in_flight: Option<Spanned<u32>>,
+    /// Passive outlier ejection.
+    #[serde(default)]
+    pub(crate) outlier: Option<Spanned<RawOutlier>>,
+    /// Active health checks.
+    #[serde(default)]
+    pub(crate) health_check: Option<Spanned<RawHealthCheck>>,
+}
+
+/// `discover:` of an upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDiscover {
+    /// `name:port` to resolve.
+    pub(crate) dns: Spanned<String>,
+    /// How often to resolve it.
+    #[serde(default)]
+    pub(crate) interval: Option<Spanned<String>>,
+    /// `http` or `https` for the discovered addresses.
+    #[serde(default)]
+    pub(crate) scheme: Option<Spanned<String>>,
+}
+
+/// `outlier:` of an upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOutlier {
+    /// Failures in a row that eject an endpoint.
+    #[serde(default)]
+    pub(crate) consecutive_failures: Option<Spanned<u32>>,
+    /// First ejection's length; doubles on each repeat.
+    #[serde(default)]
+    pub(crate) base_ejection: Option<Spanned<String>>,
+    /// Longest ejection.
+    #[serde(default)]
+    pub(crate) max_ejection: Option<Spanned<String>>,
+    /// Largest share of the endpoints that may be ejected at once.
+    #[serde(default)]
+    pub(crate) max_ejected_share: Option<Spanned<f64>>,
+}
+
+/// `health_check:` of an upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealthCheck {
+    /// Path probed with GET.
+    #[serde(default)]
+    pub(crate) path: Option<Spanned<String>>,
+    /// Time between probes.
+    #[serde(default)]
+    pub(crate) interval: Option<Spanned<String>>,
+    /// Longest wait for one probe.
+    #[serde(default)]
+    pub(crate) timeout: Option<Spanned<String>>,
+    /// Failed probes in a row that take an endpoint out.
+    #[serde(default)]
+    pub(crate) unhealthy_after: Option<Spanned<u32>>,
+    /// Passed probes in a row that bring it back.
+    #[serde(default)]
+    pub(crate) healthy_after: Option<Spanned<u32>>,
+}
+
+/// `retry:` of a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetry {
+    /// Attempts in all, the first included.
+    #[serde(default)]
+    pub(crate) attempts: Option<Spanned<u32>>,
+    /// First back-off between attempts.
+    #[serde(default)]
+    pub(crate) backoff: Option<Spanned<String>>,
+    /// Retries allowed as a percentage of calls.
+    #[serde(default)]
+    pub(crate) budget_percent: Option<Spanned<f64>>,
 }
 
 /// `sim:` of a simulated upstream.
@@ -91,6 +171,16 @@ pub(crate) struct RawRoute {
     pub(crate) aliases: Vec<Spanned<String>>,
     /// Where calls go, by weight.
     pub(crate) pools: Vec<Spanned<RawPool>>,
+    /// Retries on other endpoints and pools.
+    #[serde(default)]
+    pub(crate) retry: Option<Spanned<RawRetry>>,
+    /// Models tried in order when every pool of this route failed.
+    #[serde(default)]
+    pub(crate) fallback: Vec<Spanned<String>>,
+    /// A larger-context model for calls this route's model rejects as too
+    /// long.
+    #[serde(default)]
+    pub(crate) context_fallback: Option<Spanned<String>>,
 }
 
 /// One entry of a route's `pools:`.

@@ -146,10 +146,11 @@ fn full_file_is_read_field_by_field() {
                 UpstreamConfig {
                     name: "fleet".into(),
                     kind: UpstreamKind::OpenAi,
-                    endpoints: vec![
+                    discovery: Discovery::Static(vec![
                         http::Uri::from_static("http://10.0.0.11:8000"),
                         http::Uri::from_static("https://api.example.com/v1"),
-                    ],
+                    ]),
+                    policy: EndpointPolicy::default(),
                     api_key: Some(Secret::new(SECRET.into())),
                     timeouts: UpstreamTimeouts {
                         total: Duration::from_secs(120),
@@ -164,7 +165,8 @@ fn full_file_is_read_field_by_field() {
                 UpstreamConfig {
                     name: "simulated".into(),
                     kind: UpstreamKind::Sim,
-                    endpoints: vec![],
+                    discovery: Discovery::Static(vec![]),
+                    policy: EndpointPolicy::default(),
                     api_key: None,
                     timeouts: UpstreamTimeouts {
                         total: DEFAULT_UPSTREAM_TIMEOUT,
@@ -197,6 +199,9 @@ fn full_file_is_read_field_by_field() {
                         model: "llama".into(),
                     },
                 ],
+                retry: RetryPolicy::default(),
+                fallback: vec![],
+                context_fallback: None,
             },
             RouteConfig {
                 model: "demo".into(),
@@ -214,6 +219,9 @@ fn full_file_is_read_field_by_field() {
                         model: "gpt-4o-mini".into(),
                     },
                 ],
+                retry: RetryPolicy::default(),
+                fallback: vec![],
+                context_fallback: None,
             },
         ],
     };

@@ -1,9 +1,13 @@
-//! Routing: which upstream serves a call, decided per call.
+//! Routing: which upstream serves a call, decided per call, and what to do
+//! when it fails.
 //!
 //! The [`Router`] is the innermost tower service of the stack. It loads the
-//! current [`RoutingTable`] once per call, maps the model name to its route,
-//! picks a pool by weight, and hands the call to that pool's upstream.
+//! current [`RoutingTable`] once per call and keeps that snapshot to the end,
+//! so a reload never changes a call in flight. Retries sit here, above the
+//! balancers, so a retry can go to another endpoint, another pool or a
+//! fallback model (see [`retry`]).
 
+pub mod retry;
 pub mod table;
 
 use std::sync::Arc;
@@ -15,7 +19,7 @@ use futures_util::future::BoxFuture;
 use tower::Service;
 
 use crate::chat::{ChatRequest, ChatStream};
-use crate::error::{ErrorKind, GatewayError};
+use crate::error::GatewayError;
 pub use table::RoutingTable;
 
 /// The live routing table, swapped whole on reload.
@@ -45,25 +49,6 @@ impl Service<ChatRequest> for Router {
     }
 
     fn call(&mut self, req: ChatRequest) -> Self::Future {
-        let table = self.table.load();
-        let Some(route) = table.lookup(&req.model) else {
-            let err = GatewayError::new(
-                ErrorKind::NotFound,
-                format!(
-                    "model '{}' is not routed by this gateway; the ListModels RPC \
-                     (or `llmgate check` on the routing file) lists the models it serves",
-                    req.model
-                ),
-            );
-            return futures_util::future::ready(Err(err)).boxed();
-        };
-        let Some(pool) = route.pick_pool() else {
-            let err = GatewayError::unavailable(format!(
-                "route '{}' has no pool with a positive weight",
-                route.model
-            ));
-            return futures_util::future::ready(Err(err)).boxed();
-        };
-        pool.upstream.call(pool.model.clone(), req)
+        retry::serve(self.table.load_full(), Arc::new(req)).boxed()
     }
 }

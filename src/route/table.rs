@@ -8,10 +8,17 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::backend::Upstream;
-use crate::backend::http::HttpClient;
-use crate::config::Config;
+use tower::retry::budget::TpsBudget;
+
+use crate::backend::{Connectors, Upstream};
+use crate::config::{Config, RetryPolicy};
 use crate::error::GatewayError;
+
+/// How long a call counts toward a route's retry budget.
+const RETRY_BUDGET_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+/// Retries a route may always make per second, however few calls it has,
+/// so a quiet route still gets its first failures retried.
+const RETRY_BUDGET_FLOOR: u32 = 10;
 
 /// An immutable snapshot of where each model is served.
 #[derive(Debug)]
@@ -24,7 +31,7 @@ pub struct RoutingTable {
     upstreams: BTreeMap<String, Arc<Upstream>>,
 }
 
-/// Where calls for one model go.
+/// Where calls for one model go, and what to do when they fail.
 #[derive(Debug)]
 pub struct Route {
     /// The name clients send.
@@ -32,9 +39,15 @@ pub struct Route {
     /// Other names for the route.
     pub aliases: Vec<String>,
     /// Pools with a positive weight; calls pick among them by weight.
-    pools: Vec<Pool>,
-    /// Sum of the pools' weights.
-    total_weight: u64,
+    pub pools: Vec<Pool>,
+    /// How failed calls are retried.
+    pub retry: RetryPolicy,
+    /// Caps retries to a share of calls.
+    pub budget: TpsBudget,
+    /// Models tried in order when every pool failed.
+    pub fallback: Vec<String>,
+    /// A larger-context model for calls rejected as too long.
+    pub context_fallback: Option<String>,
 }
 
 /// One weighted share of a route.
@@ -51,12 +64,13 @@ pub struct Pool {
 // === impl RoutingTable ===
 
 impl RoutingTable {
-    /// Builds the table for a validated config.
-    pub fn build(config: &Config, client: &HttpClient) -> Result<Self, GatewayError> {
+    /// Builds the table for a validated config, starting each upstream's
+    /// endpoint discovery.
+    pub fn build(config: &Config, connectors: &Connectors) -> Result<Self, GatewayError> {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|(name, up)| Ok((name.clone(), Arc::new(Upstream::new(up, client)?))))
+            .map(|(name, up)| Ok((name.clone(), Arc::new(Upstream::new(up, connectors)?))))
             .collect::<Result<BTreeMap<_, _>, GatewayError>>()?;
         let mut routes = HashMap::new();
         let mut listing = Vec::with_capacity(config.routes.len());
@@ -76,8 +90,15 @@ impl RoutingTable {
             let route = Arc::new(Route {
                 model: route.model.clone(),
                 aliases: route.aliases.clone(),
-                total_weight: pools.iter().map(|p| u64::from(p.weight)).sum(),
                 pools,
+                retry: route.retry,
+                budget: TpsBudget::new(
+                    RETRY_BUDGET_WINDOW,
+                    RETRY_BUDGET_FLOOR,
+                    (route.retry.budget_percent / 100.0) as f32,
+                ),
+                fallback: route.fallback.clone(),
+                context_fallback: route.context_fallback.clone(),
             });
             for name in std::iter::once(&route.model).chain(&route.aliases) {
                 routes.insert(name.clone(), route.clone());
@@ -110,23 +131,42 @@ impl RoutingTable {
 // === impl Route ===
 
 impl Route {
-    /// Picks a pool for one call, by weight; `None` if no pool can serve.
-    pub fn pick_pool(&self) -> Option<&Pool> {
-        match self.pools.as_slice() {
-            [] => None,
-            [only] => Some(only),
-            pools => {
-                let mut ticket = rand::random_range(0..self.total_weight);
-                pools.iter().find(|pool| {
-                    let weight = u64::from(pool.weight);
-                    if ticket < weight {
-                        true
-                    } else {
-                        ticket -= weight;
-                        false
-                    }
-                })
-            }
+    /// Picks a pool for one attempt, by weight among the pools whose
+    /// upstream has an endpoint that can take a call, avoiding those in
+    /// `tried` while another is available. `None` when every pool is down.
+    pub fn pick_pool(&self, tried: &[usize]) -> Option<usize> {
+        if let [only] = self.pools.as_slice() {
+            return only.upstream.is_available().then_some(0);
         }
+        let eligible = |i: usize, avoid_tried: bool| {
+            !(avoid_tried && tried.contains(&i)) && self.pools[i].upstream.is_available()
+        };
+        let weight_of = |avoid_tried: bool| -> u64 {
+            (0..self.pools.len())
+                .filter(|&i| eligible(i, avoid_tried))
+                .map(|i| u64::from(self.pools[i].weight))
+                .sum()
+        };
+        let (avoid_tried, total) = match weight_of(true) {
+            0 => (false, weight_of(false)),
+            total => (true, total),
+        };
+        if total == 0 {
+            return None;
+        }
+        let mut ticket = rand::random_range(0..total);
+        (0..self.pools.len())
+            .filter(|&i| eligible(i, avoid_tried))
+            .find(|&i| {
+                let weight = u64::from(self.pools[i].weight);
+                if ticket < weight {
+                    true
+                } else {
+                    ticket -= weight;
+                    false
+                }
+            })
+            // Availability changed between the two passes: take any.
+            .or_else(|| (0..self.pools.len()).find(|&i| eligible(i, false)))
     }
 }

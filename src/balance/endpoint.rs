@@ -1,0 +1,186 @@
+//! One endpoint as a tower service: the leaf the P2C balancer picks.
+//!
+//! Its load is the number of calls in flight, where a streamed call counts
+//! until its last token (the count lives in a guard moved into the token
+//! stream), not until its response headers: otherwise a server busy with
+//! long generations would look idle to P2C. Endpoints that failed recently
+//! compare as more loaded than any that did not, so a retry moves to another
+//! endpoint even before the failing one is ejected.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, Stream};
+use tokio::time::{Instant, Sleep};
+use tower::Service;
+use tower::load::Load;
+
+use super::health::{EndpointState, Outcome};
+use crate::chat::{ChatEvent, ChatRequest, ChatStream};
+use crate::error::{ErrorKind, GatewayError};
+
+/// A call on its way to an endpoint.
+#[derive(Debug, Clone)]
+pub struct EndpointCall {
+    /// The model name the upstream knows.
+    pub model: Arc<str>,
+    /// The request, shared by every attempt of the call.
+    pub req: Arc<ChatRequest>,
+}
+
+/// Sends one call to one endpoint (the backend adapter, bound to the
+/// endpoint's address).
+pub type Dispatch =
+    Arc<dyn Fn(EndpointCall) -> BoxFuture<'static, Result<ChatStream, GatewayError>> + Send + Sync>;
+
+/// The balancer's view of one endpoint.
+pub struct Endpoint {
+    /// Shared record: load, failures, ejection, health.
+    state: Arc<EndpointState>,
+    /// Sends calls to it.
+    dispatch: Dispatch,
+    /// Most calls in flight at once.
+    max_in_flight: Option<usize>,
+    /// Wakes the balancer when an ejection ends.
+    ejection_timer: Option<Pin<Box<Sleep>>>,
+}
+
+/// Keeps a call counted on its endpoint until the call ends, and reports
+/// how it ended.
+struct CallGuard {
+    state: Arc<EndpointState>,
+    outcome: Outcome,
+}
+
+/// A token stream that holds its [`CallGuard`] to the end.
+struct Tracked {
+    inner: ChatStream,
+    guard: CallGuard,
+}
+
+// === impl Endpoint ===
+
+impl Endpoint {
+    /// The service for one endpoint.
+    pub fn new(state: Arc<EndpointState>, dispatch: Dispatch, max_in_flight: Option<u32>) -> Self {
+        Endpoint {
+            state,
+            dispatch,
+            max_in_flight: max_in_flight.map(|n| n as usize),
+            ejection_timer: None,
+        }
+    }
+}
+
+impl Service<EndpointCall> for Endpoint {
+    type Response = ChatStream;
+    type Error = GatewayError;
+    type Future = BoxFuture<'static, Result<ChatStream, GatewayError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        // Never an error: the balancer drops endpoints whose readiness fails,
+        // and an ejected endpoint must come back when its time is up.
+        if let Some(until) = self.state.ejected_until(Instant::now()) {
+            let timer = self
+                .ejection_timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+            timer.as_mut().reset(until);
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        self.ejection_timer = None;
+        let at_cap = |state: &EndpointState, cap: Option<usize>| {
+            cap.is_some_and(|cap| state.in_flight() >= cap)
+        };
+        if !self.state.is_healthy() || at_cap(&self.state, self.max_in_flight) {
+            self.state.register_ready_waker(cx.waker());
+            // Check again: the state may have changed before registering.
+            if !self.state.is_healthy() || at_cap(&self.state, self.max_in_flight) {
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: EndpointCall) -> Self::Future {
+        self.state.call_started();
+        let mut guard = CallGuard {
+            state: self.state.clone(),
+            outcome: Outcome::Neutral,
+        };
+        let response = (self.dispatch)(call);
+        async move {
+            match response.await {
+                Ok(inner) => Ok(Box::pin(Tracked { inner, guard }) as ChatStream),
+                Err(err) => {
+                    guard.set_outcome(outcome_of(&err));
+                    Err(err)
+                }
+            }
+        }
+        .boxed()
+    }
+}
+
+impl Load for Endpoint {
+    /// Failures since the last success first, then calls in flight.
+    type Metric = (u32, usize);
+
+    fn load(&self) -> Self::Metric {
+        (self.state.consecutive_failures(), self.state.in_flight())
+    }
+}
+
+// === impl CallGuard ===
+
+impl CallGuard {
+    /// Records how the call ended, reported when the guard drops.
+    fn set_outcome(&mut self, outcome: Outcome) {
+        self.outcome = outcome;
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.state.call_ended(self.outcome);
+    }
+}
+
+// === impl Tracked ===
+
+impl Stream for Tracked {
+    type Item = Result<ChatEvent, GatewayError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let item = self.inner.as_mut().poll_next(cx);
+        match &item {
+            Poll::Ready(Some(Ok(ChatEvent::Done(_)))) => self.guard.set_outcome(Outcome::Success),
+            Poll::Ready(Some(Err(err))) => {
+                let outcome = outcome_of(err);
+                self.guard.set_outcome(outcome);
+            }
+            _ => {}
+        }
+        item
+    }
+}
+
+/// What an error says about the endpoint that produced it.
+fn outcome_of(err: &GatewayError) -> Outcome {
+    match err.kind() {
+        ErrorKind::Unavailable => Outcome::Failure,
+        ErrorKind::ResourceExhausted => Outcome::Throttled,
+        // The server understood the request and refused it: it works.
+        ErrorKind::InvalidArgument
+        | ErrorKind::NotFound
+        | ErrorKind::Unauthenticated
+        | ErrorKind::PermissionDenied => Outcome::Success,
+        ErrorKind::DeadlineExceeded | ErrorKind::Cancelled | ErrorKind::Internal => {
+            Outcome::Neutral
+        }
+    }
+}
