@@ -3,9 +3,9 @@
 //! Its load is the number of calls in flight, where a streamed call counts
 //! until its last token (the count lives in a guard moved into the token
 //! stream), not until its response headers: otherwise a server busy with
-//! long generations would look idle to P2C. Endpoints that failed recently
-//! compare as more loaded than any that did not, so a retry moves to another
-//! endpoint even before the failing one is ejected.
+//! long generations would look idle to P2C. An endpoint that failed in the
+//! last second compares as more loaded than any that did not, so a retry
+//! moves to another endpoint even before the failing one is ejected.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -127,11 +127,14 @@ impl Service<EndpointCall> for Endpoint {
 }
 
 impl Load for Endpoint {
-    /// Failures since the last success first, then calls in flight.
-    type Metric = (u32, usize);
+    /// A recent failure first, then calls in flight.
+    type Metric = (bool, usize);
 
     fn load(&self) -> Self::Metric {
-        (self.state.consecutive_failures(), self.state.in_flight())
+        (
+            self.state.failed_recently(Instant::now()),
+            self.state.in_flight(),
+        )
     }
 }
 

@@ -29,6 +29,8 @@ pub struct EndpointState {
     in_flight: AtomicUsize,
     /// Failures since the last success.
     consecutive_failures: AtomicU32,
+    /// When the last failure happened, in nanoseconds after [`epoch`].
+    last_failure: AtomicU64,
     /// Ejected until this many nanoseconds after [`epoch`]; 0 when not.
     /// An atomic so every call can check it without a lock.
     ejected_until: AtomicU64,
@@ -94,6 +96,7 @@ impl EndpointState {
             url,
             in_flight: AtomicUsize::new(0),
             consecutive_failures: AtomicU32::new(0),
+            last_failure: AtomicU64::new(0),
             ejected_until: AtomicU64::new(0),
             ejections: Mutex::new(0),
             healthy: AtomicBool::new(true),
@@ -111,6 +114,18 @@ impl EndpointState {
     /// Failures since the last success.
     pub fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures.load(Ordering::Relaxed)
+    }
+
+    /// Whether the endpoint failed within the last [`FAILURE_PENALTY`] and
+    /// has not succeeded since. The balancer prefers any endpoint without a
+    /// recent failure, so a retry moves elsewhere at once; the penalty fades
+    /// so a recovered endpoint gets calls again and can prove itself.
+    pub fn failed_recently(&self, now: Instant) -> bool {
+        if self.consecutive_failures() == 0 {
+            return false;
+        }
+        let at = epoch() + Duration::from_nanos(self.last_failure.load(Ordering::Relaxed));
+        now.saturating_duration_since(at) < FAILURE_PENALTY
     }
 
     /// Until when the endpoint is ejected, if it is now.
@@ -151,17 +166,25 @@ impl EndpointState {
                 }
             }
             Outcome::Failure => {
+                self.note_failure_time();
                 let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
                 if failures >= self.policy.consecutive_failures {
                     self.try_eject();
                 }
             }
             Outcome::Throttled => {
+                self.note_failure_time();
                 self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
             }
             Outcome::Neutral => {}
         }
         self.ready_waker.wake();
+    }
+
+    fn note_failure_time(&self) {
+        let since = Instant::now().saturating_duration_since(epoch());
+        self.last_failure
+            .store(since.as_nanos() as u64, Ordering::Relaxed);
     }
 
     /// Sets the active health verdict.
@@ -271,6 +294,9 @@ impl PoolHealth {
         (members.len(), ejected)
     }
 }
+
+/// How long a failure makes an endpoint less preferred than its peers.
+pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
 /// The instant ejection times are counted from.
 fn epoch() -> Instant {

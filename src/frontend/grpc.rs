@@ -106,6 +106,27 @@ impl LlmService for GrpcFrontend {
             .map(|route| proto::ModelInfo {
                 name: route.model.clone(),
                 aliases: route.aliases.clone(),
+                pools: route
+                    .pools
+                    .iter()
+                    .map(|pool| proto::PoolInfo {
+                        upstream: pool.upstream.name().to_string(),
+                        weight: pool.weight,
+                        model: pool.model.to_string(),
+                        endpoints: pool
+                            .upstream
+                            .endpoints()
+                            .into_iter()
+                            .map(|e| proto::EndpointInfo {
+                                url: e.url,
+                                state: e.state.to_string(),
+                                in_flight: u32::try_from(e.in_flight).unwrap_or(u32::MAX),
+                                consecutive_failures: e.consecutive_failures,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+                fallback: route.fallback.clone(),
             })
             .collect();
         Ok(Response::new(proto::ListModelsResponse { models }))

@@ -4,6 +4,7 @@
 
 #![allow(unreachable_pub)]
 
+mod balance;
 mod check;
 mod deadline;
 mod gateway;

@@ -44,12 +44,25 @@ impl Gateway {
 
     /// Starts a gateway on an already parsed config.
     pub async fn start_config(config: Config) -> Gateway {
+        Self::start_with_connectors(config, llmgate::backend::Connectors::default()).await
+    }
+
+    /// Starts a gateway whose upstreams resolve DNS names with `resolver`.
+    pub async fn start_with_connectors(
+        config: Config,
+        connectors: llmgate::backend::Connectors,
+    ) -> Gateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let done = tokio::spawn(llmgate::run(listener, config, async {
-            let _ = stopped.await;
-        }));
+        let done = tokio::spawn(llmgate::server::run_with(
+            listener,
+            config,
+            connectors,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Gateway {
             addr,
             stop: Some(stop),
@@ -159,6 +172,8 @@ pub enum Step {
     Cut,
     /// Send nothing more and wait for the gateway to close the connection.
     Hang,
+    /// Wait before the next step, as a slow server would.
+    Delay(Duration),
 }
 
 /// A whole JSON answer with a status.
@@ -204,40 +219,61 @@ pub struct FakeUpstream {
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
     closed: mpsc::UnboundedReceiver<()>,
-    task: tokio::task::JoinHandle<()>,
+    /// The accept loop and every connection: aborted together, so dropping
+    /// the server kills it the way a crashed process would.
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl FakeUpstream {
     /// Starts a server that answers every request with `script(request)`.
     pub async fn start(script: impl Fn(&Received) -> Vec<Step> + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
+        Self::start_at("127.0.0.1:0".parse().expect("addr"), script).await
+    }
+
+    /// Starts a server on `addr` (to bring a killed server back on its old
+    /// port).
+    pub async fn start_at(
+        addr: SocketAddr,
+        script: impl Fn(&Received) -> Vec<Step> + Send + Sync + 'static,
+    ) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let received = Arc::new(Mutex::new(Vec::new()));
         let (closed_tx, closed) = mpsc::unbounded_channel();
         let script: Script = Arc::new(script);
         let log = received.clone();
-        let task = tokio::spawn(async move {
+        let tasks = Arc::new(Mutex::new(Vec::new()));
+        let connections = tasks.clone();
+        let accept = tokio::spawn(async move {
             loop {
                 let Ok((socket, _)) = listener.accept().await else {
                     return;
                 };
                 let _ = socket.set_nodelay(true);
-                tokio::spawn(serve_connection(
+                let connection = tokio::spawn(serve_connection(
                     socket,
                     script.clone(),
                     log.clone(),
                     closed_tx.clone(),
                 ));
+                connections
+                    .lock()
+                    .expect("lock")
+                    .push(connection.abort_handle());
             }
         });
+        tasks.lock().expect("lock").push(accept.abort_handle());
         FakeUpstream {
             addr,
             received,
             closed,
-            task,
+            tasks,
         }
+    }
+
+    /// How many requests it has received.
+    pub fn count(&self) -> usize {
+        self.received.lock().expect("lock").len()
     }
 
     /// Its base URL.
@@ -262,7 +298,9 @@ impl FakeUpstream {
 
 impl Drop for FakeUpstream {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in self.tasks.lock().expect("lock").drain(..) {
+            task.abort();
+        }
     }
 }
 
@@ -296,6 +334,10 @@ async fn serve_connection(
                     socket.write_all(&chunk).await
                 }
                 Step::End => socket.write_all(b"0\r\n\r\n").await,
+                Step::Delay(wait) => {
+                    tokio::time::sleep(wait).await;
+                    Ok(())
+                }
                 Step::Cut => return,
                 Step::Hang => {
                     let mut scratch = [0u8; 1024];
