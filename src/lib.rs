@@ -14,7 +14,8 @@
 //! - [`backend`]: upstream adapters (`openai`, `sim`) and SSE decoding.
 //!
 //! Beside them: [`chat`] (the internal vocabulary), [`error`] (the one error
-//! type), [`config`] (the routing file), [`sim`] (the simulated model and
+//! type), [`config`] (the routing file), [`reload`] (live reloads of it),
+//! [`sim`] (the simulated model and
 //! its HTTP server), [`server`] (`run`), [`client`] (the `llmgate chat`
 //! client) and [`proto`] (generated code).
 
@@ -26,6 +27,7 @@ pub mod config;
 pub mod error;
 pub mod frontend;
 pub mod proto;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod sim;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use llmgate::backend::Connectors;
 use llmgate::config::Config;
 use llmgate::sim::SimSettings;
 use tokio::net::TcpListener;
@@ -24,9 +25,13 @@ struct Cli {
 enum Command {
     /// Run the gateway on a routing file.
     Serve {
-        /// The routing file (see the shipped routing.yaml).
+        /// The routing file (see the shipped routing.yaml). Edits to it apply
+        /// live, as does SIGHUP; a broken edit is logged and changes nothing.
         #[arg(long, short, env = "LLMGATE_CONFIG", default_value = "routing.yaml")]
         config: PathBuf,
+        /// Do not watch the routing file for changes (SIGHUP still reloads).
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Validate a routing file and print what it routes; exits 1 with
     /// file:line:column messages when it is broken. For CI pipelines.
@@ -106,13 +111,20 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
     match command {
-        Command::Serve { config } => {
-            let config = Config::load(&config)?;
+        Command::Serve {
+            config: path,
+            no_watch,
+        } => {
+            let config = Config::load(&path)?;
             let listener = TcpListener::bind(config.listen.grpc)
                 .await
                 .map_err(|err| format!("cannot listen on {}: {err}", config.listen.grpc))?;
+            let server =
+                llmgate::server::Server::new(config, Connectors::default())?.reload_from(path);
             println!("llmgate: gRPC listening on {}", listener.local_addr()?);
-            llmgate::run(listener, config, shutdown_signal()).await?;
+            server
+                .serve_watching(listener, !no_watch, shutdown_signal())
+                .await?;
             Ok(())
         }
         Command::Chat {

@@ -12,6 +12,7 @@
 //! requests).
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -28,6 +29,7 @@ use crate::config::Config;
 use crate::error::GatewayError;
 use crate::frontend::grpc::GrpcFrontend;
 use crate::proto::llm_service_server::LlmServiceServer;
+use crate::reload::Reloader;
 use crate::route::{Router, RoutingTable, SharedTable};
 use crate::stack;
 
@@ -37,6 +39,25 @@ pub enum ServeError {
     /// The routing table could not be built.
     #[error("building the routing table: {0}")]
     Table(#[from] GatewayError),
+    /// The routing file cannot be watched for changes.
+    #[error("watching the routing file: {0}")]
+    Watch(#[from] notify::Error),
+    /// A signal handler could not be installed.
+    #[error("installing the SIGHUP handler: {0}")]
+    Signal(#[from] std::io::Error),
+}
+
+/// A gateway ready to serve: its live routing table and, when it serves a
+/// routing file, the reloader that keeps the table in step with the file.
+pub struct Server {
+    /// The configuration it started with.
+    config: Config,
+    /// The table in force.
+    table: SharedTable,
+    /// What upstreams are built with, on reloads too.
+    connectors: Connectors,
+    /// Reloads the routing file, when there is one.
+    reloader: Option<Arc<Reloader>>,
 }
 
 /// Serves the gateway on `listener` with `config` until `shutdown`
@@ -57,58 +78,126 @@ pub async fn run_with(
     connectors: Connectors,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let table: SharedTable = Arc::new(ArcSwap::from_pointee(RoutingTable::build(
-        &config,
-        &connectors,
-    )?));
-    let frontend = GrpcFrontend::new(stack::build(Router::new(table.clone())), table);
-    let service = TowerToHyperService::new(Routes::new(LlmServiceServer::new(frontend)).prepare());
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
-    let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        // Out of file descriptors or a connection reset
-                        // before accept: not fatal; back off briefly so a
-                        // persistent error does not spin a core.
-                        tracing::warn!(%err, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                // Tokens must leave the moment they are produced.
-                let _ = stream.set_nodelay(true);
-                let connection = builder
-                    .serve_connection(TokioIo::new(stream), service.clone())
-                    .into_owned();
-                let connection = graceful.watch(connection);
-                connections.spawn(async move {
-                    if let Err(err) = connection.await {
-                        tracing::debug!(%peer, %err, "connection ended with an error");
-                    }
-                });
-            }
-            Some(_) = connections.join_next() => {}
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    tracing::info!(
-        grace = ?config.shutdown_grace,
-        calls = graceful.count(),
-        "shutting down: no new connections, draining calls in flight"
-    );
-    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+    Server::new(config, connectors)?
+        .serve(listener, shutdown)
         .await
-        .is_err()
-    {
-        tracing::warn!("grace period over; cutting the calls still in flight");
+}
+
+// === impl Server ===
+
+impl Server {
+    /// Builds the routing table for `config` (upstreams start discovering
+    /// their endpoints, so this needs a Tokio runtime).
+    pub fn new(config: Config, connectors: Connectors) -> Result<Self, ServeError> {
+        let table: SharedTable = Arc::new(ArcSwap::from_pointee(RoutingTable::build(
+            &config,
+            &connectors,
+        )?));
+        Ok(Server {
+            config,
+            table,
+            connectors,
+            reloader: None,
+        })
     }
-    connections.shutdown().await;
-    Ok(())
+
+    /// Keeps the table in step with the routing file at `path`: `reload`
+    /// on the returned reloader (or the triggers [`Server::serve_watching`]
+    /// installs) applies the file.
+    pub fn reload_from(mut self, path: PathBuf) -> Self {
+        self.reloader = Some(Arc::new(Reloader::new(
+            path,
+            self.config.clone(),
+            self.table.clone(),
+            self.connectors.clone(),
+        )));
+        self
+    }
+
+    /// The reloader, when the server serves a routing file.
+    pub fn reloader(&self) -> Option<Arc<Reloader>> {
+        self.reloader.clone()
+    }
+
+    /// Like [`Server::serve`], also reloading the routing file when it
+    /// changes on disk (if `watch`) and on SIGHUP.
+    pub async fn serve_watching(
+        self,
+        listener: TcpListener,
+        watch: bool,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let mut guards: Vec<Box<dyn Send>> = Vec::new();
+        if let Some(reloader) = &self.reloader {
+            if watch {
+                guards.push(Box::new(reloader.watch()?));
+            }
+            #[cfg(unix)]
+            guards.push(Box::new(reloader.reload_on_sighup()?));
+        }
+        let result = self.serve(listener, shutdown).await;
+        drop(guards);
+        result
+    }
+
+    /// Serves calls on `listener` until `shutdown` completes, then drains
+    /// calls in flight for the configured grace period.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let Server { config, table, .. } = self;
+        let frontend = GrpcFrontend::new(stack::build(Router::new(table.clone())), table);
+        let service =
+            TowerToHyperService::new(Routes::new(LlmServiceServer::new(frontend)).prepare());
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let graceful = GracefulShutdown::new();
+        let mut connections = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(accepted) => accepted,
+                        Err(err) => {
+                            // Out of file descriptors or a connection reset
+                            // before accept: not fatal; back off briefly so a
+                            // persistent error does not spin a core.
+                            tracing::warn!(%err, "accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    // Tokens must leave the moment they are produced.
+                    let _ = stream.set_nodelay(true);
+                    let connection = builder
+                        .serve_connection(TokioIo::new(stream), service.clone())
+                        .into_owned();
+                    let connection = graceful.watch(connection);
+                    connections.spawn(async move {
+                        if let Err(err) = connection.await {
+                            tracing::debug!(%peer, %err, "connection ended with an error");
+                        }
+                    });
+                }
+                Some(_) = connections.join_next() => {}
+                () = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        tracing::info!(
+            grace = ?config.shutdown_grace,
+            calls = graceful.count(),
+            "shutting down: no new connections, draining calls in flight"
+        );
+        if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("grace period over; cutting the calls still in flight");
+        }
+        connections.shutdown().await;
+        Ok(())
+    }
 }

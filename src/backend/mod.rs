@@ -46,6 +46,10 @@ pub struct Connectors {
 pub struct Upstream {
     /// Its name in the routing file.
     name: Arc<str>,
+    /// The definition it was built from: a reload keeps this upstream (its
+    /// endpoints, connections, load and health) when the new definition is
+    /// the same.
+    config: UpstreamConfig,
     /// Picks an endpoint per call.
     balancer: Balancer,
     /// Its own limits on a call.
@@ -122,6 +126,7 @@ impl Upstream {
         );
         Ok(Upstream {
             name,
+            config: config.clone(),
             balancer,
             timeouts: config.timeouts,
         })
@@ -130,6 +135,11 @@ impl Upstream {
     /// The upstream's name in the routing file.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The definition it was built from.
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
     }
 
     /// Whether any endpoint could take a call now.

@@ -45,6 +45,9 @@ pub struct EndpointState {
     pool: Weak<PoolHealth>,
     /// When to eject.
     policy: OutlierPolicy,
+    /// Dropped with the state: tells its background tasks to stop at once
+    /// rather than at their next tick.
+    gone: tokio::sync::watch::Sender<()>,
 }
 
 /// The endpoints of one pool, for decisions that need them all: the cap on
@@ -103,7 +106,14 @@ impl EndpointState {
             ready_waker: AtomicWaker::new(),
             pool: Arc::downgrade(pool),
             policy,
+            gone: tokio::sync::watch::channel(()).0,
         })
+    }
+
+    /// Completes (with an error) when this endpoint is dropped, for the
+    /// tasks that serve it.
+    pub fn gone(&self) -> tokio::sync::watch::Receiver<()> {
+        self.gone.subscribe()
     }
 
     /// Calls in flight.

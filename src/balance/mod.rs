@@ -70,7 +70,7 @@ pub struct FailFast<S> {
 
 /// Aborts a background task when dropped, so a table that is replaced takes
 /// its tasks with it.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 /// What the balancer needs to add an endpoint.
 #[derive(Clone)]
@@ -232,18 +232,24 @@ async fn probe(state: Weak<EndpointState>, client: HttpClient, check: HealthChec
     }) else {
         return;
     };
+    let Some(mut gone) = state.upgrade().map(|s| s.gone()) else {
+        return;
+    };
     let (mut passes, mut failures) = (0u32, 0u32);
     let mut ticks = tokio::time::interval(check.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticks.tick().await;
-        if state.strong_count() == 0 {
-            return;
-        }
-        let passed = matches!(
-            tokio::time::timeout(check.timeout, client.get(url.clone())).await,
-            Ok(Ok(response)) if response.status().is_success()
-        );
+        let passed = tokio::select! {
+            // The endpoint left the pool (or its table was replaced).
+            _ = gone.changed() => return,
+            passed = async {
+                ticks.tick().await;
+                matches!(
+                    tokio::time::timeout(check.timeout, client.get(url.clone())).await,
+                    Ok(Ok(response)) if response.status().is_success()
+                )
+            } => passed,
+        };
         let Some(state) = state.upgrade() else {
             return;
         };

@@ -154,10 +154,8 @@ impl Config {
     /// Reads and validates a routing file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let source = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
-            source: source.clone(),
-            problems: vec![Problem::at(None, format!("cannot read the file: {err}"))],
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|err| ConfigError::unreadable(&source, &err))?;
         Config::parse(&text, &source, &|name| std::env::var(name).ok())
     }
 
@@ -294,6 +292,25 @@ impl fmt::Debug for Secret {
 }
 
 // === impl ConfigError / Problem ===
+
+impl ConfigError {
+    /// The file could not be read at all.
+    pub fn unreadable(source: &str, err: &std::io::Error) -> Self {
+        Self::whole_file(source, format!("cannot read the file: {err}"))
+    }
+
+    /// The file is valid but the gateway cannot build a table from it.
+    pub fn unusable(source: &str, why: &str) -> Self {
+        Self::whole_file(source, why.to_string())
+    }
+
+    fn whole_file(source: &str, message: String) -> Self {
+        ConfigError {
+            source: source.to_string(),
+            problems: vec![Problem::at(None, message)],
+        }
+    }
+}
 
 impl Problem {
     fn at(location: Option<Location>, message: impl Into<String>) -> Self {

@@ -67,10 +67,32 @@ impl RoutingTable {
     /// Builds the table for a validated config, starting each upstream's
     /// endpoint discovery.
     pub fn build(config: &Config, connectors: &Connectors) -> Result<Self, GatewayError> {
+        Self::rebuild(config, connectors, None)
+    }
+
+    /// Builds the table for `config`, taking over from `previous` every
+    /// upstream whose definition did not change, with its endpoints,
+    /// connections, load and health. Upstreams that changed are built anew;
+    /// those that are gone live on only in the calls still using them.
+    pub fn rebuild(
+        config: &Config,
+        connectors: &Connectors,
+        previous: Option<&RoutingTable>,
+    ) -> Result<Self, GatewayError> {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|(name, up)| Ok((name.clone(), Arc::new(Upstream::new(up, connectors)?))))
+            .map(|(name, up)| {
+                let kept = previous
+                    .and_then(|table| table.upstream(name))
+                    .filter(|old| old.config() == up)
+                    .cloned();
+                let upstream = match kept {
+                    Some(old) => old,
+                    None => Arc::new(Upstream::new(up, connectors)?),
+                };
+                Ok((name.clone(), upstream))
+            })
             .collect::<Result<BTreeMap<_, _>, GatewayError>>()?;
         let mut routes = HashMap::new();
         let mut listing = Vec::with_capacity(config.routes.len());

@@ -9,5 +9,6 @@ mod check;
 mod deadline;
 mod gateway;
 mod openai;
+mod reload;
 mod serve_cli;
 mod support;

@@ -145,3 +145,60 @@ fn serve_refuses_a_broken_routing_file_with_its_position() {
     assert!(stderr.contains("unknown upstream 'ghost'"), "{stderr}");
     let _ = std::fs::remove_file(config);
 }
+
+#[test]
+fn sighup_reloads_the_routing_file_when_watching_is_off() {
+    let routing = |model: &str| {
+        format!(
+            "listen: {{ grpc: 127.0.0.1:0 }}
+upstreams:
+  sim: {{ kind: sim, sim: {{ ttft: 0s, tokens_per_second: 0, output_tokens: 1 }} }}
+routes:
+  - model: demo
+    pools: [{{ upstream: sim, model: {model} }}]
+"
+        )
+    };
+    let config = routing_file(&routing("before"));
+    let mut child = Command::new(BIN)
+        .args(["serve", "--no-watch", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start llmgate serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let server = Running(Some(child));
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("listening line");
+    let addr = line.trim().rsplit(' ').next().expect("address").to_string();
+    let served_by = || {
+        let chat = Command::new(BIN)
+            .args(["chat", "--model", "demo", "--addr", &addr, "hi"])
+            .output()
+            .expect("run llmgate chat");
+        String::from_utf8_lossy(&chat.stderr).to_string()
+    };
+    assert!(served_by().contains("[model before,"));
+
+    std::fs::write(&config, routing("after")).expect("rewrite");
+    assert!(
+        served_by().contains("[model before,"),
+        "not watching: nothing changes yet"
+    );
+    let hup = Command::new("kill")
+        .args(["-HUP", &server.id().to_string()])
+        .status()
+        .expect("send SIGHUP");
+    assert!(hup.success());
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !served_by().contains("[model after,") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not reload"
+        );
+    }
+    let _ = std::fs::remove_file(config);
+}

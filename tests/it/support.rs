@@ -23,6 +23,8 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 /// A gateway running in this process.
 pub struct Gateway {
     pub addr: SocketAddr,
+    /// Reloads the routing file, for gateways started on one.
+    pub reloader: Option<Arc<llmgate::reload::Reloader>>,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<Result<(), llmgate::server::ServeError>>>,
 }
@@ -52,19 +54,38 @@ impl Gateway {
         config: Config,
         connectors: llmgate::backend::Connectors,
     ) -> Gateway {
+        let server = llmgate::server::Server::new(config, connectors).expect("table builds");
+        Self::serve(server, false).await
+    }
+
+    /// Starts a gateway on the routing file at `path`, reloading it when it
+    /// changes if `watch`.
+    pub async fn start_file(
+        path: &std::path::Path,
+        connectors: llmgate::backend::Connectors,
+        watch: bool,
+    ) -> Gateway {
+        let config = match Config::load(path) {
+            Ok(config) => config,
+            Err(err) => panic!("test routing file is invalid:\n{err}"),
+        };
+        let server = llmgate::server::Server::new(config, connectors)
+            .expect("table builds")
+            .reload_from(path.to_path_buf());
+        Self::serve(server, watch).await
+    }
+
+    async fn serve(server: llmgate::server::Server, watch: bool) -> Gateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let reloader = server.reloader();
         let (stop, stopped) = oneshot::channel::<()>();
-        let done = tokio::spawn(llmgate::server::run_with(
-            listener,
-            config,
-            connectors,
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let done = tokio::spawn(server.serve_watching(listener, watch, async {
+            let _ = stopped.await;
+        }));
         Gateway {
             addr,
+            reloader,
             stop: Some(stop),
             done: Some(done),
         }
@@ -116,6 +137,33 @@ impl Drop for Gateway {
         if let Some(done) = &self.done {
             done.abort();
         }
+    }
+}
+
+/// A fresh directory under the system temp dir, removed when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "llmgate-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    pub fn join(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

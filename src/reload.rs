@@ -1,0 +1,214 @@
+//! Live reloads of the routing file: edit `routing.yaml`, and the next call
+//! uses it; no call in flight fails.
+//!
+//! A reload reads and validates the whole file, builds a whole new table
+//! (keeping every upstream whose definition did not change, with its
+//! endpoints, connections, load and health), and swaps it in atomically.
+//! Calls hold the table they started with until they end, so nothing in
+//! flight sees a change. A file that fails to read, parse or validate changes
+//! nothing: the error is logged with its line and column and the running
+//! table stays.
+//!
+//! Triggers: a file watcher on the file's directory (which sees editors'
+//! rename-on-save and the symlink swap Kubernetes uses to update a mounted
+//! ConfigMap), debounced; SIGHUP; and the admin endpoint. Reloads run one at
+//! a time, and a file whose content did not change is not reloaded.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::backend::Connectors;
+use crate::balance::AbortOnDrop;
+use crate::config::{Config, ConfigError};
+use crate::route::{RoutingTable, SharedTable};
+
+/// Quiet time after the last file event before reloading: editors and
+/// Kubernetes touch several files for one change.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Applies the routing file to the live table on demand.
+pub struct Reloader {
+    /// The routing file.
+    path: PathBuf,
+    /// The live table.
+    table: SharedTable,
+    /// What new upstreams are built with.
+    connectors: Connectors,
+    /// What was applied last; the lock makes reloads take turns.
+    applied: tokio::sync::Mutex<Applied>,
+    /// How many tables have been applied, the first one included.
+    generation: AtomicU64,
+}
+
+struct Applied {
+    /// The config in force.
+    config: Config,
+    /// The file content it came from, when known.
+    text: Option<String>,
+}
+
+/// What a reload did.
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    /// A new table is in force.
+    Applied {
+        /// Its generation number.
+        generation: u64,
+        /// Settings in the file that only a restart applies.
+        needs_restart: Vec<String>,
+    },
+    /// The file did not change since the last reload.
+    Unchanged,
+    /// The file is broken; the table in force stays.
+    Rejected(ConfigError),
+}
+
+// === impl Reloader ===
+
+impl Reloader {
+    /// A reloader for the table built from `config`, read from `path`.
+    pub fn new(path: PathBuf, config: Config, table: SharedTable, connectors: Connectors) -> Self {
+        Reloader {
+            path,
+            table,
+            connectors,
+            applied: tokio::sync::Mutex::new(Applied { config, text: None }),
+            generation: AtomicU64::new(1),
+        }
+    }
+
+    /// The routing file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// How many tables have been applied, the first one included.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Reads the file again and applies it if it changed and is valid.
+    /// `trigger` says why, for the log.
+    pub async fn reload(&self, trigger: &str) -> ReloadOutcome {
+        let mut applied = self.applied.lock().await;
+        let source = self.path.display().to_string();
+        let text = match tokio::fs::read_to_string(&self.path).await {
+            Ok(text) => text,
+            Err(err) => {
+                return self.reject(ConfigError::unreadable(&source, &err), trigger);
+            }
+        };
+        if applied.text.as_deref() == Some(text.as_str()) {
+            return ReloadOutcome::Unchanged;
+        }
+        let config = match Config::parse(&text, &source, &|name| std::env::var(name).ok()) {
+            Ok(config) => config,
+            Err(err) => return self.reject(err, trigger),
+        };
+        let previous = self.table.load_full();
+        let table = match RoutingTable::rebuild(&config, &self.connectors, Some(&previous)) {
+            Ok(table) => table,
+            Err(err) => {
+                return self.reject(ConfigError::unusable(&source, err.message()), trigger);
+            }
+        };
+        let mut needs_restart = Vec::new();
+        if config.listen != applied.config.listen {
+            needs_restart.push(format!(
+                "listen: the gateway keeps serving on {}; restart it to move to {}",
+                applied.config.listen.grpc, config.listen.grpc
+            ));
+        }
+        if config.shutdown_grace != applied.config.shutdown_grace {
+            needs_restart.push("shutdown_grace: applies after a restart".to_string());
+        }
+        self.table.store(Arc::new(table));
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        for note in &needs_restart {
+            tracing::warn!(file = %source, "{note}");
+        }
+        tracing::info!(
+            file = %source,
+            %trigger,
+            generation,
+            routes = config.routes.len(),
+            upstreams = config.upstreams.len(),
+            "routing table reloaded"
+        );
+        applied.config = config;
+        applied.text = Some(text);
+        ReloadOutcome::Applied {
+            generation,
+            needs_restart,
+        }
+    }
+
+    fn reject(&self, err: ConfigError, trigger: &str) -> ReloadOutcome {
+        tracing::error!(
+            %trigger,
+            "routing file rejected; the table in force stays:\n{err}"
+        );
+        ReloadOutcome::Rejected(err)
+    }
+
+    /// Reloads whenever the routing file's directory changes, until the
+    /// returned guard is dropped. The directory, not the file, is watched:
+    /// editors replace the file by renaming, and Kubernetes swaps a symlink
+    /// to a new directory, and both leave a watch on the old file blind.
+    pub fn watch(self: &Arc<Self>) -> Result<impl Drop + Send + use<>, notify::Error> {
+        use notify::Watcher;
+
+        let dir = match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let _ = tx.send(event);
+            })?;
+        watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+        let reloader = self.clone();
+        let task = tokio::spawn(async move {
+            // Owned by the task, so the watch lasts as long as it does.
+            let _watcher = watcher;
+            while let Some(event) = events.recv().await {
+                if let Err(err) = event {
+                    tracing::warn!(%err, "file watcher error");
+                }
+                // Wait for the burst of events one change makes to settle.
+                loop {
+                    match tokio::time::timeout(DEBOUNCE, events.recv()).await {
+                        Ok(Some(_)) => continue,
+                        Ok(None) => return,
+                        Err(_) => break,
+                    }
+                }
+                reloader.reload("file change").await;
+            }
+        });
+        Ok(AbortOnDrop(task))
+    }
+
+    /// Reloads on every SIGHUP until the returned guard is dropped.
+    #[cfg(unix)]
+    pub fn reload_on_sighup(self: &Arc<Self>) -> std::io::Result<impl Drop + Send + use<>> {
+        let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let reloader = self.clone();
+        Ok(AbortOnDrop(tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                reloader.reload("SIGHUP").await;
+            }
+        })))
+    }
+}
+
+/// The live table a [`Reloader`] updates, for callers that need it.
+impl Reloader {
+    /// The table in force.
+    pub fn table(&self) -> Arc<RoutingTable> {
+        self.table.load_full()
+    }
+}
