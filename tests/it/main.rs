@@ -9,6 +9,7 @@ mod check;
 mod deadline;
 mod gateway;
 mod openai;
+mod properties;
 mod reload;
 mod serve_cli;
 mod support;
