@@ -5,11 +5,21 @@
 //! its wire, it holds the call to the upstream's own time limits (`timeout`,
 //! `first_token_timeout`, `idle_timeout`), which sit inside the caller's
 //! deadline enforced further up the stack.
+//!
+//! Each wire lives in its own module (`openai`, `ollama`, `anthropic`, the
+//! in-process `sim`) and maps into the one internal vocabulary, so callers
+//! see the same contract whichever pool served them. What the HTTP wires do
+//! alike (sending, error mapping, driving a streamed body) is in `wire`;
+//! the framings they stream in are [`sse`] and [`ndjson`].
 
+mod anthropic;
 pub mod http;
+pub mod ndjson;
+mod ollama;
 mod openai;
 mod sim;
 pub mod sse;
+mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +33,9 @@ use crate::config::{UpstreamConfig, UpstreamKind, UpstreamTimeouts};
 use crate::error::{GatewayError, human_duration};
 use crate::sim::SimSettings;
 use crate::stack::timeout::{StreamLimits, TimedStream, TimeoutMessages};
+use anthropic::AnthropicBackend;
 use http::HttpClient;
+use ollama::OllamaBackend;
 use openai::OpenAiBackend;
 
 /// One upstream of the routing file, ready to take calls.
@@ -40,6 +52,8 @@ pub struct Upstream {
 #[derive(Debug)]
 enum Backend {
     OpenAi(Box<OpenAiBackend>),
+    Ollama(Box<OllamaBackend>),
+    Anthropic(Box<AnthropicBackend>),
     Sim(SimSettings),
 }
 
@@ -57,14 +71,19 @@ impl Upstream {
     /// Builds an upstream from its validated config; HTTP kinds send through
     /// the shared `client`.
     pub fn new(config: &UpstreamConfig, client: &HttpClient) -> Result<Self, GatewayError> {
+        let no_endpoint = || {
+            GatewayError::unavailable(format!("upstream '{}' has no usable endpoint", config.name))
+        };
+        let client = client.clone();
         let backend = match config.kind {
             UpstreamKind::OpenAi => Backend::OpenAi(Box::new(
-                OpenAiBackend::new(config, client.clone()).ok_or_else(|| {
-                    GatewayError::unavailable(format!(
-                        "upstream '{}' has no usable endpoint",
-                        config.name
-                    ))
-                })?,
+                OpenAiBackend::new(config, client).ok_or_else(no_endpoint)?,
+            )),
+            UpstreamKind::Ollama => Backend::Ollama(Box::new(
+                OllamaBackend::new(config, client).ok_or_else(no_endpoint)?,
+            )),
+            UpstreamKind::Anthropic => Backend::Anthropic(Box::new(
+                AnthropicBackend::new(config, client).ok_or_else(no_endpoint)?,
             )),
             UpstreamKind::Sim => Backend::Sim(config.sim),
         };
@@ -108,6 +127,8 @@ impl Upstream {
             let response = async {
                 match &this.backend {
                     Backend::OpenAi(backend) => backend.call(model, &req).await,
+                    Backend::Ollama(backend) => backend.call(model, &req).await,
+                    Backend::Anthropic(backend) => backend.call(model, &req).await,
                     Backend::Sim(settings) => sim::call(settings, &this.name, model, &req),
                 }
             };
