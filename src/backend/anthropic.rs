@@ -27,9 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::http::HttpClient;
 use super::sse::{SseDecoder, SseEvent};
 use super::wire::{self, Credential, Dialect, HttpUpstream, Step};
-use crate::chat::{
-    ChatEvent, ChatMessage, ChatRequest, ChatStream, Completion, FinishReason, Role, Usage,
-};
+use crate::chat::{ChatMessage, ChatRequest, ChatStream, Completion, FinishReason, Role, Usage};
 use crate::config::UpstreamConfig;
 use crate::error::{ErrorKind, GatewayError};
 
@@ -190,28 +188,17 @@ impl AnthropicBackend {
             stop_sequences: &req.params.stop,
             stream: req.stream,
         };
-        let body = serde_json::to_vec(&body).map_err(|err| {
-            GatewayError::new(ErrorKind::Internal, format!("encoding the request: {err}"))
-        })?;
-        let answer = self
-            .http
-            .post(body, req.stream, "text/event-stream")
-            .await?;
-        let completion = Completion {
-            finish_reason: None,
-            usage: None,
-            model,
-        };
-        if req.stream && !answer.json {
-            let dialect = EventStream { stopped: false };
-            return Ok(self
-                .http
-                .stream(answer.body, SseDecoder::new(), dialect, completion));
-        }
-        let bytes = self.http.read(answer.body).await?;
-        let (text, completion) = self.parse_answer(&bytes, completion)?;
-        let events = [Ok(ChatEvent::Token(text)), Ok(ChatEvent::Done(completion))];
-        Ok(Box::pin(futures_util::stream::iter(events)))
+        let dialect = EventStream { stopped: false };
+        self.http
+            .exchange(
+                &body,
+                req,
+                model.clone(),
+                "text/event-stream",
+                dialect,
+                |bytes, completion| self.parse_answer(bytes, completion),
+            )
+            .await
     }
 
     /// The system prompt (the leading system messages) and the rest of the
@@ -264,14 +251,9 @@ impl AnthropicBackend {
     fn parse_answer(
         &self,
         bytes: &[u8],
-        mut completion: Completion,
-    ) -> Result<(String, Completion), GatewayError> {
-        let answer: WireMessage<'_> = serde_json::from_slice(bytes).map_err(|err| {
-            self.http.error(
-                ErrorKind::Unavailable,
-                &format!("answered with JSON that is not a message: {err}"),
-            )
-        })?;
+        completion: &mut Completion,
+    ) -> Result<String, GatewayError> {
+        let answer: WireMessage<'_> = self.http.parse(bytes, "a message")?;
         if answer.kind.as_deref() == Some("error") || answer.error.is_some() {
             let (kind, what) = describe_error(answer.error.as_ref());
             return Err(self
@@ -286,12 +268,12 @@ impl AnthropicBackend {
             .collect();
         completion.finish_reason = answer.stop_reason.as_deref().and_then(FinishReason::parse);
         if let Some(usage) = &answer.usage {
-            usage.apply(&mut completion);
+            usage.apply(completion);
         }
         if let Some(model) = answer.model {
             completion.model = Arc::from(model.as_ref());
         }
-        Ok((text, completion))
+        Ok(text)
     }
 }
 

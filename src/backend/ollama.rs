@@ -19,9 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::http::HttpClient;
 use super::ndjson::NdjsonDecoder;
 use super::wire::{self, Credential, Dialect, HttpUpstream, Step};
-use crate::chat::{
-    ChatEvent, ChatMessage, ChatRequest, ChatStream, Completion, FinishReason, Usage,
-};
+use crate::chat::{ChatMessage, ChatRequest, ChatStream, Completion, FinishReason, Usage};
 use crate::config::{KeepAlive, UpstreamConfig};
 use crate::error::{ErrorKind, GatewayError};
 
@@ -132,46 +130,30 @@ impl OllamaBackend {
             },
             keep_alive: self.keep_alive.as_ref(),
         };
-        let body = serde_json::to_vec(&body).map_err(|err| {
-            GatewayError::new(ErrorKind::Internal, format!("encoding the request: {err}"))
-        })?;
-        let answer = self
-            .http
-            .post(body, req.stream, "application/x-ndjson")
-            .await?;
-        let completion = Completion {
-            finish_reason: None,
-            usage: None,
-            model,
+        // A streamed answer is NDJSON; a whole JSON answer to a stream
+        // request reads the same way as the non-streamed one.
+        let dialect = LineStream {
+            model_reported: false,
         };
-        if req.stream {
-            // A whole JSON answer reads as a stream of one line, so the
-            // content type does not matter here.
-            let dialect = LineStream {
-                model_reported: false,
-            };
-            return Ok(self
-                .http
-                .stream(answer.body, NdjsonDecoder::new(), dialect, completion));
-        }
-        let bytes = self.http.read(answer.body).await?;
-        let (text, completion) = self.parse_answer(&bytes, completion)?;
-        let events = [Ok(ChatEvent::Token(text)), Ok(ChatEvent::Done(completion))];
-        Ok(Box::pin(futures_util::stream::iter(events)))
+        self.http
+            .exchange(
+                &body,
+                req,
+                model.clone(),
+                "application/x-ndjson",
+                dialect,
+                |bytes, completion| self.parse_answer(bytes, completion),
+            )
+            .await
     }
 
     /// Reads a non-streamed answer.
     fn parse_answer(
         &self,
         bytes: &[u8],
-        mut completion: Completion,
-    ) -> Result<(String, Completion), GatewayError> {
-        let answer: WireChunk<'_> = serde_json::from_slice(bytes).map_err(|err| {
-            self.http.error(
-                ErrorKind::Unavailable,
-                &format!("answered with JSON that is not a chat response: {err}"),
-            )
-        })?;
+        completion: &mut Completion,
+    ) -> Result<String, GatewayError> {
+        let answer: WireChunk<'_> = self.http.parse(bytes, "a chat response")?;
         if let Some(error) = &answer.error {
             let message = wire::error_message(error);
             return Err(self.http.error(
@@ -182,13 +164,12 @@ impl OllamaBackend {
         if let Some(model) = &answer.model {
             completion.model = Arc::from(model.as_ref());
         }
-        answer.finish(&mut completion);
-        let text = answer
+        answer.finish(completion);
+        Ok(answer
             .message
             .and_then(|m| m.content)
             .map(Cow::into_owned)
-            .unwrap_or_default();
-        Ok((text, completion))
+            .unwrap_or_default())
     }
 }
 

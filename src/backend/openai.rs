@@ -16,9 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::http::HttpClient;
 use super::sse::{SseDecoder, SseEvent};
 use super::wire::{self, Credential, Dialect, HttpUpstream, Step};
-use crate::chat::{
-    ChatEvent, ChatMessage, ChatRequest, ChatStream, Completion, FinishReason, Usage,
-};
+use crate::chat::{ChatMessage, ChatRequest, ChatStream, Completion, FinishReason, Usage};
 use crate::config::{MaxTokensField, UpstreamConfig};
 use crate::error::{ErrorKind, GatewayError};
 
@@ -145,45 +143,29 @@ impl OpenAiBackend {
                 include_usage: true,
             }),
         };
-        let body = serde_json::to_vec(&body).map_err(|err| {
-            GatewayError::new(ErrorKind::Internal, format!("encoding the request: {err}"))
-        })?;
-        let answer = self
-            .http
-            .post(body, req.stream, "text/event-stream")
-            .await?;
-        let completion = Completion {
-            finish_reason: None,
-            usage: None,
-            model,
+        let dialect = ChunkStream {
+            model_reported: false,
+            chunks: 0,
         };
-        if req.stream && !answer.json {
-            let dialect = ChunkStream {
-                model_reported: false,
-                chunks: 0,
-            };
-            return Ok(self
-                .http
-                .stream(answer.body, SseDecoder::new(), dialect, completion));
-        }
-        let bytes = self.http.read(answer.body).await?;
-        let (text, completion) = self.parse_answer(&bytes, completion)?;
-        let events = [Ok(ChatEvent::Token(text)), Ok(ChatEvent::Done(completion))];
-        Ok(Box::pin(futures_util::stream::iter(events)))
+        self.http
+            .exchange(
+                &body,
+                req,
+                model.clone(),
+                "text/event-stream",
+                dialect,
+                |bytes, completion| self.parse_answer(bytes, completion),
+            )
+            .await
     }
 
     /// Reads a non-streamed answer.
     fn parse_answer(
         &self,
         bytes: &[u8],
-        mut completion: Completion,
-    ) -> Result<(String, Completion), GatewayError> {
-        let answer: WireResponse<'_> = serde_json::from_slice(bytes).map_err(|err| {
-            self.http.error(
-                ErrorKind::Unavailable,
-                &format!("answered with JSON that is not a chat completion: {err}"),
-            )
-        })?;
+        completion: &mut Completion,
+    ) -> Result<String, GatewayError> {
+        let answer: WireResponse<'_> = self.http.parse(bytes, "a chat completion")?;
         if let Some(error) = answer.error {
             return Err(self.http.error(
                 ErrorKind::Unavailable,
@@ -208,7 +190,7 @@ impl OpenAiBackend {
         if let Some(model) = answer.model {
             completion.model = Arc::from(model.as_ref());
         }
-        Ok((text, completion))
+        Ok(text)
     }
 }
 

@@ -23,12 +23,13 @@ use http::{Method, Request, StatusCode, Uri};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
 
 use super::http::HttpClient;
 use super::ndjson::NdjsonDecoder;
 use super::sse::{SseDecoder, SseEvent};
 use crate::balance::RoundRobin;
-use crate::chat::{ChatEvent, ChatStream, Completion};
+use crate::chat::{ChatEvent, ChatRequest, ChatStream, Completion};
 use crate::config::UpstreamConfig;
 use crate::error::{ErrorKind, GatewayError};
 
@@ -68,17 +69,17 @@ pub(crate) enum Credential {
 
 /// A successful answer's body, and whether it is a stream to decode as it
 /// comes or a whole JSON document.
-pub(crate) struct Answer {
+struct Answer {
     /// The body, not yet read.
-    pub(crate) body: Incoming,
+    body: Incoming,
     /// The upstream answered with JSON: read it whole even if a stream was
     /// asked for (servers that ignore `stream: true`, or report an error as
     /// a 200 JSON body, do this).
-    pub(crate) json: bool,
+    json: bool,
 }
 
 /// How a stream's bytes are cut into items: SSE events or NDJSON lines.
-pub(crate) trait Framing: Send + Unpin + 'static {
+pub(crate) trait Framing: Default + Send + Unpin + 'static {
     /// One whole item.
     type Item;
     /// Appends bytes as they came off the wire.
@@ -87,7 +88,9 @@ pub(crate) trait Framing: Send + Unpin + 'static {
     fn next_item(&mut self) -> Result<Option<Self::Item>, String>;
     /// The body ended: the last item, if the framing lets one end without
     /// its terminator. Called until it returns `None`.
-    fn finish(&mut self) -> Result<Option<Self::Item>, String>;
+    fn finish(&mut self) -> Result<Option<Self::Item>, String> {
+        Ok(None)
+    }
 }
 
 /// What one item of a stream means for the call.
@@ -211,10 +214,58 @@ impl HttpUpstream {
         &self.name
     }
 
+    /// Sends `body` for `req` and answers with its tokens. A streamed
+    /// answer (`accept` is its content type) is decoded by `dialect` as it
+    /// arrives; a whole one, asked for or sent as JSON by a server that
+    /// ignored `stream: true`, is read and handed to `whole`, which returns
+    /// its text and fills in the completion.
+    pub(crate) async fn exchange<D: Dialect>(
+        &self,
+        body: &impl Serialize,
+        req: &ChatRequest,
+        model: Arc<str>,
+        accept: &'static str,
+        dialect: D,
+        whole: impl FnOnce(&[u8], &mut Completion) -> Result<String, GatewayError>,
+    ) -> Result<ChatStream, GatewayError> {
+        let body = serde_json::to_vec(body).map_err(|err| {
+            GatewayError::new(ErrorKind::Internal, format!("encoding the request: {err}"))
+        })?;
+        let answer = self.post(body, req.stream, accept).await?;
+        let mut completion = Completion {
+            finish_reason: None,
+            usage: None,
+            model,
+        };
+        if req.stream && !answer.json {
+            return Ok(Box::pin(UpstreamStream {
+                body: answer.body,
+                body_done: false,
+                framing: D::Framing::default(),
+                dialect,
+                completion,
+                done_next: false,
+                tokens: 0,
+                upstream: self.name.clone(),
+                secrets: self.secrets.clone(),
+                finished: false,
+            }));
+        }
+        let bytes = read_body(answer.body).await.map_err(|err| {
+            self.error(
+                ErrorKind::Unavailable,
+                &format!("broke off its answer: {err}"),
+            )
+        })?;
+        let text = whole(&bytes, &mut completion)?;
+        let events = [Ok(ChatEvent::Token(text)), Ok(ChatEvent::Done(completion))];
+        Ok(Box::pin(futures_util::stream::iter(events)))
+    }
+
     /// POSTs `body` (JSON) to the next endpoint. A non-2xx answer becomes
     /// the canonical error for its status, with the upstream's message.
     /// `accept` is the content type of a streamed answer.
-    pub(crate) async fn post(
+    async fn post(
         &self,
         body: Vec<u8>,
         stream: bool,
@@ -247,12 +298,17 @@ impl HttpUpstream {
         Ok(Answer { body, json })
     }
 
-    /// Reads a whole (non-streamed) answer.
-    pub(crate) async fn read(&self, body: Incoming) -> Result<Bytes, GatewayError> {
-        read_body(body).await.map_err(|err| {
+    /// A whole JSON answer as `T`; `what` names what it should have been
+    /// ("a chat completion") in the error when it is not.
+    pub(crate) fn parse<'a, T: Deserialize<'a>>(
+        &self,
+        bytes: &'a [u8],
+        what: &str,
+    ) -> Result<T, GatewayError> {
+        serde_json::from_slice(bytes).map_err(|err| {
             self.error(
                 ErrorKind::Unavailable,
-                &format!("broke off its answer: {err}"),
+                &format!("answered with JSON that is not {what}: {err}"),
             )
         })
     }
@@ -262,28 +318,6 @@ impl HttpUpstream {
     pub(crate) fn error(&self, kind: ErrorKind, what: &str) -> GatewayError {
         let message = format!("upstream '{}' {what}", self.name);
         GatewayError::new(kind, redact(message, &self.secrets))
-    }
-
-    /// A streamed answer, decoded by `dialect` as it arrives.
-    pub(crate) fn stream<D: Dialect>(
-        &self,
-        body: Incoming,
-        framing: D::Framing,
-        dialect: D,
-        completion: Completion,
-    ) -> ChatStream {
-        Box::pin(UpstreamStream {
-            body,
-            body_done: false,
-            framing,
-            dialect,
-            completion,
-            done_next: false,
-            tokens: 0,
-            upstream: self.name.clone(),
-            secrets: self.secrets.clone(),
-            finished: false,
-        })
     }
 
     /// Turns a non-2xx answer into the matching canonical error, keeping the
@@ -410,14 +444,11 @@ impl Framing for SseDecoder {
         SseDecoder::push(self, bytes);
     }
 
+    /// At the end of the body nothing more comes out: an event without its
+    /// closing blank line was never dispatched, as the SSE rules say, and
+    /// the dialect decides whether the stream was whole.
     fn next_item(&mut self) -> Result<Option<SseEvent>, String> {
         self.next_event().map_err(|err| err.to_string())
-    }
-
-    /// An event without its closing blank line was never dispatched, as the
-    /// SSE rules say; the dialect decides whether the stream was whole.
-    fn finish(&mut self) -> Result<Option<SseEvent>, String> {
-        Ok(None)
     }
 }
 
@@ -432,8 +463,8 @@ impl Framing for NdjsonDecoder {
         self.next_line().map_err(|err| err.to_string())
     }
 
-    /// A last line without its newline is still a line: a whole JSON answer
-    /// to a stream request reads as a stream of one.
+    /// A last line without its newline is still a line: the body's end
+    /// terminates it.
     fn finish(&mut self) -> Result<Option<Bytes>, String> {
         NdjsonDecoder::finish(self).map_err(|err| err.to_string())
     }
@@ -444,7 +475,7 @@ impl Framing for NdjsonDecoder {
 /// `{base}{path}`, accepting a base that already ends with the path's first
 /// segment: `http://h:8000` and `https://api.openai.com/v1` both give
 /// `.../v1/chat/completions`.
-pub(crate) fn endpoint_url(base: &Uri, path: &str) -> Option<Uri> {
+fn endpoint_url(base: &Uri, path: &str) -> Option<Uri> {
     let base = base.to_string();
     let base = base.trim_end_matches('/');
     let first_segment = path
