@@ -4,9 +4,12 @@
 
 #![allow(unreachable_pub)]
 
+mod anthropic;
 mod check;
 mod deadline;
 mod gateway;
+mod mixed;
+mod ollama;
 mod openai;
 mod serve_cli;
 mod support;
