@@ -1411,3 +1411,19 @@ fn looks_like_yaml(text: &str) -> bool {
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     })
 }
+
+/// The README documents the schema with an example; it must stay valid.
+#[test]
+fn the_readme_routing_example_is_valid() {
+    let readme = include_str!("../../README.md");
+    let section = &readme[readme.find("## The routing file").expect("the section")..];
+    let start = section.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+    let end = start + section[start..].find("```").expect("its end");
+    let env = |_: &str| Some("from-the-environment".to_string());
+    let config = match Config::parse(&section[start..end], "README.md", &env) {
+        Ok(config) => config,
+        Err(err) => panic!("the README's routing example is invalid:\n{err}"),
+    };
+    assert_eq!(config.upstreams.len(), 4);
+    assert_eq!(config.routes[0].pools.len(), 3);
+}
