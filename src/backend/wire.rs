@@ -55,8 +55,9 @@ pub(crate) struct HttpUpstream {
     headers: HeaderMap,
     /// Credential values, cut out of anything the upstream says back: some
     /// providers quote the key they refused, and an error message travels
-    /// to callers and logs.
-    secrets: Vec<String>,
+    /// to callers and logs. Shared, so a call's stream takes it without a
+    /// copy.
+    secrets: Arc<[String]>,
 }
 
 /// How an upstream expects its key.
@@ -144,7 +145,7 @@ pub(crate) struct UpstreamStream<D: Dialect> {
     /// The upstream's name, for error messages.
     upstream: Arc<str>,
     /// Credentials to cut out of error messages.
-    secrets: Vec<String>,
+    secrets: Arc<[String]>,
     /// The stream has ended (with `Done` or an error).
     finished: bool,
 }
@@ -205,7 +206,7 @@ impl HttpUpstream {
             client,
             endpoints: RoundRobin::new(endpoints)?,
             headers,
-            secrets,
+            secrets: secrets.into(),
         })
     }
 
