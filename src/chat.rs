@@ -151,7 +151,7 @@ impl FinishReason {
     pub fn parse(name: &str) -> Option<FinishReason> {
         match name {
             "stop" | "end_turn" | "stop_sequence" | "eos" => Some(FinishReason::Stop),
-            "length" | "max_tokens" => Some(FinishReason::Length),
+            "length" | "max_tokens" | "model_context_window_exceeded" => Some(FinishReason::Length),
             "content_filter" | "refusal" => Some(FinishReason::ContentFilter),
             "tool_calls" | "tool_use" | "function_call" => Some(FinishReason::ToolCalls),
             "error" => Some(FinishReason::Error),

@@ -83,7 +83,9 @@ impl ErrorKind {
         match status.as_u16() {
             400 | 413 | 422 => ErrorKind::InvalidArgument,
             401 => ErrorKind::Unauthenticated,
-            403 => ErrorKind::PermissionDenied,
+            // 402: the account cannot pay (Anthropic's billing_error);
+            // retrying will not help until someone acts, as with 403.
+            402 | 403 => ErrorKind::PermissionDenied,
             404 => ErrorKind::NotFound,
             408 | 504 => ErrorKind::DeadlineExceeded,
             429 => ErrorKind::ResourceExhausted,

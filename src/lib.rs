@@ -1,8 +1,9 @@
 //! llmgate: a cluster-wide LLM gateway.
 //!
 //! Services call one gRPC endpoint; the gateway routes each call by model
-//! name to a weighted pool of upstreams (vLLM and other OpenAI-compatible
-//! servers, or the built-in simulator) and streams the tokens back.
+//! name to weighted pools of upstreams (vLLM and other OpenAI-compatible
+//! servers, Ollama, Anthropic, or the built-in simulator) and streams the
+//! tokens back.
 //!
 //! # Layout
 //! The modules follow the path of a call:
@@ -11,7 +12,8 @@
 //! - [`route`]: the routing table and the router service (model → route →
 //!   pool by weight).
 //! - [`balance`]: choosing an endpoint inside an upstream, per call.
-//! - [`backend`]: upstream adapters (`openai`, `sim`) and SSE decoding.
+//! - [`backend`]: upstream adapters (`openai`, `ollama`, `anthropic`,
+//!   `sim`), each mapping its wire into [`chat`], and SSE/NDJSON decoding.
 //!
 //! Beside them: [`chat`] (the internal vocabulary), [`error`] (the one error
 //! type), [`config`] (the routing file), [`reload`] (live reloads of it),

@@ -5,15 +5,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use llmgate::backend::Connectors;
 use llmgate::config::Config;
 use llmgate::sim::SimSettings;
+use llmgate::sim::server::SimApi;
 use tokio::net::TcpListener;
 
 /// A cluster-wide LLM gateway: one gRPC endpoint (llm.v1.LLMService) in
-/// front of vLLM, OpenAI-compatible and simulated upstreams, routed by model
-/// name and balanced per call.
+/// front of vLLM and other OpenAI-compatible servers, Ollama, Anthropic and
+/// simulated upstreams, routed by model name and balanced per call.
 #[derive(Parser)]
 #[command(name = "llmgate", version)]
 struct Cli {
@@ -56,13 +57,18 @@ enum Command {
         /// The user message.
         prompt: String,
     },
-    /// Serve a simulated model over vLLM's OpenAI-compatible HTTP API
-    /// (/v1/chat/completions, /v1/models, /health), for trying routes and
-    /// load tests without a GPU.
+    /// Serve a simulated model over a real upstream's HTTP API, for trying
+    /// routes and load tests without a GPU or a cloud account: vLLM's
+    /// OpenAI-compatible API (/v1/chat/completions, /v1/models, /health),
+    /// Ollama's (/api/chat, /api/tags, /api/version) or Anthropic's
+    /// (/v1/messages).
     Sim {
         /// Address to listen on (port 0 picks a free port).
         #[arg(long, default_value = "127.0.0.1:8000")]
         listen: SocketAddr,
+        /// The API to speak: route to it with an upstream of the same kind.
+        #[arg(long, value_enum, default_value_t = Api::Openai)]
+        api: Api,
         /// Delay before the first token.
         #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
         ttft: Duration,
@@ -76,6 +82,17 @@ enum Command {
         #[arg(long, default_value_t = 0.0)]
         error_rate: f64,
     },
+}
+
+/// The APIs `llmgate sim` can speak, named as the routing file's kinds.
+#[derive(Clone, Copy, ValueEnum)]
+enum Api {
+    /// vLLM's OpenAI-compatible API (kind: openai).
+    Openai,
+    /// Ollama's native API (kind: ollama).
+    Ollama,
+    /// Anthropic's Messages API (kind: anthropic).
+    Anthropic,
 }
 
 fn main() -> ExitCode {
@@ -147,6 +164,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Sim {
             listen,
+            api,
             ttft,
             tokens_per_second,
             output_tokens,
@@ -164,8 +182,16 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             let listener = TcpListener::bind(listen)
                 .await
                 .map_err(|err| format!("cannot listen on {listen}: {err}"))?;
-            println!("llmgate: sim listening on {}", listener.local_addr()?);
-            llmgate::sim::server::serve(listener, settings, shutdown_signal()).await?;
+            let (api, name) = match api {
+                Api::Openai => (SimApi::OpenAi, "openai"),
+                Api::Ollama => (SimApi::Ollama, "ollama"),
+                Api::Anthropic => (SimApi::Anthropic, "anthropic"),
+            };
+            println!(
+                "llmgate: sim ({name} API) listening on {}",
+                listener.local_addr()?
+            );
+            llmgate::sim::server::serve_api(listener, settings, api, shutdown_signal()).await?;
             Ok(())
         }
         Command::Check { file } => match check(&file) {

@@ -6,11 +6,21 @@
 //! `first_token_timeout`, `idle_timeout`), which sit inside the caller's
 //! deadline enforced further up the stack and cover the whole attempt,
 //! waiting for an endpoint included.
+//!
+//! Each wire lives in its own module (`openai`, `ollama`, `anthropic`, the
+//! in-process `sim`) and maps into the one internal vocabulary, so callers
+//! see the same contract whichever pool served them. What the HTTP wires do
+//! alike (sending, error mapping, driving a streamed body) is in `wire`;
+//! the framings they stream in are [`sse`] and [`ndjson`].
 
+mod anthropic;
 pub mod http;
+pub mod ndjson;
+mod ollama;
 mod openai;
 mod sim;
 pub mod sse;
+mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +38,9 @@ use crate::config::{Discovery, UpstreamConfig, UpstreamKind, UpstreamTimeouts};
 use crate::error::{GatewayError, human_duration};
 use crate::sim::SimSettings;
 use crate::stack::timeout::{StreamLimits, TimedStream, TimeoutMessages};
+use anthropic::AnthropicBackend;
 use http::HttpClient;
+use ollama::OllamaBackend;
 use openai::OpenAiBackend;
 
 /// What upstreams need from the outside world: the shared HTTP client and
@@ -60,6 +72,8 @@ pub struct Upstream {
 #[derive(Debug, Clone)]
 enum Backend {
     OpenAi(Arc<OpenAiBackend>),
+    Ollama(Arc<OllamaBackend>),
+    Anthropic(Arc<AnthropicBackend>),
     Sim(SimSettings),
 }
 
@@ -92,19 +106,18 @@ impl Upstream {
     /// its endpoints (so it needs a Tokio runtime).
     pub fn new(config: &UpstreamConfig, connectors: &Connectors) -> Result<Self, GatewayError> {
         let name: Arc<str> = Arc::from(config.name.as_str());
-        if let Discovery::Static(urls) = &config.discovery
-            && let Some(bad) = urls.iter().find(|url| openai::chat_url(url).is_none())
-        {
-            return Err(GatewayError::unavailable(format!(
-                "upstream '{name}': endpoint {bad} cannot be used as a base URL"
-            )));
-        }
+        let client = connectors.http.clone();
         let (backend, discovery) = match config.kind {
             UpstreamKind::OpenAi => (
-                Backend::OpenAi(Arc::new(OpenAiBackend::new(
-                    config,
-                    connectors.http.clone(),
-                ))),
+                Backend::OpenAi(Arc::new(OpenAiBackend::new(config, client))),
+                config.discovery.clone(),
+            ),
+            UpstreamKind::Ollama => (
+                Backend::Ollama(Arc::new(OllamaBackend::new(config, client))),
+                config.discovery.clone(),
+            ),
+            UpstreamKind::Anthropic => (
+                Backend::Anthropic(Arc::new(AnthropicBackend::new(config, client))),
                 config.discovery.clone(),
             ),
             UpstreamKind::Sim => (
@@ -112,6 +125,13 @@ impl Upstream {
                 Discovery::Static(vec![::http::Uri::from_static(SIM_ENDPOINT)]),
             ),
         };
+        if let Discovery::Static(urls) = &discovery
+            && let Some(bad) = urls.iter().find(|url| backend.target(url).is_none())
+        {
+            return Err(GatewayError::unavailable(format!(
+                "upstream '{name}': endpoint {bad} cannot be used as a base URL"
+            )));
+        }
         let factory: DispatchFactory = {
             let name = name.clone();
             Arc::new(move |base: &::http::Uri| backend_dispatch(&backend, &name, base))
@@ -191,18 +211,39 @@ impl Upstream {
     }
 }
 
+// === impl Backend ===
+
+impl Backend {
+    /// The URL calls to the endpoint at `base` are sent to (`None` for a
+    /// base that cannot carry the wire's path).
+    fn target(&self, base: &::http::Uri) -> Option<::http::Uri> {
+        match self {
+            Backend::OpenAi(backend) => backend.target(base),
+            Backend::Ollama(backend) => backend.target(base),
+            Backend::Anthropic(backend) => backend.target(base),
+            Backend::Sim(_) => Some(base.clone()),
+        }
+    }
+}
+
 /// The backend bound to one endpoint's base URL.
 fn backend_dispatch(backend: &Backend, name: &Arc<str>, base: &::http::Uri) -> Option<Dispatch> {
-    match backend {
-        Backend::OpenAi(openai) => {
-            let target = Arc::new(openai::chat_url(base)?);
-            let openai = openai.clone();
+    /// A dispatch that sends each call to `target` with `backend`.
+    macro_rules! http_dispatch {
+        ($backend:expr) => {{
+            let target = Arc::new(backend.target(base)?);
+            let backend = $backend.clone();
             Some(Arc::new(move |call: EndpointCall| {
-                let openai = openai.clone();
+                let backend = backend.clone();
                 let target = target.clone();
-                async move { openai.call(&target, call.model, &call.req).await }.boxed()
-            }))
-        }
+                async move { backend.call(&target, call.model, &call.req).await }.boxed()
+            }) as Dispatch)
+        }};
+    }
+    match backend {
+        Backend::OpenAi(openai) => http_dispatch!(openai),
+        Backend::Ollama(ollama) => http_dispatch!(ollama),
+        Backend::Anthropic(anthropic) => http_dispatch!(anthropic),
         Backend::Sim(settings) => {
             let settings = *settings;
             let name = name.clone();

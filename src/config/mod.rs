@@ -33,6 +33,24 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// real generation, short enough that a hung upstream cannot hold a call
 /// (and its caller) forever when the caller sent no deadline.
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(600);
+/// `max_tokens` sent to an Anthropic upstream when neither the caller nor
+/// the file sets one: every current Claude model can write this many, and
+/// it is long enough for an ordinary answer.
+pub const DEFAULT_ANTHROPIC_MAX_TOKENS: u32 = 4096;
+/// Headers the gateway writes itself on every upstream request (or that
+/// belong to the connection, not the request); `headers:` cannot set them.
+const GATEWAY_HEADERS: [&str; 10] = [
+    "host",
+    "content-length",
+    "content-type",
+    "accept",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "upgrade",
+];
 
 /// A validated routing file.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +90,18 @@ pub struct UpstreamConfig {
     pub timeouts: UpstreamTimeouts,
     /// How the simulator behaves (`kind: sim`).
     pub sim: SimSettings,
+    /// Extra headers sent with every request (`headers:`), for providers
+    /// that want them. Values read from the environment are marked
+    /// sensitive: `Debug` prints `Sensitive` instead of them.
+    pub headers: http::HeaderMap,
+    /// `kind: openai`: the request field that carries `max_tokens`.
+    pub max_tokens_field: MaxTokensField,
+    /// `kind: anthropic`: the `max_tokens` sent when the caller sets none
+    /// (Anthropic refuses a request without it).
+    pub default_max_tokens: u32,
+    /// `kind: ollama`: how long Ollama keeps the model loaded after a call;
+    /// `None` leaves it to Ollama (5 minutes unless its server says else).
+    pub keep_alive: Option<KeepAlive>,
 }
 
 /// The wire formats an upstream can speak.
@@ -79,8 +109,33 @@ pub struct UpstreamConfig {
 pub enum UpstreamKind {
     /// OpenAI's chat completions API: vLLM, OpenAI and compatible servers.
     OpenAi,
+    /// Ollama's native chat API (`/api/chat`, NDJSON streams).
+    Ollama,
+    /// Anthropic's Messages API (`/v1/messages`, SSE events).
+    Anthropic,
     /// The built-in simulator, in process.
     Sim,
+}
+
+/// Which request field carries an OpenAI-style call's token cap. OpenAI's
+/// reasoning models refuse `max_tokens`; vLLM and most compatible servers
+/// only know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MaxTokensField {
+    /// `max_tokens`: vLLM, llama.cpp and most compatible servers.
+    #[default]
+    MaxTokens,
+    /// `max_completion_tokens`: OpenAI's current API.
+    MaxCompletionTokens,
+}
+
+/// How long Ollama keeps a model in memory after a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepAlive {
+    /// Unload it this long after the call (zero: at once).
+    For(Duration),
+    /// Never unload it.
+    Forever,
 }
 
 /// Time limits on one upstream's calls; together with the caller's deadline
@@ -209,10 +264,6 @@ pub fn describe(config: &Config) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "listen grpc {}", config.listen.grpc);
     for up in config.upstreams.values() {
-        let kind = match up.kind {
-            UpstreamKind::OpenAi => "openai",
-            UpstreamKind::Sim => "sim",
-        };
         let endpoints: Vec<String> = match &up.discovery {
             Discovery::Static(list) => list.iter().map(ToString::to_string).collect(),
             Discovery::Dns {
@@ -225,10 +276,13 @@ pub fn describe(config: &Config) -> String {
                 crate::error::human_duration(*interval)
             )],
         };
+        // Header names only: a value may be a credential.
+        let headers: Vec<&str> = up.headers.keys().map(http::HeaderName::as_str).collect();
         let _ = writeln!(
             out,
-            "upstream {} ({kind}) {}{}",
+            "upstream {} ({}) {}{}{}",
             up.name,
+            up.kind.as_str(),
             if endpoints.is_empty() {
                 "in process".to_string()
             } else {
@@ -238,6 +292,11 @@ pub fn describe(config: &Config) -> String {
                 ", with api key"
             } else {
                 ""
+            },
+            if headers.is_empty() {
+                String::new()
+            } else {
+                format!(", headers: {}", headers.join(", "))
             },
         );
     }
@@ -269,6 +328,28 @@ pub fn describe(config: &Config) -> String {
         }
     }
     out
+}
+
+// === impl UpstreamKind ===
+
+impl UpstreamKind {
+    /// The kind's name in the routing file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamKind::OpenAi => "openai",
+            UpstreamKind::Ollama => "ollama",
+            UpstreamKind::Anthropic => "anthropic",
+            UpstreamKind::Sim => "sim",
+        }
+    }
+
+    /// The header that carries this kind's API key.
+    fn key_header(self) -> &'static str {
+        match self {
+            UpstreamKind::Anthropic => "x-api-key",
+            _ => "authorization",
+        }
+    }
 }
 
 // === impl Secret ===
@@ -454,13 +535,15 @@ impl Checker {
         let up = raw.value;
         let kind = match up.kind.value.as_str() {
             "openai" => Some(UpstreamKind::OpenAi),
+            "ollama" => Some(UpstreamKind::Ollama),
+            "anthropic" => Some(UpstreamKind::Anthropic),
             "sim" => Some(UpstreamKind::Sim),
             other => {
                 self.report(
                     &up.kind,
                     format!(
-                        "upstream '{name}': unknown kind '{other}'; expected openai or sim \
-                         (ollama and anthropic are not supported yet)"
+                        "upstream '{name}': unknown kind '{other}'; expected openai, ollama, \
+                         anthropic or sim"
                     ),
                 );
                 None
@@ -480,15 +563,6 @@ impl Checker {
             _ => {}
         }
         match kind {
-            Some(UpstreamKind::OpenAi) if up.endpoints.is_empty() && up.discover.is_none() => {
-                self.problems.push(Problem::at(
-                    Some(at),
-                    format!(
-                        "upstream '{name}': endpoints: is empty; list at least one base URL \
-                         such as http://127.0.0.1:8000, or use discover: {{ dns: name:port }}"
-                    ),
-                ));
-            }
             Some(UpstreamKind::Sim) if !up.endpoints.is_empty() => {
                 self.report(
                     &up.endpoints[0],
@@ -498,15 +572,58 @@ impl Checker {
                     ),
                 );
             }
+            Some(kind)
+                if kind != UpstreamKind::Sim
+                    && up.endpoints.is_empty()
+                    && up.discover.is_none() =>
+            {
+                let example = match kind {
+                    UpstreamKind::Ollama => "http://127.0.0.1:11434",
+                    UpstreamKind::Anthropic => "https://api.anthropic.com",
+                    _ => "http://127.0.0.1:8000",
+                };
+                self.problems.push(Problem::at(
+                    Some(at),
+                    format!(
+                        "upstream '{name}': endpoints: is empty; list at least one base URL \
+                         such as {example}, or use discover: {{ dns: name:port }}"
+                    ),
+                ));
+            }
             _ => {}
         }
-        if let (Some(UpstreamKind::OpenAi), Some(sim)) = (kind, &up.sim) {
+        if let (Some(kind), Some(sim)) = (kind, &up.sim)
+            && kind != UpstreamKind::Sim
+        {
             self.report(
                 sim,
                 format!(
                     "upstream '{name}': sim: applies to kind sim only; remove it, \
                      or set kind: sim"
                 ),
+            );
+        }
+        if let Some(kind) = kind {
+            self.only_for(
+                name,
+                kind,
+                UpstreamKind::OpenAi,
+                "max_tokens_field",
+                &up.max_tokens_field,
+            );
+            self.only_for(
+                name,
+                kind,
+                UpstreamKind::Anthropic,
+                "default_max_tokens",
+                &up.default_max_tokens,
+            );
+            self.only_for(
+                name,
+                kind,
+                UpstreamKind::Ollama,
+                "keep_alive",
+                &up.keep_alive,
             );
         }
         let api_key = up
@@ -526,6 +643,60 @@ impl Checker {
                     None
                 }
             });
+        let headers = match (&up.headers, kind) {
+            (Some(headers), Some(UpstreamKind::Sim)) => {
+                self.report(
+                    headers,
+                    format!(
+                        "upstream '{name}': headers: apply to HTTP upstreams only; \
+                         kind sim runs in process"
+                    ),
+                );
+                http::HeaderMap::new()
+            }
+            (Some(headers), Some(kind)) => {
+                let key_header = up.api_key_env.is_some().then(|| kind.key_header());
+                self.headers(name, &headers.value, key_header, env)
+            }
+            _ => http::HeaderMap::new(),
+        };
+        let max_tokens_field = up
+            .max_tokens_field
+            .as_ref()
+            .and_then(|field| match field.value.as_str() {
+                "max_tokens" => Some(MaxTokensField::MaxTokens),
+                "max_completion_tokens" => Some(MaxTokensField::MaxCompletionTokens),
+                other => {
+                    self.report(
+                        field,
+                        format!(
+                            "upstream '{name}': max_tokens_field '{other}' is not a field; \
+                             use max_tokens (vLLM and most servers) or max_completion_tokens \
+                             (OpenAI's current models)"
+                        ),
+                    );
+                    None
+                }
+            })
+            .unwrap_or_default();
+        let default_max_tokens = match &up.default_max_tokens {
+            Some(tokens) if tokens.value == 0 => {
+                self.report(
+                    tokens,
+                    format!(
+                        "upstream '{name}': default_max_tokens must be at least 1; it is the \
+                         cap sent when a caller sets none"
+                    ),
+                );
+                DEFAULT_ANTHROPIC_MAX_TOKENS
+            }
+            Some(tokens) => tokens.value,
+            None => DEFAULT_ANTHROPIC_MAX_TOKENS,
+        };
+        let keep_alive = up
+            .keep_alive
+            .as_ref()
+            .and_then(|raw| self.keep_alive(name, raw));
         let total = up.timeout.as_ref().and_then(|d| self.duration(d));
         let first_token = up
             .first_token_timeout
@@ -572,7 +743,194 @@ impl Checker {
                 idle,
             },
             sim,
+            headers,
+            max_tokens_field,
+            default_max_tokens,
+            keep_alive,
         })
+    }
+
+    /// Reports a key set on an upstream of a kind it does not apply to.
+    fn only_for<T>(
+        &mut self,
+        name: &str,
+        kind: UpstreamKind,
+        wanted: UpstreamKind,
+        key: &str,
+        value: &Option<Spanned<T>>,
+    ) {
+        if let Some(value) = value
+            && kind != wanted
+        {
+            self.report(
+                value,
+                format!(
+                    "upstream '{name}': {key}: applies to kind {} only; remove it from this \
+                     {} upstream",
+                    wanted.as_str(),
+                    kind.as_str()
+                ),
+            );
+        }
+    }
+
+    /// `headers:`: each name a valid header the gateway does not write
+    /// itself, each value valid once `${VAR}`s are read. Values that read
+    /// the environment are marked sensitive, as they usually hold a key.
+    fn headers(
+        &mut self,
+        name: &str,
+        raw: &HashMap<Spanned<String>, Spanned<String>>,
+        key_header: Option<&str>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> http::HeaderMap {
+        let mut entries: Vec<_> = raw.iter().collect();
+        entries.sort_by_key(|(key, _)| (key.referenced.line(), key.referenced.column()));
+        let mut headers = http::HeaderMap::new();
+        for (key, value) in entries {
+            let Ok(header) = http::HeaderName::from_bytes(key.value.as_bytes()) else {
+                self.report(
+                    key,
+                    format!(
+                        "upstream '{name}': '{}' is not a valid HTTP header name",
+                        key.value
+                    ),
+                );
+                continue;
+            };
+            if GATEWAY_HEADERS.contains(&header.as_str()) {
+                self.report(
+                    key,
+                    format!(
+                        "upstream '{name}': header '{}' is written by the gateway on every \
+                         request; remove it from headers:",
+                        key.value
+                    ),
+                );
+                continue;
+            }
+            if key_header == Some(header.as_str()) {
+                self.report(
+                    key,
+                    format!(
+                        "upstream '{name}': header '{}' carries the key from api_key_env; \
+                         remove one of the two",
+                        key.value
+                    ),
+                );
+                continue;
+            }
+            if headers.contains_key(&header) {
+                self.report(
+                    key,
+                    format!(
+                        "upstream '{name}': header '{}' is given twice (header names ignore \
+                         case)",
+                        key.value
+                    ),
+                );
+                continue;
+            }
+            let Some((text, from_env)) = self.interpolate(name, &header, value, env) else {
+                continue;
+            };
+            match http::HeaderValue::try_from(text) {
+                Ok(mut header_value) => {
+                    header_value.set_sensitive(from_env);
+                    headers.insert(header, header_value);
+                }
+                Err(_) => {
+                    // Never quote the value: it may hold a key.
+                    self.report(
+                        value,
+                        format!(
+                            "upstream '{name}': the value of header '{header}' is not a valid \
+                             header value (printable ASCII on one line)"
+                        ),
+                    );
+                }
+            }
+        }
+        headers
+    }
+
+    /// A header value with each `${VAR}` replaced by the variable's value;
+    /// also says whether any variable was read.
+    fn interpolate(
+        &mut self,
+        name: &str,
+        header: &http::HeaderName,
+        raw: &Spanned<String>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<(String, bool)> {
+        let mut out = String::new();
+        let mut rest = raw.value.as_str();
+        let mut from_env = false;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let var = after.find('}').map(|end| &after[..end]).filter(|var| {
+                var.chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            });
+            let Some(var) = var else {
+                self.report(
+                    raw,
+                    format!(
+                        "upstream '{name}': header '{header}': '${{' must start a variable \
+                         such as ${{PROVIDER_KEY}}"
+                    ),
+                );
+                return None;
+            };
+            match env(var) {
+                Some(value) if !value.is_empty() => out.push_str(&value),
+                _ => {
+                    self.report(
+                        raw,
+                        format!(
+                            "upstream '{name}': environment variable {var} (for header \
+                             '{header}') is not set (or empty); export it before starting \
+                             the gateway"
+                        ),
+                    );
+                    return None;
+                }
+            }
+            from_env = true;
+            rest = &after[var.len() + 1..];
+        }
+        out.push_str(rest);
+        Some((out, from_env))
+    }
+
+    /// `keep_alive:`: a duration, `0` to unload the model after each call,
+    /// or `-1` to keep it loaded.
+    fn keep_alive(&mut self, name: &str, raw: &Spanned<String>) -> Option<KeepAlive> {
+        let text = raw.value.trim();
+        if text == "-1" {
+            return Some(KeepAlive::Forever);
+        }
+        if text == "0" {
+            return Some(KeepAlive::For(Duration::ZERO));
+        }
+        match humantime::parse_duration(text) {
+            Ok(d) => Some(KeepAlive::For(d)),
+            Err(_) => {
+                self.report(
+                    raw,
+                    format!(
+                        "upstream '{name}': keep_alive '{}' is not a duration; write it like \
+                         10m or 1h, 0 to unload the model after each call, or -1 to keep it \
+                         loaded",
+                        raw.value
+                    ),
+                );
+                None
+            }
+        }
     }
 
     fn sim(&mut self, name: &str, raw: RawSim) -> SimSettings {

@@ -115,6 +115,9 @@ impl HealthCheck {
             // vLLM's `/health`; other OpenAI-compatible servers that lack it
             // can set `path: /v1/models`.
             UpstreamKind::OpenAi | UpstreamKind::Sim => "/health",
+            UpstreamKind::Ollama => "/api/version",
+            // Refused by the checker: a cloud API has no health path.
+            UpstreamKind::Anthropic => "/v1/models",
         }
     }
 }
@@ -215,6 +218,16 @@ impl Checker {
             self.report(
                 raw,
                 format!("upstream '{name}': health_check: does not apply to kind sim"),
+            );
+            return None;
+        }
+        if kind == Some(UpstreamKind::Anthropic) {
+            self.report(
+                raw,
+                format!(
+                    "upstream '{name}': health_check: does not apply to kind anthropic (its API \
+                     has no health path); outlier ejection still takes failing endpoints out"
+                ),
             );
             return None;
         }

@@ -6,7 +6,7 @@
 //! line and column. Unknown keys are refused here, so a typo such as
 //! `timout:` is an error instead of a silently ignored setting.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -72,6 +72,19 @@ pub(crate) struct RawUpstream {
     /// Active health checks.
     #[serde(default)]
     pub(crate) health_check: Option<Spanned<RawHealthCheck>>,
+    /// Extra HTTP headers for every request; `${VAR}` in a value reads an
+    /// environment variable.
+    #[serde(default)]
+    pub(crate) headers: Option<Spanned<HashMap<Spanned<String>, Spanned<String>>>>,
+    /// `kind: openai`: `max_tokens` or `max_completion_tokens`.
+    #[serde(default)]
+    pub(crate) max_tokens_field: Option<Spanned<String>>,
+    /// `kind: anthropic`: max_tokens sent when the caller sets none.
+    #[serde(default)]
+    pub(crate) default_max_tokens: Option<Spanned<u32>>,
+    /// `kind: ollama`: how long Ollama keeps the model loaded after a call.
+    #[serde(default)]
+    pub(crate) keep_alive: Option<Spanned<String>>,
 }
 
 /// `discover:` of an upstream.

@@ -158,6 +158,11 @@ fn full_file_is_read_field_by_field() {
                         idle: Some(Duration::from_secs(15)),
                     },
                     sim: SimSettings::default(),
+                    // Keys this file leaves out get their defaults.
+                    headers: http::HeaderMap::new(),
+                    max_tokens_field: MaxTokensField::MaxTokens,
+                    default_max_tokens: DEFAULT_ANTHROPIC_MAX_TOKENS,
+                    keep_alive: None,
                 },
             ),
             (
@@ -179,6 +184,10 @@ fn full_file_is_read_field_by_field() {
                         output_tokens: 48,
                         error_rate: 0.25,
                     },
+                    headers: http::HeaderMap::new(),
+                    max_tokens_field: MaxTokensField::MaxTokens,
+                    default_max_tokens: DEFAULT_ANTHROPIC_MAX_TOKENS,
+                    keep_alive: None,
                 },
             ),
         ]),
@@ -457,7 +466,7 @@ fn unknown_kind_is_refused_and_its_pools_are_not_also_unknown() {
     let problem = only_problem(&yaml(&[
         "upstreams:",
         "  local:",
-        "    kind: ollama",
+        "    kind: llama",
         "routes:",
         "  - model: demo",
         "    pools:",
@@ -466,7 +475,11 @@ fn unknown_kind_is_refused_and_its_pools_are_not_also_unknown() {
     assert_at(&problem, 3, 11);
     assert_mentions(
         &problem,
-        &["'local'", "unknown kind 'ollama'", "openai or sim"],
+        &[
+            "'local'",
+            "unknown kind 'llama'",
+            "openai, ollama, anthropic or sim",
+        ],
     );
 }
 
@@ -960,4 +973,466 @@ fn a_simulated_model_may_answer_with_no_delay() {
         "      - upstream: instant",
     ]));
     assert_eq!(config.upstreams["instant"].sim.ttft, Duration::ZERO);
+}
+
+// === ollama, anthropic and the cloud extras ===
+
+#[test]
+fn ollama_anthropic_and_cloud_extras_are_read_field_by_field() {
+    let text = yaml(&[
+        "upstreams:",
+        "  cloud:",
+        "    kind: openai",
+        "    endpoints: [https://api.openai.com/v1]",
+        "    api_key_env: CLOUD_KEY",
+        "    max_tokens_field: max_completion_tokens",
+        "    headers:",
+        "      OpenAI-Organization: org-42",
+        "      X-Project-Token: Token ${PROJECT_TOKEN}",
+        "  gpu-box:",
+        "    kind: ollama",
+        "    endpoints: [http://10.0.0.7:11434]",
+        "    keep_alive: 30m",
+        "  claude:",
+        "    kind: anthropic",
+        "    endpoints: [https://api.anthropic.com]",
+        "    api_key_env: ANTHROPIC_API_KEY",
+        "    default_max_tokens: 1024",
+        "    headers: { anthropic-beta: prompt-caching-2024-07-31 }",
+        "routes:",
+        "  - model: chat",
+        "    pools:",
+        "      - upstream: cloud",
+        "      - upstream: gpu-box",
+        "      - upstream: claude",
+    ]);
+    let env = |name: &str| match name {
+        "CLOUD_KEY" => Some("sk-cloud".to_string()),
+        "PROJECT_TOKEN" => Some("pt-123".to_string()),
+        "ANTHROPIC_API_KEY" => Some("sk-ant".to_string()),
+        _ => None,
+    };
+    let config = match Config::parse(&text, FILE, &env) {
+        Ok(config) => config,
+        Err(err) => panic!("valid file rejected:\n{err}"),
+    };
+
+    let cloud = &config.upstreams["cloud"];
+    assert_eq!(cloud.kind, UpstreamKind::OpenAi);
+    assert_eq!(cloud.max_tokens_field, MaxTokensField::MaxCompletionTokens);
+    assert_eq!(cloud.headers.len(), 2);
+    let org = &cloud.headers["openai-organization"];
+    assert_eq!(org, "org-42");
+    assert!(
+        !org.is_sensitive(),
+        "a value written in the file is no secret"
+    );
+    let token = &cloud.headers["x-project-token"];
+    assert_eq!(token, "Token pt-123");
+    assert!(token.is_sensitive(), "a value read from the environment is");
+
+    let ollama = &config.upstreams["gpu-box"];
+    assert_eq!(ollama.kind, UpstreamKind::Ollama);
+    assert_eq!(
+        ollama.discovery,
+        Discovery::Static(vec![http::Uri::from_static("http://10.0.0.7:11434")])
+    );
+    assert_eq!(
+        ollama.keep_alive,
+        Some(KeepAlive::For(Duration::from_secs(1800)))
+    );
+    assert_eq!(ollama.api_key, None);
+
+    let claude = &config.upstreams["claude"];
+    assert_eq!(claude.kind, UpstreamKind::Anthropic);
+    assert_eq!(claude.default_max_tokens, 1024);
+    assert_eq!(claude.api_key.as_ref().map(Secret::expose), Some("sk-ant"));
+    assert_eq!(
+        claude.headers["anthropic-beta"],
+        "prompt-caching-2024-07-31"
+    );
+
+    let summary = describe(&config);
+    assert!(
+        summary.contains("upstream gpu-box (ollama) http://10.0.0.7:11434/"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("upstream claude (anthropic) https://api.anthropic.com/, with api key"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("headers: openai-organization, x-project-token"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn new_keys_are_optional_with_documented_defaults() {
+    let config = parse_ok(&yaml(&[
+        "upstreams:",
+        "  gpu-box:",
+        "    kind: ollama",
+        "    endpoints: [http://127.0.0.1:11434]",
+        "  claude:",
+        "    kind: anthropic",
+        "    endpoints: [https://api.anthropic.com]",
+        "routes:",
+        "  - model: m",
+        "    pools:",
+        "      - upstream: gpu-box",
+        "      - upstream: claude",
+    ]));
+    for up in config.upstreams.values() {
+        assert!(up.headers.is_empty());
+        assert_eq!(up.max_tokens_field, MaxTokensField::MaxTokens);
+        assert_eq!(up.default_max_tokens, DEFAULT_ANTHROPIC_MAX_TOKENS);
+        assert_eq!(up.keep_alive, None);
+        assert_eq!(up.api_key, None, "a key is optional (local servers)");
+    }
+}
+
+#[test]
+fn keep_alive_takes_a_duration_zero_or_minus_one() {
+    for (written, expected) in [
+        ("10m", KeepAlive::For(Duration::from_secs(600))),
+        ("1h", KeepAlive::For(Duration::from_secs(3600))),
+        ("0", KeepAlive::For(Duration::ZERO)),
+        ("-1", KeepAlive::Forever),
+    ] {
+        let config = parse_ok(&yaml(&[
+            "upstreams:",
+            "  gpu-box:",
+            "    kind: ollama",
+            "    endpoints: [http://127.0.0.1:11434]",
+            &format!("    keep_alive: {written}"),
+            "routes:",
+            "  - model: m",
+            "    pools:",
+            "      - upstream: gpu-box",
+        ]));
+        assert_eq!(
+            config.upstreams["gpu-box"].keep_alive,
+            Some(expected),
+            "{written}"
+        );
+    }
+
+    let problem = only_problem(&yaml(&[
+        "upstreams:",
+        "  gpu-box:",
+        "    kind: ollama",
+        "    endpoints: [http://127.0.0.1:11434]",
+        "    keep_alive: a while",
+        "routes:",
+        "  - model: m",
+        "    pools:",
+        "      - upstream: gpu-box",
+    ]));
+    assert_at(&problem, 5, 17);
+    assert_mentions(&problem, &["'gpu-box'", "'a while'", "10m", "-1"]);
+}
+
+#[test]
+fn kind_specific_keys_on_another_kind_are_refused_at_their_value() {
+    let found = problems(&yaml(&[
+        "upstreams:",
+        "  a:",
+        "    kind: ollama",
+        "    endpoints: [http://127.0.0.1:11434]",
+        "    max_tokens_field: max_tokens",
+        "  b:",
+        "    kind: openai",
+        "    endpoints: [http://127.0.0.1:8000]",
+        "    default_max_tokens: 512",
+        "  c:",
+        "    kind: anthropic",
+        "    endpoints: [https://api.anthropic.com]",
+        "    keep_alive: 5m",
+        "routes:",
+        "  - model: m",
+        "    pools:",
+        "      - upstream: a",
+    ]));
+    assert_eq!(found.len(), 3, "{found:#?}");
+    assert_at(&found[0], 5, 23);
+    assert_mentions(
+        &found[0],
+        &[
+            "'a'",
+            "max_tokens_field",
+            "kind openai only",
+            "ollama upstream",
+        ],
+    );
+    assert_at(&found[1], 9, 25);
+    assert_mentions(
+        &found[1],
+        &["'b'", "default_max_tokens", "kind anthropic only"],
+    );
+    assert_at(&found[2], 13, 17);
+    assert_mentions(&found[2], &["'c'", "keep_alive", "kind ollama only"]);
+}
+
+#[test]
+fn max_tokens_field_names_the_two_choices() {
+    let problem = only_problem(&yaml(&[
+        "upstreams:",
+        "  cloud:",
+        "    kind: openai",
+        "    endpoints: [https://api.openai.com/v1]",
+        "    max_tokens_field: max_new_tokens",
+        "routes:",
+        "  - model: m",
+        "    pools:",
+        "      - upstream: cloud",
+    ]));
+    assert_at(&problem, 5, 23);
+    assert_mentions(
+        &problem,
+        &["'max_new_tokens'", "max_tokens", "max_completion_tokens"],
+    );
+}
+
+#[test]
+fn default_max_tokens_zero_is_refused() {
+    let problem = only_problem(&yaml(&[
+        "upstreams:",
+        "  claude:",
+        "    kind: anthropic",
+        "    endpoints: [https://api.anthropic.com]",
+        "    default_max_tokens: 0",
+        "routes:",
+        "  - model: m",
+        "    pools:",
+        "      - upstream: claude",
+    ]));
+    assert_at(&problem, 5, 25);
+    assert_mentions(&problem, &["'claude'", "at least 1"]);
+}
+
+#[test]
+fn ollama_and_anthropic_upstreams_need_endpoints() {
+    for (kind, example) in [
+        ("ollama", "http://127.0.0.1:11434"),
+        ("anthropic", "https://api.anthropic.com"),
+    ] {
+        let problem = only_problem(&yaml(&[
+            "upstreams:",
+            "  far:",
+            &format!("    kind: {kind}"),
+            "routes:",
+            "  - model: m",
+            "    pools:",
+            "      - upstream: far",
+        ]));
+        assert_at(&problem, 3, 5);
+        assert_mentions(&problem, &["'far'", "endpoints: is empty", example]);
+    }
+}
+
+#[test]
+fn header_problems_are_each_reported_at_the_header() {
+    let env = |name: &str| (name == "PRESENT").then(|| "value".to_string());
+    let mut found = problems_with_env(
+        &yaml(&[
+            "upstreams:",
+            "  cloud:",
+            "    kind: openai",
+            "    endpoints: [https://api.example.com/v1]",
+            "    api_key_env: PRESENT",
+            "    headers:",
+            "      Bad Name: x",
+            "      Content-Type: text/plain",
+            "      Authorization: Basic abc",
+            "      X-Twice: one",
+            "      x-twice: two",
+            "      X-Missing: ${ABSENT_VAR}",
+            "      X-Broken: ${not closed",
+            "      X-Newline: \"a\\nb\"",
+            "routes:",
+            "  - model: m",
+            "    pools:",
+            "      - upstream: cloud",
+        ]),
+        &env,
+    );
+    found.sort_by_key(|p| (p.line, p.column));
+    let at: Vec<(u64, u64)> = found.iter().map(|p| (p.line, p.column)).collect();
+    assert_eq!(
+        at,
+        [
+            (7, 7),
+            (8, 7),
+            (9, 7),
+            (11, 7),
+            (12, 18),
+            (13, 17),
+            (14, 18)
+        ],
+        "{found:#?}"
+    );
+    assert_mentions(&found[0], &["'Bad Name'", "not a valid HTTP header name"]);
+    assert_mentions(&found[1], &["'Content-Type'", "written by the gateway"]);
+    assert_mentions(&found[2], &["'Authorization'", "api_key_env"]);
+    assert_mentions(&found[3], &["'x-twice'", "given twice"]);
+    assert_mentions(&found[4], &["ABSENT_VAR", "x-missing", "not set"]);
+    assert_mentions(&found[5], &["x-broken", "${PROVIDER_KEY}"]);
+    assert_mentions(&found[6], &["x-newline", "not a valid header value"]);
+}
+
+#[test]
+fn authorization_in_headers_is_fine_without_api_key_env() {
+    // Some providers want another scheme than Bearer.
+    let env = |name: &str| (name == "AZURE_TOKEN").then(|| "tok".to_string());
+    let text = yaml(&[
+        "upstreams:",
+        "  cloud:",
+        "    kind: openai",
+        "    endpoints: [https://api.example.com/v1]",
+        "    headers: { Authorization: \"Token ${AZURE_TOKEN}\" }",
+        "routes:",
+        "  - model: m",
+        "    pools:",
+        "      - upstream: cloud",
+    ]);
+    let config = match Config::parse(&text, FILE, &env) {
+        Ok(config) => config,
+        Err(err) => panic!("valid file rejected:\n{err}"),
+    };
+    assert_eq!(
+        config.upstreams["cloud"].headers["authorization"],
+        "Token tok"
+    );
+}
+
+#[test]
+fn headers_on_a_sim_upstream_are_refused() {
+    let problem = only_problem(&yaml(&[
+        "upstreams:",
+        "  local:",
+        "    kind: sim",
+        "    headers: { X-A: b }",
+        "routes:",
+        "  - model: m",
+        "    pools:",
+        "      - upstream: local",
+    ]));
+    assert_at(&problem, 4, 14);
+    assert_mentions(&problem, &["'local'", "HTTP upstreams only"]);
+}
+
+#[test]
+fn header_values_from_the_environment_never_appear_in_debug_or_describe() {
+    const SECRET: &str = "hdr-secret-do-not-print-3e1f";
+    let text = yaml(&[
+        "upstreams:",
+        "  cloud:",
+        "    kind: openai",
+        "    endpoints: [https://api.example.com/v1]",
+        "    headers:",
+        "      X-Api-Key: ${PROVIDER_KEY}",
+        "routes:",
+        "  - model: m",
+        "    pools:",
+        "      - upstream: cloud",
+    ]);
+    let env = |name: &str| (name == "PROVIDER_KEY").then(|| SECRET.to_string());
+    let config = match Config::parse(&text, FILE, &env) {
+        Ok(config) => config,
+        Err(err) => panic!("valid file rejected:\n{err}"),
+    };
+    assert_eq!(config.upstreams["cloud"].headers["x-api-key"], SECRET);
+    for shown in [
+        format!("{config:?}"),
+        format!("{config:#?}"),
+        describe(&config),
+    ] {
+        assert!(!shown.contains(SECRET), "secret leaked in: {shown}");
+    }
+    assert!(describe(&config).contains("headers: x-api-key"));
+}
+
+/// The routing file ships its Ollama, Anthropic and cloud examples
+/// commented out; an operator uncomments them, so they must be valid as
+/// written.
+#[test]
+fn the_commented_examples_in_the_shipped_file_are_valid_when_uncommented() {
+    let shipped = include_str!("../../routing.yaml");
+    let uncommented: Vec<String> = shipped
+        .lines()
+        .map(|line| {
+            let indent = line.len() - line.trim_start().len();
+            match line.trim_start().strip_prefix("# ") {
+                Some(rest) if looks_like_yaml(rest) => format!("{}{rest}", &line[..indent]),
+                _ => line.to_string(),
+            }
+        })
+        .collect();
+    let text = uncommented.join("\n");
+    let env = |_: &str| Some("from-the-environment".to_string());
+    let config = match Config::parse(&text, FILE, &env) {
+        Ok(config) => config,
+        Err(err) => {
+            panic!("an example in routing.yaml is invalid once uncommented:\n{err}\n{text}")
+        }
+    };
+    let kinds: Vec<UpstreamKind> = config.upstreams.values().map(|u| u.kind).collect();
+    for kind in [
+        UpstreamKind::OpenAi,
+        UpstreamKind::Ollama,
+        UpstreamKind::Anthropic,
+        UpstreamKind::Sim,
+    ] {
+        assert!(kinds.contains(&kind), "no {kind:?} example in {kinds:?}");
+    }
+    let mixed = config
+        .routes
+        .iter()
+        .find(|route| {
+            let kinds: Vec<UpstreamKind> = route
+                .pools
+                .iter()
+                .map(|p| config.upstreams[&p.upstream].kind)
+                .collect();
+            kinds.contains(&UpstreamKind::OpenAi)
+                && kinds.contains(&UpstreamKind::Ollama)
+                && kinds.contains(&UpstreamKind::Anthropic)
+        })
+        .expect("a route mixing vLLM, Ollama and a cloud provider");
+    let weights: Vec<u32> = mixed.pools.iter().map(|p| p.weight).collect();
+    assert!(
+        weights.windows(2).any(|w| w[0] != w[1]),
+        "the mixed route shows weights: {weights:?}"
+    );
+}
+
+/// A commented line that is a YAML key or list item (`key: ...`,
+/// `- key: ...`), not prose.
+fn looks_like_yaml(text: &str) -> bool {
+    let text = text.trim_start();
+    let text = text.strip_prefix("- ").unwrap_or(text);
+    text.split_once(':').is_some_and(|(key, _)| {
+        !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    })
+}
+
+/// The README documents the schema with an example; it must stay valid.
+#[test]
+fn the_readme_routing_example_is_valid() {
+    let readme = include_str!("../../README.md");
+    let section = &readme[readme.find("## The routing file").expect("the section")..];
+    let start = section.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+    let end = start + section[start..].find("```").expect("its end");
+    let env = |_: &str| Some("from-the-environment".to_string());
+    let config = match Config::parse(&section[start..end], "README.md", &env) {
+        Ok(config) => config,
+        Err(err) => panic!("the README's routing example is invalid:\n{err}"),
+    };
+    assert_eq!(config.upstreams.len(), 5);
+    assert_eq!(config.routes[0].pools.len(), 3);
+    assert_eq!(config.routes[0].fallback, ["llama-small"]);
 }

@@ -1,9 +1,15 @@
-//! `llmgate sim`: the simulator behind vLLM's OpenAI-compatible HTTP API.
+//! `llmgate sim`: the simulator behind a real upstream's HTTP API.
 //!
-//! It speaks the subset of the wire the gateway's `openai` backend uses
-//! (`POST /v1/chat/completions` streamed as SSE or not, `GET /v1/models`,
-//! `GET /health`), so tests and benchmarks exercise the gateway's real HTTP
-//! path with no GPU. Errors use vLLM's JSON error shape.
+//! By default it speaks the subset of vLLM's OpenAI-compatible wire the
+//! gateway's `openai` backend uses (`POST /v1/chat/completions` streamed as
+//! SSE or not, `GET /v1/models`, `GET /health`), with vLLM's JSON error
+//! shape. With [`SimApi::Ollama`] it speaks Ollama's native API (`ollama`
+//! module) and with [`SimApi::Anthropic`] the Messages API (`anthropic`
+//! module), so tests, benchmarks and users can try every pool kind over
+//! the real HTTP path with no GPU and no cloud account.
+
+mod anthropic;
+mod ollama;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,13 +24,25 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 
 use super::SimSettings;
 use crate::chat::{ChatMessage, Role};
+
+/// Which upstream API the simulator speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SimApi {
+    /// vLLM's OpenAI-compatible API (`kind: openai`).
+    #[default]
+    OpenAi,
+    /// Ollama's native API (`kind: ollama`).
+    Ollama,
+    /// Anthropic's Messages API (`kind: anthropic`).
+    Anthropic,
+}
 
 /// The shared state of one simulator server.
 struct Sim {
@@ -63,21 +81,37 @@ struct StreamOptions {
     include_usage: bool,
 }
 
-/// Serves the simulator on `listener` until `shutdown` completes.
+/// Serves the simulator with vLLM's OpenAI-compatible API on `listener`
+/// until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     settings: SimSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_api(listener, settings, SimApi::OpenAi, shutdown).await
+}
+
+/// Serves the simulator with `api` on `listener` until `shutdown`
+/// completes.
+pub async fn serve_api(
+    listener: TcpListener,
+    settings: SimSettings,
+    api: SimApi,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let state = Arc::new(Sim {
         settings,
         next_id: AtomicU64::new(1),
     });
-    let app = Router::new()
-        .route("/v1/chat/completions", post(chat_completions))
-        .route("/v1/models", get(models))
-        .route("/health", get(|| async { StatusCode::OK }))
-        .with_state(state);
+    let app = match api {
+        SimApi::OpenAi => Router::new()
+            .route("/v1/chat/completions", post(chat_completions))
+            .route("/v1/models", get(models))
+            .route("/health", get(|| async { StatusCode::OK })),
+        SimApi::Ollama => ollama::routes(),
+        SimApi::Anthropic => anthropic::routes(),
+    }
+    .with_state(state);
     let listener = listener.tap_io(|tcp| {
         // Tokens must leave the moment they are produced.
         let _ = tcp.set_nodelay(true);
@@ -100,30 +134,18 @@ async fn chat_completions(State(sim): State<Arc<Sim>>, body: Bytes) -> Response 
         Ok(request) => request,
         Err(err) => return error(StatusCode::BAD_REQUEST, &format!("invalid request: {err}")),
     };
-    let mut messages = Vec::with_capacity(request.messages.len());
-    for message in request.messages {
-        let Some(role) = Role::parse(&message.role) else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("unknown role '{}'", message.role),
-            );
-        };
-        messages.push(ChatMessage {
-            role,
-            content: message.content,
-        });
-    }
-    if messages.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "messages must not be empty");
-    }
+    let messages = match chat_messages(
+        request.messages.into_iter().map(|m| (m.role, m.content)),
+        &[Role::System, Role::User, Role::Assistant],
+    ) {
+        Ok(messages) => messages,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
     let max_tokens = request.max_completion_tokens.or(request.max_tokens);
     let Some(run) = sim.settings.start(&messages, max_tokens) else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "simulated overload");
     };
-    let id = format!(
-        "chatcmpl-sim-{}",
-        sim.next_id.fetch_add(1, Ordering::Relaxed)
-    );
+    let id = sim.id("chatcmpl-sim");
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -182,15 +204,7 @@ async fn chat_completions(State(sim): State<Arc<Sim>>, body: Bytes) -> Response 
         .into_iter()
         .flatten(),
     );
-    let body = Body::from_stream(tokens.chain(tail).map(Ok::<_, Infallible>));
-    (
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response()
+    streamed("text/event-stream", tokens.chain(tail))
 }
 
 /// An error in vLLM's JSON shape.
@@ -202,4 +216,49 @@ fn error(status: StatusCode, message: &str) -> Response {
         "code": status.as_u16(),
     });
     (status, axum::Json(body)).into_response()
+}
+
+// === shared by every API ===
+
+impl Sim {
+    /// A fresh id for an answer: `{prefix}-{n}`.
+    fn id(&self, prefix: &str) -> String {
+        format!("{prefix}-{}", self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// The conversation as the simulator's model reads it; an error message
+/// (the API's 400) for a role `allowed` does not have, or no messages.
+fn chat_messages(
+    messages: impl Iterator<Item = (String, String)>,
+    allowed: &[Role],
+) -> Result<Vec<ChatMessage>, String> {
+    let mut out = Vec::new();
+    for (role, content) in messages {
+        match Role::parse(&role).filter(|r| allowed.contains(r)) {
+            Some(role) => out.push(ChatMessage { role, content }),
+            None => return Err(format!("unknown role '{role}'")),
+        }
+    }
+    if out.is_empty() {
+        return Err("messages must not be empty".into());
+    }
+    Ok(out)
+}
+
+/// A streamed answer: each piece is written the moment the stream yields
+/// it, so the simulator paces tokens as a real server does.
+fn streamed(
+    content_type: &'static str,
+    pieces: impl Stream<Item = Bytes> + Send + 'static,
+) -> Response {
+    let body = Body::from_stream(pieces.map(Ok::<_, Infallible>));
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }

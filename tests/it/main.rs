@@ -4,10 +4,13 @@
 
 #![allow(unreachable_pub)]
 
+mod anthropic;
 mod balance;
 mod check;
 mod deadline;
 mod gateway;
+mod mixed;
+mod ollama;
 mod openai;
 mod properties;
 mod reload;

@@ -20,18 +20,6 @@ fn recorded_stream() -> String {
     )
 }
 
-async fn collect(
-    client: &mut llmgate::proto::llm_service_client::LlmServiceClient<tonic::transport::Channel>,
-    request: llmgate::proto::CompleteRequest,
-) -> Result<Vec<llmgate::proto::TokenChunk>, tonic::Status> {
-    let mut stream = client.complete_stream(request).await?.into_inner();
-    let mut chunks = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        chunks.push(chunk?);
-    }
-    Ok(chunks)
-}
-
 #[tokio::test]
 async fn unary_call_returns_text_usage_finish_reason_and_model() {
     let upstream = FakeUpstream::start(|_| {
@@ -88,17 +76,7 @@ async fn stream_delivers_tokens_in_order_then_usage_on_the_final_chunk() {
         .expect("stream succeeds");
     let tokens: Vec<&str> = chunks.iter().map(|c| c.token.as_str()).collect();
     assert_eq!(tokens, ["Hel", "lo, ", "wörld", "!", ""]);
-    let last = chunks.last().expect("final chunk");
-    assert!(last.done);
-    assert!(
-        chunks[..chunks.len() - 1]
-            .iter()
-            .all(|c| !c.done && c.usage.is_none())
-    );
-    assert_eq!(last.finish_reason, "stop");
-    assert_eq!(last.model, "upstream-model");
-    let usage = last.usage.expect("usage on final chunk");
-    assert_eq!((usage.input_tokens, usage.output_tokens), (7, 4));
+    assert_final_chunk(&chunks, "stop", "upstream-model", (7, 4));
 
     let sent = &upstream.received()[0];
     assert_eq!(sent.body["stream"], true);
@@ -108,30 +86,11 @@ async fn stream_delivers_tokens_in_order_then_usage_on_the_final_chunk() {
 
 #[tokio::test]
 async fn sse_split_at_every_byte_boundary_gives_the_same_answer() {
-    let stream = recorded_stream().into_bytes();
-    let split = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let at = split.clone();
-    let upstream = FakeUpstream::start(move |_| {
-        let k = at.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        vec![
-            Step::Head(200, "text/event-stream"),
-            Step::Chunk(stream[..k].to_vec()),
-            Step::Chunk(stream[k..].to_vec()),
-            Step::End,
-        ]
-    })
-    .await;
+    let upstream = splitting_upstream("text/event-stream", recorded_stream().into_bytes()).await;
     let gateway = Gateway::start(&one_upstream(&upstream.url(), "")).await;
     let mut client = gateway.client().await;
-    for k in 0..=recorded_stream().len() {
-        let chunks = collect(&mut client, request("m", "hi"))
-            .await
-            .unwrap_or_else(|status| panic!("split at byte {k}: {status}"));
-        let text: String = chunks.iter().map(|c| c.token.as_str()).collect();
-        assert_eq!(text, "Hello, wörld!", "split at byte {k}");
-        let usage = chunks.last().and_then(|c| c.usage).expect("usage");
-        assert_eq!(usage.output_tokens, 4, "split at byte {k}");
-    }
+    let len = recorded_stream().len();
+    assert_every_split_gives(&mut client, len, "Hello, wörld!", "stop", (7, 4)).await;
 }
 
 #[tokio::test]
@@ -260,14 +219,8 @@ async fn upstream_error_statuses_map_to_canonical_codes_and_keep_the_message() {
         .await;
         let gateway = Gateway::start(&one_upstream(&upstream.url(), "")).await;
         let mut client = gateway.client().await;
-        for stream in [false, true] {
-            let result = if stream {
-                collect(&mut client, request("m", "hi")).await.map(|_| ())
-            } else {
-                client.complete(request("m", "hi")).await.map(|_| ())
-            };
-            let err = result.expect_err("upstream error surfaces");
-            assert_eq!(err.code(), code, "HTTP {status} (stream: {stream})");
+        for err in errors_both_ways(&mut client, request("m", "hi")).await {
+            assert_eq!(err.code(), code, "HTTP {status}");
             assert!(
                 err.message().contains(&format!("upstream says {status}")),
                 "HTTP {status}: {}",
@@ -426,4 +379,67 @@ async fn a_json_answer_to_a_stream_request_is_read_whole() {
         "{}",
         status.message()
     );
+}
+
+// === cloud extras ===
+
+#[tokio::test]
+async fn extra_headers_reach_the_upstream_with_values_from_the_environment() {
+    let (upstream, gateway) = gateway_to(
+        "openai",
+        "    api_key_env: TEST_KEY\n    headers:\n      OpenAI-Organization: org-42\n      \
+         X-Provider-Token: tok ${PROVIDER_TOKEN}\n",
+        &|name| match name {
+            "TEST_KEY" => Some("sk-test-123".to_string()),
+            "PROVIDER_TOKEN" => Some("pt-secret-77".to_string()),
+            _ => None,
+        },
+        |_| json_reply(200, &json!({"choices": [{"message": {"content": "ok"}}]})),
+    )
+    .await;
+    let sent = &sent_for(&gateway, &upstream, request("m", "hi")).await;
+    assert_eq!(sent.header("openai-organization"), Some("org-42"));
+    assert_eq!(sent.header("x-provider-token"), Some("tok pt-secret-77"));
+    assert_eq!(sent.header("authorization"), Some("Bearer sk-test-123"));
+}
+
+#[tokio::test]
+async fn max_completion_tokens_field_carries_the_callers_cap() {
+    let (upstream, gateway) = gateway_to(
+        "openai",
+        "    max_tokens_field: max_completion_tokens\n",
+        &no_env,
+        |_| json_reply(200, &json!({"choices": [{"message": {"content": "ok"}}]})),
+    )
+    .await;
+    let mut req = request("m", "hi");
+    req.max_tokens = 17;
+    let body = sent_for(&gateway, &upstream, req).await.body;
+    assert_eq!(body["max_completion_tokens"], 17);
+    assert!(body.get("max_tokens").is_none(), "{body}");
+}
+
+#[tokio::test]
+async fn a_header_secret_the_upstream_echoes_back_never_reaches_the_caller() {
+    let (_upstream, gateway) = gateway_to(
+        "openai",
+        "    headers: { X-Provider-Token: \"${PROVIDER_TOKEN}\" }\n",
+        &|name| (name == "PROVIDER_TOKEN").then(|| "pt-secret-77".to_string()),
+        |received| {
+            let token = received.header("x-provider-token").unwrap_or_default();
+            let message = format!("token {token} may not use this model");
+            json_reply(403, &json!({"error": {"message": message}}))
+        },
+    )
+    .await;
+    let status = gateway
+        .complete(request("m", "hi"))
+        .await
+        .expect_err("refused");
+    assert_status(
+        &status,
+        Code::PermissionDenied,
+        &["token *** may not use this model"],
+    );
+    assert!(!status.message().contains("pt-secret-77"));
 }

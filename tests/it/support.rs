@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use llmgate::config::Config;
 use llmgate::proto::llm_service_client::LlmServiceClient;
-use llmgate::proto::{CompleteRequest, Message};
+use llmgate::proto::{CompleteRequest, CompleteResponse, Message, TokenChunk};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
 use tonic::transport::Channel;
 
 /// The longest any test waits for something that should happen at once;
@@ -96,6 +97,16 @@ impl Gateway {
         LlmServiceClient::connect(format!("http://{}", self.addr))
             .await
             .expect("connect to gateway")
+    }
+
+    /// One unary call on a new connection.
+    pub async fn complete(&self, request: CompleteRequest) -> Result<CompleteResponse, Status> {
+        Ok(self.client().await.complete(request).await?.into_inner())
+    }
+
+    /// One streamed call on a new connection, gathered.
+    pub async fn stream(&self, request: CompleteRequest) -> Result<Vec<TokenChunk>, Status> {
+        collect(&mut self.client().await, request).await
     }
 
     /// The URL of the gateway.
@@ -459,10 +470,284 @@ async fn read_request(socket: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Recei
 /// A routing file with one `openai` upstream named `up` at `url` serving
 /// model `m` (upstream model `upstream-model`), plus `extra` upstream keys.
 pub fn one_upstream(url: &str, extra: &str) -> String {
+    one_upstream_of_kind("openai", url, extra)
+}
+
+/// Like [`one_upstream`], with an upstream of `kind`.
+pub fn one_upstream_of_kind(kind: &str, url: &str, extra: &str) -> String {
     format!(
-        "upstreams:\n  up:\n    kind: openai\n    endpoints: [{url}]\n{extra}\
+        "upstreams:\n  up:\n    kind: {kind}\n    endpoints: [{url}]\n{extra}\
          routes:\n  - model: m\n    pools:\n      - upstream: up\n        model: upstream-model\n"
     )
+}
+
+/// A fake upstream answering with `script`, and a gateway routing model
+/// `m` to it as an upstream of `kind` (with `extra` upstream keys and
+/// environment variables from `env`).
+pub async fn gateway_to(
+    kind: &str,
+    extra: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    script: impl Fn(&Received) -> Vec<Step> + Send + Sync + 'static,
+) -> (FakeUpstream, Gateway) {
+    let upstream = FakeUpstream::start(script).await;
+    let gateway =
+        Gateway::start_with_env(&one_upstream_of_kind(kind, &upstream.url(), extra), env).await;
+    (upstream, gateway)
+}
+
+/// Makes one unary call through `gateway` that must succeed, and returns
+/// the request `upstream` received for it.
+pub async fn sent_for(
+    gateway: &Gateway,
+    upstream: &FakeUpstream,
+    request: CompleteRequest,
+) -> Received {
+    gateway.complete(request).await.expect("call succeeds");
+    upstream
+        .received()
+        .pop()
+        .expect("the upstream got the call")
+}
+
+/// No environment variables.
+pub fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+/// A whole streamed answer: headers, `body` in one chunk, a clean end.
+pub fn stream_reply(content_type: &'static str, body: &[u8]) -> Vec<Step> {
+    vec![
+        Step::Head(200, content_type),
+        Step::Chunk(body.to_vec()),
+        Step::End,
+    ]
+}
+
+/// A fake upstream that answers its k-th request (from 0) with `body` cut
+/// in two reads at byte k, for checking every split point of a stream.
+pub async fn splitting_upstream(content_type: &'static str, body: Vec<u8>) -> FakeUpstream {
+    let split = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    FakeUpstream::start(move |_| {
+        let k = split
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            .min(body.len());
+        vec![
+            Step::Head(200, content_type),
+            Step::Chunk(body[..k].to_vec()),
+            Step::Chunk(body[k..].to_vec()),
+            Step::End,
+        ]
+    })
+    .await
+}
+
+/// Calls `CompleteStream` and gathers every chunk, or the status that ended
+/// the stream.
+pub async fn collect(
+    client: &mut LlmServiceClient<Channel>,
+    request: CompleteRequest,
+) -> Result<Vec<TokenChunk>, tonic::Status> {
+    use futures_util::StreamExt;
+    let mut stream = client.complete_stream(request).await?.into_inner();
+    let mut chunks = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        chunks.push(chunk?);
+    }
+    Ok(chunks)
+}
+
+/// The same request, unary and then streamed, where both must fail: the
+/// two statuses, for checks that hold either way.
+pub async fn errors_both_ways(
+    client: &mut LlmServiceClient<Channel>,
+    request: CompleteRequest,
+) -> [Status; 2] {
+    let unary = client
+        .complete(request.clone())
+        .await
+        .expect_err("the unary call fails");
+    let streamed = collect(client, request)
+        .await
+        .expect_err("the streamed call fails");
+    [unary, streamed]
+}
+
+/// A stream that fails after some tokens: the chunks before the error, and
+/// the error. Panics if the stream ends without one, claims to be done
+/// first, or sends anything after it.
+pub async fn stream_until_error(
+    client: &mut LlmServiceClient<Channel>,
+    request: CompleteRequest,
+) -> (Vec<TokenChunk>, Status) {
+    use futures_util::StreamExt;
+    let mut stream = client
+        .complete_stream(request)
+        .await
+        .expect("the stream starts")
+        .into_inner();
+    let mut chunks = Vec::new();
+    loop {
+        match stream.next().await {
+            Some(Ok(chunk)) => {
+                assert!(!chunk.done, "an answer that fails is never done");
+                chunks.push(chunk);
+            }
+            Some(Err(status)) => {
+                assert!(stream.next().await.is_none(), "nothing after the error");
+                return (chunks, status);
+            }
+            None => panic!("the stream ended without an error"),
+        }
+    }
+}
+
+/// Streams once per split point of a [`splitting_upstream`] serving a body
+/// of `len` bytes, and checks that every split gives the same answer: its
+/// text, finish reason and usage (input, output).
+pub async fn assert_every_split_gives(
+    client: &mut LlmServiceClient<Channel>,
+    len: usize,
+    text: &str,
+    finish_reason: &str,
+    usage: (i32, i32),
+) {
+    for k in 0..=len {
+        let chunks = collect(client, request("m", "hi"))
+            .await
+            .unwrap_or_else(|status| panic!("split at byte {k}: {status}"));
+        assert_eq!(text_of(&chunks), text, "split at byte {k}");
+        let last = chunks.last().expect("final chunk");
+        assert_eq!(last.finish_reason, finish_reason, "split at byte {k}");
+        let got = last.usage.map(|u| (u.input_tokens, u.output_tokens));
+        assert_eq!(got, Some(usage), "split at byte {k}");
+    }
+}
+
+/// Checks a failed call's code, and that its message has every needle.
+#[track_caller]
+pub fn assert_status(status: &Status, code: tonic::Code, needles: &[&str]) {
+    assert_eq!(status.code(), code, "{}", status.message());
+    for needle in needles {
+        assert!(
+            status.message().contains(needle),
+            "{needle:?} missing from: {}",
+            status.message()
+        );
+    }
+}
+
+/// Checks the shape of a whole streamed answer: only the last chunk is
+/// done and carries usage, with this finish reason, model and usage
+/// (input, output).
+#[track_caller]
+pub fn assert_final_chunk(
+    chunks: &[TokenChunk],
+    finish_reason: &str,
+    model: &str,
+    usage: (i32, i32),
+) {
+    let (last, tokens) = chunks.split_last().expect("a final chunk");
+    assert!(last.done, "the last chunk is done");
+    assert!(
+        tokens.iter().all(|c| !c.done && c.usage.is_none()),
+        "only the last chunk is done or has usage"
+    );
+    assert_eq!(last.finish_reason, finish_reason);
+    assert_eq!(last.model, model);
+    let got = last.usage.map(|u| (u.input_tokens, u.output_tokens));
+    assert_eq!(got, Some(usage), "usage on the final chunk");
+}
+
+/// The text of a streamed answer.
+pub fn text_of(chunks: &[TokenChunk]) -> String {
+    chunks.iter().map(|c| c.token.as_str()).collect()
+}
+
+/// A fixture file from `tests/fixtures`.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|err| panic!("fixture {}: {err}", path.display()))
+}
+
+/// A fixture as JSON.
+pub fn json_fixture(name: &str) -> serde_json::Value {
+    serde_json::from_slice(&fixture(name)).expect("fixture is JSON")
+}
+
+// === `llmgate sim` as a process ===
+
+/// `llmgate sim --api API` running as a child process, killed on drop.
+pub struct SimProcess {
+    child: std::process::Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl SimProcess {
+    /// Starts `llmgate sim --api api` on a free port with an instant,
+    /// unpaced model of `output_tokens` tokens, and waits for it to listen.
+    pub async fn start(api: &str, output_tokens: u32) -> SimProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_llmgate"))
+            .args([
+                "sim",
+                "--api",
+                api,
+                "--listen",
+                "127.0.0.1:0",
+                "--ttft",
+                "0ms",
+            ])
+            .args(["--tokens-per-second", "0", "--output-tokens"])
+            .arg(output_tokens.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start llmgate sim");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut running = SimProcess {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let line = tokio::time::timeout(
+            PATIENCE,
+            tokio::task::spawn_blocking(move || {
+                let mut line = String::new();
+                let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+                line
+            }),
+        )
+        .await
+        .expect("llmgate sim says where it listens in time")
+        .expect("reader");
+        assert!(
+            line.contains(&format!("({api} API)")),
+            "unexpected first line {line:?}"
+        );
+        running.addr = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        running
+    }
+
+    /// Its base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Calls `Complete` over a bare HTTP/2 connection with a raw `grpc-timeout`
