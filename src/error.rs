@@ -42,6 +42,9 @@ pub struct GatewayError {
     /// The model refused the prompt as longer than its context window: no
     /// retry on the same model can help, a larger one might.
     context_length: bool,
+    /// Retrying would only repeat the failure or its cost (an upstream
+    /// that used its whole `timeout`).
+    final_attempt: bool,
 }
 
 // === impl ErrorKind ===
@@ -110,6 +113,7 @@ impl GatewayError {
             message: message.into(),
             retry_after: None,
             context_length: false,
+            final_attempt: false,
         }
     }
 
@@ -140,6 +144,12 @@ impl GatewayError {
         self
     }
 
+    /// Marks the error as one no retry should follow.
+    pub fn not_retryable(mut self) -> Self {
+        self.final_attempt = true;
+        self
+    }
+
     /// How long the upstream asked callers to wait before trying again.
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         self.retry_after
@@ -154,10 +164,11 @@ impl GatewayError {
     /// this attempt failed: the upstream was down, overloaded or too slow,
     /// not the request wrong.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self.kind,
-            ErrorKind::Unavailable | ErrorKind::ResourceExhausted | ErrorKind::DeadlineExceeded
-        )
+        !self.final_attempt
+            && matches!(
+                self.kind,
+                ErrorKind::Unavailable | ErrorKind::ResourceExhausted | ErrorKind::DeadlineExceeded
+            )
     }
 
     /// The same error with `context` put before its message.

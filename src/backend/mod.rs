@@ -259,11 +259,13 @@ fn backend_dispatch(backend: &Backend, name: &Arc<str>, base: &::http::Uri) -> O
 
 impl TimeoutMessages for UpstreamLimits {
     fn deadline(&self) -> GatewayError {
+        // Another attempt would cost as long again: the caller hears now.
         GatewayError::deadline_exceeded(format!(
             "upstream '{}' did not finish within its timeout of {}; the request was cancelled",
             self.name,
             human_duration(self.total)
         ))
+        .not_retryable()
     }
 
     fn first_token(&self, waited: Duration) -> GatewayError {

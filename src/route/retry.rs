@@ -87,7 +87,8 @@ pub async fn serve(
 
 /// Up to `retry.attempts` attempts on the route's pools.
 async fn try_route(route: &Route, req: &Arc<ChatRequest>) -> Result<ChatStream, GatewayError> {
-    let mut tried: Vec<usize> = Vec::new();
+    // Pools already tried by this call, as bits (a route has a handful).
+    let mut tried: u64 = 0;
     let mut last: Option<GatewayError> = None;
     for attempt in 0..route.retry.attempts {
         if let Some(err) = &last {
@@ -103,7 +104,7 @@ async fn try_route(route: &Route, req: &Arc<ChatRequest>) -> Result<ChatStream, 
                 tokio::time::sleep(wait).await;
             }
         }
-        let Some(index) = route.pick_pool(&tried) else {
+        let Some(index) = route.pick_pool(tried) else {
             return Err(last.unwrap_or_else(|| {
                 GatewayError::unavailable(format!(
                     "every pool of route '{}' is down (all endpoints ejected or failing \
@@ -112,7 +113,7 @@ async fn try_route(route: &Route, req: &Arc<ChatRequest>) -> Result<ChatStream, 
                 ))
             }));
         };
-        tried.push(index);
+        tried |= 1u64.checked_shl(index as u32).unwrap_or(0);
         let pool = &route.pools[index];
         let attempt = pool.upstream.call(pool.model.clone(), req.clone());
         match attempt.await {

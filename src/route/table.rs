@@ -154,14 +154,18 @@ impl RoutingTable {
 
 impl Route {
     /// Picks a pool for one attempt, by weight among the pools whose
-    /// upstream has an endpoint that can take a call, avoiding those in
-    /// `tried` while another is available. `None` when every pool is down.
-    pub fn pick_pool(&self, tried: &[usize]) -> Option<usize> {
+    /// upstream has an endpoint that can take a call, avoiding those whose
+    /// bit is set in `tried` while another is available. `None` when every
+    /// pool is down.
+    pub fn pick_pool(&self, tried: u64) -> Option<usize> {
         if let [only] = self.pools.as_slice() {
             return only.upstream.is_available().then_some(0);
         }
         let eligible = |i: usize, avoid_tried: bool| {
-            !(avoid_tried && tried.contains(&i)) && self.pools[i].upstream.is_available()
+            let was_tried = 1u64
+                .checked_shl(i as u32)
+                .is_some_and(|bit| tried & bit != 0);
+            !(avoid_tried && was_tried) && self.pools[i].upstream.is_available()
         };
         let weight_of = |avoid_tried: bool| -> u64 {
             (0..self.pools.len())
