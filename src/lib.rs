@@ -10,16 +10,16 @@
 //! - [`frontend`]: the `llm.v1.LLMService` gRPC service; wire → [`chat`].
 //! - [`stack`]: tower layers every call passes (the caller's deadline).
 //! - [`route`]: the routing table and the router service (model → route →
-//!   pool by weight).
-//! - [`balance`]: choosing an endpoint inside an upstream, per call.
+//!   pool by weight), with retries and fallbacks inside the deadline.
+//! - [`balance`]: P2C over an upstream's endpoints, per call; discovery,
+//!   outlier ejection and health checks.
 //! - [`backend`]: upstream adapters (`openai`, `ollama`, `anthropic`,
 //!   `sim`), each mapping its wire into [`chat`], and SSE/NDJSON decoding.
 //!
 //! Beside them: [`chat`] (the internal vocabulary), [`error`] (the one error
 //! type), [`config`] (the routing file), [`reload`] (live reloads of it),
-//! [`sim`] (the simulated model and
-//! its HTTP server), [`server`] (`run`), [`client`] (the `llmgate chat`
-//! client) and [`proto`] (generated code).
+//! [`sim`] (the simulated model and its HTTP server), [`server`] (`run`),
+//! [`client`] (the `llmgate chat` client) and [`proto`] (generated code).
 
 pub mod backend;
 pub mod balance;
