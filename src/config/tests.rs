@@ -97,6 +97,7 @@ fn full_file_is_read_field_by_field() {
     let text = yaml(&[
         "listen:",
         "  grpc: 0.0.0.0:6000",
+        "  metrics: 0.0.0.0:6001",
         "shutdown_grace: 2m",
         "upstreams:",
         "  fleet:",
@@ -138,6 +139,7 @@ fn full_file_is_read_field_by_field() {
     let expected = Config {
         listen: ListenConfig {
             grpc: SocketAddr::from(([0, 0, 0, 0], 6000)),
+            metrics: Some(SocketAddr::from(([0, 0, 0, 0], 6001))),
         },
         shutdown_grace: Duration::from_secs(120),
         upstreams: BTreeMap::from([
@@ -283,6 +285,11 @@ fn minimal_file_gets_the_documented_defaults() {
     ]));
     let default_grpc: SocketAddr = DEFAULT_GRPC_LISTEN.parse().expect("default address parses");
     assert_eq!(config.listen.grpc, default_grpc);
+    let default_metrics: SocketAddr = DEFAULT_METRICS_LISTEN
+        .parse()
+        .expect("default address parses");
+    assert_eq!(config.listen.metrics, Some(default_metrics));
+    assert_eq!(default_metrics, SocketAddr::from(([127, 0, 0, 1], 9090)));
     assert_eq!(config.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
     let local = &config.upstreams["local"];
     assert_eq!(local.kind, UpstreamKind::Sim);
@@ -789,6 +796,37 @@ fn listen_address_must_be_ip_and_port() {
     ]));
     assert_at(&problem, 2, 9);
     assert_mentions(&problem, &["'localhost:50051'", "ip:port", "0.0.0.0:50051"]);
+}
+
+#[test]
+fn metrics_listener_can_be_moved_or_turned_off() {
+    let with_listen = |listen: &str| {
+        yaml(&[
+            "listen:",
+            listen,
+            "upstreams:",
+            "  local:",
+            "    kind: sim",
+            "routes:",
+            "  - model: demo",
+            "    pools:",
+            "      - upstream: local",
+        ])
+    };
+    let moved = parse_ok(&with_listen("  metrics: 0.0.0.0:9100"));
+    assert_eq!(
+        moved.listen.metrics,
+        Some(SocketAddr::from(([0, 0, 0, 0], 9100)))
+    );
+    assert!(describe(&moved).contains("listen metrics 0.0.0.0:9100"));
+
+    let off = parse_ok(&with_listen("  metrics: off"));
+    assert_eq!(off.listen.metrics, None);
+    assert!(describe(&off).contains("listen metrics off"));
+
+    let problem = only_problem(&with_listen("  metrics: localhost:9090"));
+    assert_at(&problem, 2, 12);
+    assert_mentions(&problem, &["'localhost:9090'", "ip:port", "or off"]);
 }
 
 // === YAML syntax ===
