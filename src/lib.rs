@@ -7,14 +7,16 @@
 //! # Layout
 //! The modules follow the path of a call:
 //! - [`frontend`]: the `llm.v1.LLMService` gRPC service; wire → [`chat`].
-//! - [`stack`]: tower layers every call passes (the caller's deadline).
+//! - [`stack`]: tower layers every call passes (observation: metrics and
+//!   the access log; the caller's deadline).
 //! - [`route`]: the routing table and the router service (model → route →
 //!   pool by weight).
 //! - [`balance`]: choosing an endpoint inside an upstream, per call.
 //! - [`backend`]: upstream adapters (`openai`, `sim`) and SSE decoding.
 //!
 //! Beside them: [`chat`] (the internal vocabulary), [`error`] (the one error
-//! type), [`config`] (the routing file), [`sim`] (the simulated model and
+//! type), [`config`] (the routing file), [`telemetry`] (metrics, health,
+//! access logs and the admin listener), [`sim`] (the simulated model and
 //! its HTTP server), [`server`] (`run`), [`client`] (the `llmgate chat`
 //! client) and [`proto`] (generated code).
 
@@ -30,5 +32,6 @@ pub mod route;
 pub mod server;
 pub mod sim;
 pub mod stack;
+pub mod telemetry;
 
-pub use server::run;
+pub use server::{Listeners, run};

@@ -1,7 +1,10 @@
-//! Putting the gateway together: `run(listener, config, shutdown)`.
+//! Putting the gateway together: `run(listeners, config, shutdown)`.
 //!
-//! The caller binds the listener, so `main` and every test share this one
-//! entry point and tests can bind port 0.
+//! The caller binds the listeners, so `main` and every test share this one
+//! entry point and tests can bind port 0. The gRPC port serves
+//! `llm.v1.LLMService` beside the standard health and reflection services
+//! (so `grpcurl` and health checkers work); the optional admin port serves
+//! metrics and probes.
 //!
 //! Connections are served with hyper directly rather than through tonic's
 //! `Server`: tonic's server arms its own timer from `grpc-timeout` and
@@ -9,7 +12,8 @@
 //! Owning the accept loop also sets TCP_NODELAY on every connection and
 //! lets shutdown be bounded: stop accepting, let calls in flight finish for
 //! the grace period, then cut what is left (which cancels those upstream
-//! requests).
+//! requests). Health turns NOT_SERVING (and `/readyz` 503) the moment
+//! shutdown begins, and the admin port stays up until the drain is over.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,6 +34,8 @@ use crate::frontend::grpc::GrpcFrontend;
 use crate::proto::llm_service_server::LlmServiceServer;
 use crate::route::{Router, RoutingTable, SharedTable};
 use crate::stack;
+use crate::telemetry::health::{Health, HealthService};
+use crate::telemetry::{admin, metrics};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,21 +43,68 @@ pub enum ServeError {
     /// The routing table could not be built.
     #[error("building the routing table: {0}")]
     Table(#[from] GatewayError),
+    /// The metrics recorder could not be built.
+    #[error(transparent)]
+    Metrics(#[from] metrics::InstallError),
+    /// The reflection service could not read the gateway's descriptors.
+    #[error("building gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
 }
 
-/// Serves the gateway on `listener` with `config` until `shutdown`
+/// The sockets the gateway serves, bound by the caller.
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC calls.
+    pub grpc: TcpListener,
+    /// `/metrics`, `/healthz` and `/readyz`; `None` serves no admin port
+    /// (and records no metrics).
+    pub admin: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    /// gRPC only.
+    fn from(grpc: TcpListener) -> Self {
+        Listeners { grpc, admin: None }
+    }
+}
+
+/// Serves the gateway on `listeners` with `config` until `shutdown`
 /// completes, then drains calls in flight for `config.shutdown_grace`.
 pub async fn run(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let Listeners {
+        grpc: listener,
+        admin: admin_listener,
+    } = listeners.into();
+    // Installed before the first call so no call goes unrecorded.
+    let prometheus = admin_listener
+        .as_ref()
+        .map(|_| metrics::install())
+        .transpose()?;
     let client = http::client();
     let table: SharedTable = Arc::new(ArcSwap::from_pointee(RoutingTable::build(
         &config, &client,
     )?));
+    metrics::config_generation(1);
+    let (health, health_service) = Health::new().await;
     let frontend = GrpcFrontend::new(stack::build(Router::new(table.clone())), table);
-    let service = TowerToHyperService::new(Routes::new(LlmServiceServer::new(frontend)).prepare());
+    let service = TowerToHyperService::new(grpc_routes(frontend, health_service)?.prepare());
+    health.serving().await;
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = match (admin_listener, prometheus) {
+        (Some(listener), Some(prometheus)) => Some(tokio::spawn(admin::serve(
+            listener,
+            prometheus,
+            health.clone(),
+            async {
+                let _ = admin_stopped.await;
+            },
+        ))),
+        _ => None,
+    };
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
@@ -86,6 +139,9 @@ pub async fn run(
             () = &mut shutdown => break,
         }
     }
+    // Turn away new calls first (health checkers and the kubelet see it at
+    // once), then stop accepting.
+    health.shutting_down().await;
     drop(listener);
     tracing::info!(
         grace = ?config.shutdown_grace,
@@ -99,5 +155,32 @@ pub async fn run(
         tracing::warn!("grace period over; cutting the calls still in flight");
     }
     connections.shutdown().await;
+    if let Some(admin) = admin {
+        let _ = stop_admin.send(());
+        // A scraper holding its connection open must not hold the exit.
+        match tokio::time::timeout(ADMIN_DRAIN, admin).await {
+            Ok(Ok(Err(err))) => tracing::warn!(%err, "the admin listener failed"),
+            Ok(_) => {}
+            Err(_) => tracing::debug!("admin connections still open at exit; closed"),
+        }
+    }
     Ok(())
+}
+
+/// How long the admin listener may take to close after the calls drained.
+const ADMIN_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Every gRPC service on the gRPC port: the gateway itself, health, and
+/// reflection (v1, and v1alpha for older grpcurl builds) over the
+/// gateway's and the health service's descriptors.
+fn grpc_routes(frontend: GrpcFrontend, health: HealthService) -> Result<Routes, ServeError> {
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok(Routes::new(LlmServiceServer::new(frontend))
+        .add_service(health)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?))
 }

@@ -43,6 +43,9 @@ enum Backend {
     Sim(SimSettings),
 }
 
+/// The endpoint label of a simulator running inside the gateway.
+pub const IN_PROCESS_ENDPOINT: &str = "in-process";
+
 /// Error messages naming the upstream whose limit passed.
 struct UpstreamLimits {
     /// The upstream's name.
@@ -88,6 +91,7 @@ impl Upstream {
         req: ChatRequest,
     ) -> BoxFuture<'static, Result<ChatStream, GatewayError>> {
         let this = Arc::clone(self);
+        req.call.place_upstream(self.name.clone());
         async move {
             let start = Instant::now();
             let limits = StreamLimits {

@@ -30,6 +30,7 @@ use crate::chat::{
 };
 use crate::config::UpstreamConfig;
 use crate::error::{ErrorKind, GatewayError};
+use crate::telemetry::REQUEST_ID;
 
 /// Largest non-streamed answer or error body read from an upstream.
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -43,10 +44,20 @@ pub(crate) struct OpenAiBackend {
     name: Arc<str>,
     /// The shared pooled client.
     client: HttpClient,
-    /// `/v1/chat/completions` of each endpoint.
-    endpoints: RoundRobin<Uri>,
+    /// Each endpoint's `/v1/chat/completions`, with its label.
+    endpoints: RoundRobin<Endpoint>,
     /// `Bearer <key>`, marked sensitive so it is never logged.
     authorization: Option<HeaderValue>,
+}
+
+/// One server of the upstream.
+#[derive(Debug)]
+struct Endpoint {
+    /// Where chat completions are posted.
+    url: Uri,
+    /// The base URL as the routing file wrote it, computed once: calls
+    /// report it as their endpoint in metrics and logs.
+    label: Arc<str>,
 }
 
 /// The request body; borrows everything from the [`ChatRequest`].
@@ -136,7 +147,16 @@ struct SseChatStream {
 impl OpenAiBackend {
     /// Prepares the endpoints and credentials of `config`.
     pub(crate) fn new(config: &UpstreamConfig, client: HttpClient) -> Option<Self> {
-        let endpoints = config.endpoints.iter().filter_map(chat_url).collect();
+        let endpoints = config
+            .endpoints
+            .iter()
+            .filter_map(|base| {
+                Some(Endpoint {
+                    url: chat_url(base)?,
+                    label: Arc::from(base.to_string().trim_end_matches('/')),
+                })
+            })
+            .collect();
         let authorization = config.api_key.as_ref().and_then(|key| {
             let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose())).ok()?;
             value.set_sensitive(true);
@@ -156,7 +176,9 @@ impl OpenAiBackend {
         model: Arc<str>,
         req: &ChatRequest,
     ) -> Result<ChatStream, GatewayError> {
-        let url = self.endpoints.pick();
+        let endpoint = self.endpoints.pick();
+        let url = &endpoint.url;
+        req.call.place_endpoint(endpoint.label.clone());
         let body = WireRequest {
             model: &model,
             messages: &req.messages,
@@ -186,6 +208,11 @@ impl OpenAiBackend {
             );
         if let Some(auth) = &self.authorization {
             request = request.header(AUTHORIZATION, auth.clone());
+        }
+        // So the upstream's own logs can be matched with ours. The id was
+        // checked to be header-safe when the call came in.
+        if let Ok(id) = HeaderValue::from_str(req.call.request_id().as_str()) {
+            request = request.header(REQUEST_ID, id);
         }
         let request = request
             .body(Full::new(Bytes::from(body)))

@@ -2,13 +2,16 @@
 //! shipped routing file serves a real answer on a machine with nothing else
 //! running.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use futures_util::StreamExt;
 
 use crate::chat::{ChatEvent, ChatRequest, ChatStream, Completion};
 use crate::error::GatewayError;
 use crate::sim::SimSettings;
+
+/// The endpoint every simulated call is placed on, allocated once.
+static ENDPOINT: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(super::IN_PROCESS_ENDPOINT));
 
 /// Starts a simulated generation for `req`.
 pub(crate) fn call(
@@ -17,6 +20,7 @@ pub(crate) fn call(
     model: Arc<str>,
     req: &ChatRequest,
 ) -> Result<ChatStream, GatewayError> {
+    req.call.place_endpoint(ENDPOINT.clone());
     let Some(run) = settings.start(&req.messages, req.params.max_tokens) else {
         return Err(GatewayError::unavailable(format!(
             "upstream '{upstream}' (simulator) failed this call on purpose (error_rate); retry"

@@ -57,6 +57,7 @@ impl Service<ChatRequest> for Router {
             );
             return futures_util::future::ready(Err(err)).boxed();
         };
+        req.call.place_route(route.model.clone());
         let Some(pool) = route.pick_pool() else {
             let err = GatewayError::unavailable(format!(
                 "route '{}' has no pool with a positive weight",

@@ -27,8 +27,9 @@ pub struct RoutingTable {
 /// Where calls for one model go.
 #[derive(Debug)]
 pub struct Route {
-    /// The name clients send.
-    pub model: String,
+    /// The name clients send; shared, because every call carries it on as
+    /// its route label.
+    pub model: Arc<str>,
     /// Other names for the route.
     pub aliases: Vec<String>,
     /// Pools with a positive weight; calls pick among them by weight.
@@ -74,13 +75,15 @@ impl RoutingTable {
                 })
                 .collect();
             let route = Arc::new(Route {
-                model: route.model.clone(),
+                model: Arc::from(route.model.as_str()),
                 aliases: route.aliases.clone(),
                 total_weight: pools.iter().map(|p| u64::from(p.weight)).sum(),
                 pools,
             });
-            for name in std::iter::once(&route.model).chain(&route.aliases) {
-                routes.insert(name.clone(), route.clone());
+            for name in
+                std::iter::once(&*route.model).chain(route.aliases.iter().map(String::as_str))
+            {
+                routes.insert(name.to_string(), route.clone());
             }
             listing.push(route);
         }

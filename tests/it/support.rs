@@ -23,6 +23,8 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 /// A gateway running in this process.
 pub struct Gateway {
     pub addr: SocketAddr,
+    /// The admin listener (metrics and probes), when started with one.
+    pub admin: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<Result<(), llmgate::server::ServeError>>>,
 }
@@ -44,17 +46,62 @@ impl Gateway {
 
     /// Starts a gateway on an already parsed config.
     pub async fn start_config(config: Config) -> Gateway {
+        Self::launch(config, false).await
+    }
+
+    /// Like [`Gateway::start`], with the admin listener (metrics and
+    /// probes) on another port 0.
+    pub async fn start_with_admin(yaml: &str) -> Gateway {
+        Self::start_with_admin_env(yaml, &|_| None).await
+    }
+
+    /// Like [`Gateway::start_with_admin`], with environment variables from
+    /// `env`.
+    pub async fn start_with_admin_env(yaml: &str, env: &dyn Fn(&str) -> Option<String>) -> Gateway {
+        let config = match Config::parse(yaml, "test.yaml", env) {
+            Ok(config) => config,
+            Err(err) => panic!("test routing file is invalid:\n{err}"),
+        };
+        Self::launch(config, true).await
+    }
+
+    async fn launch(config: Config, with_admin: bool) -> Gateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let admin = if with_admin {
+            Some(TcpListener::bind("127.0.0.1:0").await.expect("bind admin"))
+        } else {
+            None
+        };
+        let admin_addr = admin.as_ref().map(|l| l.local_addr().expect("admin addr"));
+        let listeners = llmgate::Listeners {
+            grpc: listener,
+            admin,
+        };
         let (stop, stopped) = oneshot::channel::<()>();
-        let done = tokio::spawn(llmgate::run(listener, config, async {
+        let done = tokio::spawn(llmgate::run(listeners, config, async {
             let _ = stopped.await;
         }));
         Gateway {
             addr,
+            admin: admin_addr,
             stop: Some(stop),
             done: Some(done),
         }
+    }
+
+    /// `GET path` on the admin listener: status and body.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let admin = self.admin.expect("gateway started with an admin listener");
+        http_get(&format!("http://{admin}{path}")).await
+    }
+
+    /// Scrapes `/metrics` and parses it as Prometheus does.
+    pub async fn scrape(&self) -> prometheus_parse::Scrape {
+        let (status, body) = self.admin_get("/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        prometheus_parse::Scrape::parse(body.lines().map(|line| Ok(line.to_string())))
+            .expect("the exposition format parses")
     }
 
     /// A client on a new HTTP/2 connection.
@@ -104,6 +151,25 @@ impl Drop for Gateway {
             done.abort();
         }
     }
+}
+
+/// `GET url` over HTTP/1.1: status and body.
+pub async fn http_get(url: &str) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let response = tokio::time::timeout(PATIENCE, client.get(url.parse().expect("url")))
+        .await
+        .expect("answer in time")
+        .expect("HTTP response");
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// A request with one user message.

@@ -1,0 +1,77 @@
+//! The admin listener (`listen.metrics`): `GET /metrics` for Prometheus,
+//! `GET /healthz` and `GET /readyz` for Kubernetes probes.
+//!
+//! It has a port of its own so that scrapes and probes never queue behind
+//! calls, the gRPC port speaks only gRPC, and the operator can keep it
+//! inside the cluster (or on loopback) while the gRPC port is exposed. It
+//! keeps answering while calls drain at shutdown, so probes see `/readyz`
+//! turn 503 and the last scrape sees the final counts.
+
+use std::future::Future;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+
+use super::health::Health;
+
+/// Where Prometheus scrapes.
+pub const METRICS_PATH: &str = "/metrics";
+/// The liveness probe: 200 while the process serves HTTP at all.
+pub const HEALTHZ_PATH: &str = "/healthz";
+/// The readiness probe: 200 while new calls are welcome, 503 once shutdown
+/// began.
+pub const READYZ_PATH: &str = "/readyz";
+
+/// The content type of the Prometheus text exposition format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What the handlers read.
+#[derive(Clone)]
+struct Admin {
+    /// Renders the process-wide metrics.
+    metrics: PrometheusHandle,
+    /// Readiness.
+    health: Health,
+}
+
+/// Serves the admin endpoints on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: PrometheusHandle,
+    health: Health,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route(METRICS_PATH, get(render))
+        .route(HEALTHZ_PATH, get(|| async { "ok\n" }))
+        .route(READYZ_PATH, get(ready))
+        .with_state(Admin { metrics, health });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn render(State(admin): State<Admin>) -> Response {
+    (
+        [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+        admin.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn ready(State(admin): State<Admin>) -> Response {
+    if admin.health.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: shutting down (or no routing table yet)\n",
+        )
+            .into_response()
+    }
+}
