@@ -22,11 +22,12 @@ pub enum LogFormat {
 }
 
 /// A subscriber writing `format` lines to `writer`, filtered by `filter`
-/// (`RUST_LOG` syntax). Tests use it with their own writer to read what the
-/// gateway logs.
+/// (`RUST_LOG` syntax), with terminal colours only if `ansi`. Tests use it
+/// with their own writer to read what the gateway logs.
 pub fn subscriber<W>(
     format: LogFormat,
     filter: EnvFilter,
+    ansi: bool,
     writer: W,
 ) -> Box<dyn Subscriber + Send + Sync>
 where
@@ -34,6 +35,7 @@ where
 {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi && format == LogFormat::Text)
         .with_writer(writer);
     match format {
         LogFormat::Text => Box::new(builder.finish()),
@@ -49,10 +51,13 @@ where
 }
 
 /// Installs the process's subscriber: `format` lines on stderr, filtered by
-/// `RUST_LOG` (default `info`).
+/// `RUST_LOG` (default `info`). Colours only on a terminal: escape codes in
+/// a log file or a pod's log are noise.
 pub fn init(format: LogFormat) {
+    use std::io::IsTerminal as _;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal();
     // Also bridges crates that log through `log` (rustls). Fails only when
     // a subscriber is already set, which then stays.
-    let _ = subscriber(format, filter, std::io::stderr).try_init();
+    let _ = subscriber(format, filter, ansi, std::io::stderr).try_init();
 }

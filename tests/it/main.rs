@@ -4,9 +4,12 @@
 
 #![allow(unreachable_pub)]
 
+mod access_log;
 mod check;
 mod deadline;
 mod gateway;
+mod health;
+mod metrics;
 mod openai;
 mod serve_cli;
 mod support;

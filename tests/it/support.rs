@@ -90,23 +90,32 @@ impl Gateway {
         }
     }
 
-    /// `GET path` on the admin listener: status and body.
-    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+    /// `GET path` on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> HttpAnswer {
         let admin = self.admin.expect("gateway started with an admin listener");
         http_get(&format!("http://{admin}{path}")).await
     }
 
     /// Scrapes `/metrics` and parses it as Prometheus does.
     pub async fn scrape(&self) -> prometheus_parse::Scrape {
-        let (status, body) = self.admin_get("/metrics").await;
-        assert_eq!(status, 200, "{body}");
-        prometheus_parse::Scrape::parse(body.lines().map(|line| Ok(line.to_string())))
+        let answer = self.admin_get("/metrics").await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        prometheus_parse::Scrape::parse(answer.body.lines().map(|line| Ok(line.to_string())))
             .expect("the exposition format parses")
     }
 
     /// A client on a new HTTP/2 connection.
     pub async fn client(&self) -> LlmServiceClient<Channel> {
         LlmServiceClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connect to gateway")
+    }
+
+    /// A new HTTP/2 connection to the gateway, for any gRPC client.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .expect("url")
+            .connect()
             .await
             .expect("connect to gateway")
     }
@@ -153,8 +162,16 @@ impl Drop for Gateway {
     }
 }
 
-/// `GET url` over HTTP/1.1: status and body.
-pub async fn http_get(url: &str) -> (u16, String) {
+/// An HTTP answer, read whole.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+/// `GET url` over HTTP/1.1.
+pub async fn http_get(url: &str) -> HttpAnswer {
     use http_body_util::BodyExt;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
@@ -163,13 +180,18 @@ pub async fn http_get(url: &str) -> (u16, String) {
         .expect("answer in time")
         .expect("HTTP response");
     let status = response.status().as_u16();
+    let headers = response.headers().clone();
     let body = response
         .into_body()
         .collect()
         .await
         .expect("body")
         .to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    HttpAnswer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
 }
 
 /// A request with one user message.
