@@ -7,6 +7,7 @@
 mod access_log;
 mod check;
 mod deadline;
+mod deploy;
 mod gateway;
 mod health;
 mod metrics;
