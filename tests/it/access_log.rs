@@ -11,7 +11,6 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use futures_util::StreamExt;
 use llmgate::telemetry::call::ACCESS_LOG_TARGET;
 use llmgate::telemetry::logging::{LogFormat, subscriber};
 use serde_json::Value;
@@ -135,10 +134,7 @@ async fn the_access_log_line_carries_the_request_id_and_no_secret() {
         .await
         .expect("stream");
     assert_eq!(returned_id(response.metadata()), "caller-stream-1");
-    let mut stream = response.into_inner();
-    while let Some(chunk) = stream.next().await {
-        chunk.expect("chunk");
-    }
+    read_to_end(response.into_inner()).await;
     // No id from the caller: a new one, returned.
     let response = client.complete(request("m", "hello")).await.expect("unary");
     let generated = returned_id(response.metadata());

@@ -112,14 +112,11 @@ routes:
 
     // Three streams that finish, one unary call through the alias.
     for _ in 0..3 {
-        let mut stream = client
+        let stream = client
             .complete_stream(request("metrics-mix", "ok"))
             .await
-            .expect("stream")
-            .into_inner();
-        while let Some(chunk) = stream.next().await {
-            chunk.expect("chunk");
-        }
+            .expect("stream");
+        read_to_end(stream.into_inner()).await;
     }
     client
         .complete(request("metrics-mix-alias", "ok"))
@@ -239,16 +236,13 @@ async fn every_exported_metric_carries_its_help_text() {
         "upstreams:\n  sim: { kind: sim, sim: { ttft: 1ms, tokens_per_second: 0, output_tokens: 3 } }\nroutes:\n  - model: metrics-described\n    pools: [{ upstream: sim }]\n",
     )
     .await;
-    let mut stream = gateway
+    let stream = gateway
         .client()
         .await
         .complete_stream(request("metrics-described", "hi"))
         .await
-        .expect("stream")
-        .into_inner();
-    while let Some(chunk) = stream.next().await {
-        chunk.expect("chunk");
-    }
+        .expect("stream");
+    read_to_end(stream.into_inner()).await;
     let scrape = gateway.scrape().await;
     let mut seen = 0;
     for def in CATALOG {

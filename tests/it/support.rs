@@ -37,11 +37,7 @@ impl Gateway {
 
     /// Like [`Gateway::start`], with environment variables from `env`.
     pub async fn start_with_env(yaml: &str, env: &dyn Fn(&str) -> Option<String>) -> Gateway {
-        let config = match Config::parse(yaml, "test.yaml", env) {
-            Ok(config) => config,
-            Err(err) => panic!("test routing file is invalid:\n{err}"),
-        };
-        Self::start_config(config).await
+        Self::start_config(test_config(yaml, env)).await
     }
 
     /// Starts a gateway on an already parsed config.
@@ -58,11 +54,7 @@ impl Gateway {
     /// Like [`Gateway::start_with_admin`], with environment variables from
     /// `env`.
     pub async fn start_with_admin_env(yaml: &str, env: &dyn Fn(&str) -> Option<String>) -> Gateway {
-        let config = match Config::parse(yaml, "test.yaml", env) {
-            Ok(config) => config,
-            Err(err) => panic!("test routing file is invalid:\n{err}"),
-        };
-        Self::launch(config, true).await
+        Self::launch(test_config(yaml, env), true).await
     }
 
     async fn launch(config: Config, with_admin: bool) -> Gateway {
@@ -192,6 +184,25 @@ pub async fn http_get(url: &str) -> HttpAnswer {
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
     }
+}
+
+/// A test's routing file, parsed; panics with the problems if it is broken.
+fn test_config(yaml: &str, env: &dyn Fn(&str) -> Option<String>) -> Config {
+    match Config::parse(yaml, "test.yaml", env) {
+        Ok(config) => config,
+        Err(err) => panic!("test routing file is invalid:\n{err}"),
+    }
+}
+
+/// Reads a stream to its end, failing on any error; returns the chunks.
+pub async fn read_to_end(
+    mut stream: tonic::Streaming<llmgate::proto::TokenChunk>,
+) -> Vec<llmgate::proto::TokenChunk> {
+    let mut chunks = Vec::new();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        chunks.push(chunk.expect("chunk"));
+    }
+    chunks
 }
 
 /// A request with one user message.
