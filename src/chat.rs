@@ -8,7 +8,7 @@
 //! kind of upstream.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::Stream;
 use serde::Serialize;
@@ -32,7 +32,54 @@ pub struct ChatRequest {
     /// When the caller stops waiting (from `grpc-timeout`). Every layer below
     /// must be done by then, upstream included.
     pub deadline: Option<Instant>,
+    /// Who the call is and where it went, shared with the layers that report
+    /// on it.
+    pub call: CallContext,
 }
+
+/// Who a call is, and where the gateway placed it, shared by every layer
+/// that handles the call.
+///
+/// The front end fills in the request id; the router, and then the backend,
+/// record the route, upstream and endpoint as they decide them. The context
+/// is shared rather than returned with the answer because the layers that
+/// report on a call (metrics, the access log) must know where it went when
+/// it failed too, and a failed call returns nothing but its error. When a
+/// call is retried elsewhere, the last placement is the one reported.
+#[derive(Debug, Clone, Default)]
+pub struct CallContext {
+    /// Shared by every clone of the request.
+    inner: Arc<ContextInner>,
+}
+
+#[derive(Debug, Default)]
+struct ContextInner {
+    /// The id logs, the upstream and the caller all see for this call.
+    request_id: RequestId,
+    /// Filled in as the call is routed.
+    placement: Mutex<Placement>,
+}
+
+/// Where a call went. Every value is a name from the routing table, never
+/// something the caller sent, so it is safe as a metric label.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// The route's model name (not the alias the caller used).
+    pub route: Option<Arc<str>>,
+    /// The upstream's name in the routing file.
+    pub upstream: Option<Arc<str>>,
+    /// The endpoint that served the call, as the routing file names it.
+    pub endpoint: Option<Arc<str>>,
+}
+
+/// The id that ties together a call's log lines, its upstream request and
+/// the caller's own records (`x-request-id`).
+///
+/// A caller's id is kept only if it is short and made of characters that
+/// cannot break a log line or a header; anything else is replaced by a new
+/// id, which the caller gets back in the response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(Arc<str>);
 
 /// One message of the conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -120,6 +167,103 @@ pub struct Usage {
 /// or a deadline passed) drops the upstream request with it.
 pub type ChatStream = Pin<Box<dyn Stream<Item = Result<ChatEvent, GatewayError>> + Send>>;
 
+// === impl CallContext ===
+
+impl CallContext {
+    /// A context for the call known as `request_id`.
+    pub fn new(request_id: RequestId) -> Self {
+        CallContext {
+            inner: Arc::new(ContextInner {
+                request_id,
+                placement: Mutex::default(),
+            }),
+        }
+    }
+
+    /// The call's request id.
+    pub fn request_id(&self) -> &RequestId {
+        &self.inner.request_id
+    }
+
+    /// Where the call has gone so far.
+    pub fn placement(&self) -> Placement {
+        self.lock().clone()
+    }
+
+    /// Records the route the call was matched to.
+    pub fn place_route(&self, route: Arc<str>) {
+        self.lock().route = Some(route);
+    }
+
+    /// Records the upstream about to serve the call; the endpoint is
+    /// recorded once one is chosen.
+    pub fn place_upstream(&self, upstream: Arc<str>) {
+        let mut placement = self.lock();
+        placement.upstream = Some(upstream);
+        placement.endpoint = None;
+    }
+
+    /// Records the endpoint the call was sent to.
+    pub fn place_endpoint(&self, endpoint: Arc<str>) {
+        self.lock().endpoint = Some(endpoint);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Placement> {
+        // A panic elsewhere cannot leave a placement half written.
+        self.inner
+            .placement
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+// === impl RequestId ===
+
+impl RequestId {
+    /// The longest caller-chosen id kept.
+    pub const MAX_LEN: usize = 128;
+
+    /// The caller's id, if it is safe to log and to forward.
+    pub fn from_caller(value: &str) -> Option<Self> {
+        let safe = |c: char| c.is_ascii_alphanumeric() || "-_.:/+=@".contains(c);
+        (!value.is_empty() && value.len() <= Self::MAX_LEN && value.chars().all(safe))
+            .then(|| RequestId(Arc::from(value)))
+    }
+
+    /// A new random id, shaped like a version 4 UUID.
+    pub fn generate() -> Self {
+        // Version 4 (random) in the version nibble, RFC 4122 variant bits.
+        let bits =
+            (rand::random::<u128>() & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+        let hex = format!("{bits:032x}");
+        RequestId(Arc::from(format!(
+            "{}-{}-{}-{}-{}",
+            &hex[..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..]
+        )))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        RequestId::generate()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 // === impl Role ===
 
 impl Role {
@@ -206,5 +350,60 @@ impl ChatRequest {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_callers_request_id_is_kept_only_when_safe_to_log() {
+        let kept = RequestId::from_caller("req-42_a.b:c/d+e=f@g").map(|id| id.to_string());
+        assert_eq!(kept.as_deref(), Some("req-42_a.b:c/d+e=f@g"));
+        for unsafe_id in [
+            "",
+            "has space",
+            "line\nbreak",
+            "quote\"",
+            "é",
+            &"x".repeat(129),
+        ] {
+            assert_eq!(RequestId::from_caller(unsafe_id), None, "{unsafe_id:?}");
+        }
+    }
+
+    #[test]
+    fn generated_request_ids_look_like_uuids_and_differ() {
+        let a = RequestId::generate();
+        let b = RequestId::generate();
+        assert_ne!(a, b);
+        let text = a.as_str();
+        let groups: Vec<usize> = text.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12], "{text}");
+        assert_eq!(&text[14..15], "4", "version 4: {text}");
+        assert!("89ab".contains(&text[19..20]), "RFC 4122 variant: {text}");
+        assert!(
+            RequestId::from_caller(text).is_some(),
+            "our own ids pass our check"
+        );
+    }
+
+    #[test]
+    fn placement_is_shared_by_clones_and_a_new_upstream_clears_the_endpoint() {
+        let call = CallContext::default();
+        let seen_by_router = call.clone();
+        seen_by_router.place_route(Arc::from("llama"));
+        seen_by_router.place_upstream(Arc::from("a"));
+        seen_by_router.place_endpoint(Arc::from("http://10.0.0.1:8000"));
+        seen_by_router.place_upstream(Arc::from("b"));
+        assert_eq!(
+            call.placement(),
+            Placement {
+                route: Some(Arc::from("llama")),
+                upstream: Some(Arc::from("b")),
+                endpoint: None,
+            }
+        );
     }
 }

@@ -8,7 +8,8 @@
 //! # Layout
 //! The modules follow the path of a call:
 //! - [`frontend`]: the `llm.v1.LLMService` gRPC service; wire → [`chat`].
-//! - [`stack`]: tower layers every call passes (the caller's deadline).
+//! - [`stack`]: tower layers every call passes (observation: metrics and
+//!   the access log; the caller's deadline).
 //! - [`route`]: the routing table and the router service (model → route →
 //!   pool by weight), with retries and fallbacks inside the deadline.
 //! - [`balance`]: P2C over an upstream's endpoints, per call; discovery,
@@ -18,6 +19,7 @@
 //!
 //! Beside them: [`chat`] (the internal vocabulary), [`error`] (the one error
 //! type), [`config`] (the routing file), [`reload`] (live reloads of it),
+//! [`telemetry`] (metrics, health, access logs and the admin listener),
 //! [`sim`] (the simulated model and its HTTP server), [`server`] (`run`),
 //! [`client`] (the `llmgate chat` client) and [`proto`] (generated code).
 
@@ -34,5 +36,6 @@ pub mod route;
 pub mod server;
 pub mod sim;
 pub mod stack;
+pub mod telemetry;
 
-pub use server::run;
+pub use server::{Listeners, run};

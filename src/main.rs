@@ -6,10 +6,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use llmgate::Listeners;
 use llmgate::backend::Connectors;
 use llmgate::config::Config;
 use llmgate::sim::SimSettings;
 use llmgate::sim::server::SimApi;
+use llmgate::telemetry::logging::{self, LogFormat};
 use tokio::net::TcpListener;
 
 /// A cluster-wide LLM gateway: one gRPC endpoint (llm.v1.LLMService) in
@@ -24,7 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway on a routing file.
+    /// Run the gateway on a routing file. gRPC (with health and reflection)
+    /// on listen.grpc; /metrics, /healthz and /readyz on listen.metrics.
     Serve {
         /// The routing file (see the shipped routing.yaml). Edits to it apply
         /// live, as does SIGHUP; a broken edit is logged and changes nothing.
@@ -33,6 +36,11 @@ enum Command {
         /// Do not watch the routing file for changes (SIGHUP still reloads).
         #[arg(long)]
         no_watch: bool,
+        /// How log lines look: text for people, json (one object per line)
+        /// for log pipelines. RUST_LOG filters either; one access line per
+        /// call is logged at info under the target llmgate::access.
+        #[arg(long, env = "LLMGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Validate a routing file and print what it routes; exits 1 with
     /// file:line:column messages when it is broken. For CI pipelines.
@@ -97,13 +105,10 @@ enum Api {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init(match cli.command {
+        Command::Serve { log_format, .. } => log_format,
+        _ => LogFormat::Text,
+    });
     if let Command::Check { file } = &cli.command {
         return check(file);
     }
@@ -131,16 +136,27 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         Command::Serve {
             config: path,
             no_watch,
+            ..
         } => {
             let config = Config::load(&path)?;
-            let listener = TcpListener::bind(config.listen.grpc)
-                .await
-                .map_err(|err| format!("cannot listen on {}: {err}", config.listen.grpc))?;
+            let shutdown = shutdown_signal();
+            let grpc = bind(config.listen.grpc).await?;
+            let admin = match config.listen.metrics {
+                Some(addr) => Some(bind(addr).await?),
+                None => None,
+            };
             let server =
                 llmgate::server::Server::new(config, Connectors::default())?.reload_from(path);
-            println!("llmgate: gRPC listening on {}", listener.local_addr()?);
+            announce(&format!("gRPC listening on {}", grpc.local_addr()?));
+            match &admin {
+                Some(admin) => announce(&format!(
+                    "metrics and probes on http://{}",
+                    admin.local_addr()?
+                )),
+                None => announce("metrics and probes off (listen.metrics: off)"),
+            }
             server
-                .serve_watching(listener, !no_watch, shutdown_signal())
+                .serve_watching(Listeners { grpc, admin }, !no_watch, shutdown)
                 .await?;
             Ok(())
         }
@@ -179,6 +195,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 output_tokens,
                 error_rate,
             };
+            let shutdown = shutdown_signal();
             let listener = TcpListener::bind(listen)
                 .await
                 .map_err(|err| format!("cannot listen on {listen}: {err}"))?;
@@ -191,7 +208,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 "llmgate: sim ({name} API) listening on {}",
                 listener.local_addr()?
             );
-            llmgate::sim::server::serve_api(listener, settings, api, shutdown_signal()).await?;
+            llmgate::sim::server::serve_api(listener, settings, api, shutdown).await?;
             Ok(())
         }
         Command::Check { file } => match check(&file) {
@@ -199,6 +216,19 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             _ => Err("the routing file is invalid".into()),
         },
     }
+}
+
+/// Tells whoever started us where we listen (scripts read these lines). A
+/// closed stdout is no reason to stop serving.
+fn announce(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "llmgate: {line}");
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|err| format!("cannot listen on {addr}: {err}"))
 }
 
 fn check(file: &std::path::Path) -> ExitCode {
@@ -220,23 +250,34 @@ fn check(file: &std::path::Path) -> ExitCode {
 }
 
 /// Resolves on SIGTERM (Kubernetes stopping the pod) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+///
+/// The handlers are installed when this is called, not when the future is
+/// first polled: call it before announcing the listeners, so a signal sent
+/// right after the announcement drains the gateway instead of killing the
+/// process outright.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{Signal, SignalKind, signal};
+        let term = signal(SignalKind::terminate()).ok();
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        let wait = |signal: Option<Signal>| async move {
+            match signal {
+                Some(mut signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        async move {
+            tokio::select! {
+                () = wait(term) => {}
+                () = wait(interrupt) => {}
+            }
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -23,6 +23,7 @@ use crate::backend::Connectors;
 use crate::balance::AbortOnDrop;
 use crate::config::{Config, ConfigError};
 use crate::route::{RoutingTable, SharedTable};
+use crate::telemetry::metrics;
 
 /// Quiet time after the last file event before reloading: editors and
 /// Kubernetes touch several files for one change.
@@ -126,6 +127,8 @@ impl Reloader {
         }
         self.table.store(Arc::new(table));
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::config_reload(true);
+        metrics::config_generation(generation);
         for note in &needs_restart {
             tracing::warn!(file = %source, "{note}");
         }
@@ -146,6 +149,7 @@ impl Reloader {
     }
 
     fn reject(&self, err: ConfigError, trigger: &str) -> ReloadOutcome {
+        metrics::config_reload(false);
         tracing::error!(
             %trigger,
             "routing file rejected; the table in force stays:\n{err}"

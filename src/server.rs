@@ -1,7 +1,11 @@
-//! Putting the gateway together: `run(listener, config, shutdown)`.
+//! Putting the gateway together: `run(listeners, config, shutdown)`, or a
+//! [`Server`] when the routing file should reload live.
 //!
-//! The caller binds the listener, so `main` and every test share this one
-//! entry point and tests can bind port 0.
+//! The caller binds the listeners, so `main` and every test share this one
+//! entry point and tests can bind port 0. The gRPC port serves
+//! `llm.v1.LLMService` beside the standard health and reflection services
+//! (so `grpcurl` and health checkers work); the optional admin port serves
+//! metrics and probes.
 //!
 //! Connections are served with hyper directly rather than through tonic's
 //! `Server`: tonic's server arms its own timer from `grpc-timeout` and
@@ -9,7 +13,8 @@
 //! Owning the accept loop also sets TCP_NODELAY on every connection and
 //! lets shutdown be bounded: stop accepting, let calls in flight finish for
 //! the grace period, then cut what is left (which cancels those upstream
-//! requests).
+//! requests). Health turns NOT_SERVING (and `/readyz` 503) the moment
+//! shutdown begins, and the admin port stays up until the drain is over.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -32,6 +37,8 @@ use crate::proto::llm_service_server::LlmServiceServer;
 use crate::reload::Reloader;
 use crate::route::{Router, RoutingTable, SharedTable};
 use crate::stack;
+use crate::telemetry::health::{Health, HealthService};
+use crate::telemetry::{admin, metrics};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,12 +46,35 @@ pub enum ServeError {
     /// The routing table could not be built.
     #[error("building the routing table: {0}")]
     Table(#[from] GatewayError),
+    /// The metrics recorder could not be built.
+    #[error(transparent)]
+    Metrics(#[from] metrics::InstallError),
+    /// The reflection service could not read the gateway's descriptors.
+    #[error("building gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
     /// The routing file cannot be watched for changes.
     #[error("watching the routing file: {0}")]
     Watch(#[from] notify::Error),
     /// A signal handler could not be installed.
     #[error("installing the SIGHUP handler: {0}")]
     Signal(#[from] std::io::Error),
+}
+
+/// The sockets the gateway serves, bound by the caller.
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC calls.
+    pub grpc: TcpListener,
+    /// `/metrics`, `/healthz`, `/readyz` and `POST /-/reload`; `None`
+    /// serves no admin port (and records no metrics).
+    pub admin: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    /// gRPC only.
+    fn from(grpc: TcpListener) -> Self {
+        Listeners { grpc, admin: None }
+    }
 }
 
 /// A gateway ready to serve: its live routing table and, when it serves a
@@ -60,26 +90,26 @@ pub struct Server {
     reloader: Option<Arc<Reloader>>,
 }
 
-/// Serves the gateway on `listener` with `config` until `shutdown`
+/// Serves the gateway on `listeners` with `config` until `shutdown`
 /// completes, then drains calls in flight for `config.shutdown_grace`.
 pub async fn run(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    run_with(listener, config, Connectors::default(), shutdown).await
+    run_with(listeners, config, Connectors::default(), shutdown).await
 }
 
 /// [`run`] with the outside world given: the HTTP client and DNS resolver
 /// upstreams use (tests move DNS answers around with their own).
 pub async fn run_with(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     config: Config,
     connectors: Connectors,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     Server::new(config, connectors)?
-        .serve(listener, shutdown)
+        .serve(listeners, shutdown)
         .await
 }
 
@@ -101,9 +131,9 @@ impl Server {
         })
     }
 
-    /// Keeps the table in step with the routing file at `path`: `reload`
-    /// on the returned reloader (or the triggers [`Server::serve_watching`]
-    /// installs) applies the file.
+    /// Keeps the table in step with the routing file at `path`: `reload` on
+    /// the returned reloader (or the triggers [`Server::serve_watching`]
+    /// installs, or `POST /-/reload` on the admin port) applies the file.
     pub fn reload_from(mut self, path: PathBuf) -> Self {
         self.reloader = Some(Arc::new(Reloader::new(
             path,
@@ -123,7 +153,7 @@ impl Server {
     /// changes on disk (if `watch`) and on SIGHUP.
     pub async fn serve_watching(
         self,
-        listener: TcpListener,
+        listeners: impl Into<Listeners>,
         watch: bool,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
@@ -135,22 +165,51 @@ impl Server {
             #[cfg(unix)]
             guards.push(Box::new(reloader.reload_on_sighup()?));
         }
-        let result = self.serve(listener, shutdown).await;
+        let result = self.serve(listeners, shutdown).await;
         drop(guards);
         result
     }
 
-    /// Serves calls on `listener` until `shutdown` completes, then drains
-    /// calls in flight for the configured grace period.
+    /// Serves calls until `shutdown` completes, then drains calls in flight
+    /// for the configured grace period.
     pub async fn serve(
         self,
-        listener: TcpListener,
+        listeners: impl Into<Listeners>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
-        let Server { config, table, .. } = self;
+        let Server {
+            config,
+            table,
+            reloader,
+            ..
+        } = self;
+        let Listeners {
+            grpc: listener,
+            admin: admin_listener,
+        } = listeners.into();
+        // Installed before the first call so no call goes unrecorded.
+        let prometheus = admin_listener
+            .as_ref()
+            .map(|_| metrics::install())
+            .transpose()?;
+        metrics::config_generation(reloader.as_ref().map_or(1, |r| r.generation()));
+        let (health, health_service) = Health::new().await;
         let frontend = GrpcFrontend::new(stack::build(Router::new(table.clone())), table);
-        let service =
-            TowerToHyperService::new(Routes::new(LlmServiceServer::new(frontend)).prepare());
+        let service = TowerToHyperService::new(grpc_routes(frontend, health_service)?.prepare());
+        health.serving().await;
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin = match (admin_listener, prometheus) {
+            (Some(listener), Some(prometheus)) => Some(tokio::spawn(admin::serve(
+                listener,
+                prometheus,
+                health.clone(),
+                reloader.clone(),
+                async {
+                    let _ = admin_stopped.await;
+                },
+            ))),
+            _ => None,
+        };
         let builder = auto::Builder::new(TokioExecutor::new());
         let graceful = GracefulShutdown::new();
         let mut connections = JoinSet::new();
@@ -185,6 +244,9 @@ impl Server {
                 () = &mut shutdown => break,
             }
         }
+        // Turn away new calls first (health checkers and the kubelet see it at
+        // once), then stop accepting.
+        health.shutting_down().await;
         drop(listener);
         tracing::info!(
             grace = ?config.shutdown_grace,
@@ -198,6 +260,33 @@ impl Server {
             tracing::warn!("grace period over; cutting the calls still in flight");
         }
         connections.shutdown().await;
+        if let Some(admin) = admin {
+            let _ = stop_admin.send(());
+            // A scraper holding its connection open must not hold the exit.
+            match tokio::time::timeout(ADMIN_DRAIN, admin).await {
+                Ok(Ok(Err(err))) => tracing::warn!(%err, "the admin listener failed"),
+                Ok(_) => {}
+                Err(_) => tracing::debug!("admin connections still open at exit; closed"),
+            }
+        }
         Ok(())
     }
+}
+
+/// How long the admin listener may take to close after the calls drained.
+const ADMIN_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Every gRPC service on the gRPC port: the gateway itself, health, and
+/// reflection (v1, and v1alpha for older grpcurl builds) over the
+/// gateway's and the health service's descriptors.
+fn grpc_routes(frontend: GrpcFrontend, health: HealthService) -> Result<Routes, ServeError> {
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok(Routes::new(LlmServiceServer::new(frontend))
+        .add_service(health)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?))
 }

@@ -77,6 +77,9 @@ enum Backend {
     Sim(SimSettings),
 }
 
+/// The endpoint label of a simulator running inside the gateway.
+pub const IN_PROCESS_ENDPOINT: &str = "in-process";
+
 /// Error messages naming the upstream whose limit passed.
 struct UpstreamLimits {
     /// The upstream's name.
@@ -179,6 +182,7 @@ impl Upstream {
         model: Arc<str>,
         req: Arc<ChatRequest>,
     ) -> BoxFuture<'static, Result<ChatStream, GatewayError>> {
+        req.call.place_upstream(self.name.clone());
         let start = Instant::now();
         let limits = StreamLimits {
             deadline: Some(start + self.timeouts.total),
@@ -226,8 +230,21 @@ impl Backend {
     }
 }
 
-/// The backend bound to one endpoint's base URL.
-fn backend_dispatch(backend: &Backend, name: &Arc<str>, base: &::http::Uri) -> Option<Dispatch> {
+/// The backend bound to one endpoint's base URL, with the endpoint's label.
+fn backend_dispatch(
+    backend: &Backend,
+    name: &Arc<str>,
+    base: &::http::Uri,
+) -> Option<(Arc<str>, Dispatch)> {
+    let label: Arc<str> = match backend {
+        Backend::Sim(_) => Arc::from(IN_PROCESS_ENDPOINT),
+        _ => Arc::from(base.to_string().trim_end_matches('/')),
+    };
+    Some((label, endpoint_dispatch(backend, name, base)?))
+}
+
+/// Sends each call for the endpoint at `base` through `backend`.
+fn endpoint_dispatch(backend: &Backend, name: &Arc<str>, base: &::http::Uri) -> Option<Dispatch> {
     /// A dispatch that sends each call to `target` with `backend`.
     macro_rules! http_dispatch {
         ($backend:expr) => {{

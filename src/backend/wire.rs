@@ -31,6 +31,7 @@ use super::sse::{SseDecoder, SseEvent};
 use crate::chat::{ChatEvent, ChatRequest, ChatStream, Completion};
 use crate::config::UpstreamConfig;
 use crate::error::{ErrorKind, GatewayError};
+use crate::telemetry::REQUEST_ID;
 
 /// Largest non-streamed answer or error body read from an upstream.
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -235,7 +236,7 @@ impl HttpUpstream {
             GatewayError::new(ErrorKind::Internal, format!("encoding the request: {err}"))
         })?;
         let accept = <D::Framing as Framing>::CONTENT_TYPE;
-        let answer = self.post(url, body, req.stream, accept).await?;
+        let answer = self.post(url, body, req, accept).await?;
         let mut completion = Completion {
             finish_reason: None,
             usage: None,
@@ -273,14 +274,23 @@ impl HttpUpstream {
         &self,
         url: &Uri,
         body: Vec<u8>,
-        stream: bool,
+        req: &ChatRequest,
         accept: &'static str,
     ) -> Result<Answer, GatewayError> {
         let mut request = Request::builder()
             .method(Method::POST)
             .uri(url.clone())
             .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, if stream { accept } else { "application/json" });
+            .header(
+                ACCEPT,
+                if req.stream {
+                    accept
+                } else {
+                    "application/json"
+                },
+            )
+            // The upstream's logs can then be matched with ours.
+            .header(REQUEST_ID, req.call.request_id().as_str());
         if let Some(headers) = request.headers_mut() {
             headers.extend(self.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
         }

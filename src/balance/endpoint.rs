@@ -107,6 +107,7 @@ impl Service<EndpointCall> for Endpoint {
     }
 
     fn call(&mut self, call: EndpointCall) -> Self::Future {
+        call.req.call.place_endpoint(self.state.label.clone());
         self.state.call_started();
         let mut guard = CallGuard {
             state: self.state.clone(),

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::OutlierPolicy;
+use crate::telemetry::metrics::EndpointMetrics;
 
 /// The shared record of one endpoint. Held by its balancer service, by every
 /// call in flight on it, and weakly by its health-check task.
@@ -25,6 +26,10 @@ use crate::config::OutlierPolicy;
 pub struct EndpointState {
     /// The endpoint's base URL, for introspection and probes.
     pub url: http::Uri,
+    /// What metrics and logs call it.
+    pub label: Arc<str>,
+    /// Its health and load series.
+    metrics: EndpointMetrics,
     /// Calls in flight, each counted until its last token.
     in_flight: AtomicUsize,
     /// Failures since the last success.
@@ -92,11 +97,20 @@ pub struct EndpointSnapshot {
 
 impl EndpointState {
     /// A fresh, healthy endpoint of `pool`.
-    pub fn new(url: http::Uri, pool: &Arc<PoolHealth>, policy: OutlierPolicy) -> Arc<Self> {
+    pub fn new(
+        url: http::Uri,
+        label: Arc<str>,
+        metrics: EndpointMetrics,
+        pool: &Arc<PoolHealth>,
+        policy: OutlierPolicy,
+    ) -> Arc<Self> {
         // Fix the epoch before any ejection time is computed from it.
         let _ = epoch();
+        metrics.set_up(true);
         Arc::new(EndpointState {
             url,
+            label,
+            metrics,
             in_flight: AtomicUsize::new(0),
             consecutive_failures: AtomicU32::new(0),
             last_failure: AtomicU64::new(0),
@@ -164,15 +178,18 @@ impl EndpointState {
     /// Counts a call as started.
     pub fn call_started(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.metrics.call_started();
     }
 
     /// Counts a call as ended and learns from how it ended.
     pub fn call_ended(&self, outcome: Outcome) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.call_ended();
         match outcome {
             Outcome::Success => {
                 if self.consecutive_failures.swap(0, Ordering::Relaxed) > 0 {
                     *self.ejections.lock().unwrap_or_else(|e| e.into_inner()) = 0;
+                    self.metrics.set_up(self.is_healthy());
                 }
             }
             Outcome::Failure => {
@@ -200,6 +217,8 @@ impl EndpointState {
     /// Sets the active health verdict.
     pub fn set_healthy(&self, healthy: bool) {
         let was = self.healthy.swap(healthy, Ordering::AcqRel);
+        self.metrics
+            .set_up(healthy && self.ejected_until(Instant::now()).is_none());
         if healthy && !was {
             self.ready_waker.wake();
         }
@@ -230,6 +249,7 @@ impl EndpointState {
         self.ejected_until
             .store(until.as_nanos().max(1) as u64, Ordering::Release);
         *ejections += 1;
+        self.metrics.set_up(false);
         tracing::warn!(
             endpoint = %self.url,
             failures = self.consecutive_failures(),

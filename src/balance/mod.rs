@@ -35,6 +35,7 @@ use crate::backend::http::HttpClient;
 use crate::chat::ChatStream;
 use crate::config::{Discovery, EndpointPolicy, HealthCheck};
 use crate::error::GatewayError;
+use crate::telemetry::metrics::EndpointMetrics;
 use discover::{ChangeSender, Changes, Resolve};
 use endpoint::{Dispatch, Endpoint, EndpointCall};
 use health::{EndpointSnapshot, EndpointState, PoolHealth};
@@ -44,8 +45,9 @@ use health::{EndpointSnapshot, EndpointState, PoolHealth};
 const DISPATCH_QUEUE: usize = 1024;
 
 /// Makes the [`Dispatch`] for an endpoint's base URL (the backend adapter
-/// bound to that address), or `None` if the URL cannot be used.
-pub type DispatchFactory = Arc<dyn Fn(&http::Uri) -> Option<Dispatch> + Send + Sync>;
+/// bound to that address) with the label the endpoint goes by in metrics
+/// and logs, or `None` if the URL cannot be used.
+pub type DispatchFactory = Arc<dyn Fn(&http::Uri) -> Option<(Arc<str>, Dispatch)> + Send + Sync>;
 
 /// The endpoints of one upstream and the balancer over them.
 pub struct Balancer {
@@ -75,6 +77,8 @@ pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 /// What the balancer needs to add an endpoint.
 #[derive(Clone)]
 struct EndpointMaker {
+    /// The upstream's name, for metric labels.
+    upstream: Arc<str>,
     pool: Arc<PoolHealth>,
     policy: EndpointPolicy,
     dispatch: DispatchFactory,
@@ -106,6 +110,7 @@ impl Balancer {
         let pool = Arc::new(PoolHealth::default());
         let (tx, rx) = mpsc::unbounded_channel();
         let maker = EndpointMaker {
+            upstream: name.clone(),
             pool: pool.clone(),
             policy: policy.clone(),
             dispatch,
@@ -198,11 +203,13 @@ impl Balancer {
 impl EndpointMaker {
     /// Adds the endpoint at `url` to the pool and the balancer.
     fn insert(&self, tx: &ChangeSender<Endpoint>, url: http::Uri) {
-        let Some(dispatch) = (self.dispatch)(&url) else {
+        let Some((label, dispatch)) = (self.dispatch)(&url) else {
             tracing::warn!(%url, "endpoint URL cannot be used; skipped");
             return;
         };
-        let state = EndpointState::new(url.clone(), &self.pool, self.policy.outlier);
+        let metrics = EndpointMetrics::new(&self.upstream, &label);
+        let state =
+            EndpointState::new(url.clone(), label, metrics, &self.pool, self.policy.outlier);
         if let Some(check) = &self.policy.health_check {
             tokio::spawn(probe(
                 Arc::downgrade(&state),

@@ -27,6 +27,12 @@ use schema::{RawConfig, RawPool, RawRoute, RawSim, RawUpstream};
 
 /// Where the gRPC front end listens when the file does not say.
 pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:50051";
+/// Where `/metrics`, `/healthz` and `/readyz` are served when the file does
+/// not say: loopback, so nothing is exposed by accident; a pod sets
+/// `0.0.0.0:9090` so Prometheus and the kubelet can reach it.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9090";
+/// The `listen.metrics` value that turns the admin listener off.
+pub const METRICS_OFF: &str = "off";
 /// How long in-flight calls may finish after a shutdown signal, by default.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Cap on one upstream call when the file sets none: long enough for any
@@ -70,6 +76,9 @@ pub struct Config {
 pub struct ListenConfig {
     /// The gRPC front end's address.
     pub grpc: SocketAddr,
+    /// The admin listener's address (metrics and probes); `None` when the
+    /// file says `off`.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// One upstream: a set of servers speaking one wire format.
@@ -263,6 +272,10 @@ pub fn describe(config: &Config) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(out, "listen grpc {}", config.listen.grpc);
+    let _ = match config.listen.metrics {
+        Some(addr) => writeln!(out, "listen metrics {addr} (/metrics, /healthz, /readyz)"),
+        None => writeln!(out, "listen metrics {METRICS_OFF}"),
+    };
     for up in config.upstreams.values() {
         let endpoints: Vec<String> = match &up.discovery {
             Discovery::Static(list) => list.iter().map(ToString::to_string).collect(),
@@ -443,10 +456,19 @@ impl Checker {
             .listen
             .as_ref()
             .and_then(|listen| listen.value.grpc.as_ref())
-            .and_then(|addr| self.socket_addr(addr));
+            .and_then(|addr| self.socket_addr(addr, "0.0.0.0:50051"));
         let default_grpc = DEFAULT_GRPC_LISTEN
             .parse()
             .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 50051)));
+        let metrics = match raw
+            .listen
+            .as_ref()
+            .and_then(|listen| listen.value.metrics.as_ref())
+        {
+            Some(addr) if addr.value.trim() == METRICS_OFF => None,
+            Some(addr) => self.socket_addr(addr, "0.0.0.0:9090 (or off to disable)"),
+            None => DEFAULT_METRICS_LISTEN.parse().ok(),
+        };
         let shutdown_grace = raw
             .shutdown_grace
             .as_ref()
@@ -518,6 +540,7 @@ impl Checker {
         Config {
             listen: ListenConfig {
                 grpc: grpc.unwrap_or(default_grpc),
+                metrics,
             },
             shutdown_grace,
             upstreams,
@@ -1080,14 +1103,15 @@ impl Checker {
         }
     }
 
-    fn socket_addr(&mut self, raw: &Spanned<String>) -> Option<SocketAddr> {
+    /// A listen address; `example` shows the operator a valid value.
+    fn socket_addr(&mut self, raw: &Spanned<String>, example: &str) -> Option<SocketAddr> {
         match raw.value.parse() {
             Ok(addr) => Some(addr),
             Err(_) => {
                 self.report(
                     raw,
                     format!(
-                        "'{}' is not a listen address; write ip:port such as 0.0.0.0:50051",
+                        "'{}' is not a listen address; write ip:port such as {example}",
                         raw.value
                     ),
                 );

@@ -34,6 +34,9 @@ pub(crate) struct RawListen {
     /// The gRPC listener's `host:port`.
     #[serde(default)]
     pub(crate) grpc: Option<Spanned<String>>,
+    /// The admin listener's `host:port` (metrics and probes), or `off`.
+    #[serde(default)]
+    pub(crate) metrics: Option<Spanned<String>>,
 }
 
 /// One entry of `upstreams:`.

@@ -25,6 +25,22 @@ fn yaml(lines: &[&str]) -> String {
     text
 }
 
+/// `head` (`head[0]` is line 1) followed by the smallest valid upstreams
+/// and routes, for tests about what comes before them.
+fn with_minimal_routes(head: &[&str]) -> String {
+    let mut lines = head.to_vec();
+    lines.extend([
+        "upstreams:",
+        "  local:",
+        "    kind: sim",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: local",
+    ]);
+    yaml(&lines)
+}
+
 fn no_env(_: &str) -> Option<String> {
     None
 }
@@ -97,6 +113,7 @@ fn full_file_is_read_field_by_field() {
     let text = yaml(&[
         "listen:",
         "  grpc: 0.0.0.0:6000",
+        "  metrics: 0.0.0.0:6001",
         "shutdown_grace: 2m",
         "upstreams:",
         "  fleet:",
@@ -138,6 +155,7 @@ fn full_file_is_read_field_by_field() {
     let expected = Config {
         listen: ListenConfig {
             grpc: SocketAddr::from(([0, 0, 0, 0], 6000)),
+            metrics: Some(SocketAddr::from(([0, 0, 0, 0], 6001))),
         },
         shutdown_grace: Duration::from_secs(120),
         upstreams: BTreeMap::from([
@@ -289,17 +307,14 @@ fn api_key_never_appears_in_debug_or_describe() {
 
 #[test]
 fn minimal_file_gets_the_documented_defaults() {
-    let config = parse_ok(&yaml(&[
-        "upstreams:",
-        "  local:",
-        "    kind: sim",
-        "routes:",
-        "  - model: demo",
-        "    pools:",
-        "      - upstream: local",
-    ]));
+    let config = parse_ok(&with_minimal_routes(&[]));
     let default_grpc: SocketAddr = DEFAULT_GRPC_LISTEN.parse().expect("default address parses");
     assert_eq!(config.listen.grpc, default_grpc);
+    let default_metrics: SocketAddr = DEFAULT_METRICS_LISTEN
+        .parse()
+        .expect("default address parses");
+    assert_eq!(config.listen.metrics, Some(default_metrics));
+    assert_eq!(default_metrics, SocketAddr::from(([127, 0, 0, 1], 9090)));
     assert_eq!(config.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
     let local = &config.upstreams["local"];
     assert_eq!(local.kind, UpstreamKind::Sim);
@@ -383,18 +398,8 @@ fn shipped_routing_file_parses_and_routes_demo() {
 
 #[test]
 fn unknown_top_level_field_is_refused_with_the_valid_ones_listed() {
-    let problem = only_problem(&yaml(&[
-        "upstreams:",
-        "  local:",
-        "    kind: sim",
-        "routes:",
-        "  - model: demo",
-        "    pools:",
-        "      - upstream: local",
-        "listn:",
-        "  grpc: 127.0.0.1:1",
-    ]));
-    assert_at(&problem, 8, 1);
+    let problem = only_problem(&with_minimal_routes(&["listn:", "  grpc: 127.0.0.1:1"]));
+    assert_at(&problem, 1, 1);
     assert_mentions(&problem, &["unknown field", "listn", "listen"]);
     assert_no_position_in_message(&problem);
 }
@@ -797,19 +802,31 @@ fn sim_rates_out_of_range_are_refused() {
 
 #[test]
 fn listen_address_must_be_ip_and_port() {
-    let problem = only_problem(&yaml(&[
+    let problem = only_problem(&with_minimal_routes(&[
         "listen:",
         "  grpc: localhost:50051",
-        "upstreams:",
-        "  local:",
-        "    kind: sim",
-        "routes:",
-        "  - model: demo",
-        "    pools:",
-        "      - upstream: local",
     ]));
     assert_at(&problem, 2, 9);
     assert_mentions(&problem, &["'localhost:50051'", "ip:port", "0.0.0.0:50051"]);
+}
+
+#[test]
+fn metrics_listener_can_be_moved_or_turned_off() {
+    let with_listen = |listen: &str| with_minimal_routes(&["listen:", listen]);
+    let moved = parse_ok(&with_listen("  metrics: 0.0.0.0:9100"));
+    assert_eq!(
+        moved.listen.metrics,
+        Some(SocketAddr::from(([0, 0, 0, 0], 9100)))
+    );
+    assert!(describe(&moved).contains("listen metrics 0.0.0.0:9100"));
+
+    let off = parse_ok(&with_listen("  metrics: off"));
+    assert_eq!(off.listen.metrics, None);
+    assert!(describe(&off).contains("listen metrics off"));
+
+    let problem = only_problem(&with_listen("  metrics: localhost:9090"));
+    assert_at(&problem, 2, 12);
+    assert_mentions(&problem, &["'localhost:9090'", "ip:port", "or off"]);
 }
 
 // === YAML syntax ===

@@ -3,7 +3,9 @@
 //! It translates messages, reads the caller's deadline from `grpc-timeout`
 //! (tonic does not enforce it on streamed bodies, so the stack does), and
 //! maps errors to canonical status codes in exactly one place
-//! (`From<GatewayError> for Status`). Responses stream straight from the
+//! (`From<GatewayError> for Status`). Each call gets a request id (the
+//! caller's `x-request-id`, or a new one) that goes to the upstream and
+//! comes back in the response metadata. Responses stream straight from the
 //! upstream body: no task hop per token, and when the caller cancels, tonic
 //! drops the stream and with it the upstream request.
 
@@ -17,13 +19,16 @@ use tonic::{Request, Response, Status};
 use tower::ServiceExt;
 
 use crate::chat::{
-    ChatEvent, ChatMessage, ChatRequest, ChatStream, Completion, Role, SamplingParams,
+    CallContext, ChatEvent, ChatMessage, ChatRequest, ChatStream, Completion, RequestId, Role,
+    SamplingParams,
 };
 use crate::error::GatewayError;
 use crate::proto;
 use crate::proto::llm_service_server::LlmService;
 use crate::route::SharedTable;
 use crate::stack::ChatService;
+use crate::telemetry::REQUEST_ID;
+use crate::telemetry::call::CallRecord;
 
 /// The gRPC service implementation.
 pub struct GrpcFrontend {
@@ -47,15 +52,35 @@ impl GrpcFrontend {
         GrpcFrontend { stack, table }
     }
 
+    /// Starts a call: its request id, the wire request translated, and the
+    /// stack called. The request id comes back with the outcome, to be
+    /// returned to the caller whatever the outcome is.
     async fn start(
         &self,
         request: Request<proto::CompleteRequest>,
         stream: bool,
-    ) -> Result<ChatStream, Status> {
+    ) -> (RequestId, Result<ChatStream, GatewayError>) {
+        let request_id = request_id(request.metadata());
+        let call = CallContext::new(request_id.clone());
         let deadline =
             grpc_timeout(request.metadata()).map(|budget| Instant::now() + answer_by(budget));
-        let req = chat_request(request.into_inner(), stream, deadline)?;
-        Ok(self.stack.clone().oneshot(req).await?)
+        let req = match chat_request(request.into_inner(), stream, deadline, call.clone()) {
+            Ok(req) => req,
+            Err((model, err)) => {
+                self.rejected(call, &model, stream, &err);
+                return (request_id, Err(err));
+            }
+        };
+        (request_id, self.stack.clone().oneshot(req).await)
+    }
+
+    /// Records a call refused before it reached the stack, so it counts in
+    /// metrics and the access log like any other.
+    fn rejected(&self, call: CallContext, model: &str, stream: bool, err: &GatewayError) {
+        if let Some(route) = self.table.load().lookup(model) {
+            call.place_route(route.model.clone());
+        }
+        CallRecord::start(call, model, stream).failed(err);
     }
 }
 
@@ -65,22 +90,26 @@ impl LlmService for GrpcFrontend {
         &self,
         request: Request<proto::CompleteRequest>,
     ) -> Result<Response<proto::CompleteResponse>, Status> {
-        let mut stream = self.start(request, false).await?;
-        let mut text = String::new();
-        while let Some(event) = stream.next().await {
-            match event? {
-                ChatEvent::Token(token) => text.push_str(&token),
-                ChatEvent::Done(completion) => {
-                    return Ok(Response::new(proto::CompleteResponse {
-                        text,
-                        usage: usage(&completion),
-                        finish_reason: finish_reason(&completion),
-                        model: completion.model.to_string(),
-                    }));
+        let (request_id, stream) = self.start(request, false).await;
+        let answer = async {
+            let mut stream = stream?;
+            let mut text = String::new();
+            while let Some(event) = stream.next().await {
+                match event? {
+                    ChatEvent::Token(token) => text.push_str(&token),
+                    ChatEvent::Done(completion) => {
+                        return Ok(proto::CompleteResponse {
+                            text,
+                            usage: usage(&completion),
+                            finish_reason: finish_reason(&completion),
+                            model: completion.model.to_string(),
+                        });
+                    }
                 }
             }
-        }
-        Err(truncated().into())
+            Err(truncated())
+        };
+        respond(&request_id, answer.await)
     }
 
     type CompleteStreamStream = TokenChunks;
@@ -89,10 +118,13 @@ impl LlmService for GrpcFrontend {
         &self,
         request: Request<proto::CompleteRequest>,
     ) -> Result<Response<Self::CompleteStreamStream>, Status> {
-        let stream = self.start(request, true).await?;
-        Ok(Response::new(TokenChunks {
-            inner: Some(stream),
-        }))
+        let (request_id, stream) = self.start(request, true).await;
+        respond(
+            &request_id,
+            stream.map(|stream| TokenChunks {
+                inner: Some(stream),
+            }),
+        )
     }
 
     async fn list_models(
@@ -104,7 +136,7 @@ impl LlmService for GrpcFrontend {
             .routes()
             .iter()
             .map(|route| proto::ModelInfo {
-                name: route.model.clone(),
+                name: route.model.to_string(),
                 aliases: route.aliases.clone(),
                 pools: route
                     .pools
@@ -167,13 +199,16 @@ impl Stream for TokenChunks {
 
 // === translation ===
 
-/// The wire request as a validated [`ChatRequest`].
+/// The wire request as a validated [`ChatRequest`]; a refusal comes with
+/// the model name asked for, for the record.
 fn chat_request(
     wire: proto::CompleteRequest,
     stream: bool,
     deadline: Option<Instant>,
-) -> Result<ChatRequest, GatewayError> {
-    let messages = wire
+    call: CallContext,
+) -> Result<ChatRequest, (String, GatewayError)> {
+    let model = wire.model;
+    let messages = match wire
         .messages
         .into_iter()
         .enumerate()
@@ -192,19 +227,24 @@ fn chat_request(
                 content: message.content,
             })
         })
-        .collect::<Result<Vec<_>, GatewayError>>()?;
+        .collect::<Result<Vec<_>, GatewayError>>()
+    {
+        Ok(messages) => messages,
+        Err(err) => return Err((model, err)),
+    };
     let max_tokens = match wire.max_tokens {
         0 => None,
         n if n < 0 => {
-            return Err(GatewayError::invalid_argument(
+            let err = GatewayError::invalid_argument(
                 "max_tokens",
                 &format!("is {n}; it must be positive, or 0 for the upstream's default"),
-            ));
+            );
+            return Err((model, err));
         }
         n => Some(n.unsigned_abs()),
     };
     let req = ChatRequest {
-        model: wire.model,
+        model,
         messages,
         params: SamplingParams {
             max_tokens,
@@ -214,9 +254,46 @@ fn chat_request(
         },
         stream,
         deadline,
+        call,
     };
-    req.validate()?;
-    Ok(req)
+    match req.validate() {
+        Ok(()) => Ok(req),
+        Err(err) => Err((req.model, err)),
+    }
+}
+
+/// The caller's `x-request-id` if it is safe to use, or a new one.
+fn request_id(metadata: &tonic::metadata::MetadataMap) -> RequestId {
+    metadata
+        .get(REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .and_then(RequestId::from_caller)
+        .unwrap_or_else(RequestId::generate)
+}
+
+/// The outcome as the caller gets it, with the request id in the response
+/// metadata (headers, or trailers of an error) either way.
+fn respond<T>(
+    request_id: &RequestId,
+    outcome: Result<T, GatewayError>,
+) -> Result<Response<T>, Status> {
+    let value = tonic::metadata::MetadataValue::try_from(request_id.as_str()).ok();
+    match outcome {
+        Ok(message) => {
+            let mut response = Response::new(message);
+            if let Some(value) = value {
+                response.metadata_mut().insert(REQUEST_ID, value);
+            }
+            Ok(response)
+        }
+        Err(err) => {
+            let mut status = Status::from(err);
+            if let Some(value) = value {
+                status.metadata_mut().insert(REQUEST_ID, value);
+            }
+            Err(status)
+        }
+    }
 }
 
 fn usage(completion: &Completion) -> Option<proto::Usage> {

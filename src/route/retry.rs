@@ -28,6 +28,7 @@ use tower::retry::budget::Budget;
 use super::table::{Route, RoutingTable};
 use crate::chat::{ChatRequest, ChatStream};
 use crate::error::{ErrorKind, GatewayError};
+use crate::telemetry::metrics;
 
 /// Longest single back-off, whatever the attempt number.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -47,6 +48,7 @@ pub async fn serve(
             ),
         ));
     };
+    req.call.place_route(route.model.clone());
     route.budget.deposit();
     let err = match try_route(route, &req).await {
         Ok(stream) => return Ok(stream),
@@ -76,6 +78,8 @@ pub async fn serve(
             break;
         }
         tracing::debug!(route = %route.model, fallback = %fallback.model, "falling back");
+        metrics::fallback(&route.model, &fallback.model);
+        req.call.place_route(fallback.model.clone());
         match try_route(fallback, &req).await {
             Ok(stream) => return Ok(stream),
             Err(err) if err.is_retryable() => last = err,
@@ -99,6 +103,9 @@ async fn try_route(route: &Route, req: &Arc<ChatRequest>) -> Result<ChatStream, 
             if !route.budget.withdraw() {
                 tracing::debug!(route = %route.model, "retry budget spent; not retrying");
                 break;
+            }
+            if let Some(upstream) = req.call.placement().upstream {
+                metrics::retry(&route.model, &upstream, err.kind().grpc_code());
             }
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;

@@ -34,8 +34,9 @@ pub struct RoutingTable {
 /// Where calls for one model go, and what to do when they fail.
 #[derive(Debug)]
 pub struct Route {
-    /// The name clients send.
-    pub model: String,
+    /// The name clients send; shared, because every call carries it on as
+    /// its route label.
+    pub model: Arc<str>,
     /// Other names for the route.
     pub aliases: Vec<String>,
     /// Pools with a positive weight; calls pick among them by weight.
@@ -110,7 +111,7 @@ impl RoutingTable {
                 })
                 .collect();
             let route = Arc::new(Route {
-                model: route.model.clone(),
+                model: Arc::from(route.model.as_str()),
                 aliases: route.aliases.clone(),
                 pools,
                 retry: route.retry,
@@ -122,8 +123,10 @@ impl RoutingTable {
                 fallback: route.fallback.clone(),
                 context_fallback: route.context_fallback.clone(),
             });
-            for name in std::iter::once(&route.model).chain(&route.aliases) {
-                routes.insert(name.clone(), route.clone());
+            for name in
+                std::iter::once(&*route.model).chain(route.aliases.iter().map(String::as_str))
+            {
+                routes.insert(name.to_string(), route.clone());
             }
             listing.push(route);
         }

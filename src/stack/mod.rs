@@ -6,6 +6,7 @@
 //! the request and response types.
 
 pub mod deadline;
+pub mod observe;
 pub mod timeout;
 
 use tower::ServiceBuilder;
@@ -18,9 +19,12 @@ use crate::route::Router;
 /// The whole call path behind a front end, as one cloneable service.
 pub type ChatService = BoxCloneSyncService<ChatRequest, ChatStream, GatewayError>;
 
-/// Assembles the layers around the router, outermost first.
+/// Assembles the layers around the router, outermost first. Observation
+/// is outermost so it times the whole call and records the code the caller
+/// gets, the caller's deadline included.
 pub fn build(router: Router) -> ChatService {
     let stack = ServiceBuilder::new()
+        .layer(observe::ObserveLayer)
         .layer(deadline::DeadlineLayer)
         .service(router);
     BoxCloneSyncService::new(stack)

@@ -4,11 +4,15 @@
 
 #![allow(unreachable_pub)]
 
+mod access_log;
 mod anthropic;
 mod balance;
 mod check;
 mod deadline;
+mod deploy;
 mod gateway;
+mod health;
+mod metrics;
 mod mixed;
 mod ollama;
 mod openai;

@@ -38,8 +38,9 @@ fn routing_file(contents: &str) -> std::path::PathBuf {
     path
 }
 
-/// Starts `llmgate serve` and returns it with the address it listens on.
-fn serve(config: &std::path::Path) -> (Running, String) {
+/// Starts `llmgate serve` and returns it with the gRPC address it listens
+/// on and, when the routing file enables it, the admin address.
+fn serve(config: &std::path::Path) -> (Running, String, Option<String>) {
     let mut child = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(config)
@@ -49,18 +50,26 @@ fn serve(config: &std::path::Path) -> (Running, String) {
         .spawn()
         .expect("start llmgate serve");
     let stdout = child.stdout.take().expect("stdout");
+    let mut stdout = BufReader::new(stdout);
     let mut line = String::new();
-    BufReader::new(stdout)
+    stdout
         .read_line(&mut line)
         .expect("read the listening line");
-    let addr = line
-        .trim()
+    let addr = last_word(&line);
+    line.clear();
+    stdout.read_line(&mut line).expect("read the metrics line");
+    let admin = (!line.contains(" off")).then(|| last_word(&line));
+    (Running(Some(child)), addr, admin)
+}
+
+/// The address at the end of a "listening on ADDR" line.
+fn last_word(line: &str) -> String {
+    line.trim()
         .rsplit(' ')
         .next()
         .filter(|a| a.contains(':'))
         .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
-    (Running(Some(child)), addr)
+        .to_string()
 }
 
 /// Waits for the child to exit, at most [`PATIENCE`] (then kills it).
@@ -85,7 +94,7 @@ fn wait_exit(mut running: Running) -> std::process::ExitStatus {
 #[test]
 fn serve_answers_chat_and_exits_zero_on_sigterm() {
     let config = routing_file(
-        "listen: { grpc: 127.0.0.1:0 }
+        "listen: { grpc: 127.0.0.1:0, metrics: 127.0.0.1:0 }
 upstreams:
   sim: { kind: sim, sim: { ttft: 1ms, tokens_per_second: 0, output_tokens: 4 } }
 routes:
@@ -93,7 +102,9 @@ routes:
     pools: [{ upstream: sim }]
 ",
     );
-    let (server, addr) = serve(&config);
+    let (server, addr, admin) = serve(&config);
+    let admin = admin.expect("the admin listener is announced");
+    assert!(admin.starts_with("http://127.0.0.1:"), "{admin}");
 
     let chat = Command::new(BIN)
         .args(["chat", "--model", "demo", "--addr", &addr, "hello"])
@@ -120,6 +131,14 @@ routes:
     let stderr = String::from_utf8_lossy(&unknown.stderr);
     assert!(stderr.contains("NOT_FOUND"), "{stderr}");
 
+    let metrics = http_get(&format!("{admin}/metrics"));
+    assert!(metrics.starts_with("HTTP/1.0 200"), "{metrics}");
+    assert!(
+        metrics.contains(r#"llmgate_calls_total{model="demo",route="demo",upstream="sim",endpoint="in-process",code="OK"} 1"#),
+        "{metrics}"
+    );
+    assert!(http_get(&format!("{admin}/readyz")).starts_with("HTTP/1.0 200"));
+
     let killed = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status()
@@ -128,6 +147,42 @@ routes:
     let status = wait_exit(server);
     assert!(status.success(), "exit status after SIGTERM: {status}");
     let _ = std::fs::remove_file(config);
+}
+
+#[test]
+fn serve_without_a_metrics_listener_announces_only_grpc() {
+    let config = routing_file(
+        "listen: { grpc: 127.0.0.1:0, metrics: off }
+upstreams:
+  sim: { kind: sim }
+routes:
+  - model: demo
+    pools: [{ upstream: sim }]
+",
+    );
+    let (server, _addr, admin) = serve(&config);
+    assert_eq!(admin, None);
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .expect("send SIGTERM");
+    assert!(killed.success());
+    assert!(wait_exit(server).success());
+    let _ = std::fs::remove_file(config);
+}
+
+/// A blocking HTTP/1.0 GET (the test is synchronous), returning the raw
+/// response.
+fn http_get(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut stream = std::net::TcpStream::connect(host).expect("connect to the admin port");
+    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    response
 }
 
 #[test]

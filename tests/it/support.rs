@@ -26,6 +26,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// Reloads the routing file, for gateways started on one.
     pub reloader: Option<Arc<llmgate::reload::Reloader>>,
+    /// The admin listener (metrics and probes), when started with one.
+    pub admin: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<Result<(), llmgate::server::ServeError>>>,
 }
@@ -38,11 +40,7 @@ impl Gateway {
 
     /// Like [`Gateway::start`], with environment variables from `env`.
     pub async fn start_with_env(yaml: &str, env: &dyn Fn(&str) -> Option<String>) -> Gateway {
-        let config = match Config::parse(yaml, "test.yaml", env) {
-            Ok(config) => config,
-            Err(err) => panic!("test routing file is invalid:\n{err}"),
-        };
-        Self::start_config(config).await
+        Self::start_config(test_config(yaml, env)).await
     }
 
     /// Starts a gateway on an already parsed config.
@@ -56,7 +54,21 @@ impl Gateway {
         connectors: llmgate::backend::Connectors,
     ) -> Gateway {
         let server = llmgate::server::Server::new(config, connectors).expect("table builds");
-        Self::serve(server, false).await
+        Self::serve(server, false, false).await
+    }
+
+    /// Like [`Gateway::start`], with the admin listener (metrics and
+    /// probes) on another port 0.
+    pub async fn start_with_admin(yaml: &str) -> Gateway {
+        Self::start_with_admin_env(yaml, &|_| None).await
+    }
+
+    /// Like [`Gateway::start_with_admin`], with environment variables from
+    /// `env`.
+    pub async fn start_with_admin_env(yaml: &str, env: &dyn Fn(&str) -> Option<String>) -> Gateway {
+        let server = llmgate::server::Server::new(test_config(yaml, env), Default::default())
+            .expect("table builds");
+        Self::serve(server, false, true).await
     }
 
     /// Starts a gateway on the routing file at `path`, reloading it when it
@@ -73,23 +85,48 @@ impl Gateway {
         let server = llmgate::server::Server::new(config, connectors)
             .expect("table builds")
             .reload_from(path.to_path_buf());
-        Self::serve(server, watch).await
+        Self::serve(server, watch, true).await
     }
 
-    async fn serve(server: llmgate::server::Server, watch: bool) -> Gateway {
+    async fn serve(server: llmgate::server::Server, watch: bool, with_admin: bool) -> Gateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let admin = if with_admin {
+            Some(TcpListener::bind("127.0.0.1:0").await.expect("bind admin"))
+        } else {
+            None
+        };
+        let admin_addr = admin.as_ref().map(|l| l.local_addr().expect("admin addr"));
+        let listeners = llmgate::Listeners {
+            grpc: listener,
+            admin,
+        };
         let reloader = server.reloader();
         let (stop, stopped) = oneshot::channel::<()>();
-        let done = tokio::spawn(server.serve_watching(listener, watch, async {
+        let done = tokio::spawn(server.serve_watching(listeners, watch, async {
             let _ = stopped.await;
         }));
         Gateway {
             addr,
             reloader,
+            admin: admin_addr,
             stop: Some(stop),
             done: Some(done),
         }
+    }
+
+    /// `GET path` on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> HttpAnswer {
+        let admin = self.admin.expect("gateway started with an admin listener");
+        http_get(&format!("http://{admin}{path}")).await
+    }
+
+    /// Scrapes `/metrics` and parses it as Prometheus does.
+    pub async fn scrape(&self) -> prometheus_parse::Scrape {
+        let answer = self.admin_get("/metrics").await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        prometheus_parse::Scrape::parse(answer.body.lines().map(|line| Ok(line.to_string())))
+            .expect("the exposition format parses")
     }
 
     /// A client on a new HTTP/2 connection.
@@ -107,6 +144,15 @@ impl Gateway {
     /// One streamed call on a new connection, gathered.
     pub async fn stream(&self, request: CompleteRequest) -> Result<Vec<TokenChunk>, Status> {
         collect(&mut self.client().await, request).await
+    }
+
+    /// A new HTTP/2 connection to the gateway, for any gRPC client.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect to gateway")
     }
 
     /// The URL of the gateway.
@@ -176,6 +222,57 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// An HTTP answer, read whole.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+/// `GET url` over HTTP/1.1.
+pub async fn http_get(url: &str) -> HttpAnswer {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let response = tokio::time::timeout(PATIENCE, client.get(url.parse().expect("url")))
+        .await
+        .expect("answer in time")
+        .expect("HTTP response");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    HttpAnswer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// A test's routing file, parsed; panics with the problems if it is broken.
+fn test_config(yaml: &str, env: &dyn Fn(&str) -> Option<String>) -> Config {
+    match Config::parse(yaml, "test.yaml", env) {
+        Ok(config) => config,
+        Err(err) => panic!("test routing file is invalid:\n{err}"),
+    }
+}
+
+/// Reads a stream to its end, failing on any error; returns the chunks.
+pub async fn read_to_end(
+    mut stream: tonic::Streaming<llmgate::proto::TokenChunk>,
+) -> Vec<llmgate::proto::TokenChunk> {
+    let mut chunks = Vec::new();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        chunks.push(chunk.expect("chunk"));
+    }
+    chunks
 }
 
 /// A request with one user message.

@@ -1,0 +1,425 @@
+//! Every metric the gateway exports, declared in one place.
+//!
+//! Names follow Prometheus conventions: the `llmgate_` prefix, base units in
+//! the name (`_seconds`), `_total` on counters. Each one is listed in
+//! [`CATALOG`] with its help text and labels, described to the recorder at
+//! start-up, and read by the deploy tests, which check that every metric a
+//! dashboard query names is one the code exports.
+//!
+//! Label values come only from bounded sets: names from the routing table
+//! (routes, aliases, upstreams, endpoints), gRPC codes, and a few fixed
+//! words. Whatever a caller sends that the table does not know counts as
+//! [`UNKNOWN`], so no caller can create new series.
+//!
+//! The recorder is process-wide (the `metrics` facade has one global
+//! recorder), so [`install`] builds it once and every gateway in the
+//! process shares it; tests that run many gateways tell their calls apart by
+//! model names of their own.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics::{Gauge, Label, SharedString, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Calls that ended, by model, route, upstream, endpoint and gRPC code.
+pub const CALLS_TOTAL: &str = "llmgate_calls_total";
+/// How long whole calls took, from arrival to last token or error.
+pub const CALL_DURATION_SECONDS: &str = "llmgate_call_duration_seconds";
+/// Time from a streamed call's arrival to its first token.
+pub const TIME_TO_FIRST_TOKEN_SECONDS: &str = "llmgate_time_to_first_token_seconds";
+/// Time between two consecutive tokens of a streamed call.
+pub const INTER_TOKEN_LATENCY_SECONDS: &str = "llmgate_inter_token_latency_seconds";
+/// Prompt tokens, as upstreams reported them.
+pub const INPUT_TOKENS_TOTAL: &str = "llmgate_input_tokens_total";
+/// Generated tokens, as upstreams reported them.
+pub const OUTPUT_TOKENS_TOTAL: &str = "llmgate_output_tokens_total";
+/// Calls being served right now.
+pub const CALLS_IN_FLIGHT: &str = "llmgate_calls_in_flight";
+/// Whether an endpoint is taking calls (1) or ejected (0).
+pub const ENDPOINT_UP: &str = "llmgate_endpoint_up";
+/// Calls an endpoint is serving right now, streams until their last token.
+pub const ENDPOINT_IN_FLIGHT: &str = "llmgate_endpoint_in_flight";
+/// Calls retried on another endpoint.
+pub const RETRIES_TOTAL: &str = "llmgate_retries_total";
+/// Calls that fell back to another route's model.
+pub const FALLBACKS_TOTAL: &str = "llmgate_fallbacks_total";
+/// Attempts to load a changed routing file, by result.
+pub const CONFIG_RELOADS_TOTAL: &str = "llmgate_config_reloads_total";
+/// How many routing tables this process has put in force (1 at start).
+pub const CONFIG_GENERATION: &str = "llmgate_config_generation";
+/// Always 1; its `version` label says which build runs.
+pub const BUILD_INFO: &str = "llmgate_build_info";
+
+/// Label keys.
+pub mod label {
+    /// The model name the caller sent, when the table routes it.
+    pub const MODEL: &str = "model";
+    /// The route's own model name (aliases count under their route).
+    pub const ROUTE: &str = "route";
+    /// The upstream's name in the routing file.
+    pub const UPSTREAM: &str = "upstream";
+    /// The endpoint as the routing file names it.
+    pub const ENDPOINT: &str = "endpoint";
+    /// The gRPC status code the caller got, as `OK`, `NOT_FOUND`, ...
+    pub const CODE: &str = "code";
+    /// The model a call fell back to.
+    pub const FALLBACK: &str = "fallback";
+    /// How a reload ended: [`super::RELOAD_APPLIED`] or [`super::RELOAD_REJECTED`].
+    pub const RESULT: &str = "result";
+    /// The crate version, on [`super::BUILD_INFO`].
+    pub const VERSION: &str = "version";
+}
+
+/// The value of a label the call never reached (no route for an unknown
+/// model, no endpoint for a call refused before one was chosen), and of the
+/// `model` label for a name the routing table does not know.
+pub const UNKNOWN: &str = "unknown";
+/// `result` of a reload whose new table is now in force.
+pub const RELOAD_APPLIED: &str = "applied";
+/// `result` of a reload refused because the file was broken.
+pub const RELOAD_REJECTED: &str = "rejected";
+
+/// Whole-call durations: a cached refusal takes milliseconds, a long
+/// generation minutes.
+pub const CALL_DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+    600.0,
+];
+/// Time to first token: milliseconds on a warm server, tens of seconds when
+/// a long prompt waits in a busy server's queue.
+pub const TIME_TO_FIRST_TOKEN_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// Gaps between tokens: 10–100 ms is normal decoding; the upper buckets
+/// catch stalls (preemption, a saturated batch) before `idle_timeout` cuts.
+pub const INTER_TOKEN_LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// What kind of series a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Only goes up.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// Observations in buckets (`_bucket`, `_sum`, `_count` series).
+    Histogram,
+}
+
+/// One exported metric.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricDef {
+    /// The name scraped.
+    pub name: &'static str,
+    /// Its kind.
+    pub kind: MetricKind,
+    /// Its unit, for the description.
+    pub unit: Unit,
+    /// The `# HELP` text.
+    pub help: &'static str,
+    /// Its label keys.
+    pub labels: &'static [&'static str],
+    /// Bucket bounds, for histograms.
+    pub buckets: &'static [f64],
+}
+
+/// Labels of every per-call series.
+const CALL_LABELS: &[&str] = &[label::MODEL, label::ROUTE, label::UPSTREAM, label::ENDPOINT];
+/// Per-call labels plus the outcome.
+const CALL_CODE_LABELS: &[&str] = &[
+    label::MODEL,
+    label::ROUTE,
+    label::UPSTREAM,
+    label::ENDPOINT,
+    label::CODE,
+];
+/// Labels of per-endpoint series.
+const ENDPOINT_LABELS: &[&str] = &[label::UPSTREAM, label::ENDPOINT];
+
+/// Every metric the gateway exports.
+pub const CATALOG: &[MetricDef] = &[
+    MetricDef {
+        name: CALLS_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Unit::Count,
+        help: "Calls that ended, by model, route, upstream, endpoint and gRPC status code.",
+        labels: CALL_CODE_LABELS,
+        buckets: &[],
+    },
+    MetricDef {
+        name: CALL_DURATION_SECONDS,
+        kind: MetricKind::Histogram,
+        unit: Unit::Seconds,
+        help: "Whole-call duration, from arrival to the last token or the error.",
+        labels: CALL_CODE_LABELS,
+        buckets: CALL_DURATION_BUCKETS,
+    },
+    MetricDef {
+        name: TIME_TO_FIRST_TOKEN_SECONDS,
+        kind: MetricKind::Histogram,
+        unit: Unit::Seconds,
+        help: "Time from a streamed call's arrival at the gateway to its first token.",
+        labels: CALL_LABELS,
+        buckets: TIME_TO_FIRST_TOKEN_BUCKETS,
+    },
+    MetricDef {
+        name: INTER_TOKEN_LATENCY_SECONDS,
+        kind: MetricKind::Histogram,
+        unit: Unit::Seconds,
+        help: "Time between consecutive tokens of a streamed call.",
+        labels: CALL_LABELS,
+        buckets: INTER_TOKEN_LATENCY_BUCKETS,
+    },
+    MetricDef {
+        name: INPUT_TOKENS_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Unit::Count,
+        help: "Prompt tokens of finished calls, as the upstream reported them.",
+        labels: CALL_LABELS,
+        buckets: &[],
+    },
+    MetricDef {
+        name: OUTPUT_TOKENS_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Unit::Count,
+        help: "Generated tokens of finished calls, as the upstream reported them.",
+        labels: CALL_LABELS,
+        buckets: &[],
+    },
+    MetricDef {
+        name: CALLS_IN_FLIGHT,
+        kind: MetricKind::Gauge,
+        unit: Unit::Count,
+        help: "Calls being served right now, streams until their last token.",
+        labels: &[],
+        buckets: &[],
+    },
+    MetricDef {
+        name: ENDPOINT_UP,
+        kind: MetricKind::Gauge,
+        unit: Unit::Count,
+        help: "1 while an endpoint takes calls, 0 while it is ejected after failures.",
+        labels: ENDPOINT_LABELS,
+        buckets: &[],
+    },
+    MetricDef {
+        name: ENDPOINT_IN_FLIGHT,
+        kind: MetricKind::Gauge,
+        unit: Unit::Count,
+        help: "Calls an endpoint is serving right now (the balancer's load), streams until their last token.",
+        labels: ENDPOINT_LABELS,
+        buckets: &[],
+    },
+    MetricDef {
+        name: RETRIES_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Unit::Count,
+        help: "Calls retried on another endpoint, by route, the upstream that failed and its gRPC code.",
+        labels: &[label::ROUTE, label::UPSTREAM, label::CODE],
+        buckets: &[],
+    },
+    MetricDef {
+        name: FALLBACKS_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Unit::Count,
+        help: "Calls that fell back from their route to a fallback model.",
+        labels: &[label::ROUTE, label::FALLBACK],
+        buckets: &[],
+    },
+    MetricDef {
+        name: CONFIG_RELOADS_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Unit::Count,
+        help: "Attempts to load a changed routing file: applied, or rejected (the old table stays).",
+        labels: &[label::RESULT],
+        buckets: &[],
+    },
+    MetricDef {
+        name: CONFIG_GENERATION,
+        kind: MetricKind::Gauge,
+        unit: Unit::Count,
+        help: "How many routing tables this process has put in force; 1 after start-up.",
+        labels: &[],
+        buckets: &[],
+    },
+    MetricDef {
+        name: BUILD_INFO,
+        kind: MetricKind::Gauge,
+        unit: Unit::Count,
+        help: "Always 1; the version label names the running build.",
+        labels: &[label::VERSION],
+        buckets: &[],
+    },
+];
+
+/// How often histogram samples are folded in when nobody scrapes, so
+/// memory stays bounded.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The recorder could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("building the Prometheus recorder: {0}")]
+pub struct InstallError(#[from] metrics_exporter_prometheus::BuildError);
+
+/// Installs the process-wide Prometheus recorder (once; later calls return
+/// the same handle) and describes every metric, so `/metrics` shows help
+/// text and types from the first scrape.
+///
+/// Only a gateway that serves `/metrics` installs it: without one, metrics
+/// stay no-ops and cost nothing.
+pub fn install() -> Result<PrometheusHandle, InstallError> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let mut builder = PrometheusBuilder::new();
+    for def in CATALOG.iter().filter(|d| d.kind == MetricKind::Histogram) {
+        builder =
+            builder.set_buckets_for_metric(Matcher::Full(def.name.to_string()), def.buckets)?;
+    }
+    let handle = HANDLE.get_or_init(|| {
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!(
+                "another metrics recorder is already installed; /metrics will show nothing"
+            );
+        }
+        describe();
+        metrics::gauge!(BUILD_INFO, label::VERSION => env!("CARGO_PKG_VERSION")).set(1.0);
+        let upkeep = handle.clone();
+        // A thread rather than a task: the recorder outlives any one
+        // runtime (tests start many).
+        let spawned = std::thread::Builder::new()
+            .name("llmgate-metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                }
+            });
+        if let Err(err) = spawned {
+            tracing::warn!(%err, "no metrics upkeep thread; histograms are folded in at scrape time only");
+        }
+        handle
+    });
+    Ok(handle.clone())
+}
+
+/// Describes every metric of [`CATALOG`] to the installed recorder.
+fn describe() {
+    for def in CATALOG {
+        match def.kind {
+            MetricKind::Counter => metrics::describe_counter!(def.name, def.unit, def.help),
+            MetricKind::Gauge => metrics::describe_gauge!(def.name, def.unit, def.help),
+            MetricKind::Histogram => metrics::describe_histogram!(def.name, def.unit, def.help),
+        }
+    }
+}
+
+/// The gRPC code's canonical name, as grpcurl and the gRPC docs spell it;
+/// a bounded label value.
+pub fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+// === recording, for the balancer, retries and reloads ===
+
+/// The health and load series of one endpoint, registered once when the
+/// endpoint is created so the hot path only touches atomics.
+#[derive(Debug, Clone)]
+pub struct EndpointMetrics {
+    /// [`ENDPOINT_UP`].
+    up: Gauge,
+    /// [`ENDPOINT_IN_FLIGHT`].
+    in_flight: Gauge,
+}
+
+impl EndpointMetrics {
+    /// The series of `endpoint` (its label as the routing file names it)
+    /// in `upstream`.
+    pub fn new(upstream: &Arc<str>, endpoint: &Arc<str>) -> Self {
+        let labels = [
+            Label::new(label::UPSTREAM, SharedString::from(upstream.clone())),
+            Label::new(label::ENDPOINT, SharedString::from(endpoint.clone())),
+        ];
+        EndpointMetrics {
+            up: metrics::gauge!(ENDPOINT_UP, labels.iter()),
+            in_flight: metrics::gauge!(ENDPOINT_IN_FLIGHT, labels.iter()),
+        }
+    }
+
+    /// Records whether the endpoint takes calls.
+    pub fn set_up(&self, up: bool) {
+        self.up.set(if up { 1.0 } else { 0.0 });
+    }
+
+    /// A call started on the endpoint.
+    pub fn call_started(&self) {
+        self.in_flight.increment(1.0);
+    }
+
+    /// A call on the endpoint ended (after its last token).
+    pub fn call_ended(&self) {
+        self.in_flight.decrement(1.0);
+    }
+}
+
+/// Counts a call retried on another endpoint after `upstream` failed it
+/// with `code`.
+pub fn retry(route: &Arc<str>, upstream: &Arc<str>, code: tonic::Code) {
+    metrics::counter!(
+        RETRIES_TOTAL,
+        label::ROUTE => route.clone(),
+        label::UPSTREAM => upstream.clone(),
+        label::CODE => code_label(code),
+    )
+    .increment(1);
+}
+
+/// Counts a call of `route` that fell back to the route `fallback`.
+pub fn fallback(route: &Arc<str>, fallback: &Arc<str>) {
+    metrics::counter!(
+        FALLBACKS_TOTAL,
+        label::ROUTE => route.clone(),
+        label::FALLBACK => fallback.clone(),
+    )
+    .increment(1);
+}
+
+/// Counts a reload attempt: `applied` when its table is now in force.
+pub fn config_reload(applied: bool) {
+    let result = if applied {
+        RELOAD_APPLIED
+    } else {
+        RELOAD_REJECTED
+    };
+    metrics::counter!(CONFIG_RELOADS_TOTAL, label::RESULT => result).increment(1);
+}
+
+/// Records which routing table is in force (1 for the one built at start).
+pub fn config_generation(generation: u64) {
+    // Exact in an f64 for any count of reloads a process will see.
+    metrics::gauge!(CONFIG_GENERATION).set(generation as f64);
+}

@@ -1,0 +1,24 @@
+//! Operating the gateway: metrics, health, access logs and the admin
+//! listener that exposes them.
+//!
+//! - [`metrics`]: every metric name, its help and buckets, in one place;
+//!   the process-wide Prometheus recorder; recording helpers for the
+//!   balancer, retries and reloads.
+//! - [`call`]: the record one call leaves behind (metrics and one access
+//!   log line), used by the `Observe` layer of the stack.
+//! - [`health`]: the gRPC health service and the readiness flag, both
+//!   flipped when shutdown begins.
+//! - [`admin`]: `GET /metrics`, `/healthz`, `/readyz` on their own port,
+//!   so probes and scrapes never compete with calls and the gRPC port
+//!   speaks nothing but gRPC.
+//! - [`logging`]: the tracing subscriber, human or JSON.
+
+pub mod admin;
+pub mod call;
+pub mod health;
+pub mod logging;
+pub mod metrics;
+
+/// The header (and gRPC metadata key) carrying a call's request id: read
+/// from the caller, sent to the upstream, returned to the caller.
+pub const REQUEST_ID: &str = "x-request-id";

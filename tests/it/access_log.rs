@@ -1,0 +1,263 @@
+//! The access log as an operator reads it: one line per call with the
+//! request id that the caller, the upstream and the log all share, and no
+//! secret anywhere in what the gateway logs.
+//!
+//! Each test captures what the gateway logs with the gateway's own
+//! subscriber (`telemetry::logging::subscriber`) writing into a buffer. The
+//! subscriber is the default for the test's thread, and `#[tokio::test]`
+//! runs the gateway's tasks on that thread, so a test reads only its own
+//! gateway's lines.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use llmgate::telemetry::call::ACCESS_LOG_TARGET;
+use llmgate::telemetry::logging::{LogFormat, subscriber};
+use serde_json::Value;
+use tonic::Code;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+
+use crate::support::*;
+
+/// The key the upstream must receive and no log line may show.
+const SECRET: &str = "sk-live-do-not-log-5c1e9a";
+
+/// Everything written to it, kept for the test to read.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
+    }
+
+    /// Installs a `format` subscriber at `trace` for everything, writing
+    /// here, as this thread's default until the guard drops.
+    fn install(&self, format: LogFormat) -> tracing::subscriber::DefaultGuard {
+        // tracing caches whether a callsite is enabled. While only one
+        // dispatcher exists, that cache is computed from whichever thread
+        // first reaches the callsite, so a test without a subscriber
+        // running beside this one could switch the access line off for
+        // good. A second dispatcher, kept for the whole run, makes tracing
+        // ask every live dispatcher instead.
+        static BYSTANDER: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+        BYSTANDER
+            .get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
+        tracing::subscriber::set_default(subscriber(
+            format,
+            EnvFilter::new("trace"),
+            false,
+            self.clone(),
+        ))
+    }
+}
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Capture {
+    type Writer = Capture;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// The upstream: a three-token stream, or a whole answer, with usage.
+fn answer(req: &Received) -> Vec<Step> {
+    if req.body["stream"].as_bool().unwrap_or(false) {
+        let mut body = sse_token("a");
+        body.push_str(&sse_token("b"));
+        body.push_str(&sse_finish("stop", 7, 2));
+        vec![
+            Step::Head(200, "text/event-stream"),
+            Step::Chunk(body.into_bytes()),
+            Step::End,
+        ]
+    } else {
+        json_reply(
+            200,
+            &serde_json::json!({
+                "choices": [{"message": {"content": "ab"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 7, "completion_tokens": 2},
+            }),
+        )
+    }
+}
+
+/// A request carrying `x-request-id: id`.
+fn with_id(model: &str, id: &str) -> tonic::Request<llmgate::proto::CompleteRequest> {
+    let mut req = tonic::Request::new(request(model, "hello"));
+    req.metadata_mut()
+        .insert("x-request-id", id.parse().expect("ascii"));
+    req
+}
+
+fn returned_id(metadata: &tonic::metadata::MetadataMap) -> String {
+    metadata
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("x-request-id in the response")
+        .to_string()
+}
+
+/// The JSON access lines in `text`.
+fn access_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["target"] == ACCESS_LOG_TARGET)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_access_log_line_carries_the_request_id_and_no_secret() {
+    let capture = Capture::default();
+    let _logging = capture.install(LogFormat::Json);
+    let upstream = FakeUpstream::start(answer).await;
+    let yaml = one_upstream(&upstream.url(), "    api_key_env: ACCESS_TEST_KEY\n");
+    let env = |name: &str| (name == "ACCESS_TEST_KEY").then(|| SECRET.to_string());
+    let gateway = Gateway::start_with_env(&yaml, &env).await;
+    let mut client = gateway.client().await;
+
+    // The caller's id: returned at once in the response headers, sent on.
+    let response = client
+        .complete_stream(with_id("m", "caller-stream-1"))
+        .await
+        .expect("stream");
+    assert_eq!(returned_id(response.metadata()), "caller-stream-1");
+    read_to_end(response.into_inner()).await;
+    // No id from the caller: a new one, returned.
+    let response = client.complete(request("m", "hello")).await.expect("unary");
+    let generated = returned_id(response.metadata());
+    assert_eq!(generated.len(), 36, "a UUID: {generated}");
+    // A failed call returns its id too, with the status.
+    let status = client
+        .complete(with_id("not-routed", "caller-failed-2"))
+        .await
+        .expect_err("not routed");
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(returned_id(status.metadata()), "caller-failed-2");
+
+    let received = upstream.received();
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[0].header("x-request-id"), Some("caller-stream-1"));
+    assert_eq!(received[1].header("x-request-id"), Some(generated.as_str()));
+    let bearer = format!("Bearer {SECRET}");
+    assert_eq!(
+        received[0].header("authorization"),
+        Some(bearer.as_str()),
+        "the key is really in use"
+    );
+
+    drop(client);
+    gateway.shutdown().await.expect("clean exit");
+    let text = capture.text();
+    assert!(
+        !text.contains(SECRET),
+        "the key leaked into the logs:\n{text}"
+    );
+
+    let lines = access_lines(&text);
+    assert_eq!(lines.len(), 3, "one line per call:\n{text}");
+    let line = |id: &str| {
+        lines
+            .iter()
+            .find(|line| line["request_id"] == id)
+            .unwrap_or_else(|| panic!("no access line for {id}:\n{text}"))
+    };
+    let streamed = line("caller-stream-1");
+    assert_eq!(streamed["message"], "call");
+    assert_eq!(streamed["model"], "m");
+    assert_eq!(streamed["route"], "m");
+    assert_eq!(streamed["upstream"], "up");
+    assert_eq!(streamed["endpoint"], upstream.url());
+    assert_eq!(streamed["code"], "OK");
+    assert_eq!(streamed["stream"], true);
+    assert_eq!(streamed["tokens_in"], 7);
+    assert_eq!(streamed["tokens_out"], 2);
+    assert_eq!(streamed["chunks"], 2);
+    assert!(streamed["ttft_ms"].as_f64().is_some(), "{streamed}");
+    let duration = streamed["duration_ms"].as_f64().expect("duration_ms");
+    assert!(duration >= streamed["ttft_ms"].as_f64().unwrap_or(f64::MAX));
+
+    let unary = line(&generated);
+    assert_eq!(unary["code"], "OK");
+    assert_eq!(unary["stream"], false);
+    assert_eq!(
+        unary.get("ttft_ms"),
+        None,
+        "a unary call has no first token"
+    );
+
+    let failed = line("caller-failed-2");
+    assert_eq!(failed["code"], "NOT_FOUND");
+    assert_eq!(failed["model"], "not-routed", "the log says what was asked");
+    assert_eq!(failed["route"], "unknown");
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not routed")),
+        "{failed}"
+    );
+}
+
+#[tokio::test]
+async fn an_unsafe_request_id_is_replaced_and_the_new_one_returned() {
+    let upstream = FakeUpstream::start(answer).await;
+    let gateway = Gateway::start(&one_upstream(&upstream.url(), "")).await;
+    let mut client = gateway.client().await;
+    for unsafe_id in ["has spaces in it", "quote\"and=more", &"x".repeat(200)] {
+        let response = client
+            .complete(with_id("m", unsafe_id))
+            .await
+            .expect("the call goes on");
+        let id = returned_id(response.metadata());
+        assert_ne!(id, unsafe_id);
+        assert_eq!(id.len(), 36, "a new UUID: {id}");
+        let received = upstream.received();
+        let sent = received.last().and_then(|r| r.header("x-request-id"));
+        assert_eq!(sent, Some(id.as_str()), "the upstream gets the new id");
+    }
+}
+
+#[tokio::test]
+async fn text_access_lines_read_as_key_value_pairs() {
+    let capture = Capture::default();
+    let _logging = capture.install(LogFormat::Text);
+    let gateway = Gateway::start(
+        "upstreams:\n  sim: { kind: sim, sim: { ttft: 1ms, tokens_per_second: 0, output_tokens: 3 } }\nroutes:\n  - model: text-log\n    pools: [{ upstream: sim }]\n",
+    )
+    .await;
+    gateway
+        .client()
+        .await
+        .complete(with_id("text-log", "text-id-9"))
+        .await
+        .expect("unary");
+    gateway.shutdown().await.expect("clean exit");
+    let text = capture.text();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains(ACCESS_LOG_TARGET))
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    for field in [
+        "request_id=text-id-9",
+        "model=\"text-log\"",
+        "upstream=\"sim\"",
+        "endpoint=\"in-process\"",
+        "code=\"OK\"",
+        "tokens_out=3",
+    ] {
+        assert!(lines[0].contains(field), "{field} in {}", lines[0]);
+    }
+}
