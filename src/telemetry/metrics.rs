@@ -46,6 +46,9 @@ pub const RETRIES_TOTAL: &str = "llmgate_retries_total";
 pub const FALLBACKS_TOTAL: &str = "llmgate_fallbacks_total";
 /// Attempts to load a changed routing file, by result.
 pub const CONFIG_RELOADS_TOTAL: &str = "llmgate_config_reloads_total";
+/// 1 when the last reload of the routing file was applied, 0 when it was
+/// rejected (as Prometheus's own `..._config_last_reload_successful`).
+pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "llmgate_config_last_reload_successful";
 /// How many routing tables this process has put in force (1 at start).
 pub const CONFIG_GENERATION: &str = "llmgate_config_generation";
 /// Always 1; its `version` label says which build runs.
@@ -76,9 +79,9 @@ pub mod label {
 /// `model` label for a name the routing table does not know.
 pub const UNKNOWN: &str = "unknown";
 /// `result` of a reload whose new table is now in force.
-pub const RELOAD_APPLIED: &str = "applied";
+pub const RELOAD_APPLIED: &str = "success";
 /// `result` of a reload refused because the file was broken.
-pub const RELOAD_REJECTED: &str = "rejected";
+pub const RELOAD_REJECTED: &str = "failure";
 
 /// Whole-call durations: a cached refusal takes milliseconds, a long
 /// generation minutes.
@@ -232,8 +235,16 @@ pub const CATALOG: &[MetricDef] = &[
         name: CONFIG_RELOADS_TOTAL,
         kind: MetricKind::Counter,
         unit: Unit::Count,
-        help: "Attempts to load a changed routing file: applied, or rejected (the old table stays).",
+        help: "Attempts to load a changed routing file: success, or failure (the old table stays).",
         labels: &[label::RESULT],
+        buckets: &[],
+    },
+    MetricDef {
+        name: CONFIG_LAST_RELOAD_SUCCESSFUL,
+        kind: MetricKind::Gauge,
+        unit: Unit::Count,
+        help: "1 if the last reload of the routing file was applied, 0 if it was rejected.",
+        labels: &[],
         buckets: &[],
     },
     MetricDef {
@@ -416,6 +427,7 @@ pub fn config_reload(applied: bool) {
         RELOAD_REJECTED
     };
     metrics::counter!(CONFIG_RELOADS_TOTAL, label::RESULT => result).increment(1);
+    metrics::gauge!(CONFIG_LAST_RELOAD_SUCCESSFUL).set(if applied { 1.0 } else { 0.0 });
 }
 
 /// Records which routing table is in force (1 for the one built at start).
