@@ -34,5 +34,6 @@ pub mod route;
 pub mod server;
 pub mod sim;
 pub mod stack;
+pub mod tls;
 
 pub use server::run;

@@ -15,9 +15,9 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+mod conn;
+
 use arc_swap::ArcSwap;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -27,11 +27,14 @@ use tonic::service::Routes;
 use crate::backend::Connectors;
 use crate::config::Config;
 use crate::error::GatewayError;
+use crate::frontend::body::{BodyLimits, GuardedBody};
 use crate::frontend::grpc::GrpcFrontend;
 use crate::proto::llm_service_server::LlmServiceServer;
 use crate::reload::Reloader;
 use crate::route::{Router, RoutingTable, SharedTable};
 use crate::stack;
+use crate::stack::guard::{Guard, SharedGuard};
+use conn::Acceptor;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +48,9 @@ pub enum ServeError {
     /// A signal handler could not be installed.
     #[error("installing the SIGHUP handler: {0}")]
     Signal(#[from] std::io::Error),
+    /// The listener's TLS files cannot be used.
+    #[error("listen.tls: {0}")]
+    Tls(String),
 }
 
 /// A gateway ready to serve: its live routing table and, when it serves a
@@ -58,6 +64,10 @@ pub struct Server {
     connectors: Connectors,
     /// Reloads the routing file, when there is one.
     reloader: Option<Arc<Reloader>>,
+    /// Who may call and how much; reloaded with the table.
+    guard: SharedGuard,
+    /// How connections are taken on: TLS and connection limits.
+    acceptor: Acceptor,
 }
 
 /// Serves the gateway on `listener` with `config` until `shutdown`
@@ -93,11 +103,15 @@ impl Server {
             &config,
             &connectors,
         )?));
+        let guard = Guard::shared(&config);
+        let acceptor = Acceptor::new(&config).map_err(ServeError::Tls)?;
         Ok(Server {
             config,
             table,
             connectors,
             reloader: None,
+            guard,
+            acceptor,
         })
     }
 
@@ -110,7 +124,8 @@ impl Server {
             self.config.clone(),
             self.table.clone(),
             self.connectors.clone(),
-        )));
+        )
+        .guarding(self.guard.clone())));
         self
     }
 
@@ -147,11 +162,27 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
-        let Server { config, table, .. } = self;
-        let frontend = GrpcFrontend::new(stack::build(Router::new(table.clone())), table);
-        let service =
-            TowerToHyperService::new(Routes::new(LlmServiceServer::new(frontend)).prepare());
-        let builder = auto::Builder::new(TokioExecutor::new());
+        let Server {
+            config,
+            table,
+            guard,
+            acceptor,
+            ..
+        } = self;
+        for warning in crate::config::warnings(&config) {
+            tracing::warn!("{warning}");
+        }
+        let stack = stack::build(Router::new(table.clone()), guard.clone());
+        let frontend = GrpcFrontend::new(stack, table).guarded(guard);
+        let grpc = LlmServiceServer::new(frontend)
+            .max_decoding_message_size(config.limits.max_request_size);
+        let service = TowerToHyperService::new(guard_bodies(
+            Routes::new(grpc).prepare(),
+            config.limits,
+        ));
+        if acceptor.is_tls() {
+            tracing::info!("serving TLS on the front listener");
+        }
         let graceful = GracefulShutdown::new();
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
@@ -169,17 +200,12 @@ impl Server {
                             continue;
                         }
                     };
-                    // Tokens must leave the moment they are produced.
-                    let _ = stream.set_nodelay(true);
-                    let connection = builder
-                        .serve_connection(TokioIo::new(stream), service.clone())
-                        .into_owned();
-                    let connection = graceful.watch(connection);
-                    connections.spawn(async move {
-                        if let Err(err) = connection.await {
-                            tracing::debug!(%peer, %err, "connection ended with an error");
-                        }
-                    });
+                    connections.spawn(acceptor.clone().serve(
+                        stream,
+                        peer,
+                        service.clone(),
+                        graceful.watcher(),
+                    ));
                 }
                 Some(_) = connections.join_next() => {}
                 () = &mut shutdown => break,
@@ -200,4 +226,23 @@ impl Server {
         connections.shutdown().await;
         Ok(())
     }
+}
+
+/// Holds every request body to the size and idle limits (see
+/// [`crate::frontend::body`]) before the gRPC service reads it.
+fn guard_bodies<S>(
+    service: S,
+    limits: crate::config::Limits,
+) -> tower::util::MapRequest<
+    S,
+    impl Fn(http::Request<hyper::body::Incoming>) -> http::Request<GuardedBody<hyper::body::Incoming>>
+    + Clone,
+> {
+    let limits = BodyLimits {
+        max_message: limits.max_request_size,
+        idle: limits.connection.request_idle_timeout,
+    };
+    tower::util::MapRequest::new(service, move |req: http::Request<hyper::body::Incoming>| {
+        req.map(|body| GuardedBody::new(body, limits))
+    })
 }

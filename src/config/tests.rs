@@ -97,6 +97,7 @@ fn full_file_is_read_field_by_field() {
     let text = yaml(&[
         "listen:",
         "  grpc: 0.0.0.0:6000",
+        "auth: { mode: none }",
         "shutdown_grace: 2m",
         "upstreams:",
         "  fleet:",
@@ -138,6 +139,7 @@ fn full_file_is_read_field_by_field() {
     let expected = Config {
         listen: ListenConfig {
             grpc: SocketAddr::from(([0, 0, 0, 0], 6000)),
+            tls: None,
         },
         shutdown_grace: Duration::from_secs(120),
         upstreams: BTreeMap::from([
@@ -163,6 +165,7 @@ fn full_file_is_read_field_by_field() {
                     max_tokens_field: MaxTokensField::MaxTokens,
                     default_max_tokens: DEFAULT_ANTHROPIC_MAX_TOKENS,
                     keep_alive: None,
+                    tls_ca: None,
                 },
             ),
             (
@@ -188,6 +191,7 @@ fn full_file_is_read_field_by_field() {
                     max_tokens_field: MaxTokensField::MaxTokens,
                     default_max_tokens: DEFAULT_ANTHROPIC_MAX_TOKENS,
                     keep_alive: None,
+                    tls_ca: None,
                 },
             ),
         ]),
@@ -211,6 +215,7 @@ fn full_file_is_read_field_by_field() {
                 retry: RetryPolicy::default(),
                 fallback: vec![],
                 context_fallback: None,
+                limits: CallerLimits::default(),
             },
             RouteConfig {
                 model: "demo".into(),
@@ -231,8 +236,11 @@ fn full_file_is_read_field_by_field() {
                 retry: RetryPolicy::default(),
                 fallback: vec![],
                 context_fallback: None,
+                limits: CallerLimits::default(),
             },
         ],
+        auth: AuthConfig::Off,
+        limits: Limits::default(),
     };
     assert_eq!(config, expected);
     assert_eq!(

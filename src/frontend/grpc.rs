@@ -17,13 +17,14 @@ use tonic::{Request, Response, Status};
 use tower::ServiceExt;
 
 use crate::chat::{
-    ChatEvent, ChatMessage, ChatRequest, ChatStream, Completion, Role, SamplingParams,
+    Caller, ChatEvent, ChatMessage, ChatRequest, ChatStream, Completion, Role, SamplingParams,
 };
 use crate::error::GatewayError;
 use crate::proto;
 use crate::proto::llm_service_server::LlmService;
 use crate::route::SharedTable;
 use crate::stack::ChatService;
+use crate::stack::guard::SharedGuard;
 
 /// The gRPC service implementation.
 pub struct GrpcFrontend {
@@ -31,6 +32,8 @@ pub struct GrpcFrontend {
     stack: ChatService,
     /// The live table, for `ListModels`.
     table: SharedTable,
+    /// Who may list which models; `None` lists every model to anyone.
+    guard: Option<SharedGuard>,
 }
 
 /// A [`ChatStream`] as `TokenChunk`s. It insists on a final `Done`: a
@@ -44,7 +47,18 @@ pub struct TokenChunks {
 impl GrpcFrontend {
     /// A front end over `stack`, listing models from `table`.
     pub fn new(stack: ChatService, table: SharedTable) -> Self {
-        GrpcFrontend { stack, table }
+        GrpcFrontend {
+            stack,
+            table,
+            guard: None,
+        }
+    }
+
+    /// Lists models only to callers `guard` lets in, and only the models
+    /// their key may call: a listing names internal endpoints.
+    pub fn guarded(mut self, guard: SharedGuard) -> Self {
+        self.guard = Some(guard);
+        self
     }
 
     async fn start(
@@ -54,7 +68,9 @@ impl GrpcFrontend {
     ) -> Result<ChatStream, Status> {
         let deadline =
             grpc_timeout(request.metadata()).map(|budget| Instant::now() + answer_by(budget));
-        let req = chat_request(request.into_inner(), stream, deadline)?;
+        let caller = caller(request.metadata());
+        let mut req = chat_request(request.into_inner(), stream, deadline)?;
+        req.caller = caller;
         Ok(self.stack.clone().oneshot(req).await?)
     }
 }
@@ -97,12 +113,17 @@ impl LlmService for GrpcFrontend {
 
     async fn list_models(
         &self,
-        _request: Request<proto::ListModelsRequest>,
+        request: Request<proto::ListModelsRequest>,
     ) -> Result<Response<proto::ListModelsResponse>, Status> {
+        let key = match &self.guard {
+            Some(guard) => guard.load().authenticate(&caller(request.metadata()))?,
+            None => None,
+        };
         let table = self.table.load();
         let models = table
             .routes()
             .iter()
+            .filter(|route| key.as_ref().is_none_or(|key| key.models.allows(&route.model)))
             .map(|route| proto::ModelInfo {
                 name: route.model.clone(),
                 aliases: route.aliases.clone(),
@@ -214,9 +235,15 @@ fn chat_request(
         },
         stream,
         deadline,
+        caller: Caller::Anonymous,
     };
     req.validate()?;
     Ok(req)
+}
+
+/// Who the call says it is, from its `authorization` metadata.
+fn caller(metadata: &tonic::metadata::MetadataMap) -> Caller {
+    Caller::from_authorization(metadata.get("authorization").map(|v| v.as_bytes()))
 }
 
 fn usage(completion: &Completion) -> Option<proto::Usage> {

@@ -102,6 +102,7 @@ proptest! {
             params: SamplingParams { max_tokens: None, temperature, top_p, stop: vec![] },
             stream: false,
             deadline: None,
+            caller: Default::default(),
         };
         if req.validate().is_ok() {
             prop_assert!(!model.is_empty() && messages > 0);

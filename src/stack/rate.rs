@@ -1,0 +1,326 @@
+//! Requests and tokens per minute, per key and per route, so one caller
+//! cannot starve the rest and one model's budget holds across callers.
+//!
+//! Built on `governor` (GCRA): each limit is a bucket of a minute's worth
+//! that refills continuously, so a caller may burst up to its minute and
+//! then proceeds at the steady rate. Tokens are known only when a call
+//! ends, so a call is admitted on an estimate of its prompt (about four
+//! bytes a token) and settled from the usage the upstream reports (or,
+//! when none is reported, from the text that streamed) when it ends or the
+//! caller leaves. What it used beyond the estimate is taken from the bucket
+//! then, as far as the bucket holds it: a call never fails after it
+//! started, and a caller who overspent waits for the refill.
+//!
+//! The key's limits are checked before the route's, so a caller refused
+//! for its own limit spends nothing of the route's budget, and cannot drain
+//! a model's quota for everyone else by hammering it. A refusal is
+//! RESOURCE_EXHAUSTED with how long until the call would fit, which the
+//! front end sends as `retry-after`.
+
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use futures_util::future::{BoxFuture, Either, Ready};
+use futures_util::{FutureExt, Stream};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, NotUntil, Quota as Rate, RateLimiter};
+use tower::{Layer, Service};
+
+use super::guard::{Quota, SharedGuard};
+use crate::chat::{ChatEvent, ChatRequest, ChatStream};
+use crate::error::{ErrorKind, GatewayError, whole_seconds};
+
+/// Bytes of text per token, for estimates: close for English with the
+/// tokenizers in use, and an estimate is all admission needs.
+const BYTES_PER_TOKEN: usize = 4;
+/// Tokens each message costs beyond its text (role and separators).
+const TOKENS_PER_MESSAGE: usize = 4;
+
+/// A tokens-per-minute limit.
+pub struct TokenBucket {
+    /// The GCRA state.
+    limiter: DefaultDirectRateLimiter,
+    /// The bucket's size: a minute's tokens. No single charge can be larger.
+    capacity: NonZeroU32,
+}
+
+/// Wraps a chat service in [`RateLimit`].
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    /// The policy in force.
+    guard: SharedGuard,
+}
+
+/// Admits a call only within its key's and its route's rates.
+#[derive(Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    /// The policy in force.
+    guard: SharedGuard,
+}
+
+/// A call's token charges, settled once when its stream ends or is dropped.
+struct Settlement {
+    /// The prompt estimate the call was admitted on.
+    estimate: u32,
+    /// Each bucket charged, with what it was charged.
+    charges: Vec<(Arc<Quota>, u32)>,
+    /// Text bytes streamed so far, for when no usage is reported.
+    streamed_bytes: usize,
+    /// Tokens the upstream reported, in and out.
+    reported: Option<u32>,
+    /// Whether it was settled already.
+    settled: bool,
+}
+
+/// A token stream that settles its call's charges when it ends.
+struct Metered {
+    /// The stream; `None` once it ended.
+    inner: Option<ChatStream>,
+    /// What to settle.
+    settlement: Settlement,
+}
+
+// === impl TokenBucket ===
+
+impl TokenBucket {
+    /// A bucket of `n` tokens a minute.
+    pub fn per_minute(n: NonZeroU32) -> Self {
+        TokenBucket {
+            limiter: RateLimiter::direct(Rate::per_minute(n)),
+            capacity: n,
+        }
+    }
+
+    /// Takes `estimate` tokens now (at least one, at most a whole bucket, so
+    /// a prompt bigger than a minute's budget can still run once the bucket
+    /// is full) and returns what it took, or how long until they fit.
+    fn admit(&self, estimate: u32) -> Result<u32, Duration> {
+        let charge = estimate.clamp(1, self.capacity.get());
+        let n = NonZeroU32::new(charge).unwrap_or(NonZeroU32::MIN);
+        match self.limiter.check_n(n) {
+            Ok(Ok(())) => Ok(charge),
+            Ok(Err(not_until)) => Err(wait(&not_until)),
+            // Unreachable: the charge is at most the capacity.
+            Err(_) => Err(Duration::from_secs(60)),
+        }
+    }
+
+    /// Takes `extra` tokens a call used beyond its charge, or as many as
+    /// the bucket holds now: the call already happened, so this never waits
+    /// and never fails; an empty bucket makes the next calls wait instead.
+    fn settle(&self, extra: u32) {
+        let mut remaining = extra.min(self.capacity.get());
+        let mut chunk = remaining;
+        // Take the largest pieces that fit, halving on each refusal: at
+        // most a few dozen checks, and only for a call that overspent.
+        while remaining > 0 {
+            let Some(n) = NonZeroU32::new(chunk) else {
+                break;
+            };
+            if matches!(self.limiter.check_n(n), Ok(Ok(()))) {
+                remaining -= chunk;
+                chunk = chunk.min(remaining);
+            } else {
+                chunk /= 2;
+            }
+        }
+    }
+}
+
+/// How long from now until a refused charge would fit.
+fn wait(not_until: &NotUntil<<DefaultClock as Clock>::Instant>) -> Duration {
+    not_until.wait_time_from(DefaultClock::default().now())
+}
+
+// === impl RateLimitLayer ===
+
+impl RateLimitLayer {
+    /// Limits calls by the quotas in `guard`.
+    pub fn new(guard: SharedGuard) -> Self {
+        RateLimitLayer { guard }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit {
+            inner,
+            guard: self.guard.clone(),
+        }
+    }
+}
+
+// === impl RateLimit ===
+
+impl<S> Service<ChatRequest> for RateLimit<S>
+where
+    S: Service<ChatRequest, Response = ChatStream, Error = GatewayError>,
+    S::Future: Send + 'static,
+{
+    type Response = ChatStream;
+    type Error = GatewayError;
+    type Future = Either<
+        Either<Ready<Result<ChatStream, GatewayError>>, S::Future>,
+        BoxFuture<'static, Result<ChatStream, GatewayError>>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: ChatRequest) -> Self::Future {
+        let settlement = match self.admit(&req) {
+            Ok(settlement) => settlement,
+            Err(err) => return Either::Left(Either::Left(futures_util::future::ready(Err(err)))),
+        };
+        let Some(settlement) = settlement else {
+            return Either::Left(Either::Right(self.inner.call(req)));
+        };
+        let response = self.inner.call(req);
+        Either::Right(
+            async move {
+                // A call that fails before streaming drops the settlement,
+                // which charges what was estimated: the prompt was sent.
+                let stream = response.await?;
+                Ok(Box::pin(Metered {
+                    inner: Some(stream),
+                    settlement,
+                }) as ChatStream)
+            }
+            .boxed(),
+        )
+    }
+}
+
+impl<S> RateLimit<S> {
+    /// Checks the key's quota, then the route's. `Ok(None)` when no token
+    /// limit applies, so the stream needs no metering.
+    fn admit(&self, req: &ChatRequest) -> Result<Option<Settlement>, GatewayError> {
+        let guard = self.guard.load();
+        let key = guard
+            .key(&req.caller)
+            .map(|key| (format!("key '{}'", key.name), key.quota.clone()));
+        let route = guard
+            .route(&req.model)
+            .map(|quota| (format!("model '{}'", req.model), quota.clone()));
+        let estimate = estimate_input(req);
+        let mut charges = Vec::new();
+        for (who, quota) in key.into_iter().chain(route) {
+            if let Some(requests) = &quota.requests
+                && let Err(not_until) = requests.check()
+            {
+                return Err(over_limit(&who, "requests per minute", &not_until));
+            }
+            if let Some(tokens) = &quota.tokens {
+                match tokens.admit(estimate) {
+                    Ok(charge) => charges.push((quota.clone(), charge)),
+                    Err(wait) => {
+                        return Err(GatewayError::new(
+                            ErrorKind::ResourceExhausted,
+                            format!(
+                                "{who} is over its limit of {} tokens per minute; retry in \
+                                 {}s",
+                                tokens.capacity,
+                                whole_seconds(wait)
+                            ),
+                        )
+                        .with_retry_after(wait));
+                    }
+                }
+            }
+        }
+        Ok((!charges.is_empty()).then_some(Settlement {
+            estimate,
+            charges,
+            streamed_bytes: 0,
+            reported: None,
+            settled: false,
+        }))
+    }
+}
+
+fn over_limit(
+    who: &str,
+    what: &str,
+    not_until: &NotUntil<<DefaultClock as Clock>::Instant>,
+) -> GatewayError {
+    let wait = wait(not_until);
+    let limit = not_until.quota().burst_size();
+    GatewayError::new(
+        ErrorKind::ResourceExhausted,
+        format!(
+            "{who} is over its limit of {limit} {what}; retry in {}s",
+            whole_seconds(wait)
+        ),
+    )
+    .with_retry_after(wait)
+}
+
+/// The tokens a request's prompt is likely to count.
+pub fn estimate_input(req: &ChatRequest) -> u32 {
+    let bytes: usize = req.messages.iter().map(|m| m.content.len()).sum();
+    let tokens = bytes.div_ceil(BYTES_PER_TOKEN) + TOKENS_PER_MESSAGE * req.messages.len();
+    u32::try_from(tokens).unwrap_or(u32::MAX)
+}
+
+// === impl Settlement ===
+
+impl Settlement {
+    /// Charges each bucket what the call used beyond its charge.
+    fn settle(&mut self) {
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
+        let streamed = u32::try_from(self.streamed_bytes.div_ceil(BYTES_PER_TOKEN))
+            .unwrap_or(u32::MAX);
+        let used = self
+            .reported
+            .unwrap_or_else(|| self.estimate.saturating_add(streamed));
+        for (quota, charged) in &self.charges {
+            if let Some(tokens) = &quota.tokens {
+                tokens.settle(used.saturating_sub(*charged));
+            }
+        }
+    }
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        self.settle();
+    }
+}
+
+// === impl Metered ===
+
+impl Stream for Metered {
+    type Item = Result<ChatEvent, GatewayError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let item = ready!(inner.as_mut().poll_next(cx));
+        match &item {
+            Some(Ok(ChatEvent::Token(text))) => {
+                this.settlement.streamed_bytes += text.len();
+                return Poll::Ready(item);
+            }
+            Some(Ok(ChatEvent::Done(completion))) => {
+                this.settlement.reported = completion
+                    .usage
+                    .map(|u| u.input_tokens.saturating_add(u.output_tokens));
+            }
+            Some(Err(_)) | None => {}
+        }
+        this.inner = None;
+        this.settlement.settle();
+        Poll::Ready(item)
+    }
+}
