@@ -119,13 +119,15 @@ impl Server {
     /// on the returned reloader (or the triggers [`Server::serve_watching`]
     /// installs) applies the file.
     pub fn reload_from(mut self, path: PathBuf) -> Self {
-        self.reloader = Some(Arc::new(Reloader::new(
-            path,
-            self.config.clone(),
-            self.table.clone(),
-            self.connectors.clone(),
-        )
-        .guarding(self.guard.clone())));
+        self.reloader = Some(Arc::new(
+            Reloader::new(
+                path,
+                self.config.clone(),
+                self.table.clone(),
+                self.connectors.clone(),
+            )
+            .guarding(self.guard.clone()),
+        ));
         self
     }
 
@@ -176,10 +178,8 @@ impl Server {
         let frontend = GrpcFrontend::new(stack, table).guarded(guard);
         let grpc = LlmServiceServer::new(frontend)
             .max_decoding_message_size(config.limits.max_request_size);
-        let service = TowerToHyperService::new(guard_bodies(
-            Routes::new(grpc).prepare(),
-            config.limits,
-        ));
+        let service =
+            TowerToHyperService::new(guard_bodies(Routes::new(grpc).prepare(), config.limits));
         if acceptor.is_tls() {
             tracing::info!("serving TLS on the front listener");
         }

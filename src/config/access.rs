@@ -674,7 +674,12 @@ impl Checker {
             },
             (None, Some(var), None) => match env(&var.value) {
                 Some(secret) => self
-                    .key_secret(&name, var, &secret, &format!("environment variable {}", var.value))
+                    .key_secret(
+                        &name,
+                        var,
+                        &secret,
+                        &format!("environment variable {}", var.value),
+                    )
                     .map(|digest| (digest, KeySource::Env(var.value.clone()))),
                 None => {
                     self.report(
@@ -689,7 +694,8 @@ impl Checker {
                 }
             },
             (None, None, Some(path)) => {
-                let secret = self.read_bounded(path, &format!("auth: key '{name}': file"), MAX_KEY_FILE);
+                let secret =
+                    self.read_bounded(path, &format!("auth: key '{name}': file"), MAX_KEY_FILE);
                 secret.and_then(|bytes| match String::from_utf8(bytes) {
                     Ok(secret) => self
                         .key_secret(&name, path, &secret, &format!("file {}", path.value))

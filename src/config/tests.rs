@@ -1732,7 +1732,11 @@ fn keys_come_from_a_digest_a_variable_or_a_file_and_only_digests_are_kept() {
     assert!(!keys[0].models.allows("big"));
     assert!(keys[2].models.allows("demo") && keys[2].models.allows("big"));
     assert!(!keys[2].models.allows("unrouted"));
-    for shown in [format!("{config:?}"), format!("{config:#?}"), describe(&config)] {
+    for shown in [
+        format!("{config:?}"),
+        format!("{config:#?}"),
+        describe(&config),
+    ] {
         for secret in [FROM_ENV, FROM_FILE, digest] {
             assert!(!shown.contains(secret), "{secret} leaked in: {shown}");
         }
@@ -1866,10 +1870,18 @@ fn each_key_problem_is_reported_at_its_value() {
         (7, 7, &["key 'e' has no secret", "sha256:", "env:", "file:"]),
         (8, 7, &["key 'f'", "exactly one"]),
         (9, 34, &["key 'g'", "models: is empty", "\"*\""]),
-        (10, 35, &["key 'h'", "model 'nope' is not routed", "big, d, demo"]),
+        (
+            10,
+            35,
+            &["key 'h'", "model 'nope' is not routed", "big, d, demo"],
+        ),
         (11, 34, &["key 'i'", "\"*\" already allows every model"]),
         (12, 15, &["key name 'j k'", "letters, digits"]),
-        (13, 73, &["key 'l'", "requests_per_minute must be 1 or more"]),
+        (
+            13,
+            73,
+            &["key 'l'", "requests_per_minute must be 1 or more"],
+        ),
     ];
     assert_eq!(all.len(), expect.len(), "{all:#?}");
     for (problem, (line, column, needles)) in all.iter().zip(expect) {
@@ -2051,7 +2063,10 @@ fn route_limits_are_read_and_checked() {
 
     let problem = only_problem(&guarded(&[], &["    limits: { tokens_per_minute: 0 }"]));
     assert_at(&problem, 9, 34);
-    assert_mentions(&problem, &["route 'demo': limits: tokens_per_minute must be 1 or more"]);
+    assert_mentions(
+        &problem,
+        &["route 'demo': limits: tokens_per_minute must be 1 or more"],
+    );
     let problem = only_problem(&guarded(&[], &["    limits: { requests_per_hour: 5 }"]));
     assert_mentions(&problem, &["unknown field `requests_per_hour`"]);
 }

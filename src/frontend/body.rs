@@ -78,7 +78,9 @@ impl<B> GuardedBody<B> {
     fn inspect(&mut self, mut data: &[u8]) -> Result<(), tonic::Status> {
         while !data.is_empty() {
             if self.remaining > 0 {
-                let take = data.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                let take = data
+                    .len()
+                    .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
                 self.remaining -= take as u64;
                 data = &data[take..];
                 continue;

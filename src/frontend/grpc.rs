@@ -123,7 +123,10 @@ impl LlmService for GrpcFrontend {
         let models = table
             .routes()
             .iter()
-            .filter(|route| key.as_ref().is_none_or(|key| key.models.allows(&route.model)))
+            .filter(|route| {
+                key.as_ref()
+                    .is_none_or(|key| key.models.allows(&route.model))
+            })
             .map(|route| proto::ModelInfo {
                 name: route.model.clone(),
                 aliases: route.aliases.clone(),

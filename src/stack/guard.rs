@@ -162,14 +162,15 @@ impl Guard {
                 "the authorization metadata must be `Bearer <key>`; no other scheme is \
                  accepted",
             ),
-            Caller::Presented(key) => match self.keys.get(&KeyDigest::of(key.expose().as_bytes()))
-            {
-                Some(policy) => Ok(Some(policy.clone())),
-                None => unauthenticated(
-                    "the API key is not valid for this gateway; check it, or ask the \
+            Caller::Presented(key) => {
+                match self.keys.get(&KeyDigest::of(key.expose().as_bytes())) {
+                    Some(policy) => Ok(Some(policy.clone())),
+                    None => unauthenticated(
+                        "the API key is not valid for this gateway; check it, or ask the \
                      gateway's operators for one",
-                ),
-            },
+                    ),
+                }
+            }
             Caller::Key(name) => match self.by_name.get(name) {
                 Some(policy) => Ok(Some(policy.clone())),
                 None => unauthenticated("the API key was withdrawn; ask for a new one"),

@@ -277,8 +277,8 @@ impl Settlement {
         if std::mem::replace(&mut self.settled, true) {
             return;
         }
-        let streamed = u32::try_from(self.streamed_bytes.div_ceil(BYTES_PER_TOKEN))
-            .unwrap_or(u32::MAX);
+        let streamed =
+            u32::try_from(self.streamed_bytes.div_ceil(BYTES_PER_TOKEN)).unwrap_or(u32::MAX);
         let used = self
             .reported
             .unwrap_or_else(|| self.estimate.saturating_add(streamed));
