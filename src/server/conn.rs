@@ -126,7 +126,9 @@ impl Acceptor {
                 }
             },
             None => {
-                if tokio::time::timeout(handshake, stream.readable())
+                // `readable()` may wake spuriously; a peeked byte is proof.
+                let mut first = [0u8; 1];
+                if tokio::time::timeout(handshake, stream.peek(&mut first))
                     .await
                     .is_err()
                 {
