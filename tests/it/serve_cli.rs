@@ -202,3 +202,59 @@ routes:
     }
     let _ = std::fs::remove_file(config);
 }
+
+#[test]
+fn chat_calls_with_the_api_key_from_the_environment() {
+    const KEY: &str = "sk-gw-cli-chat-7d0e5b21";
+    let digest: String = ring::digest::digest(&ring::digest::SHA256, KEY.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let config = routing_file(&format!(
+        "listen: {{ grpc: 127.0.0.1:0 }}
+auth:
+  keys: [{{ name: cli, sha256: {digest}, models: [demo] }}]
+upstreams:
+  sim: {{ kind: sim, sim: {{ ttft: 1ms, tokens_per_second: 0, output_tokens: 4 }} }}
+routes:
+  - model: demo
+    pools: [{{ upstream: sim }}]
+"
+    ));
+    let (_server, addr) = serve(&config);
+    let chat = |key: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["chat", "--model", "demo", "--addr", &addr, "hello"])
+            .env_remove("LLMGATE_API_KEY");
+        if let Some(key) = key {
+            command.env("LLMGATE_API_KEY", key);
+        }
+        command.output().expect("run llmgate chat")
+    };
+    let keyed = chat(Some(KEY));
+    assert!(
+        keyed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&keyed.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&keyed.stdout),
+        "The gateway routes every\n"
+    );
+    let anonymous = chat(None);
+    assert!(!anonymous.status.success());
+    let stderr = String::from_utf8_lossy(&anonymous.stderr);
+    assert!(stderr.contains("UNAUTHENTICATED"), "{stderr}");
+    // The help never shows the variable's value.
+    let help = Command::new(BIN)
+        .args(["chat", "--help"])
+        .env("LLMGATE_API_KEY", KEY)
+        .output()
+        .expect("run llmgate chat --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("LLMGATE_API_KEY"), "{help}");
+    assert!(!help.contains(KEY), "{help}");
+    let _ = std::fs::remove_file(config);
+}
