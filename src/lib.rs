@@ -7,8 +7,11 @@
 //!
 //! # Layout
 //! The modules follow the path of a call:
-//! - [`frontend`]: the `llm.v1.LLMService` gRPC service; wire → [`chat`].
-//! - [`stack`]: tower layers every call passes (the caller's deadline).
+//! - [`frontend`]: the `llm.v1.LLMService` gRPC service; wire → [`chat`];
+//!   the request body's size and idle limits.
+//! - [`stack`]: tower layers every call passes: API keys and their models,
+//!   request limits, calls in flight (shed when full), requests and tokens
+//!   per minute, and the caller's deadline.
 //! - [`route`]: the routing table and the router service (model → route →
 //!   pool by weight).
 //! - [`balance`]: choosing an endpoint inside an upstream, per call.
@@ -18,8 +21,9 @@
 //! Beside them: [`chat`] (the internal vocabulary), [`error`] (the one error
 //! type), [`config`] (the routing file), [`reload`] (live reloads of it),
 //! [`sim`] (the simulated model and
-//! its HTTP server), [`server`] (`run`), [`client`] (the `llmgate chat`
-//! client) and [`proto`] (generated code).
+//! its HTTP server), [`tls`] (rustls for the listener and upstreams),
+//! [`server`] (`run`, and each connection's handshake and limits),
+//! [`client`] (the `llmgate chat` client) and [`proto`] (generated code).
 
 pub mod backend;
 pub mod balance;
