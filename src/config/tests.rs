@@ -1988,7 +1988,8 @@ fn limits_read_sizes_counts_and_durations() {
 #[test]
 fn limits_have_documented_defaults() {
     let config = parse_ok(&guarded(&[], &[]));
-    assert_eq!(config.limits.max_request_size, DEFAULT_MAX_REQUEST_SIZE);
+    assert_eq!(config.limits, Limits::default());
+    // gRPC's own default receive limit.
     assert_eq!(config.limits.max_request_size, 4 * 1024 * 1024);
     assert_eq!(config.limits.max_messages, DEFAULT_MAX_MESSAGES);
     assert_eq!(config.limits.max_content_length, None);
@@ -1996,16 +1997,12 @@ fn limits_have_documented_defaults() {
         config.limits.max_in_flight.map(std::num::NonZeroU32::get),
         Some(DEFAULT_MAX_IN_FLIGHT)
     );
-    assert_eq!(
-        config.limits.connection,
-        ConnectionLimits {
-            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
-            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-            request_idle_timeout: DEFAULT_REQUEST_IDLE_TIMEOUT,
-            max_streams: DEFAULT_MAX_STREAMS_PER_CONNECTION,
-        }
-    );
+    let connection = config.limits.connection;
+    assert_eq!(connection.keepalive_interval, Duration::from_secs(30));
+    assert_eq!(connection.keepalive_timeout, Duration::from_secs(10));
+    assert_eq!(connection.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(connection.request_idle_timeout, Duration::from_secs(30));
+    assert_eq!(connection.max_streams, 256);
     assert!(config.routes.iter().all(|r| r.limits.is_unlimited()));
 }
 

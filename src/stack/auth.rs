@@ -8,77 +8,34 @@
 //! No key → UNAUTHENTICATED; a model outside the key's list →
 //! PERMISSION_DENIED, before anything is routed or counted.
 
-use std::task::{Context, Poll};
-
-use futures_util::future::{Either, Ready, ready};
-use tower::{Layer, Service};
-
-use super::guard::SharedGuard;
+use super::guard::{Admission, Guard, GuardLayer, Guarded};
 use crate::chat::{Caller, ChatRequest, ChatStream};
 use crate::error::GatewayError;
 
 /// Wraps a chat service in [`Auth`].
-#[derive(Clone)]
-pub struct AuthLayer {
-    /// The policy in force.
-    guard: SharedGuard,
-}
+pub type AuthLayer = GuardLayer<Authenticate>;
 
 /// Authenticates and authorizes each call before the inner service sees it.
-#[derive(Clone)]
-pub struct Auth<S> {
-    inner: S,
-    /// The policy in force.
-    guard: SharedGuard,
-}
+pub type Auth<S> = Guarded<Authenticate, S>;
 
-// === impl AuthLayer ===
+/// Names the concern of [`Auth`].
+#[derive(Debug)]
+pub enum Authenticate {}
 
-impl AuthLayer {
-    /// Checks calls against `guard`.
-    pub fn new(guard: SharedGuard) -> Self {
-        AuthLayer { guard }
-    }
-}
+// === impl Authenticate ===
 
-impl<S> Layer<S> for AuthLayer {
-    type Service = Auth<S>;
+impl Admission for Authenticate {
+    type Held = std::convert::Infallible;
 
-    fn layer(&self, inner: S) -> Self::Service {
-        Auth {
-            inner,
-            guard: self.guard.clone(),
-        }
-    }
-}
-
-// === impl Auth ===
-
-impl<S> Service<ChatRequest> for Auth<S>
-where
-    S: Service<ChatRequest, Response = ChatStream, Error = GatewayError>,
-{
-    type Response = ChatStream;
-    type Error = GatewayError;
-    type Future = Either<Ready<Result<ChatStream, GatewayError>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: ChatRequest) -> Self::Future {
-        let checked = self.guard.load().authenticate(&req.caller).and_then(|key| {
-            let Some(key) = key else {
-                return Ok(None);
-            };
+    fn admit(guard: &Guard, req: &mut ChatRequest) -> Result<Option<Self::Held>, GatewayError> {
+        if let Some(key) = guard.authenticate(&req.caller)? {
             key.authorize(&req.model)?;
-            Ok(Some(key.name.clone()))
-        });
-        match checked {
-            Ok(Some(name)) => req.caller = Caller::Key(name),
-            Ok(None) => {}
-            Err(err) => return Either::Left(ready(Err(err))),
+            req.caller = Caller::Key(key.name.clone());
         }
-        Either::Right(self.inner.call(req))
+        Ok(None)
+    }
+
+    fn hold(_: ChatStream, held: Self::Held) -> ChatStream {
+        match held {}
     }
 }

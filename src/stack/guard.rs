@@ -11,20 +11,61 @@
 //! so rotating its secret keeps its quota too.
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Either, Ready, ready};
 use governor::{DefaultDirectRateLimiter, Quota as Rate, RateLimiter};
+use std::task::{Context, Poll};
 use tokio::sync::Semaphore;
+use tower::{Layer, Service};
 
 use super::rate::TokenBucket;
-use crate::chat::Caller;
+use crate::chat::{Caller, ChatRequest, ChatStream};
 use crate::config::{AuthConfig, CallerLimits, Config, KeyDigest, ModelGrant};
 use crate::error::{ErrorKind, GatewayError};
 
 /// The policy in force, swapped whole on reload.
 pub type SharedGuard = Arc<ArcSwap<Guard>>;
+
+/// The layer of each guarding concern: it gives the service it wraps the
+/// policy in force. `K` names the concern (`GuardLayer<Authenticate>` is
+/// the [`AuthLayer`](super::auth::AuthLayer)), so each concern is its own
+/// `Foo<S>` and `FooLayer` while the wiring is written once.
+pub struct GuardLayer<K> {
+    /// The policy in force.
+    guard: SharedGuard,
+    _kind: PhantomData<fn() -> K>,
+}
+
+/// A service wrapped by a [`GuardLayer`]: it admits each call by `K`'s
+/// [`Admission`] before the rest of the stack sees it.
+pub struct Guarded<K, S> {
+    /// The rest of the stack.
+    inner: S,
+    /// The policy in force; loaded once per call.
+    guard: SharedGuard,
+    _kind: PhantomData<fn() -> K>,
+}
+
+/// One guarding concern: whether a call may go on, and what it holds
+/// until its last token if it does.
+pub trait Admission: 'static {
+    /// Held by an admitted call until its stream ends: permits, a pending
+    /// settlement. Dropped with the stream (or with the error, when the
+    /// call fails before streaming).
+    type Held: Send + 'static;
+
+    /// Refuses the call with the error its caller should see, or admits
+    /// it, possibly changing it (the auth layer names the caller's key).
+    fn admit(guard: &Guard, req: &mut ChatRequest) -> Result<Option<Self::Held>, GatewayError>;
+
+    /// The admitted call's stream, holding `held` until it ends.
+    fn hold(stream: ChatStream, held: Self::Held) -> ChatStream;
+}
 
 /// An immutable snapshot of who may call and how much.
 pub struct Guard {
@@ -82,6 +123,79 @@ pub struct RequestShape {
     pub max_messages: u32,
     /// Most bytes of message content, when limited.
     pub max_content_length: Option<usize>,
+}
+
+// === impl GuardLayer ===
+
+impl<K> GuardLayer<K> {
+    /// Guards calls with the policy in `guard`.
+    pub fn new(guard: SharedGuard) -> Self {
+        GuardLayer {
+            guard,
+            _kind: PhantomData,
+        }
+    }
+}
+
+impl<K> Clone for GuardLayer<K> {
+    fn clone(&self) -> Self {
+        GuardLayer::new(self.guard.clone())
+    }
+}
+
+impl<K, S> Layer<S> for GuardLayer<K> {
+    type Service = Guarded<K, S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Guarded {
+            inner,
+            guard: self.guard.clone(),
+            _kind: PhantomData,
+        }
+    }
+}
+
+// === impl Guarded ===
+
+impl<K, S: Clone> Clone for Guarded<K, S> {
+    fn clone(&self) -> Self {
+        Guarded {
+            inner: self.inner.clone(),
+            guard: self.guard.clone(),
+            _kind: PhantomData,
+        }
+    }
+}
+
+impl<K, S> Service<ChatRequest> for Guarded<K, S>
+where
+    K: Admission,
+    S: Service<ChatRequest, Response = ChatStream, Error = GatewayError>,
+    S::Future: Send + 'static,
+{
+    type Response = ChatStream;
+    type Error = GatewayError;
+    type Future = Either<
+        Either<Ready<Result<ChatStream, GatewayError>>, S::Future>,
+        BoxFuture<'static, Result<ChatStream, GatewayError>>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: ChatRequest) -> Self::Future {
+        let held = match K::admit(&self.guard.load(), &mut req) {
+            Ok(held) => held,
+            Err(err) => return Either::Left(Either::Left(ready(Err(err)))),
+        };
+        let Some(held) = held else {
+            // Nothing to hold: no stream wrapper, no box.
+            return Either::Left(Either::Right(self.inner.call(req)));
+        };
+        let response = self.inner.call(req);
+        Either::Right(async move { Ok(K::hold(response.await?, held)) }.boxed())
+    }
 }
 
 // === impl Guard ===

@@ -16,12 +16,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use futures_util::future::{Either, Ready};
-use futures_util::{FutureExt, Stream};
+use futures_util::Stream;
 use tokio::sync::OwnedSemaphorePermit;
-use tower::{Layer, Service};
 
-use super::guard::{Capacity, SharedGuard};
+use super::guard::{Admission, Capacity, Guard, GuardLayer, Guarded};
 use crate::chat::{ChatEvent, ChatRequest, ChatStream};
 use crate::error::{ErrorKind, GatewayError};
 
@@ -31,19 +29,14 @@ use crate::error::{ErrorKind, GatewayError};
 const SHED_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Wraps a chat service in [`InFlight`].
-#[derive(Clone)]
-pub struct InFlightLayer {
-    /// The policy in force.
-    guard: SharedGuard,
-}
+pub type InFlightLayer = GuardLayer<Admit>;
 
 /// Admits a call only if the gateway, its route and its key have room.
-#[derive(Clone)]
-pub struct InFlight<S> {
-    inner: S,
-    /// The policy in force.
-    guard: SharedGuard,
-}
+pub type InFlight<S> = Guarded<Admit, S>;
+
+/// Names the concern of [`InFlight`].
+#[derive(Debug)]
+pub enum Admit {}
 
 /// A stream that holds `T` (permits, a settlement) until it ends, and
 /// releases it the moment it does rather than when the front end drops it.
@@ -54,111 +47,66 @@ pub struct Holding<T> {
     held: Option<T>,
 }
 
-// === impl InFlightLayer ===
-
-impl InFlightLayer {
-    /// Caps calls by the limits in `guard`.
-    pub fn new(guard: SharedGuard) -> Self {
-        InFlightLayer { guard }
-    }
-}
-
-impl<S> Layer<S> for InFlightLayer {
-    type Service = InFlight<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        InFlight {
-            inner,
-            guard: self.guard.clone(),
-        }
-    }
-}
-
-// === impl InFlight ===
+// === impl Admit ===
 
 type Permits = Vec<OwnedSemaphorePermit>;
 
-impl<S> Service<ChatRequest> for InFlight<S>
-where
-    S: Service<ChatRequest, Response = ChatStream, Error = GatewayError>,
-    S::Future: Send + 'static,
-{
-    type Response = ChatStream;
-    type Error = GatewayError;
-    type Future = Either<
-        Ready<Result<ChatStream, GatewayError>>,
-        futures_util::future::BoxFuture<'static, Result<ChatStream, GatewayError>>,
-    >;
+impl Admission for Admit {
+    type Held = Permits;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    fn admit(guard: &Guard, req: &mut ChatRequest) -> Result<Option<Permits>, GatewayError> {
+        let permits = permits(guard, req)?;
+        Ok((!permits.is_empty()).then_some(permits))
     }
 
-    fn call(&mut self, req: ChatRequest) -> Self::Future {
-        let permits = match self.admit(&req) {
-            Ok(permits) => permits,
-            Err(err) => return Either::Left(futures_util::future::ready(Err(err))),
-        };
-        if permits.is_empty() {
-            return Either::Right(self.inner.call(req).boxed());
-        }
-        let response = self.inner.call(req);
-        Either::Right(
-            async move {
-                let stream = response.await?;
-                Ok(Box::pin(Holding::new(stream, permits)) as ChatStream)
-            }
-            .boxed(),
-        )
+    fn hold(stream: ChatStream, permits: Permits) -> ChatStream {
+        Box::pin(Holding::new(stream, permits))
     }
 }
 
-impl<S> InFlight<S> {
-    /// One permit from each cap that applies, or the error for the first
-    /// that is full. Permits taken before a full cap are dropped with the
-    /// vector, so a refused call holds nothing.
-    fn admit(&self, req: &ChatRequest) -> Result<Permits, GatewayError> {
-        let guard = self.guard.load();
-        let mut permits = Vec::new();
-        if let Some(global) = &guard.in_flight {
-            permits.push(take(global, || {
-                GatewayError::unavailable(format!(
-                    "the gateway is at its limit of {} calls in flight; retry shortly \
+/// One permit from each cap that applies, or the error for the first
+/// that is full. Permits taken before a full cap are dropped with the
+/// vector, so a refused call holds nothing.
+fn permits(guard: &Guard, req: &ChatRequest) -> Result<Permits, GatewayError> {
+    let mut permits = Vec::new();
+    if let Some(global) = &guard.in_flight {
+        permits.push(take(global, || {
+            GatewayError::unavailable(format!(
+                "the gateway is at its limit of {} calls in flight; retry shortly \
                      (another replica may have room)",
-                    global.max
-                ))
-            })?);
-        }
-        if let Some(capacity) = guard
-            .route(&req.model)
-            .and_then(|quota| quota.in_flight.as_ref())
-        {
-            permits.push(take(capacity, || {
-                GatewayError::new(
-                    ErrorKind::ResourceExhausted,
-                    format!(
-                        "model '{}' is at its limit of {} calls in flight; retry shortly",
-                        req.model, capacity.max
-                    ),
-                )
-            })?);
-        }
-        if let Some(key) = guard.key(&req.caller)
-            && let Some(capacity) = &key.quota.in_flight
-        {
-            permits.push(take(capacity, || {
-                GatewayError::new(
-                    ErrorKind::ResourceExhausted,
-                    format!(
-                        "key '{}' is at its limit of {} calls in flight; retry when one of \
-                         its calls ends",
-                        key.name, capacity.max
-                    ),
-                )
-            })?);
-        }
-        Ok(permits)
+                global.max
+            ))
+        })?);
     }
+    if let Some(capacity) = guard
+        .route(&req.model)
+        .and_then(|quota| quota.in_flight.as_ref())
+    {
+        permits.push(take(capacity, || {
+            GatewayError::new(
+                ErrorKind::ResourceExhausted,
+                format!(
+                    "model '{}' is at its limit of {} calls in flight; retry shortly",
+                    req.model, capacity.max
+                ),
+            )
+        })?);
+    }
+    if let Some(key) = guard.key(&req.caller)
+        && let Some(capacity) = &key.quota.in_flight
+    {
+        permits.push(take(capacity, || {
+            GatewayError::new(
+                ErrorKind::ResourceExhausted,
+                format!(
+                    "key '{}' is at its limit of {} calls in flight; retry when one of \
+                         its calls ends",
+                    key.name, capacity.max
+                ),
+            )
+        })?);
+    }
+    Ok(permits)
 }
 
 /// A permit from `capacity` now, or `full()` with a retry hint.

@@ -7,71 +7,32 @@
 //! wrote it in. Both answers are INVALID_ARGUMENT naming the field: sending
 //! the same request again cannot succeed.
 
-use std::task::{Context, Poll};
-
-use futures_util::future::{Either, Ready, ready};
-use tower::{Layer, Service};
-
-use super::guard::{RequestShape, SharedGuard};
+use super::guard::{Admission, Guard, GuardLayer, Guarded, RequestShape};
 use crate::chat::{ChatRequest, ChatStream};
 use crate::config::human_size;
 use crate::error::GatewayError;
 
 /// Wraps a chat service in [`RequestLimits`].
-#[derive(Clone)]
-pub struct RequestLimitsLayer {
-    /// The policy in force.
-    guard: SharedGuard,
-}
+pub type RequestLimitsLayer = GuardLayer<CheckShape>;
 
 /// Checks each request's message count and content length.
-#[derive(Clone)]
-pub struct RequestLimits<S> {
-    inner: S,
-    /// The policy in force.
-    guard: SharedGuard,
-}
+pub type RequestLimits<S> = Guarded<CheckShape, S>;
 
-// === impl RequestLimitsLayer ===
+/// Names the concern of [`RequestLimits`].
+#[derive(Debug)]
+pub enum CheckShape {}
 
-impl RequestLimitsLayer {
-    /// Checks requests against the limits in `guard`.
-    pub fn new(guard: SharedGuard) -> Self {
-        RequestLimitsLayer { guard }
-    }
-}
+// === impl CheckShape ===
 
-impl<S> Layer<S> for RequestLimitsLayer {
-    type Service = RequestLimits<S>;
+impl Admission for CheckShape {
+    type Held = std::convert::Infallible;
 
-    fn layer(&self, inner: S) -> Self::Service {
-        RequestLimits {
-            inner,
-            guard: self.guard.clone(),
-        }
-    }
-}
-
-// === impl RequestLimits ===
-
-impl<S> Service<ChatRequest> for RequestLimits<S>
-where
-    S: Service<ChatRequest, Response = ChatStream, Error = GatewayError>,
-{
-    type Response = ChatStream;
-    type Error = GatewayError;
-    type Future = Either<Ready<Result<ChatStream, GatewayError>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    fn admit(guard: &Guard, req: &mut ChatRequest) -> Result<Option<Self::Held>, GatewayError> {
+        check(&guard.request, req).map(|()| None)
     }
 
-    fn call(&mut self, req: ChatRequest) -> Self::Future {
-        let shape = self.guard.load().request;
-        match check(&shape, &req) {
-            Ok(()) => Either::Right(self.inner.call(req)),
-            Err(err) => Either::Left(ready(Err(err))),
-        }
+    fn hold(_: ChatStream, held: Self::Held) -> ChatStream {
+        match held {}
     }
 }
 

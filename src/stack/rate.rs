@@ -23,13 +23,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use futures_util::future::{BoxFuture, Either, Ready};
-use futures_util::{FutureExt, Stream};
+use futures_util::Stream;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, NotUntil, Quota as Rate, RateLimiter};
-use tower::{Layer, Service};
 
-use super::guard::{Quota, SharedGuard};
+use super::guard::{Admission, Guard, GuardLayer, Guarded, Quota};
 use crate::chat::{ChatEvent, ChatRequest, ChatStream};
 use crate::error::{ErrorKind, GatewayError, whole_seconds};
 
@@ -48,22 +46,17 @@ pub struct TokenBucket {
 }
 
 /// Wraps a chat service in [`RateLimit`].
-#[derive(Clone)]
-pub struct RateLimitLayer {
-    /// The policy in force.
-    guard: SharedGuard,
-}
+pub type RateLimitLayer = GuardLayer<Meter>;
 
 /// Admits a call only within its key's and its route's rates.
-#[derive(Clone)]
-pub struct RateLimit<S> {
-    inner: S,
-    /// The policy in force.
-    guard: SharedGuard,
-}
+pub type RateLimit<S> = Guarded<Meter, S>;
+
+/// Names the concern of [`RateLimit`].
+#[derive(Debug)]
+pub enum Meter {}
 
 /// A call's token charges, settled once when its stream ends or is dropped.
-struct Settlement {
+pub struct Settlement {
     /// The prompt estimate the call was admitted on.
     estimate: u32,
     /// Each bucket charged, with what it was charged.
@@ -136,126 +129,79 @@ fn wait(not_until: &NotUntil<<DefaultClock as Clock>::Instant>) -> Duration {
     not_until.wait_time_from(DefaultClock::default().now())
 }
 
-// === impl RateLimitLayer ===
+// === impl Meter ===
 
-impl RateLimitLayer {
-    /// Limits calls by the quotas in `guard`.
-    pub fn new(guard: SharedGuard) -> Self {
-        RateLimitLayer { guard }
+impl Admission for Meter {
+    type Held = Settlement;
+
+    fn admit(guard: &Guard, req: &mut ChatRequest) -> Result<Option<Settlement>, GatewayError> {
+        settlement(guard, req)
+    }
+
+    fn hold(stream: ChatStream, settlement: Settlement) -> ChatStream {
+        // A call that failed before streaming dropped its settlement, which
+        // charged what was estimated: the prompt was sent.
+        Box::pin(Metered {
+            inner: Some(stream),
+            settlement,
+        })
     }
 }
 
-impl<S> Layer<S> for RateLimitLayer {
-    type Service = RateLimit<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RateLimit {
-            inner,
-            guard: self.guard.clone(),
+/// Checks the key's quota, then the route's. `Ok(None)` when no token
+/// limit applies, so the stream needs no metering.
+fn settlement(guard: &Guard, req: &ChatRequest) -> Result<Option<Settlement>, GatewayError> {
+    let key = guard
+        .key(&req.caller)
+        .map(|key| (Whose::Key(&key.name), &key.quota));
+    let route = guard
+        .route(&req.model)
+        .map(|quota| (Whose::Route(&req.model), quota));
+    let estimate = estimate_input(req);
+    let mut charges = Vec::new();
+    for (whose, quota) in key.into_iter().chain(route) {
+        if let Some(requests) = &quota.requests
+            && let Err(not_until) = requests.check()
+        {
+            let limit = not_until.quota().burst_size();
+            return Err(over_limit(whose, limit, "requests", wait(&not_until)));
+        }
+        if let Some(tokens) = &quota.tokens {
+            match tokens.admit(estimate) {
+                Ok(charge) => charges.push((quota.clone(), charge)),
+                Err(wait) => return Err(over_limit(whose, tokens.capacity, "tokens", wait)),
+            }
         }
     }
+    Ok((!charges.is_empty()).then_some(Settlement {
+        estimate,
+        charges,
+        streamed_bytes: 0,
+        reported: None,
+        settled: false,
+    }))
 }
 
-// === impl RateLimit ===
-
-impl<S> Service<ChatRequest> for RateLimit<S>
-where
-    S: Service<ChatRequest, Response = ChatStream, Error = GatewayError>,
-    S::Future: Send + 'static,
-{
-    type Response = ChatStream;
-    type Error = GatewayError;
-    type Future = Either<
-        Either<Ready<Result<ChatStream, GatewayError>>, S::Future>,
-        BoxFuture<'static, Result<ChatStream, GatewayError>>,
-    >;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: ChatRequest) -> Self::Future {
-        let settlement = match self.admit(&req) {
-            Ok(settlement) => settlement,
-            Err(err) => return Either::Left(Either::Left(futures_util::future::ready(Err(err)))),
-        };
-        let Some(settlement) = settlement else {
-            return Either::Left(Either::Right(self.inner.call(req)));
-        };
-        let response = self.inner.call(req);
-        Either::Right(
-            async move {
-                // A call that fails before streaming drops the settlement,
-                // which charges what was estimated: the prompt was sent.
-                let stream = response.await?;
-                Ok(Box::pin(Metered {
-                    inner: Some(stream),
-                    settlement,
-                }) as ChatStream)
-            }
-            .boxed(),
-        )
-    }
+/// Whose limit a call is over, for the message.
+#[derive(Clone, Copy)]
+enum Whose<'a> {
+    /// A key, by name.
+    Key(&'a str),
+    /// A route, by the model name the caller used.
+    Route(&'a str),
 }
 
-impl<S> RateLimit<S> {
-    /// Checks the key's quota, then the route's. `Ok(None)` when no token
-    /// limit applies, so the stream needs no metering.
-    fn admit(&self, req: &ChatRequest) -> Result<Option<Settlement>, GatewayError> {
-        let guard = self.guard.load();
-        let key = guard
-            .key(&req.caller)
-            .map(|key| (format!("key '{}'", key.name), key.quota.clone()));
-        let route = guard
-            .route(&req.model)
-            .map(|quota| (format!("model '{}'", req.model), quota.clone()));
-        let estimate = estimate_input(req);
-        let mut charges = Vec::new();
-        for (who, quota) in key.into_iter().chain(route) {
-            if let Some(requests) = &quota.requests
-                && let Err(not_until) = requests.check()
-            {
-                return Err(over_limit(&who, "requests per minute", &not_until));
-            }
-            if let Some(tokens) = &quota.tokens {
-                match tokens.admit(estimate) {
-                    Ok(charge) => charges.push((quota.clone(), charge)),
-                    Err(wait) => {
-                        return Err(GatewayError::new(
-                            ErrorKind::ResourceExhausted,
-                            format!(
-                                "{who} is over its limit of {} tokens per minute; retry in \
-                                 {}s",
-                                tokens.capacity,
-                                whole_seconds(wait)
-                            ),
-                        )
-                        .with_retry_after(wait));
-                    }
-                }
-            }
-        }
-        Ok((!charges.is_empty()).then_some(Settlement {
-            estimate,
-            charges,
-            streamed_bytes: 0,
-            reported: None,
-            settled: false,
-        }))
-    }
-}
-
-fn over_limit(
-    who: &str,
-    what: &str,
-    not_until: &NotUntil<<DefaultClock as Clock>::Instant>,
-) -> GatewayError {
-    let wait = wait(not_until);
-    let limit = not_until.quota().burst_size();
+/// RESOURCE_EXHAUSTED for a call over `whose` limit of `limit` `what` per
+/// minute, with how long until it would fit.
+fn over_limit(whose: Whose<'_>, limit: NonZeroU32, what: &str, wait: Duration) -> GatewayError {
+    let whose = match whose {
+        Whose::Key(name) => format!("key '{name}'"),
+        Whose::Route(model) => format!("model '{model}'"),
+    };
     GatewayError::new(
         ErrorKind::ResourceExhausted,
         format!(
-            "{who} is over its limit of {limit} {what}; retry in {}s",
+            "{whose} is over its limit of {limit} {what} per minute; retry in {}s",
             whole_seconds(wait)
         ),
     )

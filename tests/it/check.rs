@@ -143,17 +143,20 @@ fn check_shows_weights_and_never_the_api_key() {
     }
 }
 
+/// One route to the simulator, for files whose point lies above it.
+const SIM_ROUTE: [&str; 7] = [
+    "upstreams:",
+    "  local:",
+    "    kind: sim",
+    "routes:",
+    "  - model: demo",
+    "    pools:",
+    "      - upstream: local",
+];
+
 #[test]
 fn check_warns_when_other_hosts_can_call_without_a_key() {
-    let routes = [
-        "upstreams:",
-        "  local:",
-        "    kind: sim",
-        "routes:",
-        "  - model: demo",
-        "    pools:",
-        "      - upstream: local",
-    ];
+    let routes = SIM_ROUTE;
     let open = TempFile::new(&yaml(
         &[
             &["listen:", "  grpc: 0.0.0.0:50051", "auth: { mode: none }"][..],
@@ -193,21 +196,15 @@ fn check_warns_when_other_hosts_can_call_without_a_key() {
 #[test]
 fn check_names_keys_and_where_they_come_from_but_never_the_keys() {
     const KEY: &str = "sk-gw-check-never-print-31b7";
-    let file = TempFile::new(&yaml(&[
+    let auth = [
         "auth:",
         "  keys:",
         "    - name: search",
         "      env: LLMGATE_TEST_CHECK_CALLER_KEY",
         "      models: [demo]",
         "      limits: { requests_per_minute: 60 }",
-        "upstreams:",
-        "  local:",
-        "    kind: sim",
-        "routes:",
-        "  - model: demo",
-        "    pools:",
-        "      - upstream: local",
-    ]));
+    ];
+    let file = TempFile::new(&yaml(&[&auth[..], &SIM_ROUTE[..]].concat()));
     let output = llmgate(
         &["check", file.arg()],
         &[("LLMGATE_TEST_CHECK_CALLER_KEY", KEY)],

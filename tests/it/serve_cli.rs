@@ -82,6 +82,20 @@ fn wait_exit(mut running: Running) -> std::process::ExitStatus {
     }
 }
 
+/// `llmgate chat` succeeded and printed the simulator's 4-token answer.
+#[track_caller]
+fn assert_streamed_the_sim_answer(chat: &std::process::Output) {
+    assert!(
+        chat.status.success(),
+        "{}",
+        String::from_utf8_lossy(&chat.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&chat.stdout),
+        "The gateway routes every\n"
+    );
+}
+
 #[test]
 fn serve_answers_chat_and_exits_zero_on_sigterm() {
     let config = routing_file(
@@ -99,15 +113,7 @@ routes:
         .args(["chat", "--model", "demo", "--addr", &addr, "hello"])
         .output()
         .expect("run llmgate chat");
-    assert!(
-        chat.status.success(),
-        "{}",
-        String::from_utf8_lossy(&chat.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&chat.stdout),
-        "The gateway routes every\n"
-    );
+    assert_streamed_the_sim_answer(&chat);
     let summary = String::from_utf8_lossy(&chat.stderr);
     assert!(summary.contains("finish stop"), "{summary}");
     assert!(summary.contains("2 tokens in, 4 out"), "{summary}");
@@ -234,15 +240,7 @@ routes:
         command.output().expect("run llmgate chat")
     };
     let keyed = chat(Some(KEY));
-    assert!(
-        keyed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&keyed.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&keyed.stdout),
-        "The gateway routes every\n"
-    );
+    assert_streamed_the_sim_answer(&keyed);
     let anonymous = chat(None);
     assert!(!anonymous.status.success());
     let stderr = String::from_utf8_lossy(&anonymous.stderr);
