@@ -9,7 +9,7 @@
 //! Owning the accept loop also sets TCP_NODELAY on every connection and
 //! lets shutdown be bounded: stop accepting, let calls in flight finish for
 //! the grace period, then cut what is left (which cancels those upstream
-//! requests).
+//! requests). Each connection's TLS handshake and limits are in `conn`.
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -270,3 +270,67 @@ impl Stream for Metered {
         Poll::Ready(item)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::{ChatMessage, Role};
+
+    fn bucket(n: u32) -> TokenBucket {
+        TokenBucket::per_minute(NonZeroU32::new(n).expect("positive"))
+    }
+
+    #[test]
+    fn a_prompt_larger_than_the_bucket_is_charged_one_full_bucket() {
+        let tokens = bucket(10);
+        assert_eq!(tokens.admit(50), Ok(10));
+        assert!(tokens.admit(1).is_err(), "the bucket is empty");
+    }
+
+    #[test]
+    fn settling_takes_what_the_bucket_holds_and_never_more() {
+        // Ten a minute: one every six seconds, so nothing refills while the
+        // test runs.
+        let tokens = bucket(10);
+        assert_eq!(tokens.admit(3), Ok(3));
+        // The call used far more than its estimate: the bucket empties, and
+        // the next call waits for the refill rather than failing the last.
+        tokens.settle(1000);
+        let wait = tokens.admit(1).expect_err("empty after settling");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(6),
+            "{wait:?}"
+        );
+    }
+
+    #[test]
+    fn settling_less_than_the_bucket_leaves_the_rest() {
+        let tokens = bucket(10);
+        assert_eq!(tokens.admit(2), Ok(2));
+        tokens.settle(4);
+        assert_eq!(tokens.admit(4), Ok(4), "10 - 2 - 4 = 4 left");
+        assert!(tokens.admit(1).is_err());
+    }
+
+    #[test]
+    fn the_estimate_counts_about_four_bytes_a_token_and_a_few_per_message() {
+        let req = ChatRequest {
+            model: "m".into(),
+            messages: vec![
+                ChatMessage {
+                    role: Role::System,
+                    content: "x".repeat(40),
+                },
+                ChatMessage {
+                    role: Role::User,
+                    content: "y".repeat(2),
+                },
+            ],
+            params: Default::default(),
+            stream: false,
+            deadline: None,
+            caller: Default::default(),
+        };
+        assert_eq!(estimate_input(&req), 11 + 2 * 4);
+    }
+}
