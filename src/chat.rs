@@ -35,6 +35,9 @@ pub struct ChatRequest {
     /// Who the call is and where it went, shared with the layers that report
     /// on it.
     pub call: CallContext,
+    /// Who is calling: what the front end read from the request, and once
+    /// the auth layer checked it, the key's name.
+    pub caller: Caller,
 }
 
 /// Who a call is, and where the gateway placed it, shared by every layer
@@ -80,6 +83,30 @@ pub struct Placement {
 /// id, which the caller gets back in the response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestId(Arc<str>);
+
+/// Who is calling, as far as the gateway knows.
+///
+/// Front ends fill in what the caller presented; the auth layer replaces a
+/// key it recognises with that key's name, so the layers after it (rate
+/// limits, concurrency caps) count calls per key without ever holding the
+/// key itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Caller {
+    /// The call carried no credential.
+    #[default]
+    Anonymous,
+    /// It carried an `authorization` value that is not `Bearer <key>`.
+    Unreadable,
+    /// It carried this bearer key, not yet checked.
+    Presented(BearerKey),
+    /// The auth layer recognised the key declared under this name.
+    Key(Arc<str>),
+}
+
+/// An API key as a caller presented it. `Debug` never prints it, so a
+/// request can be logged whole.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerKey(String);
 
 /// One message of the conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -252,6 +279,52 @@ impl RequestId {
     }
 }
 
+// === impl Caller ===
+
+impl Caller {
+    /// Reads an `authorization` header value, the one way every front end
+    /// (gRPC metadata or HTTP) carries a key: `Bearer <key>`, the scheme in
+    /// any case (RFC 7235). No header is [`Caller::Anonymous`]; a header in
+    /// any other shape is [`Caller::Unreadable`], so the auth layer can say
+    /// what was wrong with it.
+    pub fn from_authorization(value: Option<&[u8]>) -> Caller {
+        let Some(value) = value else {
+            return Caller::Anonymous;
+        };
+        let Ok(text) = std::str::from_utf8(value) else {
+            return Caller::Unreadable;
+        };
+        let Some((scheme, key)) = text.trim().split_once(' ') else {
+            return Caller::Unreadable;
+        };
+        let key = key.trim_start();
+        if !scheme.eq_ignore_ascii_case("bearer")
+            || key.is_empty()
+            || !key.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Caller::Unreadable;
+        }
+        Caller::Presented(BearerKey(key.to_string()))
+    }
+
+    /// The name of the key the auth layer recognised, if any.
+    pub fn key_name(&self) -> Option<&Arc<str>> {
+        match self {
+            Caller::Key(name) => Some(name),
+            _ => None,
+        }
+    }
+}
+
+// === impl BearerKey ===
+
+impl BearerKey {
+    /// The key, for the one place that checks it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
 impl Default for RequestId {
     fn default() -> Self {
         RequestId::generate()
@@ -261,6 +334,12 @@ impl Default for RequestId {
 impl std::fmt::Display for RequestId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Debug for BearerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerKey(***)")
     }
 }
 

@@ -10,13 +10,16 @@ use crate::proto::llm_service_client::LlmServiceClient;
 use crate::proto::{CompleteRequest, Message};
 
 /// Streams a completion of `prompt` from the gateway at `addr` to `out`,
-/// then writes usage to `summary`.
+/// then writes usage to `summary`. With `api_key`, the call carries
+/// `authorization: Bearer <key>`.
+#[allow(clippy::too_many_arguments)]
 pub async fn chat(
     addr: &str,
     model: &str,
     prompt: &str,
     max_tokens: i32,
     timeout: Duration,
+    api_key: Option<&str>,
     out: &mut dyn Write,
     summary: &mut dyn Write,
 ) -> Result<(), Box<dyn std::error::Error>> {
@@ -36,6 +39,15 @@ pub async fn chat(
         ..Default::default()
     });
     request.set_timeout(timeout);
+    if let Some(key) = api_key {
+        // Never quote the key back, even when it cannot be sent.
+        let mut value: tonic::metadata::MetadataValue<_> = format!("Bearer {key}")
+            .parse()
+            .map_err(|_| "the API key has characters a header cannot carry")?;
+        // Kept out of HTTP/2 header compression tables.
+        value.set_sensitive(true);
+        request.metadata_mut().insert("authorization", value);
+    }
     let mut stream = client
         .complete_stream(request)
         .await

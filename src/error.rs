@@ -21,9 +21,10 @@ pub enum ErrorKind {
     Unavailable,
     /// The caller's deadline or an upstream timeout passed.
     DeadlineExceeded,
-    /// The upstream refused our credentials.
+    /// The caller presented no valid key, or the upstream refused ours.
     Unauthenticated,
-    /// The upstream refused the call for these credentials.
+    /// The caller's key may not call this model, or the upstream refused
+    /// the call for our credentials.
     PermissionDenied,
     /// The caller went away before the call finished.
     Cancelled,
@@ -132,7 +133,8 @@ impl GatewayError {
         Self::new(ErrorKind::DeadlineExceeded, message)
     }
 
-    /// Notes the upstream's `Retry-After`.
+    /// Notes how long the caller should wait before trying again: an
+    /// upstream's `Retry-After`, or when a local limit will have room.
     pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
         self.retry_after = Some(wait);
         self
@@ -203,8 +205,26 @@ pub fn human_duration(d: std::time::Duration) -> String {
     }
 }
 
+/// A wait in whole seconds, rounded up and at least one: what a
+/// `retry-after` can say without telling a client to retry at once.
+pub fn whole_seconds(wait: std::time::Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
 impl From<GatewayError> for tonic::Status {
+    /// The status, with any wait the caller should honour as `retry-after`
+    /// (whole seconds, as in HTTP) and `grpc-retry-pushback-ms` (which gRPC
+    /// clients with a retry policy obey), in the trailers or, for a call
+    /// refused before it started, the trailers-only response.
     fn from(err: GatewayError) -> Self {
-        tonic::Status::new(err.kind.grpc_code(), err.message)
+        let mut status = tonic::Status::new(err.kind.grpc_code(), err.message);
+        if let Some(wait) = err.retry_after {
+            let seconds = whole_seconds(wait);
+            let millis = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+            let metadata = status.metadata_mut();
+            metadata.insert("retry-after", seconds.into());
+            metadata.insert("grpc-retry-pushback-ms", millis.into());
+        }
+        status
     }
 }

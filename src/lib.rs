@@ -7,9 +7,12 @@
 //!
 //! # Layout
 //! The modules follow the path of a call:
-//! - [`frontend`]: the `llm.v1.LLMService` gRPC service; wire → [`chat`].
-//! - [`stack`]: tower layers every call passes (observation: metrics and
-//!   the access log; the caller's deadline).
+//! - [`frontend`]: the `llm.v1.LLMService` gRPC service; wire → [`chat`];
+//!   the request body's size and idle limits.
+//! - [`stack`]: tower layers every call passes: API keys and their models,
+//!   request limits, calls in flight (shed when full), requests and tokens
+//!   per minute, and the caller's deadline; observation (metrics and the
+//!   access log) outermost.
 //! - [`route`]: the routing table and the router service (model → route →
 //!   pool by weight), with retries and fallbacks inside the deadline.
 //! - [`balance`]: P2C over an upstream's endpoints, per call; discovery,
@@ -20,7 +23,9 @@
 //! Beside them: [`chat`] (the internal vocabulary), [`error`] (the one error
 //! type), [`config`] (the routing file), [`reload`] (live reloads of it),
 //! [`telemetry`] (metrics, health, access logs and the admin listener),
-//! [`sim`] (the simulated model and its HTTP server), [`server`] (`run`),
+//! [`sim`] (the simulated model and its HTTP server), [`tls`] (rustls for
+//! the listener and upstreams), [`server`] (`run`, and each connection's
+//! handshake and limits),
 //! [`client`] (the `llmgate chat` client) and [`proto`] (generated code).
 
 pub mod backend;
@@ -37,5 +42,6 @@ pub mod server;
 pub mod sim;
 pub mod stack;
 pub mod telemetry;
+pub mod tls;
 
 pub use server::{Listeners, run};

@@ -62,6 +62,11 @@ enum Command {
         /// Deadline for the whole call, sent as grpc-timeout.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// The API key to call with, when the gateway requires one (sent as
+        /// `authorization: Bearer <key>`). Prefer the environment variable:
+        /// a flag shows in the process list.
+        #[arg(long, env = "LLMGATE_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
         /// The user message.
         prompt: String,
     },
@@ -165,6 +170,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             addr,
             max_tokens,
             timeout,
+            api_key,
             prompt,
         } => {
             llmgate::client::chat(
@@ -173,6 +179,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 &prompt,
                 max_tokens,
                 timeout,
+                api_key.as_deref(),
                 &mut std::io::stdout(),
                 &mut std::io::stderr(),
             )
@@ -235,6 +242,10 @@ fn check(file: &std::path::Path) -> ExitCode {
     match Config::load(file) {
         Ok(config) => {
             print!("{}", llmgate::config::describe(&config));
+            // Valid but worth a second look; CI pipelines still pass.
+            for warning in llmgate::config::warnings(&config) {
+                eprintln!("{}: warning: {warning}", file.display());
+            }
             ExitCode::SUCCESS
         }
         Err(err) => {

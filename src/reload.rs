@@ -23,6 +23,7 @@ use crate::backend::Connectors;
 use crate::balance::AbortOnDrop;
 use crate::config::{Config, ConfigError};
 use crate::route::{RoutingTable, SharedTable};
+use crate::stack::guard::{Guard, SharedGuard};
 use crate::telemetry::metrics;
 
 /// Quiet time after the last file event before reloading: editors and
@@ -41,6 +42,9 @@ pub struct Reloader {
     applied: tokio::sync::Mutex<Applied>,
     /// How many tables have been applied, the first one included.
     generation: AtomicU64,
+    /// The access policy (keys, limits), swapped with the table so a call
+    /// never sees the keys of one file and the routes of another for long.
+    guard: Option<SharedGuard>,
 }
 
 struct Applied {
@@ -77,7 +81,15 @@ impl Reloader {
             connectors,
             applied: tokio::sync::Mutex::new(Applied { config, text: None }),
             generation: AtomicU64::new(1),
+            guard: None,
         }
+    }
+
+    /// Also applies each new file's keys and limits to `guard`, keeping the
+    /// quotas of keys and routes whose limits did not change.
+    pub fn guarding(mut self, guard: SharedGuard) -> Self {
+        self.guard = Some(guard);
+        self
     }
 
     /// The routing file.
@@ -116,7 +128,20 @@ impl Reloader {
             }
         };
         let mut needs_restart = Vec::new();
-        if config.listen != applied.config.listen {
+        if config.listen.tls != applied.config.listen.tls {
+            needs_restart.push(
+                "listen.tls: certificates and the client CA apply after a restart".to_string(),
+            );
+        }
+        if config.limits.max_request_size != applied.config.limits.max_request_size
+            || config.limits.connection != applied.config.limits.connection
+        {
+            needs_restart.push(
+                "limits: max_request_size and the connection limits apply after a restart"
+                    .to_string(),
+            );
+        }
+        if config.listen.grpc != applied.config.listen.grpc {
             needs_restart.push(format!(
                 "listen: the gateway keeps serving on {}; restart it to move to {}",
                 applied.config.listen.grpc, config.listen.grpc
@@ -126,6 +151,9 @@ impl Reloader {
             needs_restart.push("shutdown_grace: applies after a restart".to_string());
         }
         self.table.store(Arc::new(table));
+        if let Some(guard) = &self.guard {
+            guard.store(Arc::new(Guard::build(&config, Some(&guard.load()))));
+        }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         metrics::config_reload(true);
         metrics::config_generation(generation);

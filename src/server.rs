@@ -15,14 +15,15 @@
 //! the grace period, then cut what is left (which cancels those upstream
 //! requests). Health turns NOT_SERVING (and `/readyz` 503) the moment
 //! shutdown begins, and the admin port stays up until the drain is over.
+//! Each connection's TLS handshake and limits are in `conn`.
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+mod conn;
+
 use arc_swap::ArcSwap;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -32,13 +33,16 @@ use tonic::service::Routes;
 use crate::backend::Connectors;
 use crate::config::Config;
 use crate::error::GatewayError;
+use crate::frontend::body::{BodyLimits, GuardedBody};
 use crate::frontend::grpc::GrpcFrontend;
 use crate::proto::llm_service_server::LlmServiceServer;
 use crate::reload::Reloader;
 use crate::route::{Router, RoutingTable, SharedTable};
 use crate::stack;
+use crate::stack::guard::{Guard, SharedGuard};
 use crate::telemetry::health::{Health, HealthService};
 use crate::telemetry::{admin, metrics};
+use conn::Acceptor;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +62,9 @@ pub enum ServeError {
     /// A signal handler could not be installed.
     #[error("installing the SIGHUP handler: {0}")]
     Signal(#[from] std::io::Error),
+    /// The front listener's TLS settings cannot be used.
+    #[error("listen.tls: {0}")]
+    Tls(String),
 }
 
 /// The sockets the gateway serves, bound by the caller.
@@ -88,6 +95,10 @@ pub struct Server {
     connectors: Connectors,
     /// Reloads the routing file, when there is one.
     reloader: Option<Arc<Reloader>>,
+    /// Who may call and how much: keys and limits, swapped on reload.
+    guard: SharedGuard,
+    /// Accepts connections: plain TCP or TLS, with connection limits.
+    acceptor: Acceptor,
 }
 
 /// Serves the gateway on `listeners` with `config` until `shutdown`
@@ -123,11 +134,15 @@ impl Server {
             &config,
             &connectors,
         )?));
+        let guard = Guard::shared(&config);
+        let acceptor = Acceptor::new(&config).map_err(ServeError::Tls)?;
         Ok(Server {
             config,
             table,
             connectors,
             reloader: None,
+            guard,
+            acceptor,
         })
     }
 
@@ -135,12 +150,15 @@ impl Server {
     /// the returned reloader (or the triggers [`Server::serve_watching`]
     /// installs, or `POST /-/reload` on the admin port) applies the file.
     pub fn reload_from(mut self, path: PathBuf) -> Self {
-        self.reloader = Some(Arc::new(Reloader::new(
-            path,
-            self.config.clone(),
-            self.table.clone(),
-            self.connectors.clone(),
-        )));
+        self.reloader = Some(Arc::new(
+            Reloader::new(
+                path,
+                self.config.clone(),
+                self.table.clone(),
+                self.connectors.clone(),
+            )
+            .guarding(self.guard.clone()),
+        ));
         self
     }
 
@@ -181,8 +199,13 @@ impl Server {
             config,
             table,
             reloader,
+            guard,
+            acceptor,
             ..
         } = self;
+        for warning in crate::config::warnings(&config) {
+            tracing::warn!("{warning}");
+        }
         let Listeners {
             grpc: listener,
             admin: admin_listener,
@@ -194,8 +217,13 @@ impl Server {
             .transpose()?;
         metrics::config_generation(reloader.as_ref().map_or(1, |r| r.generation()));
         let (health, health_service) = Health::new().await;
-        let frontend = GrpcFrontend::new(stack::build(Router::new(table.clone())), table);
-        let service = TowerToHyperService::new(grpc_routes(frontend, health_service)?.prepare());
+        let stack = stack::build(Router::new(table.clone()), guard.clone());
+        let frontend = GrpcFrontend::new(stack, table).guarded(guard);
+        let routes = grpc_routes(frontend, &config, health_service)?.prepare();
+        let service = TowerToHyperService::new(guard_bodies(routes, config.limits));
+        if acceptor.is_tls() {
+            tracing::info!("serving TLS on the front listener");
+        }
         health.serving().await;
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin = match (admin_listener, prometheus) {
@@ -210,7 +238,6 @@ impl Server {
             ))),
             _ => None,
         };
-        let builder = auto::Builder::new(TokioExecutor::new());
         let graceful = GracefulShutdown::new();
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
@@ -228,17 +255,12 @@ impl Server {
                             continue;
                         }
                     };
-                    // Tokens must leave the moment they are produced.
-                    let _ = stream.set_nodelay(true);
-                    let connection = builder
-                        .serve_connection(TokioIo::new(stream), service.clone())
-                        .into_owned();
-                    let connection = graceful.watch(connection);
-                    connections.spawn(async move {
-                        if let Err(err) = connection.await {
-                            tracing::debug!(%peer, %err, "connection ended with an error");
-                        }
-                    });
+                    connections.spawn(acceptor.clone().serve(
+                        stream,
+                        peer,
+                        service.clone(),
+                        graceful.watcher(),
+                    ));
                 }
                 Some(_) = connections.join_next() => {}
                 () = &mut shutdown => break,
@@ -279,14 +301,39 @@ const ADMIN_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
 /// Every gRPC service on the gRPC port: the gateway itself, health, and
 /// reflection (v1, and v1alpha for older grpcurl builds) over the
 /// gateway's and the health service's descriptors.
-fn grpc_routes(frontend: GrpcFrontend, health: HealthService) -> Result<Routes, ServeError> {
+fn grpc_routes(
+    frontend: GrpcFrontend,
+    config: &Config,
+    health: HealthService,
+) -> Result<Routes, ServeError> {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    Ok(Routes::new(LlmServiceServer::new(frontend))
+    let llm =
+        LlmServiceServer::new(frontend).max_decoding_message_size(config.limits.max_request_size);
+    Ok(Routes::new(llm)
         .add_service(health)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?))
+}
+
+/// Holds every request body to the size and idle limits (see
+/// [`crate::frontend::body`]) before the gRPC service reads it.
+fn guard_bodies<S>(
+    service: S,
+    limits: crate::config::Limits,
+) -> tower::util::MapRequest<
+    S,
+    impl Fn(http::Request<hyper::body::Incoming>) -> http::Request<GuardedBody<hyper::body::Incoming>>
+    + Clone,
+> {
+    let limits = BodyLimits {
+        max_message: limits.max_request_size,
+        idle: limits.connection.request_idle_timeout,
+    };
+    tower::util::MapRequest::new(service, move |req: http::Request<hyper::body::Incoming>| {
+        req.map(|body| GuardedBody::new(body, limits))
+    })
 }

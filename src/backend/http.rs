@@ -4,7 +4,12 @@
 //! server are kept alive and reused across calls and across routing-table
 //! reloads. TCP_NODELAY is set so a token written by the upstream is read
 //! the moment it is sent, and TLS (rustls, web PKI roots) is there for cloud
-//! providers; plain `http://` needs no TLS at all.
+//! providers; plain `http://` needs no TLS at all. Certificates are always
+//! verified.
+//!
+//! An upstream behind a private CA (`tls: { ca: path }`) gets a client of
+//! its own that trusts that CA only ([`client_trusting`]); every other
+//! upstream keeps sharing the one default client and its connection pool.
 
 use std::time::Duration;
 
@@ -23,18 +28,40 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 /// milliseconds, and the caller's deadline is better spent elsewhere.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Builds the shared client.
+/// Builds the shared client, which trusts the web PKI roots.
 pub fn client() -> HttpClient {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
+        .wrap_connector(tcp());
+    pooled(https)
+}
+
+/// A client that trusts only the CA certificates in `ca_pem`, for an
+/// upstream whose servers a private CA certified. The error says what is
+/// wrong with the file.
+pub fn client_trusting(ca_pem: &[u8]) -> Result<HttpClient, String> {
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(crate::tls::client_config_trusting(ca_pem)?)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(tcp());
+    Ok(pooled(https))
+}
+
+/// The TCP side every client shares: no Nagle delay, a short connect limit.
+fn tcp() -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    http
+}
+
+fn pooled(https: HttpsConnector<HttpConnector>) -> HttpClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .build(https)

@@ -109,18 +109,25 @@ impl Upstream {
     /// its endpoints (so it needs a Tokio runtime).
     pub fn new(config: &UpstreamConfig, connectors: &Connectors) -> Result<Self, GatewayError> {
         let name: Arc<str> = Arc::from(config.name.as_str());
-        let client = connectors.http.clone();
+        // Only an upstream behind a private CA pays for a client (and a
+        // connection pool) of its own.
+        let client = match &config.tls_ca {
+            Some(ca) => http::client_trusting(ca.contents()).map_err(|err| {
+                GatewayError::unavailable(format!("upstream '{name}': tls.ca {err}"))
+            })?,
+            None => connectors.http.clone(),
+        };
         let (backend, discovery) = match config.kind {
             UpstreamKind::OpenAi => (
-                Backend::OpenAi(Arc::new(OpenAiBackend::new(config, client))),
+                Backend::OpenAi(Arc::new(OpenAiBackend::new(config, client.clone()))),
                 config.discovery.clone(),
             ),
             UpstreamKind::Ollama => (
-                Backend::Ollama(Arc::new(OllamaBackend::new(config, client))),
+                Backend::Ollama(Arc::new(OllamaBackend::new(config, client.clone()))),
                 config.discovery.clone(),
             ),
             UpstreamKind::Anthropic => (
-                Backend::Anthropic(Arc::new(AnthropicBackend::new(config, client))),
+                Backend::Anthropic(Arc::new(AnthropicBackend::new(config, client.clone()))),
                 config.discovery.clone(),
             ),
             UpstreamKind::Sim => (
@@ -144,7 +151,7 @@ impl Upstream {
             &discovery,
             &config.policy,
             factory,
-            connectors.http.clone(),
+            client,
             connectors.resolver.clone(),
         );
         Ok(Upstream {

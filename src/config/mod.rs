@@ -6,6 +6,7 @@
 //! file in one pass. A file that fails changes nothing: callers keep the
 //! table they had.
 
+mod access;
 mod resilience;
 mod schema;
 #[cfg(test)]
@@ -20,6 +21,13 @@ use std::time::Duration;
 use serde_saphyr::{Location, MessageFormatter as _, Spanned, UserMessageFormatter};
 
 use crate::sim::SimSettings;
+pub use access::{
+    ApiKeyConfig, AuthConfig, CallerLimits, ConnectionLimits, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_MESSAGES, DEFAULT_MAX_REQUEST_SIZE, DEFAULT_MAX_STREAMS_PER_CONNECTION,
+    DEFAULT_REQUEST_IDLE_TIMEOUT, KeyDigest, KeySource, Limits, ModelGrant, PemFile, TlsConfig,
+    human_size, warnings,
+};
 pub use resilience::{
     DEFAULT_DNS_INTERVAL, Discovery, EndpointPolicy, HealthCheck, OutlierPolicy, RetryPolicy,
 };
@@ -69,6 +77,11 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// Routes in file order.
     pub routes: Vec<RouteConfig>,
+    /// Who may call (`auth:`).
+    pub auth: AuthConfig,
+    /// What a request may hold and how much the gateway takes on
+    /// (`limits:`).
+    pub limits: Limits,
 }
 
 /// `listen:`.
@@ -79,6 +92,8 @@ pub struct ListenConfig {
     /// The admin listener's address (metrics and probes); `None` when the
     /// file says `off`.
     pub metrics: Option<SocketAddr>,
+    /// TLS on the front listener, when set.
+    pub tls: Option<TlsConfig>,
 }
 
 /// One upstream: a set of servers speaking one wire format.
@@ -111,6 +126,9 @@ pub struct UpstreamConfig {
     /// `kind: ollama`: how long Ollama keeps the model loaded after a call;
     /// `None` leaves it to Ollama (5 minutes unless its server says else).
     pub keep_alive: Option<KeepAlive>,
+    /// `tls: { ca }`: the only CA its `https://` servers are trusted under;
+    /// `None` trusts the web PKI roots.
+    pub tls_ca: Option<PemFile>,
 }
 
 /// The wire formats an upstream can speak.
@@ -174,6 +192,8 @@ pub struct RouteConfig {
     pub fallback: Vec<String>,
     /// A larger-context model for calls rejected as too long.
     pub context_fallback: Option<String>,
+    /// Limits on the route across all its callers.
+    pub limits: CallerLimits,
 }
 
 /// One pool of a route.
@@ -276,6 +296,55 @@ pub fn describe(config: &Config) -> String {
         Some(addr) => writeln!(out, "listen metrics {addr} (/metrics, /healthz, /readyz)"),
         None => writeln!(out, "listen metrics {METRICS_OFF}"),
     };
+    if let Some(tls) = &config.listen.tls {
+        let _ = writeln!(
+            out,
+            "  tls: cert {}, key {}{}",
+            tls.cert.path.display(),
+            tls.key.path.display(),
+            tls.client_ca.as_ref().map_or(String::new(), |ca| format!(
+                ", client certificates required (CA {})",
+                ca.path.display()
+            ))
+        );
+    }
+    match &config.auth {
+        AuthConfig::Unset => {
+            let _ = writeln!(out, "auth: not set (loopback or mTLS callers only)");
+        }
+        AuthConfig::Off => {
+            let _ = writeln!(out, "auth: off (mode: none)");
+        }
+        AuthConfig::Keys(keys) => {
+            let _ = writeln!(out, "auth: {} API key(s)", keys.len());
+            for key in keys {
+                // Where the secret comes from, never the secret.
+                let source = match &key.source {
+                    KeySource::Digest => "sha256 digest".to_string(),
+                    KeySource::Env(var) => format!("from env {var}"),
+                    KeySource::File(path) => format!("from file {}", path.display()),
+                };
+                let _ = writeln!(
+                    out,
+                    "  key {} ({source}): {}; {}",
+                    key.name, key.models, key.limits
+                );
+            }
+        }
+    }
+    let limits = &config.limits;
+    let _ = writeln!(
+        out,
+        "limits: requests up to {}, {} messages{}; {} calls in flight",
+        human_size(limits.max_request_size),
+        limits.max_messages,
+        limits
+            .max_content_length
+            .map_or(String::new(), |n| format!(", {} of content", human_size(n))),
+        limits
+            .max_in_flight
+            .map_or("unlimited".to_string(), |n| n.to_string()),
+    );
     for up in config.upstreams.values() {
         let endpoints: Vec<String> = match &up.discovery {
             Discovery::Static(list) => list.iter().map(ToString::to_string).collect(),
@@ -312,6 +381,9 @@ pub fn describe(config: &Config) -> String {
                 format!(", headers: {}", headers.join(", "))
             },
         );
+        if let Some(ca) = &up.tls_ca {
+            let _ = writeln!(out, "  trusts CA {} only", ca.path.display());
+        }
     }
     for route in &config.routes {
         let aliases = if route.aliases.is_empty() {
@@ -320,6 +392,9 @@ pub fn describe(config: &Config) -> String {
             format!(" (aliases: {})", route.aliases.join(", "))
         };
         let _ = writeln!(out, "route {}{aliases}", route.model);
+        if !route.limits.is_unlimited() {
+            let _ = writeln!(out, "  limits: {}", route.limits);
+        }
         let total: u64 = route.pools.iter().map(|p| u64::from(p.weight)).sum();
         for pool in &route.pools {
             let share = if total == 0 {
@@ -452,11 +527,17 @@ impl Checker {
     }
 
     fn config(&mut self, raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Config {
-        let grpc = raw
+        let grpc_at = raw
             .listen
             .as_ref()
-            .and_then(|listen| listen.value.grpc.as_ref())
-            .and_then(|addr| self.socket_addr(addr, "0.0.0.0:50051"));
+            .and_then(|listen| listen.value.grpc.as_ref());
+        let grpc = grpc_at.and_then(|addr| self.socket_addr(addr, "0.0.0.0:50051"));
+        let tls = raw
+            .listen
+            .as_ref()
+            .and_then(|listen| listen.value.tls.as_ref())
+            .and_then(|tls| self.listen_tls(tls));
+        let limits = self.limits(raw.limits.as_ref());
         let default_grpc = DEFAULT_GRPC_LISTEN
             .parse()
             .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 50051)));
@@ -512,7 +593,7 @@ impl Checker {
                 (route.value.model.value.clone(), own, targets)
             })
             .collect();
-        let routes = raw
+        let routes: Vec<RouteConfig> = raw
             .routes
             .value
             .into_iter()
@@ -537,15 +618,21 @@ impl Checker {
                 }
             }
         }
-        Config {
+        let auth = self.auth(raw.auth, &routes, env);
+        let config = Config {
             listen: ListenConfig {
                 grpc: grpc.unwrap_or(default_grpc),
                 metrics,
+                tls,
             },
             shutdown_grace,
             upstreams,
             routes,
-        }
+            auth,
+            limits,
+        };
+        self.exposed_without_auth(&config, grpc_at);
+        config
     }
 
     fn upstream(
@@ -742,6 +829,21 @@ impl Checker {
             }
             other => other.as_ref().map(|n| n.value),
         };
+        let tls_ca = match (&up.tls, kind) {
+            (Some(tls), Some(UpstreamKind::Sim)) => {
+                self.report(
+                    tls,
+                    format!("upstream '{name}': tls: does not apply to kind sim (in process)"),
+                );
+                None
+            }
+            (Some(tls), _) => {
+                let https = endpoints.iter().any(|e| e.scheme_str() == Some("https"))
+                    || matches!(&dns, Some(Discovery::Dns { scheme, .. }) if scheme == "https");
+                self.upstream_tls(name, tls, https)
+            }
+            (None, _) => None,
+        };
         let policy = EndpointPolicy {
             max_in_flight,
             outlier: up
@@ -770,6 +872,7 @@ impl Checker {
             max_tokens_field,
             default_max_tokens,
             keep_alive,
+            tls_ca,
         })
     }
 
@@ -1042,6 +1145,11 @@ impl Checker {
             .as_ref()
             .map(|r| self.retry(&model, &r.value))
             .unwrap_or_default();
+        let limits = route
+            .limits
+            .as_ref()
+            .map(|l| self.caller_limits(&format!("route '{model}': limits"), &l.value))
+            .unwrap_or_default();
         RouteConfig {
             model,
             aliases: route.aliases.into_iter().map(|a| a.value).collect(),
@@ -1049,6 +1157,7 @@ impl Checker {
             retry,
             fallback: route.fallback.iter().map(|f| f.value.clone()).collect(),
             context_fallback: route.context_fallback.as_ref().map(|f| f.value.clone()),
+            limits,
         }
     }
 

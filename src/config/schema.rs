@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use super::access::{RawAuth, RawCallerLimits, RawLimits, RawTls, RawUpstreamTls};
+
 /// The whole file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +27,12 @@ pub(crate) struct RawConfig {
     pub(crate) upstreams: BTreeMap<String, Spanned<RawUpstream>>,
     /// Routes, in file order.
     pub(crate) routes: Spanned<Vec<Spanned<RawRoute>>>,
+    /// Who may call.
+    #[serde(default)]
+    pub(crate) auth: Option<Spanned<RawAuth>>,
+    /// Request size and load limits.
+    #[serde(default)]
+    pub(crate) limits: Option<Spanned<RawLimits>>,
 }
 
 /// `listen:`.
@@ -37,6 +45,9 @@ pub(crate) struct RawListen {
     /// The admin listener's `host:port` (metrics and probes), or `off`.
     #[serde(default)]
     pub(crate) metrics: Option<Spanned<String>>,
+    /// TLS (and client certificates) on the front listener.
+    #[serde(default)]
+    pub(crate) tls: Option<Spanned<RawTls>>,
 }
 
 /// One entry of `upstreams:`.
@@ -88,6 +99,9 @@ pub(crate) struct RawUpstream {
     /// `kind: ollama`: how long Ollama keeps the model loaded after a call.
     #[serde(default)]
     pub(crate) keep_alive: Option<Spanned<String>>,
+    /// A private CA for its `https://` endpoints.
+    #[serde(default)]
+    pub(crate) tls: Option<Spanned<RawUpstreamTls>>,
 }
 
 /// `discover:` of an upstream.
@@ -197,6 +211,9 @@ pub(crate) struct RawRoute {
     /// long.
     #[serde(default)]
     pub(crate) context_fallback: Option<Spanned<String>>,
+    /// Rate and concurrency limits on the route, across all callers.
+    #[serde(default)]
+    pub(crate) limits: Option<Spanned<RawCallerLimits>>,
 }
 
 /// One entry of a route's `pools:`.

@@ -19,14 +19,15 @@ use tonic::{Request, Response, Status};
 use tower::ServiceExt;
 
 use crate::chat::{
-    CallContext, ChatEvent, ChatMessage, ChatRequest, ChatStream, Completion, RequestId, Role,
-    SamplingParams,
+    CallContext, Caller, ChatEvent, ChatMessage, ChatRequest, ChatStream, Completion, RequestId,
+    Role, SamplingParams,
 };
 use crate::error::GatewayError;
 use crate::proto;
 use crate::proto::llm_service_server::LlmService;
 use crate::route::SharedTable;
 use crate::stack::ChatService;
+use crate::stack::guard::SharedGuard;
 use crate::telemetry::REQUEST_ID;
 use crate::telemetry::call::CallRecord;
 
@@ -36,6 +37,8 @@ pub struct GrpcFrontend {
     stack: ChatService,
     /// The live table, for `ListModels`.
     table: SharedTable,
+    /// Who may list which models; `None` lists every model to anyone.
+    guard: Option<SharedGuard>,
 }
 
 /// A [`ChatStream`] as `TokenChunk`s. It insists on a final `Done`: a
@@ -49,7 +52,18 @@ pub struct TokenChunks {
 impl GrpcFrontend {
     /// A front end over `stack`, listing models from `table`.
     pub fn new(stack: ChatService, table: SharedTable) -> Self {
-        GrpcFrontend { stack, table }
+        GrpcFrontend {
+            stack,
+            table,
+            guard: None,
+        }
+    }
+
+    /// Lists models only to callers `guard` lets in, and only the models
+    /// their key may call: a listing names internal endpoints.
+    pub fn guarded(mut self, guard: SharedGuard) -> Self {
+        self.guard = Some(guard);
+        self
     }
 
     /// Starts a call: its request id, the wire request translated, and the
@@ -64,8 +78,9 @@ impl GrpcFrontend {
         let call = CallContext::new(request_id.clone());
         let deadline =
             grpc_timeout(request.metadata()).map(|budget| Instant::now() + answer_by(budget));
+        let caller = caller(request.metadata());
         let req = match chat_request(request.into_inner(), stream, deadline, call.clone()) {
-            Ok(req) => req,
+            Ok(req) => ChatRequest { caller, ..req },
             Err((model, err)) => {
                 self.rejected(call, &model, stream, &err);
                 return (request_id, Err(err));
@@ -129,12 +144,20 @@ impl LlmService for GrpcFrontend {
 
     async fn list_models(
         &self,
-        _request: Request<proto::ListModelsRequest>,
+        request: Request<proto::ListModelsRequest>,
     ) -> Result<Response<proto::ListModelsResponse>, Status> {
+        let key = match &self.guard {
+            Some(guard) => guard.load().authenticate(&caller(request.metadata()))?,
+            None => None,
+        };
         let table = self.table.load();
         let models = table
             .routes()
             .iter()
+            .filter(|route| {
+                key.as_ref()
+                    .is_none_or(|key| key.models.allows(&route.model))
+            })
             .map(|route| proto::ModelInfo {
                 name: route.model.to_string(),
                 aliases: route.aliases.clone(),
@@ -255,6 +278,7 @@ fn chat_request(
         stream,
         deadline,
         call,
+        caller: Caller::Anonymous,
     };
     match req.validate() {
         Ok(()) => Ok(req),
@@ -294,6 +318,11 @@ fn respond<T>(
             Err(status)
         }
     }
+}
+
+/// Who the call says it is, from its `authorization` metadata.
+fn caller(metadata: &tonic::metadata::MetadataMap) -> Caller {
+    Caller::from_authorization(metadata.get("authorization").map(|v| v.as_bytes()))
 }
 
 fn usage(completion: &Completion) -> Option<proto::Usage> {

@@ -2,4 +2,5 @@
 //! and a token stream becomes the protocol's answer. Each front end is a
 //! thin translation over the same [`crate::stack::ChatService`].
 
+pub mod body;
 pub mod grpc;

@@ -4,9 +4,29 @@
 //! Each concern is one small `Service` plus its `Layer`; the assembled stack
 //! is type-erased into [`ChatService`] so front ends depend on nothing but
 //! the request and response types.
+//!
+//! In order, outermost first:
+//! - [`observe`]: metrics and the access log, for every call, refused or
+//!   served;
+//! - [`auth`]: only known keys, only their models (UNAUTHENTICATED,
+//!   PERMISSION_DENIED);
+//! - [`limits`]: what one request may hold (INVALID_ARGUMENT);
+//! - [`in_flight`]: room in the gateway, the route and the key, shed at
+//!   once when full (UNAVAILABLE, RESOURCE_EXHAUSTED);
+//! - [`rate`]: requests and tokens per minute (RESOURCE_EXHAUSTED);
+//! - [`deadline`]: the caller's deadline over the whole call.
+//!
+//! Refusals come first and cost nothing downstream: a caller refused by
+//! one layer has taken nothing from the layers after it. The policy the
+//! guarding layers read is one [`guard::Guard`] snapshot, swapped on reload.
 
+pub mod auth;
 pub mod deadline;
+pub mod guard;
+pub mod in_flight;
+pub mod limits;
 pub mod observe;
+pub mod rate;
 pub mod timeout;
 
 use tower::ServiceBuilder;
@@ -15,16 +35,22 @@ use tower::util::BoxCloneSyncService;
 use crate::chat::{ChatRequest, ChatStream};
 use crate::error::GatewayError;
 use crate::route::Router;
+use guard::SharedGuard;
 
 /// The whole call path behind a front end, as one cloneable service.
 pub type ChatService = BoxCloneSyncService<ChatRequest, ChatStream, GatewayError>;
 
-/// Assembles the layers around the router, outermost first. Observation
-/// is outermost so it times the whole call and records the code the caller
-/// gets, the caller's deadline included.
-pub fn build(router: Router) -> ChatService {
+/// Assembles the layers around the router, outermost first, guarded by
+/// the policy in `guard`. Observation is outermost so it times the whole
+/// call and records the code the caller gets, refusals and the caller's
+/// deadline included.
+pub fn build(router: Router, guard: SharedGuard) -> ChatService {
     let stack = ServiceBuilder::new()
         .layer(observe::ObserveLayer)
+        .layer(auth::AuthLayer::new(guard.clone()))
+        .layer(limits::RequestLimitsLayer::new(guard.clone()))
+        .layer(in_flight::InFlightLayer::new(guard.clone()))
+        .layer(rate::RateLimitLayer::new(guard))
         .layer(deadline::DeadlineLayer)
         .service(router);
     BoxCloneSyncService::new(stack)

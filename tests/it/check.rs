@@ -143,6 +143,83 @@ fn check_shows_weights_and_never_the_api_key() {
     }
 }
 
+/// One route to the simulator, for files whose point lies above it.
+const SIM_ROUTE: [&str; 7] = [
+    "upstreams:",
+    "  local:",
+    "    kind: sim",
+    "routes:",
+    "  - model: demo",
+    "    pools:",
+    "      - upstream: local",
+];
+
+#[test]
+fn check_warns_when_other_hosts_can_call_without_a_key() {
+    let routes = SIM_ROUTE;
+    let open = TempFile::new(&yaml(
+        &[
+            &["listen:", "  grpc: 0.0.0.0:50051", "auth: { mode: none }"][..],
+            &routes[..],
+        ]
+        .concat(),
+    ));
+    let output = llmgate(&["check", open.arg()], &[]);
+    assert!(output.status.success(), "a warning is not a failure");
+    let err = stderr(&output);
+    assert_contains(
+        &err,
+        &format!("{}: warning: listen.grpc 0.0.0.0:50051", open.arg()),
+    );
+    assert_contains(&err, "auth is off (mode: none)");
+    assert_contains(&stdout(&output), "auth: off (mode: none)");
+
+    // Saying nothing about auth on such a listener is an error.
+    let silent = TempFile::new(&yaml(
+        &[&["listen:", "  grpc: 0.0.0.0:50051"][..], &routes[..]].concat(),
+    ));
+    let output = llmgate(&["check", silent.arg()], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_contains(
+        &stderr(&output),
+        &format!(
+            "{}:2:9: listen.grpc 0.0.0.0:50051 accepts calls from other hosts",
+            silent.arg()
+        ),
+    );
+
+    // On loopback, no warning.
+    let output = llmgate(&["check", SHIPPED], &[]);
+    assert!(!stderr(&output).contains("warning"), "{}", stderr(&output));
+}
+
+#[test]
+fn check_names_keys_and_where_they_come_from_but_never_the_keys() {
+    const KEY: &str = "sk-gw-check-never-print-31b7";
+    let auth = [
+        "auth:",
+        "  keys:",
+        "    - name: search",
+        "      env: LLMGATE_TEST_CHECK_CALLER_KEY",
+        "      models: [demo]",
+        "      limits: { requests_per_minute: 60 }",
+    ];
+    let file = TempFile::new(&yaml(&[&auth[..], &SIM_ROUTE[..]].concat()));
+    let output = llmgate(
+        &["check", file.arg()],
+        &[("LLMGATE_TEST_CHECK_CALLER_KEY", KEY)],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let out = stdout(&output);
+    assert_contains(
+        &out,
+        "  key search (from env LLMGATE_TEST_CHECK_CALLER_KEY): demo; 60 requests/min",
+    );
+    for shown in [&out, &stderr(&output)] {
+        assert!(!shown.contains(KEY), "the key leaked:\n{shown}");
+    }
+}
+
 #[test]
 fn check_on_a_broken_file_lists_every_problem_and_exits_1() {
     let file = TempFile::new(&yaml(&[

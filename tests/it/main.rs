@@ -11,6 +11,7 @@ mod check;
 mod deadline;
 mod deploy;
 mod gateway;
+mod guard;
 mod health;
 mod metrics;
 mod mixed;

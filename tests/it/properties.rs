@@ -2,9 +2,14 @@
 //! an operator writes, the decoders and parsers answer with a value or an
 //! error, never a panic or a hang.
 
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http_body_util::BodyExt;
+use llmgate::backend::ndjson::{NdjsonDecoder, NdjsonError};
 use llmgate::backend::sse::{SseDecoder, SseError, SseEvent};
-use llmgate::chat::{ChatMessage, ChatRequest, Role, SamplingParams};
+use llmgate::chat::{Caller, ChatMessage, ChatRequest, Role, SamplingParams};
 use llmgate::config::Config;
+use llmgate::frontend::body::{BodyLimits, GuardedBody};
 use proptest::prelude::*;
 
 /// Decodes `chunks` pushed one after another: the events, or the first error.
@@ -18,6 +23,69 @@ fn decode(chunks: &[&[u8]]) -> Result<Vec<SseEvent>, SseError> {
         }
     }
     Ok(events)
+}
+
+/// Decodes `chunks` as NDJSON, the final line included: the lines, or the
+/// first error.
+fn ndjson_lines(chunks: &[&[u8]]) -> Result<Vec<Bytes>, NdjsonError> {
+    let mut decoder = NdjsonDecoder::new();
+    let mut lines = Vec::new();
+    for chunk in chunks {
+        decoder.push(chunk);
+        while let Some(line) = decoder.next_line()? {
+            lines.push(line);
+        }
+    }
+    while let Some(line) = decoder.finish()? {
+        lines.push(line);
+    }
+    Ok(lines)
+}
+
+/// `bytes` cut at the given points.
+fn split_at<'a>(bytes: &'a [u8], cuts: &[prop::sample::Index]) -> Vec<&'a [u8]> {
+    let mut points: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+    points.sort_unstable();
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    for point in points {
+        chunks.push(&bytes[start..point]);
+        start = point;
+    }
+    chunks.push(&bytes[start..]);
+    chunks
+}
+
+/// gRPC messages framed as on the wire: flag, 4-byte length, message.
+fn grpc_frames(messages: &[Vec<u8>]) -> Vec<u8> {
+    let mut wire = Vec::new();
+    for message in messages {
+        wire.push(0);
+        wire.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
+        wire.extend_from_slice(message);
+    }
+    wire
+}
+
+/// Reads a request body sent in `chunks` through the front door's guard.
+/// Every piece is ready at once, so no timer is ever armed.
+fn through_guard(chunks: Vec<&[u8]>, max_message: usize) -> Result<Vec<u8>, String> {
+    let frames = chunks.into_iter().map(|chunk| {
+        Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::copy_from_slice(chunk)))
+    });
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+    let limits = BodyLimits {
+        max_message,
+        idle: std::time::Duration::from_secs(3600),
+    };
+    let collected = GuardedBody::new(body, limits)
+        .collect()
+        .now_or_never()
+        .expect("every piece is ready");
+    match collected {
+        Ok(body) => Ok(body.to_bytes().to_vec()),
+        Err(err) => Err(err.to_string()),
+    }
 }
 
 /// Bytes that look like an SSE stream often enough to reach deep states.
@@ -45,15 +113,7 @@ proptest! {
         stream in sse_like(),
         cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
     ) {
-        let mut points: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
-        points.sort_unstable();
-        let mut chunks: Vec<&[u8]> = Vec::new();
-        let mut start = 0;
-        for point in points {
-            chunks.push(&stream[start..point]);
-            start = point;
-        }
-        chunks.push(&stream[start..]);
+        let chunks = split_at(&stream, &cuts);
         let whole = decode(&[&stream]);
         let split = decode(&chunks);
         match (&whole, &split) {
@@ -103,11 +163,86 @@ proptest! {
             stream: false,
             deadline: None,
             call: Default::default(),
+            caller: Default::default(),
         };
         if req.validate().is_ok() {
             prop_assert!(!model.is_empty() && messages > 0);
             prop_assert!(temperature.is_none_or(|t| (0.0..=2.0).contains(&t)));
             prop_assert!(top_p.is_none_or(|p| (0.0..=1.0).contains(&p)));
         }
+    }
+
+    #[test]
+    fn ndjson_decoding_never_depends_on_how_bytes_are_split(
+        stream in prop::collection::vec(
+            prop_oneof![
+                Just(b"{\"a\":1}".to_vec()),
+                Just(b"\n".to_vec()),
+                Just(b"\r\n".to_vec()),
+                Just(b"  ".to_vec()),
+                prop::collection::vec(any::<u8>(), 0..6),
+            ],
+            0..30,
+        ).prop_map(|pieces| pieces.concat()),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+    ) {
+        prop_assert_eq!(ndjson_lines(&[&stream]), ndjson_lines(&split_at(&stream, &cuts)));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_ndjson_decoder(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = ndjson_lines(&[&bytes]);
+    }
+
+    #[test]
+    fn only_a_bearer_key_of_printable_ascii_is_a_presented_key(value in prop::collection::vec(any::<u8>(), 0..40)) {
+        match Caller::from_authorization(Some(&value)) {
+            Caller::Presented(key) => {
+                let text = String::from_utf8(value).expect("a presented key came from text");
+                prop_assert!(text.trim().to_ascii_lowercase().starts_with("bearer "));
+                prop_assert!(!key.expose().is_empty());
+                prop_assert!(key.expose().bytes().all(|b| b.is_ascii_graphic()));
+                prop_assert!(text.trim_end().ends_with(key.expose()));
+            }
+            Caller::Unreadable => {}
+            other => prop_assert!(false, "a header is never {:?}", other),
+        }
+    }
+
+    #[test]
+    fn a_bearer_key_is_read_back_whatever_the_scheme_case(
+        key in "[!-~]{1,40}",
+        scheme in "[bB][eE][aA][rR][eE][rR]",
+    ) {
+        let header = format!("{scheme} {key}");
+        match Caller::from_authorization(Some(header.as_bytes())) {
+            Caller::Presented(presented) => prop_assert_eq!(presented.expose(), key.as_str()),
+            other => prop_assert!(false, "{} read as {:?}", header, other),
+        }
+    }
+
+    #[test]
+    fn the_body_guard_passes_messages_within_the_limit_whatever_the_split(
+        messages in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 0..4),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+    ) {
+        let wire = grpc_frames(&messages);
+        prop_assert_eq!(through_guard(split_at(&wire, &cuts), 64), Ok(wire.clone()));
+    }
+
+    #[test]
+    fn the_body_guard_refuses_a_message_over_the_limit_whatever_the_split(
+        before in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..32), 0..3),
+        over in 33usize..100,
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+    ) {
+        let mut messages = before;
+        messages.push(vec![7; over]);
+        let wire = grpc_frames(&messages);
+        let refused = through_guard(split_at(&wire, &cuts), 32);
+        prop_assert!(
+            refused.as_ref().is_err_and(|err| err.contains("at most 32 bytes")),
+            "{:?}", refused
+        );
     }
 }

@@ -91,6 +91,20 @@ fn wait_exit(mut running: Running) -> std::process::ExitStatus {
     }
 }
 
+/// `llmgate chat` succeeded and printed the simulator's 4-token answer.
+#[track_caller]
+fn assert_streamed_the_sim_answer(chat: &std::process::Output) {
+    assert!(
+        chat.status.success(),
+        "{}",
+        String::from_utf8_lossy(&chat.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&chat.stdout),
+        "The gateway routes every\n"
+    );
+}
+
 #[test]
 fn serve_answers_chat_and_exits_zero_on_sigterm() {
     let config = routing_file(
@@ -110,15 +124,7 @@ routes:
         .args(["chat", "--model", "demo", "--addr", &addr, "hello"])
         .output()
         .expect("run llmgate chat");
-    assert!(
-        chat.status.success(),
-        "{}",
-        String::from_utf8_lossy(&chat.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&chat.stdout),
-        "The gateway routes every\n"
-    );
+    assert_streamed_the_sim_answer(&chat);
     let summary = String::from_utf8_lossy(&chat.stderr);
     assert!(summary.contains("finish stop"), "{summary}");
     assert!(summary.contains("2 tokens in, 4 out"), "{summary}");
@@ -205,7 +211,7 @@ fn serve_refuses_a_broken_routing_file_with_its_position() {
 fn sighup_reloads_the_routing_file_when_watching_is_off() {
     let routing = |model: &str| {
         format!(
-            "listen: {{ grpc: 127.0.0.1:0 }}
+            "listen: {{ grpc: 127.0.0.1:0, metrics: off }}
 upstreams:
   sim: {{ kind: sim, sim: {{ ttft: 0s, tokens_per_second: 0, output_tokens: 1 }} }}
 routes:
@@ -255,5 +261,53 @@ routes:
             "SIGHUP did not reload"
         );
     }
+    let _ = std::fs::remove_file(config);
+}
+
+#[test]
+fn chat_calls_with_the_api_key_from_the_environment() {
+    const KEY: &str = "sk-gw-cli-chat-7d0e5b21";
+    let digest: String = ring::digest::digest(&ring::digest::SHA256, KEY.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let config = routing_file(&format!(
+        "listen: {{ grpc: 127.0.0.1:0, metrics: off }}
+auth:
+  keys: [{{ name: cli, sha256: {digest}, models: [demo] }}]
+upstreams:
+  sim: {{ kind: sim, sim: {{ ttft: 1ms, tokens_per_second: 0, output_tokens: 4 }} }}
+routes:
+  - model: demo
+    pools: [{{ upstream: sim }}]
+"
+    ));
+    let (_server, addr, _) = serve(&config);
+    let chat = |key: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["chat", "--model", "demo", "--addr", &addr, "hello"])
+            .env_remove("LLMGATE_API_KEY");
+        if let Some(key) = key {
+            command.env("LLMGATE_API_KEY", key);
+        }
+        command.output().expect("run llmgate chat")
+    };
+    let keyed = chat(Some(KEY));
+    assert_streamed_the_sim_answer(&keyed);
+    let anonymous = chat(None);
+    assert!(!anonymous.status.success());
+    let stderr = String::from_utf8_lossy(&anonymous.stderr);
+    assert!(stderr.contains("UNAUTHENTICATED"), "{stderr}");
+    // The help never shows the variable's value.
+    let help = Command::new(BIN)
+        .args(["chat", "--help"])
+        .env("LLMGATE_API_KEY", KEY)
+        .output()
+        .expect("run llmgate chat --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("LLMGATE_API_KEY"), "{help}");
+    assert!(!help.contains(KEY), "{help}");
     let _ = std::fs::remove_file(config);
 }

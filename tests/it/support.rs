@@ -89,6 +89,10 @@ impl Gateway {
     }
 
     async fn serve(server: llmgate::server::Server, watch: bool, with_admin: bool) -> Gateway {
+        // The recorder is process-wide: install it before any test's first
+        // call, or a call that starts before another test installs it and
+        // ends after would count its end but not its start.
+        llmgate::telemetry::metrics::install().expect("metrics recorder");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let admin = if with_admin {
@@ -330,6 +334,8 @@ pub enum Step {
     Hang,
     /// Wait before the next step, as a slow server would.
     Delay(Duration),
+    /// Wait until the test opens the gate (adds permits to it).
+    Gate(Arc<tokio::sync::Semaphore>),
 }
 
 /// A whole JSON answer with a status.
@@ -492,6 +498,10 @@ async fn serve_connection(
                 Step::End => socket.write_all(b"0\r\n\r\n").await,
                 Step::Delay(wait) => {
                     tokio::time::sleep(wait).await;
+                    Ok(())
+                }
+                Step::Gate(gate) => {
+                    let _ = gate.acquire().await;
                     Ok(())
                 }
                 Step::Cut => return,
@@ -856,22 +866,44 @@ pub async fn raw_complete(
     message: &CompleteRequest,
     grpc_timeout: &str,
 ) -> (tonic::Code, String) {
-    use http_body_util::BodyExt;
     use prost::Message as _;
 
+    let body = http_body_util::Full::new(bytes::Bytes::from(grpc_frame(&message.encode_to_vec())));
+    raw_grpc(addr, Some(grpc_timeout), body).await
+}
+
+/// `message` framed as gRPC sends it: no compression, 4-byte length.
+pub fn grpc_frame(message: &[u8]) -> Vec<u8> {
     let mut frame = vec![0u8];
-    let encoded = message.encode_to_vec();
-    frame.extend_from_slice(&u32::try_from(encoded.len()).expect("small").to_be_bytes());
-    frame.extend_from_slice(&encoded);
+    frame.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
+}
+
+/// Calls `Complete` over a bare HTTP/2 connection with `body` as the
+/// request body, whatever it holds, and returns the gRPC status the
+/// gateway answered with.
+pub async fn raw_grpc<B>(
+    addr: SocketAddr,
+    grpc_timeout: Option<&str>,
+    body: B,
+) -> (tonic::Code, String)
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt;
+
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
-        .build_http::<http_body_util::Full<bytes::Bytes>>();
-    let request = http::Request::post(format!("http://{addr}/llm.v1.LLMService/Complete"))
+        .build_http::<B>();
+    let mut request = http::Request::post(format!("http://{addr}/llm.v1.LLMService/Complete"))
         .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .header("grpc-timeout", grpc_timeout)
-        .body(http_body_util::Full::new(bytes::Bytes::from(frame)))
-        .expect("request");
+        .header("te", "trailers");
+    if let Some(timeout) = grpc_timeout {
+        request = request.header("grpc-timeout", timeout);
+    }
+    let request = request.body(body).expect("request");
     let response = tokio::time::timeout(PATIENCE, client.request(request))
         .await
         .expect("gateway answers")
@@ -918,4 +950,60 @@ fn percent_decode(text: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+// === keys and certificates ===
+
+/// `message` with `authorization: Bearer <key>`.
+pub fn keyed<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {key}")
+            .parse()
+            .expect("a valid header value"),
+    );
+    request
+}
+
+/// A certificate and its private key, as PEM.
+pub struct Issued {
+    pub cert: String,
+    pub key: String,
+}
+
+/// A test certificate authority that issues certificates on demand.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        TestCa {
+            issuer: rcgen::CertifiedIssuer::self_signed(params, key).expect("CA"),
+        }
+    }
+
+    /// The CA's own certificate.
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A certificate for `names` (DNS names; also good as a client
+    /// certificate).
+    pub fn issue(&self, names: &[&str]) -> Issued {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .expect("params")
+            .signed_by(&key, &self.issuer)
+            .expect("certificate");
+        Issued {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
 }

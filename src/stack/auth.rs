@@ -1,0 +1,41 @@
+//! Lets in only callers with a key the routing file declares, and only to
+//! the models that key may call.
+//!
+//! The front end puts what the caller presented into
+//! [`ChatRequest::caller`](crate::chat::ChatRequest::caller); this layer
+//! checks it against the [`Guard`](super::guard::Guard) in force and
+//! replaces it with the key's name, which is all the layers after it see.
+//! No key → UNAUTHENTICATED; a model outside the key's list →
+//! PERMISSION_DENIED, before anything is routed or counted.
+
+use super::guard::{Admission, Guard, GuardLayer, Guarded};
+use crate::chat::{Caller, ChatRequest, ChatStream};
+use crate::error::GatewayError;
+
+/// Wraps a chat service in [`Auth`].
+pub type AuthLayer = GuardLayer<Authenticate>;
+
+/// Authenticates and authorizes each call before the inner service sees it.
+pub type Auth<S> = Guarded<Authenticate, S>;
+
+/// Names the concern of [`Auth`].
+#[derive(Debug)]
+pub enum Authenticate {}
+
+// === impl Authenticate ===
+
+impl Admission for Authenticate {
+    type Held = std::convert::Infallible;
+
+    fn admit(guard: &Guard, req: &mut ChatRequest) -> Result<Option<Self::Held>, GatewayError> {
+        if let Some(key) = guard.authenticate(&req.caller)? {
+            key.authorize(&req.model)?;
+            req.caller = Caller::Key(key.name.clone());
+        }
+        Ok(None)
+    }
+
+    fn hold(_: ChatStream, held: Self::Held) -> ChatStream {
+        match held {}
+    }
+}

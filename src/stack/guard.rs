@@ -1,0 +1,351 @@
+//! The access policy calls are checked against: which keys exist and what
+//! each may call, the limits of each key and route, and how much one
+//! request may hold.
+//!
+//! Like the routing table it is built whole from a validated config and
+//! swapped whole on reload ([`SharedGuard`]); each layer loads it once per
+//! call. What a reload must not reset is carried over: a key or route whose
+//! limits did not change keeps its rate limiter and its in-flight count, so
+//! editing an unrelated route does not hand every caller a fresh minute of
+//! quota, and calls in flight stay counted. A key is matched by its name,
+//! so rotating its secret keeps its quota too.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Either, Ready, ready};
+use governor::{DefaultDirectRateLimiter, Quota as Rate, RateLimiter};
+use std::task::{Context, Poll};
+use tokio::sync::Semaphore;
+use tower::{Layer, Service};
+
+use super::rate::TokenBucket;
+use crate::chat::{Caller, ChatRequest, ChatStream};
+use crate::config::{AuthConfig, CallerLimits, Config, KeyDigest, ModelGrant};
+use crate::error::{ErrorKind, GatewayError};
+
+/// The policy in force, swapped whole on reload.
+pub type SharedGuard = Arc<ArcSwap<Guard>>;
+
+/// The layer of each guarding concern: it gives the service it wraps the
+/// policy in force. `K` names the concern (`GuardLayer<Authenticate>` is
+/// the [`AuthLayer`](super::auth::AuthLayer)), so each concern is its own
+/// `Foo<S>` and `FooLayer` while the wiring is written once.
+pub struct GuardLayer<K> {
+    /// The policy in force.
+    guard: SharedGuard,
+    _kind: PhantomData<fn() -> K>,
+}
+
+/// A service wrapped by a [`GuardLayer`]: it admits each call by `K`'s
+/// [`Admission`] before the rest of the stack sees it.
+pub struct Guarded<K, S> {
+    /// The rest of the stack.
+    inner: S,
+    /// The policy in force; loaded once per call.
+    guard: SharedGuard,
+    _kind: PhantomData<fn() -> K>,
+}
+
+/// One guarding concern: whether a call may go on, and what it holds
+/// until its last token if it does.
+pub trait Admission: 'static {
+    /// Held by an admitted call until its stream ends: permits, a pending
+    /// settlement. Dropped with the stream (or with the error, when the
+    /// call fails before streaming).
+    type Held: Send + 'static;
+
+    /// Refuses the call with the error its caller should see, or admits
+    /// it, possibly changing it (the auth layer names the caller's key).
+    fn admit(guard: &Guard, req: &mut ChatRequest) -> Result<Option<Self::Held>, GatewayError>;
+
+    /// The admitted call's stream, holding `held` until it ends.
+    fn hold(stream: ChatStream, held: Self::Held) -> ChatStream;
+}
+
+/// An immutable snapshot of who may call and how much.
+pub struct Guard {
+    /// Whether callers must present a known key.
+    keys_required: bool,
+    /// Keys by the digest of their secret: a presented key is hashed and
+    /// looked up, so the gateway never holds a key in clear text, and
+    /// timing reveals nothing usable (only how a digest compares).
+    keys: HashMap<KeyDigest, Arc<KeyPolicy>>,
+    /// The same keys by name, for the layers after authentication.
+    by_name: HashMap<Arc<str>, Arc<KeyPolicy>>,
+    /// Every routed name (models and aliases) of a route with limits, to
+    /// that route's quota, so every alias draws on the same one.
+    routes: HashMap<String, Arc<Quota>>,
+    /// What one request may hold.
+    pub request: RequestShape,
+    /// Calls in flight in the whole gateway, when capped.
+    pub in_flight: Option<Arc<Capacity>>,
+}
+
+/// One declared key.
+pub struct KeyPolicy {
+    /// Its name in the routing file; stands in for it everywhere.
+    pub name: Arc<str>,
+    /// The models it may call.
+    pub models: ModelGrant,
+    /// Its own limits.
+    pub quota: Arc<Quota>,
+}
+
+/// The limits of one key or route, with the state that enforces them.
+pub struct Quota {
+    /// What was configured; a reload keeps this quota while it is equal.
+    limits: CallerLimits,
+    /// Calls per minute.
+    pub requests: Option<DefaultDirectRateLimiter>,
+    /// Tokens per minute.
+    pub tokens: Option<TokenBucket>,
+    /// Calls in flight.
+    pub in_flight: Option<Arc<Capacity>>,
+}
+
+/// A cap on calls in flight: permits held until each call's last token.
+pub struct Capacity {
+    /// The cap, for messages and for carrying it over a reload.
+    pub max: u32,
+    /// One permit per call in flight.
+    pub permits: Arc<Semaphore>,
+}
+
+/// Limits on the content of one request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestShape {
+    /// Most messages.
+    pub max_messages: u32,
+    /// Most bytes of message content, when limited.
+    pub max_content_length: Option<usize>,
+}
+
+// === impl GuardLayer ===
+
+impl<K> GuardLayer<K> {
+    /// Guards calls with the policy in `guard`.
+    pub fn new(guard: SharedGuard) -> Self {
+        GuardLayer {
+            guard,
+            _kind: PhantomData,
+        }
+    }
+}
+
+impl<K> Clone for GuardLayer<K> {
+    fn clone(&self) -> Self {
+        GuardLayer::new(self.guard.clone())
+    }
+}
+
+impl<K, S> Layer<S> for GuardLayer<K> {
+    type Service = Guarded<K, S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Guarded {
+            inner,
+            guard: self.guard.clone(),
+            _kind: PhantomData,
+        }
+    }
+}
+
+// === impl Guarded ===
+
+impl<K, S: Clone> Clone for Guarded<K, S> {
+    fn clone(&self) -> Self {
+        Guarded {
+            inner: self.inner.clone(),
+            guard: self.guard.clone(),
+            _kind: PhantomData,
+        }
+    }
+}
+
+impl<K, S> Service<ChatRequest> for Guarded<K, S>
+where
+    K: Admission,
+    S: Service<ChatRequest, Response = ChatStream, Error = GatewayError>,
+    S::Future: Send + 'static,
+{
+    type Response = ChatStream;
+    type Error = GatewayError;
+    type Future = Either<
+        Either<Ready<Result<ChatStream, GatewayError>>, S::Future>,
+        BoxFuture<'static, Result<ChatStream, GatewayError>>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: ChatRequest) -> Self::Future {
+        let held = match K::admit(&self.guard.load(), &mut req) {
+            Ok(held) => held,
+            Err(err) => return Either::Left(Either::Left(ready(Err(err)))),
+        };
+        let Some(held) = held else {
+            // Nothing to hold: no stream wrapper, no box.
+            return Either::Left(Either::Right(self.inner.call(req)));
+        };
+        let response = self.inner.call(req);
+        Either::Right(async move { Ok(K::hold(response.await?, held)) }.boxed())
+    }
+}
+
+// === impl Guard ===
+
+impl Guard {
+    /// Builds the policy for `config`, keeping the limiters and in-flight
+    /// counts of `previous` wherever their limits did not change.
+    pub fn build(config: &Config, previous: Option<&Guard>) -> Guard {
+        let keep = |old: Option<&Arc<Quota>>, limits: CallerLimits| match old {
+            Some(old) if old.limits == limits => old.clone(),
+            _ => Arc::new(Quota::new(limits)),
+        };
+        let mut keys = HashMap::new();
+        let mut by_name = HashMap::new();
+        if let AuthConfig::Keys(declared) = &config.auth {
+            for key in declared {
+                let old = previous.and_then(|g| g.by_name.get(key.name.as_str()));
+                let policy = Arc::new(KeyPolicy {
+                    name: Arc::from(key.name.as_str()),
+                    models: key.models.clone(),
+                    quota: keep(old.map(|k| &k.quota), key.limits),
+                });
+                keys.insert(key.digest, policy.clone());
+                by_name.insert(policy.name.clone(), policy);
+            }
+        }
+        let mut routes = HashMap::new();
+        for route in config.routes.iter().filter(|r| !r.limits.is_unlimited()) {
+            let old = previous.and_then(|g| g.routes.get(&route.model));
+            let quota = keep(old, route.limits);
+            for name in std::iter::once(&route.model).chain(&route.aliases) {
+                routes.insert(name.clone(), quota.clone());
+            }
+        }
+        let in_flight = config.limits.max_in_flight.map(|max| {
+            match previous.and_then(|g| g.in_flight.as_ref()) {
+                Some(old) if old.max == max.get() => old.clone(),
+                _ => Arc::new(Capacity::new(max)),
+            }
+        });
+        Guard {
+            keys_required: matches!(config.auth, AuthConfig::Keys(_)),
+            keys,
+            by_name,
+            routes,
+            request: RequestShape {
+                max_messages: config.limits.max_messages,
+                max_content_length: config.limits.max_content_length,
+            },
+            in_flight,
+        }
+    }
+
+    /// A shared handle on the policy for `config`.
+    pub fn shared(config: &Config) -> SharedGuard {
+        Arc::new(ArcSwap::from_pointee(Guard::build(config, None)))
+    }
+
+    /// Who `caller` is: `Ok(None)` when keys are not required, the key's
+    /// policy when it presented a known key, UNAUTHENTICATED otherwise.
+    /// Messages never repeat what the caller sent.
+    pub fn authenticate(&self, caller: &Caller) -> Result<Option<Arc<KeyPolicy>>, GatewayError> {
+        if !self.keys_required {
+            return Ok(None);
+        }
+        let unauthenticated = |message: &str| {
+            Err(GatewayError::new(
+                ErrorKind::Unauthenticated,
+                message.to_string(),
+            ))
+        };
+        match caller {
+            Caller::Anonymous => unauthenticated(
+                "this gateway needs an API key: send it as `authorization: Bearer <key>` \
+                 metadata",
+            ),
+            Caller::Unreadable => unauthenticated(
+                "the authorization metadata must be `Bearer <key>`; no other scheme is \
+                 accepted",
+            ),
+            Caller::Presented(key) => {
+                match self.keys.get(&KeyDigest::of(key.expose().as_bytes())) {
+                    Some(policy) => Ok(Some(policy.clone())),
+                    None => unauthenticated(
+                        "the API key is not valid for this gateway; check it, or ask the \
+                     gateway's operators for one",
+                    ),
+                }
+            }
+            Caller::Key(name) => match self.by_name.get(name) {
+                Some(policy) => Ok(Some(policy.clone())),
+                None => unauthenticated("the API key was withdrawn; ask for a new one"),
+            },
+        }
+    }
+
+    /// The policy of the key a call was authenticated with.
+    pub fn key(&self, caller: &Caller) -> Option<&Arc<KeyPolicy>> {
+        self.by_name.get(caller.key_name()?)
+    }
+
+    /// The quota of the route `model` names, if the route has limits.
+    pub fn route(&self, model: &str) -> Option<&Arc<Quota>> {
+        self.routes.get(model)
+    }
+}
+
+// === impl KeyPolicy ===
+
+impl KeyPolicy {
+    /// PERMISSION_DENIED unless the key may call `model`.
+    pub fn authorize(&self, model: &str) -> Result<(), GatewayError> {
+        if self.models.allows(model) {
+            return Ok(());
+        }
+        Err(GatewayError::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "key '{}' may not call model '{model}'; it may call: {}. Ask the gateway's \
+                 operators to extend its models",
+                self.name, self.models
+            ),
+        ))
+    }
+}
+
+// === impl Quota ===
+
+impl Quota {
+    /// Fresh limiters for `limits`.
+    pub fn new(limits: CallerLimits) -> Quota {
+        Quota {
+            limits,
+            requests: limits
+                .requests_per_minute
+                .map(|n| RateLimiter::direct(Rate::per_minute(n))),
+            tokens: limits.tokens_per_minute.map(TokenBucket::per_minute),
+            in_flight: limits.max_in_flight.map(|n| Arc::new(Capacity::new(n))),
+        }
+    }
+}
+
+// === impl Capacity ===
+
+impl Capacity {
+    /// Room for `max` calls.
+    pub fn new(max: NonZeroU32) -> Capacity {
+        Capacity {
+            max: max.get(),
+            permits: Arc::new(Semaphore::new(max.get() as usize)),
+        }
+    }
+}

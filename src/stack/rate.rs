@@ -1,0 +1,337 @@
+//! Requests and tokens per minute, per key and per route, so one caller
+//! cannot starve the rest and one model's budget holds across callers.
+//!
+//! Built on `governor` (GCRA): each limit is a bucket of a minute's worth
+//! that refills continuously, so a caller may burst up to its minute and
+//! then proceeds at the steady rate. Tokens are known only when a call
+//! ends, so a call is admitted on an estimate of its prompt (about four
+//! bytes a token) and settled from the usage the upstream reports (or,
+//! when none is reported, from the text that streamed) when it ends or the
+//! caller leaves. What it used beyond the estimate is taken from the bucket
+//! then, as far as the bucket holds it: a call never fails after it
+//! started, and a caller who overspent waits for the refill.
+//!
+//! The key's limits are checked before the route's, so a caller refused
+//! for its own limit spends nothing of the route's budget, and cannot drain
+//! a model's quota for everyone else by hammering it. A refusal is
+//! RESOURCE_EXHAUSTED with how long until the call would fit, which the
+//! front end sends as `retry-after`.
+
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use futures_util::Stream;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, NotUntil, Quota as Rate, RateLimiter};
+
+use super::guard::{Admission, Guard, GuardLayer, Guarded, Quota};
+use crate::chat::{ChatEvent, ChatRequest, ChatStream};
+use crate::error::{ErrorKind, GatewayError, whole_seconds};
+
+/// Bytes of text per token, for estimates: close for English with the
+/// tokenizers in use, and an estimate is all admission needs.
+const BYTES_PER_TOKEN: usize = 4;
+/// Tokens each message costs beyond its text (role and separators).
+const TOKENS_PER_MESSAGE: usize = 4;
+
+/// A tokens-per-minute limit.
+pub struct TokenBucket {
+    /// The GCRA state.
+    limiter: DefaultDirectRateLimiter,
+    /// The bucket's size: a minute's tokens. No single charge can be larger.
+    capacity: NonZeroU32,
+}
+
+/// Wraps a chat service in [`RateLimit`].
+pub type RateLimitLayer = GuardLayer<Meter>;
+
+/// Admits a call only within its key's and its route's rates.
+pub type RateLimit<S> = Guarded<Meter, S>;
+
+/// Names the concern of [`RateLimit`].
+#[derive(Debug)]
+pub enum Meter {}
+
+/// A call's token charges, settled once when its stream ends or is dropped.
+pub struct Settlement {
+    /// The prompt estimate the call was admitted on.
+    estimate: u32,
+    /// Each bucket charged, with what it was charged.
+    charges: Vec<(Arc<Quota>, u32)>,
+    /// Text bytes streamed so far, for when no usage is reported.
+    streamed_bytes: usize,
+    /// Tokens the upstream reported, in and out.
+    reported: Option<u32>,
+    /// Whether it was settled already.
+    settled: bool,
+}
+
+/// A token stream that settles its call's charges when it ends.
+struct Metered {
+    /// The stream; `None` once it ended.
+    inner: Option<ChatStream>,
+    /// What to settle.
+    settlement: Settlement,
+}
+
+// === impl TokenBucket ===
+
+impl TokenBucket {
+    /// A bucket of `n` tokens a minute.
+    pub fn per_minute(n: NonZeroU32) -> Self {
+        TokenBucket {
+            limiter: RateLimiter::direct(Rate::per_minute(n)),
+            capacity: n,
+        }
+    }
+
+    /// Takes `estimate` tokens now (at least one, at most a whole bucket, so
+    /// a prompt bigger than a minute's budget can still run once the bucket
+    /// is full) and returns what it took, or how long until they fit.
+    fn admit(&self, estimate: u32) -> Result<u32, Duration> {
+        let charge = estimate.clamp(1, self.capacity.get());
+        let n = NonZeroU32::new(charge).unwrap_or(NonZeroU32::MIN);
+        match self.limiter.check_n(n) {
+            Ok(Ok(())) => Ok(charge),
+            Ok(Err(not_until)) => Err(wait(&not_until)),
+            // Unreachable: the charge is at most the capacity.
+            Err(_) => Err(Duration::from_secs(60)),
+        }
+    }
+
+    /// Takes `extra` tokens a call used beyond its charge, or as many as
+    /// the bucket holds now: the call already happened, so this never waits
+    /// and never fails; an empty bucket makes the next calls wait instead.
+    fn settle(&self, extra: u32) {
+        let mut remaining = extra.min(self.capacity.get());
+        let mut chunk = remaining;
+        // Take the largest pieces that fit, halving on each refusal: at
+        // most a few dozen checks, and only for a call that overspent.
+        while remaining > 0 {
+            let Some(n) = NonZeroU32::new(chunk) else {
+                break;
+            };
+            if matches!(self.limiter.check_n(n), Ok(Ok(()))) {
+                remaining -= chunk;
+                chunk = chunk.min(remaining);
+            } else {
+                chunk /= 2;
+            }
+        }
+    }
+}
+
+/// How long from now until a refused charge would fit.
+fn wait(not_until: &NotUntil<<DefaultClock as Clock>::Instant>) -> Duration {
+    not_until.wait_time_from(DefaultClock::default().now())
+}
+
+// === impl Meter ===
+
+impl Admission for Meter {
+    type Held = Settlement;
+
+    fn admit(guard: &Guard, req: &mut ChatRequest) -> Result<Option<Settlement>, GatewayError> {
+        settlement(guard, req)
+    }
+
+    fn hold(stream: ChatStream, settlement: Settlement) -> ChatStream {
+        // A call that failed before streaming dropped its settlement, which
+        // charged what was estimated: the prompt was sent.
+        Box::pin(Metered {
+            inner: Some(stream),
+            settlement,
+        })
+    }
+}
+
+/// Checks the key's quota, then the route's. `Ok(None)` when no token
+/// limit applies, so the stream needs no metering.
+fn settlement(guard: &Guard, req: &ChatRequest) -> Result<Option<Settlement>, GatewayError> {
+    let key = guard
+        .key(&req.caller)
+        .map(|key| (Whose::Key(&key.name), &key.quota));
+    let route = guard
+        .route(&req.model)
+        .map(|quota| (Whose::Route(&req.model), quota));
+    let estimate = estimate_input(req);
+    let mut charges = Vec::new();
+    for (whose, quota) in key.into_iter().chain(route) {
+        if let Some(requests) = &quota.requests
+            && let Err(not_until) = requests.check()
+        {
+            let limit = not_until.quota().burst_size();
+            return Err(over_limit(whose, limit, "requests", wait(&not_until)));
+        }
+        if let Some(tokens) = &quota.tokens {
+            match tokens.admit(estimate) {
+                Ok(charge) => charges.push((quota.clone(), charge)),
+                Err(wait) => return Err(over_limit(whose, tokens.capacity, "tokens", wait)),
+            }
+        }
+    }
+    Ok((!charges.is_empty()).then_some(Settlement {
+        estimate,
+        charges,
+        streamed_bytes: 0,
+        reported: None,
+        settled: false,
+    }))
+}
+
+/// Whose limit a call is over, for the message.
+#[derive(Clone, Copy)]
+enum Whose<'a> {
+    /// A key, by name.
+    Key(&'a str),
+    /// A route, by the model name the caller used.
+    Route(&'a str),
+}
+
+/// RESOURCE_EXHAUSTED for a call over `whose` limit of `limit` `what` per
+/// minute, with how long until it would fit.
+fn over_limit(whose: Whose<'_>, limit: NonZeroU32, what: &str, wait: Duration) -> GatewayError {
+    let whose = match whose {
+        Whose::Key(name) => format!("key '{name}'"),
+        Whose::Route(model) => format!("model '{model}'"),
+    };
+    GatewayError::new(
+        ErrorKind::ResourceExhausted,
+        format!(
+            "{whose} is over its limit of {limit} {what} per minute; retry in {}s",
+            whole_seconds(wait)
+        ),
+    )
+    .with_retry_after(wait)
+}
+
+/// The tokens a request's prompt is likely to count.
+pub fn estimate_input(req: &ChatRequest) -> u32 {
+    let bytes: usize = req.messages.iter().map(|m| m.content.len()).sum();
+    let tokens = bytes.div_ceil(BYTES_PER_TOKEN) + TOKENS_PER_MESSAGE * req.messages.len();
+    u32::try_from(tokens).unwrap_or(u32::MAX)
+}
+
+// === impl Settlement ===
+
+impl Settlement {
+    /// Charges each bucket what the call used beyond its charge.
+    fn settle(&mut self) {
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
+        let streamed =
+            u32::try_from(self.streamed_bytes.div_ceil(BYTES_PER_TOKEN)).unwrap_or(u32::MAX);
+        let used = self
+            .reported
+            .unwrap_or_else(|| self.estimate.saturating_add(streamed));
+        for (quota, charged) in &self.charges {
+            if let Some(tokens) = &quota.tokens {
+                tokens.settle(used.saturating_sub(*charged));
+            }
+        }
+    }
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        self.settle();
+    }
+}
+
+// === impl Metered ===
+
+impl Stream for Metered {
+    type Item = Result<ChatEvent, GatewayError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let item = ready!(inner.as_mut().poll_next(cx));
+        match &item {
+            Some(Ok(ChatEvent::Token(text))) => {
+                this.settlement.streamed_bytes += text.len();
+                return Poll::Ready(item);
+            }
+            Some(Ok(ChatEvent::Done(completion))) => {
+                this.settlement.reported = completion
+                    .usage
+                    .map(|u| u.input_tokens.saturating_add(u.output_tokens));
+            }
+            Some(Err(_)) | None => {}
+        }
+        this.inner = None;
+        this.settlement.settle();
+        Poll::Ready(item)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::{ChatMessage, Role};
+
+    fn bucket(n: u32) -> TokenBucket {
+        TokenBucket::per_minute(NonZeroU32::new(n).expect("positive"))
+    }
+
+    #[test]
+    fn a_prompt_larger_than_the_bucket_is_charged_one_full_bucket() {
+        let tokens = bucket(10);
+        assert_eq!(tokens.admit(50), Ok(10));
+        assert!(tokens.admit(1).is_err(), "the bucket is empty");
+    }
+
+    #[test]
+    fn settling_takes_what_the_bucket_holds_and_never_more() {
+        // Ten a minute: one every six seconds, so nothing refills while the
+        // test runs.
+        let tokens = bucket(10);
+        assert_eq!(tokens.admit(3), Ok(3));
+        // The call used far more than its estimate: the bucket empties, and
+        // the next call waits for the refill rather than failing the last.
+        tokens.settle(1000);
+        let wait = tokens.admit(1).expect_err("empty after settling");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(6),
+            "{wait:?}"
+        );
+    }
+
+    #[test]
+    fn settling_less_than_the_bucket_leaves_the_rest() {
+        let tokens = bucket(10);
+        assert_eq!(tokens.admit(2), Ok(2));
+        tokens.settle(4);
+        assert_eq!(tokens.admit(4), Ok(4), "10 - 2 - 4 = 4 left");
+        assert!(tokens.admit(1).is_err());
+    }
+
+    #[test]
+    fn the_estimate_counts_about_four_bytes_a_token_and_a_few_per_message() {
+        let req = ChatRequest {
+            model: "m".into(),
+            messages: vec![
+                ChatMessage {
+                    role: Role::System,
+                    content: "x".repeat(40),
+                },
+                ChatMessage {
+                    role: Role::User,
+                    content: "y".repeat(2),
+                },
+            ],
+            params: Default::default(),
+            stream: false,
+            deadline: None,
+            call: Default::default(),
+            caller: Default::default(),
+        };
+        assert_eq!(estimate_input(&req), 11 + 2 * 4);
+    }
+}
