@@ -124,6 +124,9 @@ impl Reloader {
         if config.shutdown_grace != applied.config.shutdown_grace {
             needs_restart.push("shutdown_grace: applies after a restart".to_string());
         }
+        if config.cors != applied.config.cors {
+            needs_restart.push("cors: applies after a restart".to_string());
+        }
         self.table.store(Arc::new(table));
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         for note in &needs_restart {

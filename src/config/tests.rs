@@ -138,8 +138,10 @@ fn full_file_is_read_field_by_field() {
     let expected = Config {
         listen: ListenConfig {
             grpc: SocketAddr::from(([0, 0, 0, 0], 6000)),
+            http: None,
         },
         shutdown_grace: Duration::from_secs(120),
+        cors: CorsConfig::default(),
         upstreams: BTreeMap::from([
             (
                 "fleet".to_string(),
@@ -810,6 +812,123 @@ fn listen_address_must_be_ip_and_port() {
     ]));
     assert_at(&problem, 2, 9);
     assert_mentions(&problem, &["'localhost:50051'", "ip:port", "0.0.0.0:50051"]);
+}
+
+#[test]
+fn http_listener_and_cors_origins_are_optional_and_read() {
+    let with = |lines: &[&str]| {
+        let mut all = lines.to_vec();
+        all.extend([
+            "upstreams:",
+            "  local:",
+            "    kind: sim",
+            "routes:",
+            "  - model: demo",
+            "    pools:",
+            "      - upstream: local",
+        ]);
+        yaml(&all)
+    };
+    let off = parse_ok(&with(&[]));
+    assert_eq!(off.listen.http, None, "no HTTP front unless asked for");
+    assert_eq!(off.cors, CorsConfig::default());
+    assert!(!describe(&off).contains("listen http"));
+
+    let on = parse_ok(&with(&[
+        "listen:",
+        "  http: 0.0.0.0:8080",
+        "cors:",
+        "  allowed_origins: [https://app.example.com, HTTP://LOCALHOST:5173]",
+    ]));
+    assert_eq!(on.listen.http, Some(SocketAddr::from(([0, 0, 0, 0], 8080))));
+    assert_eq!(
+        on.cors.allowed_origins,
+        ["https://app.example.com", "http://localhost:5173"],
+        "origins are kept as browsers send them: lowercase"
+    );
+    let summary = describe(&on);
+    assert!(summary.contains("listen http 0.0.0.0:8080"), "{summary}");
+    assert!(summary.contains("https://app.example.com"), "{summary}");
+
+    let any = parse_ok(&with(&["cors: { allowed_origins: ['*'] }"]));
+    assert_eq!(any.cors.allowed_origins, ["*"]);
+}
+
+#[test]
+fn http_listen_address_must_be_ip_and_port() {
+    let problem = only_problem(&yaml(&[
+        "listen:",
+        "  http: localhost:8080",
+        "upstreams:",
+        "  local:",
+        "    kind: sim",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: local",
+    ]));
+    assert_at(&problem, 2, 9);
+    assert_mentions(&problem, &["'localhost:8080'", "ip:port", "0.0.0.0:8080"]);
+}
+
+#[test]
+fn cors_origins_that_no_browser_sends_are_refused_at_their_value() {
+    let found = problems(&yaml(&[
+        "cors:",
+        "  allowed_origins:",
+        "    - https://ok.example.com",
+        "    - https://app.example.com/",
+        "    - app.example.com",
+        "    - ftp://files.example.com",
+        "    - https://user@app.example.com",
+        "upstreams:",
+        "  local:",
+        "    kind: sim",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: local",
+    ]));
+    assert_eq!(found.len(), 4, "{found:#?}");
+    assert_at(&found[0], 4, 7);
+    assert_mentions(
+        &found[0],
+        &["'https://app.example.com/'", "trailing slash", "scheme://host[:port]"],
+    );
+    assert_at(&found[1], 5, 7);
+    assert_mentions(&found[1], &["'app.example.com'", "no scheme"]);
+    assert_at(&found[2], 6, 7);
+    assert_mentions(&found[2], &["http or https"]);
+    assert_at(&found[3], 7, 7);
+    assert_mentions(&found[3], &["host"]);
+
+    let problem = only_problem(&yaml(&[
+        "cors:",
+        "  allowed_origins: [https://app.example.com, '*']",
+        "upstreams:",
+        "  local:",
+        "    kind: sim",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: local",
+    ]));
+    assert_at(&problem, 2, 46);
+    assert_mentions(&problem, &["'*'", "alone"]);
+
+    let problem = only_problem(&yaml(&[
+        "cors:",
+        "  allowed_orgins: [https://app.example.com]",
+        "upstreams:",
+        "  local:",
+        "    kind: sim",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: local",
+    ]));
+    assert_at(&problem, 2, 3);
+    assert_mentions(&problem, &["allowed_orgins"]);
 }
 
 // === YAML syntax ===
