@@ -35,4 +35,4 @@ pub mod server;
 pub mod sim;
 pub mod stack;
 
-pub use server::run;
+pub use server::{Listeners, run};

@@ -136,11 +136,29 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             let listener = TcpListener::bind(config.listen.grpc)
                 .await
                 .map_err(|err| format!("cannot listen on {}: {err}", config.listen.grpc))?;
+            let http = match config.listen.http {
+                Some(addr) => Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|err| format!("cannot listen on {addr}: {err}"))?,
+                ),
+                None => None,
+            };
             let server =
                 llmgate::server::Server::new(config, Connectors::default())?.reload_from(path);
             println!("llmgate: gRPC listening on {}", listener.local_addr()?);
+            if let Some(http) = &http {
+                println!(
+                    "llmgate: HTTP (OpenAI API) listening on {}",
+                    http.local_addr()?
+                );
+            }
+            let listeners = llmgate::Listeners {
+                grpc: listener,
+                http,
+            };
             server
-                .serve_watching(listener, !no_watch, shutdown_signal())
+                .serve_watching(listeners, !no_watch, shutdown_signal())
                 .await?;
             Ok(())
         }

@@ -10,6 +10,10 @@
 //! lets shutdown be bounded: stop accepting, let calls in flight finish for
 //! the grace period, then cut what is left (which cancels those upstream
 //! requests).
+//!
+//! The gRPC port also answers grpc-web (for browsers); the OpenAI-compatible
+//! HTTP front, when `listen.http` asks for it, has a port of its own served
+//! by the same loop, so it drains with the same grace period.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -28,6 +32,7 @@ use crate::backend::Connectors;
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::frontend::grpc::GrpcFrontend;
+use crate::frontend::{http as http_front, web};
 use crate::proto::llm_service_server::LlmServiceServer;
 use crate::reload::Reloader;
 use crate::route::{Router, RoutingTable, SharedTable};
@@ -60,10 +65,26 @@ pub struct Server {
     reloader: Option<Arc<Reloader>>,
 }
 
+/// The sockets the gateway serves, bound by the caller.
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC and grpc-web calls.
+    pub grpc: TcpListener,
+    /// The OpenAI-compatible HTTP front; `None` serves none.
+    pub http: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    /// gRPC only.
+    fn from(grpc: TcpListener) -> Self {
+        Listeners { grpc, http: None }
+    }
+}
+
 /// Serves the gateway on `listener` with `config` until `shutdown`
 /// completes, then drains calls in flight for `config.shutdown_grace`.
 pub async fn run(
-    listener: TcpListener,
+    listener: impl Into<Listeners>,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
@@ -73,7 +94,7 @@ pub async fn run(
 /// [`run`] with the outside world given: the HTTP client and DNS resolver
 /// upstreams use (tests move DNS answers around with their own).
 pub async fn run_with(
-    listener: TcpListener,
+    listener: impl Into<Listeners>,
     config: Config,
     connectors: Connectors,
     shutdown: impl Future<Output = ()>,
@@ -123,7 +144,7 @@ impl Server {
     /// changes on disk (if `watch`) and on SIGHUP.
     pub async fn serve_watching(
         self,
-        listener: TcpListener,
+        listener: impl Into<Listeners>,
         watch: bool,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
@@ -144,13 +165,26 @@ impl Server {
     /// calls in flight for the configured grace period.
     pub async fn serve(
         self,
-        listener: TcpListener,
+        listener: impl Into<Listeners>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
+        let Listeners {
+            grpc: listener,
+            http,
+        } = listener.into();
         let Server { config, table, .. } = self;
-        let frontend = GrpcFrontend::new(stack::build(Router::new(table.clone())), table);
-        let service =
-            TowerToHyperService::new(Routes::new(LlmServiceServer::new(frontend)).prepare());
+        let chat = stack::build(Router::new(table.clone()));
+        let cors = web::cors_layer(&config.cors);
+        let http_service = http.as_ref().map(|_| {
+            TowerToHyperService::new(http_front::router(
+                chat.clone(),
+                table.clone(),
+                cors.clone(),
+            ))
+        });
+        let frontend = GrpcFrontend::new(chat, table);
+        let routes = Routes::new(LlmServiceServer::new(frontend)).prepare();
+        let service = TowerToHyperService::new(web::grpc_web(routes, cors));
         let builder = auto::Builder::new(TokioExecutor::new());
         let graceful = GracefulShutdown::new();
         let mut connections = JoinSet::new();
@@ -169,23 +203,20 @@ impl Server {
                             continue;
                         }
                     };
-                    // Tokens must leave the moment they are produced.
-                    let _ = stream.set_nodelay(true);
-                    let connection = builder
-                        .serve_connection(TokioIo::new(stream), service.clone())
-                        .into_owned();
-                    let connection = graceful.watch(connection);
-                    connections.spawn(async move {
-                        if let Err(err) = connection.await {
-                            tracing::debug!(%peer, %err, "connection ended with an error");
-                        }
-                    });
+                    let (service, accepted) = (service.clone(), (stream, peer));
+                    spawn_connection(&mut connections, &builder, &graceful, accepted, service);
+                }
+                accepted = accept_http(http.as_ref()) => {
+                    if let Some(service) = http_service.clone() {
+                        spawn_connection(&mut connections, &builder, &graceful, accepted, service);
+                    }
                 }
                 Some(_) = connections.join_next() => {}
                 () = &mut shutdown => break,
             }
         }
         drop(listener);
+        drop(http);
         tracing::info!(
             grace = ?config.shutdown_grace,
             calls = graceful.count(),
@@ -200,4 +231,54 @@ impl Server {
         connections.shutdown().await;
         Ok(())
     }
+}
+
+/// The next connection on the HTTP front's listener; never, when there is
+/// none. A failed accept is retried after a pause, as on the gRPC port.
+async fn accept_http(
+    listener: Option<&TcpListener>,
+) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    let Some(listener) = listener else {
+        return std::future::pending().await;
+    };
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(err) => {
+                tracing::warn!(%err, "accept failed on the HTTP port");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Serves one accepted connection with `service` on its own task, watched
+/// by `graceful` so shutdown drains it with every other.
+fn spawn_connection<S, B>(
+    connections: &mut JoinSet<()>,
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    (stream, peer): (tokio::net::TcpStream, std::net::SocketAddr),
+    service: S,
+) where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    // Tokens must leave the moment they are produced.
+    let _ = stream.set_nodelay(true);
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .into_owned();
+    let connection = graceful.watch(connection);
+    connections.spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(%peer, %err, "connection ended with an error");
+        }
+    });
 }

@@ -893,7 +893,11 @@ fn cors_origins_that_no_browser_sends_are_refused_at_their_value() {
     assert_at(&found[0], 4, 7);
     assert_mentions(
         &found[0],
-        &["'https://app.example.com/'", "trailing slash", "scheme://host[:port]"],
+        &[
+            "'https://app.example.com/'",
+            "trailing slash",
+            "scheme://host[:port]",
+        ],
     );
     assert_at(&found[1], 5, 7);
     assert_mentions(&found[1], &["'app.example.com'", "no scheme"]);

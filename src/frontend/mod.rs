@@ -3,3 +3,5 @@
 //! thin translation over the same [`crate::stack::ChatService`].
 
 pub mod grpc;
+pub mod http;
+pub mod web;
