@@ -9,6 +9,7 @@ mod balance;
 mod check;
 mod deadline;
 mod gateway;
+mod http;
 mod mixed;
 mod ollama;
 mod openai;

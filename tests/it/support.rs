@@ -24,6 +24,8 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 /// A gateway running in this process.
 pub struct Gateway {
     pub addr: SocketAddr,
+    /// The OpenAI-compatible HTTP front.
+    pub http_addr: SocketAddr,
     /// Reloads the routing file, for gateways started on one.
     pub reloader: Option<Arc<llmgate::reload::Reloader>>,
     stop: Option<oneshot::Sender<()>>,
@@ -79,13 +81,20 @@ impl Gateway {
     async fn serve(server: llmgate::server::Server, watch: bool) -> Gateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+        let http_addr = http.local_addr().expect("http addr");
+        let listeners = llmgate::Listeners {
+            grpc: listener,
+            http: Some(http),
+        };
         let reloader = server.reloader();
         let (stop, stopped) = oneshot::channel::<()>();
-        let done = tokio::spawn(server.serve_watching(listener, watch, async {
+        let done = tokio::spawn(server.serve_watching(listeners, watch, async {
             let _ = stopped.await;
         }));
         Gateway {
             addr,
+            http_addr,
             reloader,
             stop: Some(stop),
             done: Some(done),
