@@ -7,7 +7,8 @@
 //!
 //! # Layout
 //! The modules follow the path of a call:
-//! - [`frontend`]: the `llm.v1.LLMService` gRPC service; wire → [`chat`].
+//! - [`frontend`]: the `llm.v1.LLMService` gRPC service (grpc-web too,
+//!   for browsers) and the OpenAI-compatible HTTP API; wire → [`chat`].
 //! - [`stack`]: tower layers every call passes (the caller's deadline).
 //! - [`route`]: the routing table and the router service (model → route →
 //!   pool by weight).
