@@ -814,27 +814,30 @@ fn listen_address_must_be_ip_and_port() {
     assert_mentions(&problem, &["'localhost:50051'", "ip:port", "0.0.0.0:50051"]);
 }
 
+/// `head` (its first line is line 1) followed by the least a file needs
+/// to be valid: one simulated upstream and one route to it.
+fn before_minimal_routes(head: &[&str]) -> String {
+    let mut all = head.to_vec();
+    all.extend([
+        "upstreams:",
+        "  local:",
+        "    kind: sim",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: local",
+    ]);
+    yaml(&all)
+}
+
 #[test]
 fn http_listener_and_cors_origins_are_optional_and_read() {
-    let with = |lines: &[&str]| {
-        let mut all = lines.to_vec();
-        all.extend([
-            "upstreams:",
-            "  local:",
-            "    kind: sim",
-            "routes:",
-            "  - model: demo",
-            "    pools:",
-            "      - upstream: local",
-        ]);
-        yaml(&all)
-    };
-    let off = parse_ok(&with(&[]));
+    let off = parse_ok(&before_minimal_routes(&[]));
     assert_eq!(off.listen.http, None, "no HTTP front unless asked for");
     assert_eq!(off.cors, CorsConfig::default());
     assert!(!describe(&off).contains("listen http"));
 
-    let on = parse_ok(&with(&[
+    let on = parse_ok(&before_minimal_routes(&[
         "listen:",
         "  http: 0.0.0.0:8080",
         "cors:",
@@ -850,22 +853,14 @@ fn http_listener_and_cors_origins_are_optional_and_read() {
     assert!(summary.contains("listen http 0.0.0.0:8080"), "{summary}");
     assert!(summary.contains("https://app.example.com"), "{summary}");
 
-    let any = parse_ok(&with(&["cors: { allowed_origins: ['*'] }"]));
+    let any = parse_ok(&before_minimal_routes(&[
+        "cors: { allowed_origins: ['*'] }",
+    ]));
     assert_eq!(any.cors.allowed_origins, ["*"]);
-}
 
-#[test]
-fn http_listen_address_must_be_ip_and_port() {
-    let problem = only_problem(&yaml(&[
+    let problem = only_problem(&before_minimal_routes(&[
         "listen:",
         "  http: localhost:8080",
-        "upstreams:",
-        "  local:",
-        "    kind: sim",
-        "routes:",
-        "  - model: demo",
-        "    pools:",
-        "      - upstream: local",
     ]));
     assert_at(&problem, 2, 9);
     assert_mentions(&problem, &["'localhost:8080'", "ip:port", "0.0.0.0:8080"]);
@@ -873,7 +868,7 @@ fn http_listen_address_must_be_ip_and_port() {
 
 #[test]
 fn cors_origins_that_no_browser_sends_are_refused_at_their_value() {
-    let found = problems(&yaml(&[
+    let found = problems(&before_minimal_routes(&[
         "cors:",
         "  allowed_origins:",
         "    - https://ok.example.com",
@@ -881,13 +876,6 @@ fn cors_origins_that_no_browser_sends_are_refused_at_their_value() {
         "    - app.example.com",
         "    - ftp://files.example.com",
         "    - https://user@app.example.com",
-        "upstreams:",
-        "  local:",
-        "    kind: sim",
-        "routes:",
-        "  - model: demo",
-        "    pools:",
-        "      - upstream: local",
     ]));
     assert_eq!(found.len(), 4, "{found:#?}");
     assert_at(&found[0], 4, 7);
@@ -906,30 +894,16 @@ fn cors_origins_that_no_browser_sends_are_refused_at_their_value() {
     assert_at(&found[3], 7, 7);
     assert_mentions(&found[3], &["host"]);
 
-    let problem = only_problem(&yaml(&[
+    let problem = only_problem(&before_minimal_routes(&[
         "cors:",
         "  allowed_origins: [https://app.example.com, '*']",
-        "upstreams:",
-        "  local:",
-        "    kind: sim",
-        "routes:",
-        "  - model: demo",
-        "    pools:",
-        "      - upstream: local",
     ]));
     assert_at(&problem, 2, 46);
     assert_mentions(&problem, &["'*'", "alone"]);
 
-    let problem = only_problem(&yaml(&[
+    let problem = only_problem(&before_minimal_routes(&[
         "cors:",
         "  allowed_orgins: [https://app.example.com]",
-        "upstreams:",
-        "  local:",
-        "    kind: sim",
-        "routes:",
-        "  - model: demo",
-        "    pools:",
-        "      - upstream: local",
     ]));
     assert_at(&problem, 2, 3);
     assert_mentions(&problem, &["allowed_orgins"]);

@@ -13,22 +13,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 
-const SIM_ROUTES: &str = "
-upstreams:
-  fast:
-    kind: sim
-    sim: { ttft: 1ms, tokens_per_second: 0, output_tokens: 5 }
-routes:
-  - model: demo
-    aliases: [demo-latest, d]
-    pools:
-      - upstream: fast
-  - model: other
-    pools:
-      - upstream: fast
-        model: other-upstream-name
-";
-
 /// The one origin the CORS tests allow.
 const APP_ORIGIN: &str = "https://app.example.com";
 
@@ -57,13 +41,23 @@ impl Answer {
     }
 }
 
+/// Sends `request` on a new HTTP/1.1 connection and reads the answer.
 async fn send(request: http::Request<Full<Bytes>>) -> Answer {
+    read(respond(request).await).await
+}
+
+/// Sends `request` on a new HTTP/1.1 connection; the answer's head.
+async fn respond(request: http::Request<Full<Bytes>>) -> http::Response<hyper::body::Incoming> {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
-    let response = tokio::time::timeout(PATIENCE, client.request(request))
+    tokio::time::timeout(PATIENCE, client.request(request))
         .await
         .expect("the gateway answers in time")
-        .expect("an HTTP response");
+        .expect("an HTTP response")
+}
+
+/// Reads the rest of an answer.
+async fn read(response: http::Response<hyper::body::Incoming>) -> Answer {
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let body = tokio::time::timeout(PATIENCE, response.into_body().collect())
@@ -241,19 +235,7 @@ fn hang_after(token: &'static str) -> impl Fn(&Received) -> Vec<Step> {
 
 #[tokio::test]
 async fn a_whole_answer_reads_as_an_openai_client_reads_it() {
-    let upstream = FakeUpstream::start(|_| {
-        json_reply(
-            200,
-            &json!({
-                "id": "x", "object": "chat.completion", "model": "served-model",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris."},
-                             "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14},
-            }),
-        )
-    })
-    .await;
-    let gateway = Gateway::start(&one_upstream(&upstream.url(), "")).await;
+    let (upstream, gateway) = gateway_to("openai", "", &no_env, |_| paris_reply()).await;
     let answer = chat(
         &gateway,
         &json!({
@@ -325,17 +307,10 @@ async fn a_whole_answer_reads_as_an_openai_client_reads_it() {
 
 #[tokio::test]
 async fn a_streamed_answer_reads_as_an_openai_client_reads_it() {
-    let upstream = FakeUpstream::start(|_| {
-        let body = format!(
-            "{}{}{}",
-            sse_token("Hel"),
-            sse_token("lo"),
-            sse_finish("length", 3, 2)
-        );
-        stream_reply("text/event-stream", body.as_bytes())
+    let (upstream, gateway) = gateway_to("openai", "", &no_env, |_| {
+        openai_stream(&["Hel", "lo"], "length", 3, 2)
     })
     .await;
-    let gateway = Gateway::start(&one_upstream(&upstream.url(), "")).await;
     let answer = chat(&gateway, &ask("m", true), &[]).await;
     assert_eq!(answer.header("cache-control"), Some("no-cache"));
     let stream = read_stream(&answer);
@@ -358,12 +333,10 @@ async fn a_streamed_answer_reads_as_an_openai_client_reads_it() {
 
 #[tokio::test]
 async fn include_usage_adds_a_usage_chunk_before_done() {
-    let upstream = FakeUpstream::start(|_| {
-        let body = format!("{}{}", sse_token("ok"), sse_finish("stop", 3, 1));
-        stream_reply("text/event-stream", body.as_bytes())
+    let (_upstream, gateway) = gateway_to("openai", "", &no_env, |_| {
+        openai_stream(&["ok"], "stop", 3, 1)
     })
     .await;
-    let gateway = Gateway::start(&one_upstream(&upstream.url(), "")).await;
     let mut request = ask("m", true);
     request["stream_options"] = json!({"include_usage": true});
     let stream = read_stream(&chat(&gateway, &request, &[]).await);
@@ -548,59 +521,45 @@ async fn an_unknown_model_or_path_is_404() {
 }
 
 #[tokio::test]
-async fn an_upstream_429_is_429_with_retry_after() {
-    let upstream = FakeUpstream::start(|_| {
-        json_reply(
+async fn an_overloaded_or_failing_upstream_is_429_with_retry_after_or_503() {
+    // (upstream status, status, type, code, Retry-After)
+    let cases = [
+        (
             429,
-            &json!({"error": {"message": "slow down", "type": "requests"}}),
-        )
-    })
-    .await;
-    let gateway = Gateway::start(&one_upstream(&upstream.url(), "")).await;
-    for stream in [false, true] {
-        let answer = chat(&gateway, &ask("m", stream), &[]).await;
-        assert_error(
-            &answer,
             429,
             "rate_limit_error",
             "rate_limit_exceeded",
-            &["slow down"],
-        );
-        let wait: u64 = answer
-            .header("retry-after")
-            .and_then(|v| v.parse().ok())
-            .expect("a Retry-After in seconds");
-        assert!(wait >= 1);
-    }
-}
-
-#[tokio::test]
-async fn an_upstream_that_is_down_is_503() {
-    let upstream = FakeUpstream::start(|_| {
-        json_reply(
-            503,
-            &json!({"error": {"message": "overloaded", "type": "x"}}),
-        )
-    })
-    .await;
-    let gateway = Gateway::start(&one_upstream(&upstream.url(), "")).await;
-    for stream in [false, true] {
-        let answer = chat(&gateway, &ask("m", stream), &[]).await;
-        assert_error(
-            &answer,
-            503,
-            "service_unavailable_error",
-            "unavailable",
-            &["overloaded"],
-        );
-        assert_eq!(answer.header("retry-after"), None, "the upstream gave none");
+            Some("1"),
+        ),
+        (503, 503, "service_unavailable_error", "unavailable", None),
+    ];
+    for (upstream_status, status, kind, code, retry_after) in cases {
+        let (_upstream, gateway) = gateway_to("openai", "", &no_env, move |_| {
+            json_reply(
+                upstream_status,
+                &json!({"error": {"message": "busy", "type": "x"}}),
+            )
+        })
+        .await;
+        for stream in [false, true] {
+            let answer = chat(&gateway, &ask("m", stream), &[]).await;
+            assert_error(&answer, status, kind, code, &["busy"]);
+            assert_eq!(
+                answer.header("retry-after"),
+                retry_after,
+                "429 always says when to retry (1s when the upstream did not); 503 only \
+                 when the upstream did"
+            );
+        }
     }
 }
 
 #[tokio::test]
 async fn the_timeout_header_gives_504_and_drops_the_upstream_request() {
-    let mut upstream = FakeUpstream::start(|_| vec![Step::Hang]).await;
-    let gateway = Gateway::start(&one_upstream(&upstream.url(), "    timeout: 300s\n")).await;
+    // The upstream's own limit is far away: only the header can end this.
+    let timeout = "    timeout: 300s\n";
+    let (mut upstream, gateway) =
+        gateway_to("openai", timeout, &no_env, |_| vec![Step::Hang]).await;
     let answer = chat(&gateway, &ask("m", false), &[("x-request-timeout", "0.2")]).await;
     assert_error(
         &answer,
@@ -612,8 +571,7 @@ async fn the_timeout_header_gives_504_and_drops_the_upstream_request() {
     upstream.wait_closed().await;
 
     // A stream that started: the deadline ends it with an error event.
-    let mut upstream = FakeUpstream::start(hang_after("first")).await;
-    let gateway = Gateway::start(&one_upstream(&upstream.url(), "    timeout: 300s\n")).await;
+    let (mut upstream, gateway) = gateway_to("openai", timeout, &no_env, hang_after("first")).await;
     let answer = chat(&gateway, &ask("m", true), &[("x-request-timeout", "200ms")]).await;
     let stream = read_stream(&answer);
     assert_eq!(stream.text, "first");
@@ -626,7 +584,7 @@ async fn the_timeout_header_gives_504_and_drops_the_upstream_request() {
 
 #[tokio::test]
 async fn a_stream_that_breaks_after_tokens_ends_with_an_error_event_not_done() {
-    let upstream = FakeUpstream::start(|_| {
+    let (_upstream, gateway) = gateway_to("openai", "", &no_env, |_| {
         vec![
             Step::Head(200, "text/event-stream"),
             Step::Chunk(format!("{}{}", sse_token("a"), sse_token("b")).into_bytes()),
@@ -634,7 +592,6 @@ async fn a_stream_that_breaks_after_tokens_ends_with_an_error_event_not_done() {
         ]
     })
     .await;
-    let gateway = Gateway::start(&one_upstream(&upstream.url(), "")).await;
     let stream = read_stream(&chat(&gateway, &ask("m", true), &[]).await);
     assert_eq!(stream.text, "ab");
     assert!(!stream.done);
@@ -649,8 +606,7 @@ async fn a_stream_that_breaks_after_tokens_ends_with_an_error_event_not_done() {
 
 #[tokio::test]
 async fn a_client_that_hangs_up_mid_stream_closes_the_upstream_connection() {
-    let mut upstream = FakeUpstream::start(hang_after("first")).await;
-    let gateway = Gateway::start(&one_upstream(&upstream.url(), "")).await;
+    let (mut upstream, gateway) = gateway_to("openai", "", &no_env, hang_after("first")).await;
     let mut socket = tokio::net::TcpStream::connect(gateway.http_addr)
         .await
         .expect("connect");
@@ -684,44 +640,15 @@ async fn a_client_that_hangs_up_mid_stream_closes_the_upstream_connection() {
 
 #[tokio::test]
 async fn shutdown_lets_an_http_stream_in_flight_finish() {
-    let mut gateway = Gateway::start(
-        "
-shutdown_grace: 30s
-upstreams:
-  slow: { kind: sim, sim: { ttft: 1ms, tokens_per_second: 50, output_tokens: 10 } }
-routes:
-  - model: m
-    pools: [{ upstream: slow }]
-",
-    )
-    .await;
+    let mut gateway = Gateway::start(SLOW_STREAM_ROUTES).await;
     let addr = gateway.http_addr;
     let request = http::Request::post(format!("http://{addr}/v1/chat/completions"))
         .body(Full::new(Bytes::from(ask("m", true).to_string())))
         .expect("request");
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
-    // Headers come once the first token is there.
-    let response = tokio::time::timeout(PATIENCE, client.request(request))
-        .await
-        .expect("in time")
-        .expect("response");
+    // The head comes once the first token is there.
+    let response = respond(request).await;
     gateway.begin_shutdown();
-    let body = tokio::time::timeout(PATIENCE, response.into_body().collect())
-        .await
-        .expect("in time")
-        .expect("the stream in flight completes")
-        .to_bytes();
-    let stream = read_stream(&Answer {
-        status: 200,
-        headers: [(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/event-stream"),
-        )]
-        .into_iter()
-        .collect(),
-        body,
-    });
+    let stream = read_stream(&read(response).await);
     assert!(stream.done);
     assert_eq!(stream.text.split_whitespace().count(), 10);
     gateway.stopped().await.expect("clean exit");
