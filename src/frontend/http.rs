@@ -203,7 +203,9 @@ impl HttpFrontend {
     /// One chat completion: translate, call the stack, answer whole or as
     /// a stream.
     async fn complete(&self, headers: &HeaderMap, body: &[u8]) -> Result<Response, GatewayError> {
-        let deadline = request_timeout(headers)?.map(|budget| Instant::now() + answer_by(budget));
+        // A budget too large to add to the clock (centuries) is no limit.
+        let deadline = request_timeout(headers)?
+            .and_then(|budget| Instant::now().checked_add(answer_by(budget)));
         let wire = parse_request(body)?;
         let include_usage = wire
             .stream_options
@@ -524,7 +526,10 @@ fn request_timeout(headers: &HeaderMap) -> Result<Option<Duration>, GatewayError
         .ok()
         .map(str::trim)
         .and_then(|text| match text.parse::<f64>() {
-            Ok(secs) => Duration::try_from_secs_f64(secs).ok(),
+            // Positive beyond what a Duration holds: as good as no limit.
+            Ok(secs) => Duration::try_from_secs_f64(secs)
+                .ok()
+                .or((secs.is_finite() && secs > 0.0).then_some(Duration::MAX)),
             Err(_) => humantime::parse_duration(text).ok(),
         });
     match budget {

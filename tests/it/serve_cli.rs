@@ -202,3 +202,46 @@ routes:
     }
     let _ = std::fs::remove_file(config);
 }
+
+#[test]
+fn serve_opens_the_http_front_when_the_file_asks_for_it() {
+    use std::io::{Read, Write};
+    let config = routing_file(
+        "listen: { grpc: 127.0.0.1:0, http: 127.0.0.1:0 }
+upstreams:
+  sim: { kind: sim }
+routes:
+  - model: demo
+    pools: [{ upstream: sim }]
+",
+    );
+    let mut child = Command::new(BIN)
+        .args(["serve", "--no-watch", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start llmgate serve");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let _server = Running(Some(child));
+    let mut lines = [String::new(), String::new()];
+    for line in &mut lines {
+        stdout.read_line(line).expect("listening line");
+    }
+    assert!(lines[0].contains("gRPC listening on"), "{lines:?}");
+    assert!(
+        lines[1].contains("HTTP (OpenAI API) listening on"),
+        "{lines:?}"
+    );
+    let addr = lines[1].trim().rsplit(' ').next().expect("address");
+
+    let mut http = std::net::TcpStream::connect(addr).expect("connect to the HTTP front");
+    http.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    http.write_all(b"GET /v1/models HTTP/1.1\r\nhost: llmgate\r\nconnection: close\r\n\r\n")
+        .expect("send");
+    let mut answer = String::new();
+    http.read_to_string(&mut answer).expect("read the answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""id":"demo""#), "{answer}");
+    let _ = std::fs::remove_file(config);
+}
