@@ -184,7 +184,7 @@ impl Server {
         });
         let frontend = GrpcFrontend::new(chat, table);
         let routes = Routes::new(LlmServiceServer::new(frontend)).prepare();
-        let service = TowerToHyperService::new(web::grpc_web(routes, cors));
+        let service = TowerToHyperService::new(web::grpc_port(routes, cors));
         let builder = auto::Builder::new(TokioExecutor::new());
         let graceful = GracefulShutdown::new();
         let mut connections = JoinSet::new();

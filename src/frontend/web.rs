@@ -13,21 +13,38 @@
 //! anything looks at the body. Without `cors:` the layer is left out
 //! entirely: same-origin pages and non-browser clients need no CORS, and
 //! calls pay for no headers nobody reads.
+//!
+//! Only browser traffic takes that path: [`GrpcPort`] sends native gRPC
+//! straight to the services, so the calls that carry nearly all the load
+//! pay for no translation layer and no second boxing of their bodies.
 
+use std::convert::Infallible;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, Method};
+use futures_util::future::Either;
+use http::{HeaderName, HeaderValue, Method, Request, Response, header};
+use tonic::body::Body;
 use tonic::service::Routes;
 use tonic_web::{GrpcWebLayer, GrpcWebService};
-use tower::ServiceBuilder;
-use tower::util::Either;
+use tower::{Service, ServiceBuilder};
 use tower_http::cors::{AllowHeaders, AllowOrigin, Cors, CorsLayer};
 
 use crate::config::CorsConfig;
 
-/// The gRPC port's services with grpc-web translation, and CORS when the
-/// routing file allows origins.
-pub type WebRoutes = Either<Cors<GrpcWebService<Routes>>, GrpcWebService<Routes>>;
+/// The grpc-web path: translation, with CORS in front when the routing
+/// file allows origins.
+type WebRoutes = tower::util::Either<Cors<GrpcWebService<Routes>>, GrpcWebService<Routes>>;
+
+/// Everything the gRPC port serves: native gRPC straight to the services,
+/// grpc-web and CORS preflights through [`WebRoutes`].
+#[derive(Clone)]
+pub struct GrpcPort {
+    /// The services, for native gRPC.
+    native: Routes,
+    /// The same services behind grpc-web translation (and CORS).
+    web: WebRoutes,
+}
 
 /// How long a browser may cache a preflight answer: a day, so a page does
 /// not pay a preflight round trip per call.
@@ -43,13 +60,17 @@ const EXPOSED: [&str; 4] = [
     "retry-after",
 ];
 
-/// `routes` as the gRPC port serves them: grpc-web translated, with
-/// `cors` in front when browsers may call.
-pub fn grpc_web(routes: Routes, cors: Option<CorsLayer>) -> WebRoutes {
-    ServiceBuilder::new()
+/// `routes` as the gRPC port serves them: native gRPC as it is, grpc-web
+/// translated, with `cors` in front of the latter when browsers may call.
+pub fn grpc_port(routes: Routes, cors: Option<CorsLayer>) -> GrpcPort {
+    let web = ServiceBuilder::new()
         .option_layer(cors)
         .layer(GrpcWebLayer::new())
-        .service(routes)
+        .service(routes.clone());
+    GrpcPort {
+        native: routes,
+        web,
+    }
 }
 
 /// The CORS policy for `config`; `None` when no origin may call.
@@ -77,4 +98,45 @@ pub fn cors_layer(config: &CorsConfig) -> Option<CorsLayer> {
             .expose_headers(EXPOSED.map(HeaderName::from_static))
             .max_age(PREFLIGHT_MAX_AGE),
     )
+}
+
+// === impl GrpcPort ===
+
+impl<B> Service<Request<B>> for GrpcPort
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future =
+        Either<<Routes as Service<Request<B>>>::Future, <WebRoutes as Service<Request<B>>>::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Both are always ready (routing only); ask both so either may be
+        // called.
+        match Service::<Request<B>>::poll_ready(&mut self.native, cx) {
+            Poll::Ready(Ok(())) => Service::<Request<B>>::poll_ready(&mut self.web, cx),
+            other => other,
+        }
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        if from_browser(&req) {
+            Either::Right(self.web.call(req))
+        } else {
+            Either::Left(self.native.call(req))
+        }
+    }
+}
+
+/// Whether a request is grpc-web or a CORS preflight: what only browsers
+/// (and grpc-web proxies) send.
+fn from_browser<B>(req: &Request<B>) -> bool {
+    req.method() == Method::OPTIONS
+        || req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/grpc-web"))
 }
