@@ -37,7 +37,7 @@ use crate::config::CorsConfig;
 type WebRoutes = tower::util::Either<Cors<GrpcWebService<Routes>>, GrpcWebService<Routes>>;
 
 /// Everything the gRPC port serves: native gRPC straight to the services,
-/// grpc-web and CORS preflights through [`WebRoutes`].
+/// grpc-web and CORS preflights through the translation layer.
 #[derive(Clone)]
 pub struct GrpcPort {
     /// The services, for native gRPC.

@@ -63,6 +63,20 @@ fn serve(config: &std::path::Path) -> (Running, String) {
     (Running(Some(child)), addr)
 }
 
+/// Starts `llmgate serve --no-watch` and returns it with its output, for
+/// tests that read the listening lines themselves.
+fn serve_unwatched(config: &std::path::Path) -> (Running, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--no-watch", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start llmgate serve");
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    (Running(Some(child)), stdout)
+}
+
 /// Waits for the child to exit, at most [`PATIENCE`] (then kills it).
 fn wait_exit(mut running: Running) -> std::process::ExitStatus {
     let pid = running.id();
@@ -160,19 +174,9 @@ routes:
         )
     };
     let config = routing_file(&routing("before"));
-    let mut child = Command::new(BIN)
-        .args(["serve", "--no-watch", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start llmgate serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let server = Running(Some(child));
+    let (server, mut stdout) = serve_unwatched(&config);
     let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("listening line");
+    stdout.read_line(&mut line).expect("listening line");
     let addr = line.trim().rsplit(' ').next().expect("address").to_string();
     let served_by = || {
         let chat = Command::new(BIN)
@@ -215,15 +219,7 @@ routes:
     pools: [{ upstream: sim }]
 ",
     );
-    let mut child = Command::new(BIN)
-        .args(["serve", "--no-watch", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start llmgate serve");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let _server = Running(Some(child));
+    let (_server, mut stdout) = serve_unwatched(&config);
     let mut lines = [String::new(), String::new()];
     for line in &mut lines {
         stdout.read_line(line).expect("listening line");
