@@ -116,10 +116,14 @@ impl Reloader {
         };
         let mut needs_restart = Vec::new();
         if config.listen != applied.config.listen {
-            needs_restart.push(format!(
-                "listen: the gateway keeps serving on {}; restart it to move to {}",
-                applied.config.listen.grpc, config.listen.grpc
-            ));
+            needs_restart.push(if config.listen.grpc != applied.config.listen.grpc {
+                format!(
+                    "listen: the gateway keeps serving on {}; restart it to move to {}",
+                    applied.config.listen.grpc, config.listen.grpc
+                )
+            } else {
+                "listen: the listeners stay as they are until a restart".to_string()
+            });
         }
         if config.shutdown_grace != applied.config.shutdown_grace {
             needs_restart.push("shutdown_grace: applies after a restart".to_string());
