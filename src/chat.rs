@@ -1,6 +1,6 @@
 //! The one vocabulary a call speaks inside the gateway.
 //!
-//! Front ends translate their wire format (gRPC today, OpenAI HTTP later)
+//! Front ends translate their wire format (gRPC, OpenAI HTTP)
 //! into a [`ChatRequest`]; backend adapters translate it into their
 //! upstream's wire and answer with a [`ChatStream`] of [`ChatEvent`]s. No
 //! layer in between knows any wire format, which is what lets one routing

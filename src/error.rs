@@ -46,6 +46,9 @@ pub struct GatewayError {
     /// Retrying would only repeat the failure or its cost (an upstream
     /// that used its whole `timeout`).
     final_attempt: bool,
+    /// The request field an `InvalidArgument` is about, for wires that
+    /// report it apart from the message (OpenAI's `param`).
+    field: Option<String>,
 }
 
 // === impl ErrorKind ===
@@ -115,12 +118,15 @@ impl GatewayError {
             retry_after: None,
             context_length: false,
             final_attempt: false,
+            field: None,
         }
     }
 
     /// A request field is wrong: the message names the field.
     pub fn invalid_argument(field: &str, problem: &str) -> Self {
-        Self::new(ErrorKind::InvalidArgument, format!("{field} {problem}"))
+        let mut err = Self::new(ErrorKind::InvalidArgument, format!("{field} {problem}"));
+        err.field = Some(field.to_string());
+        err
     }
 
     /// No upstream could take the call.
@@ -177,6 +183,11 @@ impl GatewayError {
     pub fn context(mut self, context: &str) -> Self {
         self.message = format!("{context}: {}", self.message);
         self
+    }
+
+    /// The request field an invalid argument is about, when one is.
+    pub fn field(&self) -> Option<&str> {
+        self.field.as_deref()
     }
 
     /// What class of failure this is.

@@ -7,7 +7,8 @@
 //!
 //! # Layout
 //! The modules follow the path of a call:
-//! - [`frontend`]: the `llm.v1.LLMService` gRPC service; wire → [`chat`];
+//! - [`frontend`]: the `llm.v1.LLMService` gRPC service (grpc-web too,
+//!   for browsers) and the OpenAI-compatible HTTP API; wire → [`chat`];
 //!   the request body's size and idle limits.
 //! - [`stack`]: tower layers every call passes: API keys and their models,
 //!   request limits, calls in flight (shed when full), requests and tokens

@@ -146,6 +146,10 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             let config = Config::load(&path)?;
             let shutdown = shutdown_signal();
             let grpc = bind(config.listen.grpc).await?;
+            let http = match config.listen.http {
+                Some(addr) => Some(bind(addr).await?),
+                None => None,
+            };
             let admin = match config.listen.metrics {
                 Some(addr) => Some(bind(addr).await?),
                 None => None,
@@ -153,6 +157,12 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             let server =
                 llmgate::server::Server::new(config, Connectors::default())?.reload_from(path);
             announce(&format!("gRPC listening on {}", grpc.local_addr()?));
+            if let Some(http) = &http {
+                announce(&format!(
+                    "HTTP (OpenAI API) listening on {}",
+                    http.local_addr()?
+                ));
+            }
             match &admin {
                 Some(admin) => announce(&format!(
                     "metrics and probes on http://{}",
@@ -160,8 +170,9 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 )),
                 None => announce("metrics and probes off (listen.metrics: off)"),
             }
+            let listeners = Listeners { grpc, http, admin };
             server
-                .serve_watching(Listeners { grpc, admin }, !no_watch, shutdown)
+                .serve_watching(listeners, !no_watch, shutdown)
                 .await?;
             Ok(())
         }

@@ -147,8 +147,18 @@ impl Reloader {
                 applied.config.listen.grpc, config.listen.grpc
             ));
         }
+        if config.listen.http != applied.config.listen.http
+            || config.listen.metrics != applied.config.listen.metrics
+        {
+            needs_restart.push(
+                "listen: the HTTP and admin listeners stay as they are until a restart".to_string(),
+            );
+        }
         if config.shutdown_grace != applied.config.shutdown_grace {
             needs_restart.push("shutdown_grace: applies after a restart".to_string());
+        }
+        if config.cors != applied.config.cors {
+            needs_restart.push("cors: applies after a restart".to_string());
         }
         self.table.store(Arc::new(table));
         if let Some(guard) = &self.guard {

@@ -16,6 +16,10 @@
 //! requests). Health turns NOT_SERVING (and `/readyz` 503) the moment
 //! shutdown begins, and the admin port stays up until the drain is over.
 //! Each connection's TLS handshake and limits are in `conn`.
+//!
+//! The gRPC port also answers grpc-web (for browsers); the OpenAI-compatible
+//! HTTP front, when `listen.http` asks for it, has a port of its own served
+//! by the same loop, so it drains with the same grace period.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -35,6 +39,7 @@ use crate::config::Config;
 use crate::error::GatewayError;
 use crate::frontend::body::{BodyLimits, GuardedBody};
 use crate::frontend::grpc::GrpcFrontend;
+use crate::frontend::{http as http_front, web};
 use crate::proto::llm_service_server::LlmServiceServer;
 use crate::reload::Reloader;
 use crate::route::{Router, RoutingTable, SharedTable};
@@ -70,8 +75,10 @@ pub enum ServeError {
 /// The sockets the gateway serves, bound by the caller.
 #[derive(Debug)]
 pub struct Listeners {
-    /// gRPC calls.
+    /// gRPC and grpc-web calls.
     pub grpc: TcpListener,
+    /// The OpenAI-compatible HTTP front; `None` serves none.
+    pub http: Option<TcpListener>,
     /// `/metrics`, `/healthz`, `/readyz` and `POST /-/reload`; `None`
     /// serves no admin port (and records no metrics).
     pub admin: Option<TcpListener>,
@@ -80,7 +87,11 @@ pub struct Listeners {
 impl From<TcpListener> for Listeners {
     /// gRPC only.
     fn from(grpc: TcpListener) -> Self {
-        Listeners { grpc, admin: None }
+        Listeners {
+            grpc,
+            http: None,
+            admin: None,
+        }
     }
 }
 
@@ -208,6 +219,7 @@ impl Server {
         }
         let Listeners {
             grpc: listener,
+            http,
             admin: admin_listener,
         } = listeners.into();
         // Installed before the first call so no call goes unrecorded.
@@ -217,10 +229,20 @@ impl Server {
             .transpose()?;
         metrics::config_generation(reloader.as_ref().map_or(1, |r| r.generation()));
         let (health, health_service) = Health::new().await;
-        let stack = stack::build(Router::new(table.clone()), guard.clone());
-        let frontend = GrpcFrontend::new(stack, table).guarded(guard);
+        let chat = stack::build(Router::new(table.clone()), guard.clone());
+        let cors = web::cors_layer(&config.cors);
+        let http_service = http.as_ref().map(|_| {
+            TowerToHyperService::new(http_front::router(
+                chat.clone(),
+                table.clone(),
+                guard.clone(),
+                cors.clone(),
+            ))
+        });
+        let frontend = GrpcFrontend::new(chat, table).guarded(guard);
         let routes = grpc_routes(frontend, &config, health_service)?.prepare();
-        let service = TowerToHyperService::new(guard_bodies(routes, config.limits));
+        let service =
+            TowerToHyperService::new(guard_bodies(web::grpc_port(routes, cors), config.limits));
         if acceptor.is_tls() {
             tracing::info!("serving TLS on the front listener");
         }
@@ -262,6 +284,16 @@ impl Server {
                         graceful.watcher(),
                     ));
                 }
+                (stream, peer) = accept_http(http.as_ref()) => {
+                    if let Some(service) = http_service.clone() {
+                        connections.spawn(acceptor.clone().serve(
+                            stream,
+                            peer,
+                            service,
+                            graceful.watcher(),
+                        ));
+                    }
+                }
                 Some(_) = connections.join_next() => {}
                 () = &mut shutdown => break,
             }
@@ -270,6 +302,7 @@ impl Server {
         // once), then stop accepting.
         health.shutting_down().await;
         drop(listener);
+        drop(http);
         tracing::info!(
             grace = ?config.shutdown_grace,
             calls = graceful.count(),
@@ -317,6 +350,25 @@ fn grpc_routes(
         .add_service(health)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?))
+}
+
+/// The next connection on the HTTP front's listener; never, when there is
+/// none. A failed accept is retried after a pause, as on the gRPC port.
+async fn accept_http(
+    listener: Option<&TcpListener>,
+) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    let Some(listener) = listener else {
+        return std::future::pending().await;
+    };
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(err) => {
+                tracing::warn!(%err, "accept failed on the HTTP port");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 /// Holds every request body to the size and idle limits (see

@@ -31,7 +31,7 @@ pub use access::{
 pub use resilience::{
     DEFAULT_DNS_INTERVAL, Discovery, EndpointPolicy, HealthCheck, OutlierPolicy, RetryPolicy,
 };
-use schema::{RawConfig, RawPool, RawRoute, RawSim, RawUpstream};
+use schema::{RawConfig, RawCors, RawPool, RawRoute, RawSim, RawUpstream};
 
 /// Where the gRPC front end listens when the file does not say.
 pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:50051";
@@ -73,6 +73,8 @@ pub struct Config {
     pub listen: ListenConfig,
     /// How long in-flight calls may run on after SIGTERM before they are cut.
     pub shutdown_grace: Duration,
+    /// Which browser pages may call the gateway.
+    pub cors: CorsConfig,
     /// Upstreams by name.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// Routes in file order.
@@ -94,6 +96,20 @@ pub struct ListenConfig {
     pub metrics: Option<SocketAddr>,
     /// TLS on the front listener, when set.
     pub tls: Option<TlsConfig>,
+    /// The OpenAI-compatible HTTP front end's address; `None` (the default)
+    /// serves no HTTP front, so a routing file opens no port it did not ask
+    /// for.
+    pub http: Option<SocketAddr>,
+}
+
+/// `cors:`: the origins whose web pages a browser lets call the gateway
+/// (grpc-web on the gRPC port, and the HTTP front). Without it no cross-origin
+/// page may call; non-browser clients never need it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CorsConfig {
+    /// Origins as browsers send them (`https://app.example.com`, lowercase,
+    /// no path), or `*` alone for any origin.
+    pub allowed_origins: Vec<String>,
 }
 
 /// One upstream: a set of servers speaking one wire format.
@@ -345,6 +361,16 @@ pub fn describe(config: &Config) -> String {
             .max_in_flight
             .map_or("unlimited".to_string(), |n| n.to_string()),
     );
+    if let Some(http) = config.listen.http {
+        let _ = writeln!(out, "listen http {http} (OpenAI-compatible API)");
+    }
+    if !config.cors.allowed_origins.is_empty() {
+        let _ = writeln!(
+            out,
+            "cors: browsers may call from {}",
+            config.cors.allowed_origins.join(", ")
+        );
+    }
     for up in config.upstreams.values() {
         let endpoints: Vec<String> = match &up.discovery {
             Discovery::Static(list) => list.iter().map(ToString::to_string).collect(),
@@ -538,6 +564,15 @@ impl Checker {
             .and_then(|listen| listen.value.tls.as_ref())
             .and_then(|tls| self.listen_tls(tls));
         let limits = self.limits(raw.limits.as_ref());
+        let http = raw
+            .listen
+            .as_ref()
+            .and_then(|listen| listen.value.http.as_ref())
+            .and_then(|addr| self.socket_addr(addr, "0.0.0.0:8080"));
+        let cors = raw
+            .cors
+            .map(|cors| self.cors(cors.value))
+            .unwrap_or_default();
         let default_grpc = DEFAULT_GRPC_LISTEN
             .parse()
             .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 50051)));
@@ -624,8 +659,10 @@ impl Checker {
                 grpc: grpc.unwrap_or(default_grpc),
                 metrics,
                 tls,
+                http,
             },
             shutdown_grace,
+            cors,
             upstreams,
             routes,
             auth,
@@ -1212,6 +1249,38 @@ impl Checker {
         }
     }
 
+    /// `cors:`. Browsers send an origin as `scheme://host[:port]` in
+    /// lowercase and compare it byte for byte, so anything else (a trailing
+    /// slash, a path) would silently never match: it is refused here.
+    fn cors(&mut self, raw: RawCors) -> CorsConfig {
+        let mut allowed_origins = Vec::with_capacity(raw.allowed_origins.len());
+        for origin in &raw.allowed_origins {
+            if origin.value == "*" {
+                if raw.allowed_origins.len() > 1 {
+                    self.report(
+                        origin,
+                        "cors: '*' allows every origin, so it must stand alone in \
+                         allowed_origins; remove it or the other origins",
+                    );
+                }
+                allowed_origins.push(origin.value.clone());
+                continue;
+            }
+            match origin_problem(&origin.value) {
+                None => allowed_origins.push(origin.value.to_ascii_lowercase()),
+                Some(problem) => self.report(
+                    origin,
+                    format!(
+                        "cors: '{}' is not an origin: {problem}; write scheme://host[:port] \
+                         as the browser's address bar shows it, such as https://app.example.com",
+                        origin.value
+                    ),
+                ),
+            }
+        }
+        CorsConfig { allowed_origins }
+    }
+
     /// A listen address; `example` shows the operator a valid value.
     fn socket_addr(&mut self, raw: &Spanned<String>, example: &str) -> Option<SocketAddr> {
         match raw.value.parse() {
@@ -1242,4 +1311,21 @@ impl Checker {
         self.report(raw, format!("endpoint '{}' {problem}", raw.value));
         None
     }
+}
+
+/// What is wrong with `value` as a browser origin, if anything.
+fn origin_problem(value: &str) -> Option<&'static str> {
+    let Some((scheme, host)) = value.split_once("://") else {
+        return Some("it has no scheme");
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Some("its scheme is not http or https");
+    }
+    if host.contains(['/', '?', '#']) {
+        return Some("an origin has no path, not even a trailing slash");
+    }
+    if host.contains('@') || host.parse::<http::uri::Authority>().is_err() {
+        return Some("its host is not a host name or address");
+    }
+    None
 }

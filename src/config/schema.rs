@@ -23,6 +23,9 @@ pub(crate) struct RawConfig {
     /// How long in-flight calls may run on after SIGTERM.
     #[serde(default)]
     pub(crate) shutdown_grace: Option<Spanned<String>>,
+    /// Which browser origins may call the gateway.
+    #[serde(default)]
+    pub(crate) cors: Option<Spanned<RawCors>>,
     /// Upstreams by name.
     pub(crate) upstreams: BTreeMap<String, Spanned<RawUpstream>>,
     /// Routes, in file order.
@@ -48,6 +51,18 @@ pub(crate) struct RawListen {
     /// TLS (and client certificates) on the front listener.
     #[serde(default)]
     pub(crate) tls: Option<Spanned<RawTls>>,
+    /// The OpenAI-compatible HTTP listener's `host:port`; none when absent.
+    #[serde(default)]
+    pub(crate) http: Option<Spanned<String>>,
+}
+
+/// `cors:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCors {
+    /// Origins whose pages may call, or `*` alone for any.
+    #[serde(default)]
+    pub(crate) allowed_origins: Vec<Spanned<String>>,
 }
 
 /// One entry of `upstreams:`.

@@ -4,3 +4,5 @@
 
 pub mod body;
 pub mod grpc;
+pub mod http;
+pub mod web;

@@ -43,7 +43,8 @@ pub async fn serve(
             ErrorKind::NotFound,
             format!(
                 "model '{}' is not routed by this gateway; the ListModels RPC \
-                 (or `llmgate check` on the routing file) lists the models it serves",
+                 (GET /v1/models over HTTP, or `llmgate check` on the routing file) \
+                 lists the models it serves",
                 req.model
             ),
         ));

@@ -17,22 +17,6 @@ mod seed {
     include!(concat!(env!("OUT_DIR"), "/seed/llm.v1.rs"));
 }
 
-const SIM_ROUTES: &str = "
-upstreams:
-  fast:
-    kind: sim
-    sim: { ttft: 1ms, tokens_per_second: 0, output_tokens: 5 }
-routes:
-  - model: demo
-    aliases: [demo-latest, d]
-    pools:
-      - upstream: fast
-  - model: other
-    pools:
-      - upstream: fast
-        model: other-upstream-name
-";
-
 #[tokio::test]
 async fn the_shipped_routing_file_serves_the_demo_model_end_to_end() {
     let mut config = llmgate::config::Config::load(std::path::Path::new(concat!(
@@ -368,15 +352,7 @@ routes:
 
 #[tokio::test]
 async fn shutdown_lets_a_stream_in_flight_finish_and_refuses_new_connections() {
-    let gateway_yaml = "
-shutdown_grace: 30s
-upstreams:
-  slow: { kind: sim, sim: { ttft: 1ms, tokens_per_second: 50, output_tokens: 10 } }
-routes:
-  - model: m
-    pools: [{ upstream: slow }]
-";
-    let mut gateway = Gateway::start(gateway_yaml).await;
+    let mut gateway = Gateway::start(SLOW_STREAM_ROUTES).await;
     let addr = gateway.addr;
     let mut stream = gateway
         .client()

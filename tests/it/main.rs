@@ -13,6 +13,7 @@ mod deploy;
 mod gateway;
 mod guard;
 mod health;
+mod http;
 mod metrics;
 mod mixed;
 mod ollama;

@@ -22,18 +22,7 @@ fn recorded_stream() -> String {
 
 #[tokio::test]
 async fn unary_call_returns_text_usage_finish_reason_and_model() {
-    let upstream = FakeUpstream::start(|_| {
-        json_reply(
-            200,
-            &json!({
-                "id": "x", "object": "chat.completion", "model": "served-model",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris."},
-                             "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14},
-            }),
-        )
-    })
-    .await;
+    let upstream = FakeUpstream::start(|_| paris_reply()).await;
     let gateway = Gateway::start(&one_upstream(&upstream.url(), "")).await;
     let answer = gateway
         .client()

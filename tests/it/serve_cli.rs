@@ -72,6 +72,20 @@ fn last_word(line: &str) -> String {
         .to_string()
 }
 
+/// Starts `llmgate serve --no-watch` and returns it with its output, for
+/// tests that read the listening lines themselves.
+fn serve_unwatched(config: &std::path::Path) -> (Running, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--no-watch", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start llmgate serve");
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    (Running(Some(child)), stdout)
+}
+
 /// Waits for the child to exit, at most [`PATIENCE`] (then kills it).
 fn wait_exit(mut running: Running) -> std::process::ExitStatus {
     let pid = running.id();
@@ -221,19 +235,9 @@ routes:
         )
     };
     let config = routing_file(&routing("before"));
-    let mut child = Command::new(BIN)
-        .args(["serve", "--no-watch", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start llmgate serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let server = Running(Some(child));
+    let (server, mut stdout) = serve_unwatched(&config);
     let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("listening line");
+    stdout.read_line(&mut line).expect("listening line");
     let addr = line.trim().rsplit(' ').next().expect("address").to_string();
     let served_by = || {
         let chat = Command::new(BIN)
@@ -309,5 +313,39 @@ routes:
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("LLMGATE_API_KEY"), "{help}");
     assert!(!help.contains(KEY), "{help}");
+}
+
+#[test]
+fn serve_opens_the_http_front_when_the_file_asks_for_it() {
+    use std::io::{Read, Write};
+    let config = routing_file(
+        "listen: { grpc: 127.0.0.1:0, http: 127.0.0.1:0, metrics: off }
+upstreams:
+  sim: { kind: sim }
+routes:
+  - model: demo
+    pools: [{ upstream: sim }]
+",
+    );
+    let (_server, mut stdout) = serve_unwatched(&config);
+    let mut lines = [String::new(), String::new()];
+    for line in &mut lines {
+        stdout.read_line(line).expect("listening line");
+    }
+    assert!(lines[0].contains("gRPC listening on"), "{lines:?}");
+    assert!(
+        lines[1].contains("HTTP (OpenAI API) listening on"),
+        "{lines:?}"
+    );
+    let addr = lines[1].trim().rsplit(' ').next().expect("address");
+
+    let mut http = std::net::TcpStream::connect(addr).expect("connect to the HTTP front");
+    http.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    http.write_all(b"GET /v1/models HTTP/1.1\r\nhost: llmgate\r\nconnection: close\r\n\r\n")
+        .expect("send");
+    let mut answer = String::new();
+    http.read_to_string(&mut answer).expect("read the answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""id":"demo""#), "{answer}");
     let _ = std::fs::remove_file(config);
 }

@@ -24,6 +24,8 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 /// A gateway running in this process.
 pub struct Gateway {
     pub addr: SocketAddr,
+    /// The OpenAI-compatible HTTP front.
+    pub http_addr: SocketAddr,
     /// Reloads the routing file, for gateways started on one.
     pub reloader: Option<Arc<llmgate::reload::Reloader>>,
     /// The admin listener (metrics and probes), when started with one.
@@ -101,8 +103,11 @@ impl Gateway {
             None
         };
         let admin_addr = admin.as_ref().map(|l| l.local_addr().expect("admin addr"));
+        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+        let http_addr = http.local_addr().expect("http addr");
         let listeners = llmgate::Listeners {
             grpc: listener,
+            http: Some(http),
             admin,
         };
         let reloader = server.reloader();
@@ -112,6 +117,7 @@ impl Gateway {
         }));
         Gateway {
             addr,
+            http_addr,
             reloader,
             admin: admin_addr,
             stop: Some(stop),
@@ -346,6 +352,58 @@ pub fn json_reply(status: u16, body: &serde_json::Value) -> Vec<Step> {
         Step::End,
     ]
 }
+
+/// A whole OpenAI answer: "Paris." from `served-model`, finished with
+/// `stop`, 12 tokens in and 2 out.
+pub fn paris_reply() -> Vec<Step> {
+    json_reply(
+        200,
+        &serde_json::json!({
+            "id": "x", "object": "chat.completion", "model": "served-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris."},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14},
+        }),
+    )
+}
+
+/// The routes most front-end tests use: `demo` (aliases `demo-latest`,
+/// `d`) and `other` (`other-upstream-name` upstream), both on an instant
+/// simulator of 5 tokens.
+pub const SIM_ROUTES: &str = "
+upstreams:
+  fast:
+    kind: sim
+    sim: { ttft: 1ms, tokens_per_second: 0, output_tokens: 5 }
+routes:
+  - model: demo
+    aliases: [demo-latest, d]
+    pools:
+      - upstream: fast
+  - model: other
+    pools:
+      - upstream: fast
+        model: other-upstream-name
+";
+
+/// A whole OpenAI stream: `tokens`, then the finish reason, usage (input,
+/// output) and `[DONE]`.
+pub fn openai_stream(tokens: &[&str], reason: &str, input: u32, output: u32) -> Vec<Step> {
+    let mut body: String = tokens.iter().map(|t| sse_token(t)).collect();
+    body.push_str(&sse_finish(reason, input, output));
+    stream_reply("text/event-stream", body.as_bytes())
+}
+
+/// Model `m` on a simulator that streams 10 tokens at 50 a second, with a
+/// 30 s grace period: a stream still running when shutdown begins.
+pub const SLOW_STREAM_ROUTES: &str = "
+shutdown_grace: 30s
+upstreams:
+  slow: { kind: sim, sim: { ttft: 1ms, tokens_per_second: 50, output_tokens: 10 } }
+routes:
+  - model: m
+    pools: [{ upstream: slow }]
+";
 
 /// An OpenAI SSE stream chunk carrying one token.
 pub fn sse_token(token: &str) -> String {
