@@ -509,28 +509,6 @@ routes:
     assert_eq!(rebuilt.endpoints()[0].state, "up");
 }
 
-/// `POST url` with an empty body; the status and body.
-async fn http_post(url: &str) -> (u16, String) {
-    use http_body_util::BodyExt;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let request = http::Request::post(url)
-        .body(http_body_util::Empty::new())
-        .expect("request");
-    let response = tokio::time::timeout(PATIENCE, client.request(request))
-        .await
-        .expect("answer in time")
-        .expect("response");
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
 /// The value of the counter sample `name{labels}` in a scrape, 0 if absent.
 fn sample(scrape: &str, series: &str) -> f64 {
     scrape
@@ -551,7 +529,8 @@ async fn the_admin_reload_endpoint_applies_or_rejects_and_counts_it() {
     let before = sample(&http_get(&metrics_url).await.body, failures);
 
     save(&path, "upstreams: {}\nroutes: []\n");
-    let (status, body) = http_post(&format!("http://{admin}/-/reload")).await;
+    let answer = http_post(&format!("http://{admin}/-/reload")).await;
+    let (status, body) = (answer.status, answer.body);
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("routing.yaml:2:9"), "names the place: {body}");
     assert_eq!(served_model(&gateway).await, "one", "the old table stays");
@@ -562,7 +541,8 @@ async fn the_admin_reload_endpoint_applies_or_rejects_and_counts_it() {
     );
 
     save(&path, &sim_routes("two"));
-    let (status, body) = http_post(&format!("http://{admin}/-/reload")).await;
+    let answer = http_post(&format!("http://{admin}/-/reload")).await;
+    let (status, body) = (answer.status, answer.body);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("applied"), "{body}");
     assert_eq!(served_model(&gateway).await, "two");

@@ -244,10 +244,24 @@ pub struct HttpAnswer {
 
 /// `GET url` over HTTP/1.1.
 pub async fn http_get(url: &str) -> HttpAnswer {
+    http_send(http::Method::GET, url).await
+}
+
+/// `POST url` with an empty body, over HTTP/1.1.
+pub async fn http_post(url: &str) -> HttpAnswer {
+    http_send(http::Method::POST, url).await
+}
+
+async fn http_send(method: http::Method, url: &str) -> HttpAnswer {
     use http_body_util::BodyExt;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let response = tokio::time::timeout(PATIENCE, client.get(url.parse().expect("url")))
+    let request = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    let response = tokio::time::timeout(PATIENCE, client.request(request))
         .await
         .expect("answer in time")
         .expect("HTTP response");
