@@ -349,3 +349,44 @@ routes:
     assert!(answer.contains(r#""id":"demo""#), "{answer}");
     let _ = std::fs::remove_file(config);
 }
+
+#[test]
+fn serve_on_a_single_threaded_runtime_answers_calls() {
+    let config = routing_file(
+        "listen: { grpc: 127.0.0.1:0, metrics: off }
+upstreams:
+  sim: { kind: sim, sim: { ttft: 0s, tokens_per_second: 0, output_tokens: 4 } }
+routes:
+  - model: demo
+    pools: [{ upstream: sim }]
+",
+    );
+    let mut child = Command::new(BIN)
+        .args(["serve", "--threads", "1", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start llmgate serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let _server = Running(Some(child));
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("listening line");
+    let addr = line.trim().rsplit(' ').next().expect("address").to_string();
+    let chat = Command::new(BIN)
+        .args(["chat", "--model", "demo", "--addr", &addr, "hello"])
+        .output()
+        .expect("run llmgate chat");
+    assert!(
+        chat.status.success(),
+        "{}",
+        String::from_utf8_lossy(&chat.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&chat.stdout),
+        "The gateway routes every\n"
+    );
+    let _ = std::fs::remove_file(config);
+}
