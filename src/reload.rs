@@ -97,6 +97,11 @@ impl Reloader {
         &self.path
     }
 
+    /// The table in force.
+    pub fn table(&self) -> Arc<RoutingTable> {
+        self.table.load_full()
+    }
+
     /// How many tables have been applied, the first one included.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Relaxed)
@@ -244,13 +249,5 @@ impl Reloader {
                 reloader.reload("SIGHUP").await;
             }
         })))
-    }
-}
-
-/// The live table a [`Reloader`] updates, for callers that need it.
-impl Reloader {
-    /// The table in force.
-    pub fn table(&self) -> Arc<RoutingTable> {
-        self.table.load_full()
     }
 }
