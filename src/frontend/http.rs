@@ -239,11 +239,12 @@ impl HttpFrontend {
             .and_then(|value| value.to_str().ok())
             .and_then(RequestId::from_caller)
             .unwrap_or_else(RequestId::generate);
-        let req = ChatRequest {
-            call: CallContext::new(request_id),
-            caller: caller(headers),
-            ..chat_request(wire, deadline)?
-        };
+        let req = chat_request(
+            wire,
+            deadline,
+            CallContext::new(request_id),
+            caller(headers),
+        )?;
         let call = CallInfo {
             id: format!("chatcmpl-{:032x}", rand::random::<u128>()),
             created: unix_now(),
@@ -443,10 +444,13 @@ fn parse_request(body: &[u8]) -> Result<ChatCompletionRequest, GatewayError> {
     })
 }
 
-/// The wire request as a validated [`ChatRequest`].
+/// The wire request as a validated [`ChatRequest`] of `caller`, tracked
+/// by `call`.
 fn chat_request(
     wire: ChatCompletionRequest,
     deadline: Option<Instant>,
+    call: CallContext,
+    caller: Caller,
 ) -> Result<ChatRequest, GatewayError> {
     if wire.n.is_some_and(|n| n != 1) {
         return Err(GatewayError::invalid_argument(
@@ -511,8 +515,8 @@ fn chat_request(
         },
         stream: wire.stream.unwrap_or(false),
         deadline,
-        call: CallContext::default(),
-        caller: Caller::Anonymous,
+        call,
+        caller,
     };
     req.validate()?;
     Ok(req)
