@@ -132,7 +132,12 @@ async fn try_route(route: &Route, req: &Arc<ChatRequest>) -> Result<ChatStream, 
             Err(err) => last = Some(err),
         }
     }
-    Err(last.unwrap_or_else(|| GatewayError::unavailable("no attempt was made")))
+    Err(last.unwrap_or_else(|| {
+        GatewayError::unavailable(format!(
+            "route '{}' allows no attempt; set retry.attempts to 1 or more",
+            route.model
+        ))
+    }))
 }
 
 /// Waits for the stream's first event, so that a failure before any token
@@ -145,7 +150,8 @@ async fn first_event(mut stream: ChatStream) -> Result<ChatStream, GatewayError>
         }
         Some(Err(err)) => Err(err),
         None => Err(GatewayError::unavailable(
-            "the upstream ended its answer before sending anything",
+            "the upstream ended its answer before sending anything; retry, and if it \
+             persists check the upstream's logs",
         )),
     }
 }
