@@ -37,7 +37,7 @@ use crate::chat::{ChatRequest, ChatStream};
 use crate::config::{Discovery, UpstreamConfig, UpstreamKind, UpstreamTimeouts};
 use crate::error::{GatewayError, human_duration};
 use crate::sim::SimSettings;
-use crate::stack::timeout::{StreamLimits, TimedStream, TimeoutMessages};
+use crate::chat::timed::{StreamLimits, TimedStream, TimeoutMessages};
 use anthropic::AnthropicBackend;
 use http::HttpClient;
 use ollama::OllamaBackend;

@@ -13,7 +13,7 @@ use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use super::timeout::{StreamLimits, TimedStream, TimeoutMessages};
+use crate::chat::timed::{StreamLimits, TimedStream, TimeoutMessages};
 use crate::chat::{ChatRequest, ChatStream};
 use crate::error::{GatewayError, human_duration};
 

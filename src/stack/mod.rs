@@ -27,7 +27,6 @@ pub mod in_flight;
 pub mod limits;
 pub mod observe;
 pub mod rate;
-pub mod timeout;
 
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;

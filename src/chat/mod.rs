@@ -6,6 +6,12 @@
 //! layer in between knows any wire format, which is what lets one routing
 //! table, one balancer and one set of limits serve every front end and every
 //! kind of upstream.
+//!
+//! Helpers that several stages share live here with the vocabulary rather
+//! than in one stage: [`timed`] holds a token stream to its time limits,
+//! for the caller's deadline (stack) and an upstream's own limits alike.
+
+pub mod timed;
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
