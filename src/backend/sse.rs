@@ -47,6 +47,10 @@ pub struct SseDecoder {
     /// The last line ended with `\r` at the very end of a chunk: a `\n`
     /// starting the next chunk belongs to that line ending.
     skip_lf: bool,
+    /// How much of `buf` is known to hold no line ending: a line dripped in
+    /// small reads is scanned once, not once per read (which was quadratic
+    /// in the line's length).
+    scanned: usize,
 }
 
 impl SseDecoder {
@@ -69,7 +73,12 @@ impl SseDecoder {
     /// The next whole event, or `None` until more bytes arrive.
     pub fn next_event(&mut self) -> Result<Option<SseEvent>, SseError> {
         loop {
-            let Some(end) = self.buf.iter().position(|&b| b == b'\n' || b == b'\r') else {
+            let Some(end) = self.buf[self.scanned..]
+                .iter()
+                .position(|&b| b == b'\n' || b == b'\r')
+                .map(|at| self.scanned + at)
+            else {
+                self.scanned = self.buf.len();
                 if self.buf.len() + self.pending.data.len() > MAX_EVENT_BYTES {
                     return Err(SseError::TooLarge);
                 }
@@ -91,6 +100,7 @@ impl SseDecoder {
                 None
             };
             self.buf.advance(end + terminator);
+            self.scanned = 0;
             if dispatched.is_some() {
                 return Ok(dispatched);
             }
@@ -183,6 +193,19 @@ mod tests {
                 assert_eq!(events[1].event, "x");
             }
         }
+    }
+
+    #[test]
+    fn a_long_line_dripped_in_small_reads_decodes_whole() {
+        let line = "x".repeat(10_000);
+        let stream = format!("data: {line}\r\n\r\ndata: [DONE]\n\n");
+        let mut decoder = SseDecoder::new();
+        let mut events = Vec::new();
+        for piece in stream.as_bytes().chunks(7) {
+            decoder.push(piece);
+            events.extend(decode_all(&mut decoder));
+        }
+        assert_eq!(data(&events), [line.as_str(), "[DONE]"]);
     }
 
     #[test]
