@@ -163,8 +163,21 @@ impl CallRecord {
 impl Drop for CallRecord {
     /// A call dropped before its end was abandoned by its caller (or cut at
     /// shutdown): it counts as CANCELLED, so it is never missing from the
-    /// metrics.
+    /// metrics. Dropped while its task unwinds, it was a panic in the
+    /// gateway: INTERNAL, logged at error level and counted apart, so a bug
+    /// is never mistaken for an impatient caller.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            if !self.finished {
+                tracing::error!(
+                    request_id = %self.call.request_id(),
+                    "a call panicked inside the gateway; this is a bug, please report it"
+                );
+                m::call_panicked();
+            }
+            self.finish(Code::Internal, Some("the gateway panicked serving this call"));
+            return;
+        }
         self.finish(Code::Cancelled, Some("the caller went away"));
     }
 }

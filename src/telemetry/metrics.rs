@@ -51,6 +51,8 @@ pub const CONFIG_RELOADS_TOTAL: &str = "llmgate_config_reloads_total";
 pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "llmgate_config_last_reload_successful";
 /// How many routing tables this process has put in force (1 at start).
 pub const CONFIG_GENERATION: &str = "llmgate_config_generation";
+/// Calls that ended in a panic inside the gateway (a bug to report).
+pub const CALL_PANICS_TOTAL: &str = "llmgate_call_panics_total";
 /// Always 1; its `version` label says which build runs.
 pub const BUILD_INFO: &str = "llmgate_build_info";
 
@@ -256,6 +258,14 @@ pub const CATALOG: &[MetricDef] = &[
         buckets: &[],
     },
     MetricDef {
+        name: CALL_PANICS_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Unit::Count,
+        help: "Calls that ended in a panic inside the gateway (answered INTERNAL); a bug to report.",
+        labels: &[],
+        buckets: &[],
+    },
+    MetricDef {
         name: BUILD_INFO,
         kind: MetricKind::Gauge,
         unit: Unit::Count,
@@ -428,6 +438,12 @@ pub fn config_reload(applied: bool) {
     };
     metrics::counter!(CONFIG_RELOADS_TOTAL, label::RESULT => result).increment(1);
     metrics::gauge!(CONFIG_LAST_RELOAD_SUCCESSFUL).set(if applied { 1.0 } else { 0.0 });
+}
+
+/// Counts a call that ended in a panic inside the gateway: a bug, never
+/// the caller's doing, so it is alerted on apart from upstream errors.
+pub fn call_panicked() {
+    metrics::counter!(CALL_PANICS_TOTAL).increment(1);
 }
 
 /// Records which routing table is in force (1 for the one built at start).
