@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use llmgate::Listeners;
 use llmgate::backend::Connectors;
 use llmgate::config::Config;
+use llmgate::server::admin::AdminKey;
 use llmgate::sim::SimSettings;
 use llmgate::sim::server::SimApi;
 use llmgate::telemetry::logging::{self, LogFormat};
@@ -46,6 +47,12 @@ enum Command {
         /// benchmark: for pods limited to one core, scale out with replicas.
         #[arg(long, env = "LLMGATE_THREADS")]
         threads: Option<std::num::NonZeroUsize>,
+        /// Allows `POST /-/reload` on the admin port to requests sending this
+        /// key as `authorization: Bearer <key>`; without one that endpoint
+        /// is off (SIGHUP and file edits still reload). Prefer the
+        /// environment variable: a flag shows in the process list.
+        #[arg(long, env = "LLMGATE_ADMIN_KEY", hide_env_values = true)]
+        admin_key: Option<String>,
     },
     /// Validate a routing file and print what it routes; exits 1 with
     /// file:line:column messages when it is broken. For CI pipelines.
@@ -156,6 +163,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         Command::Serve {
             config: path,
             no_watch,
+            admin_key,
             ..
         } => {
             let config = Config::load(&path)?;
@@ -169,8 +177,14 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 Some(addr) => Some(bind(addr).await?),
                 None => None,
             };
-            let server =
-                llmgate::server::Server::new(config, Connectors::default())?.reload_from(path);
+            let admin_key = match admin_key.as_deref().map(AdminKey::new) {
+                Some(None) => return Err("--admin-key (LLMGATE_ADMIN_KEY) is empty".into()),
+                Some(key) => key,
+                None => None,
+            };
+            let server = llmgate::server::Server::new(config, Connectors::default())?
+                .reload_from(path)
+                .admin_key(admin_key);
             announce(&format!("gRPC listening on {}", grpc.local_addr()?));
             if let Some(http) = &http {
                 announce(&format!(

@@ -25,6 +25,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub mod admin;
 mod conn;
 
 use arc_swap::ArcSwap;
@@ -46,7 +47,8 @@ use crate::route::{Router, RoutingTable, SharedTable};
 use crate::stack;
 use crate::stack::guard::{Guard, SharedGuard};
 use crate::telemetry::health::{Health, HealthService};
-use crate::telemetry::{admin, metrics};
+use crate::telemetry::metrics;
+use admin::AdminKey;
 use conn::Acceptor;
 
 /// Why the gateway could not start.
@@ -110,6 +112,8 @@ pub struct Server {
     guard: SharedGuard,
     /// Accepts connections: plain TCP or TLS, with connection limits.
     acceptor: Acceptor,
+    /// The key `POST /-/reload` needs; without one it is off.
+    admin_key: Option<AdminKey>,
 }
 
 /// Serves the gateway on `listeners` with `config` until `shutdown`
@@ -154,7 +158,15 @@ impl Server {
             reloader: None,
             guard,
             acceptor,
+            admin_key: None,
         })
+    }
+
+    /// Allows `POST /-/reload` on the admin port to callers presenting
+    /// `key` (off without one).
+    pub fn admin_key(mut self, key: Option<AdminKey>) -> Self {
+        self.admin_key = key;
+        self
     }
 
     /// Keeps the table in step with the routing file at `path`: `reload` on
@@ -212,6 +224,7 @@ impl Server {
             reloader,
             guard,
             acceptor,
+            admin_key,
             ..
         } = self;
         for warning in crate::config::warnings(&config) {
@@ -251,15 +264,18 @@ impl Server {
         let admin = match (admin_listener, prometheus) {
             (Some(listener), Some(prometheus)) => Some(tokio::spawn(admin::serve(
                 listener,
+                Acceptor::plain(config.limits.connection),
                 prometheus,
                 health.clone(),
                 reloader.clone(),
+                admin_key,
                 async {
                     let _ = admin_stopped.await;
                 },
             ))),
             _ => None,
         };
+        let http_acceptor = acceptor.for_another_listener();
         let graceful = GracefulShutdown::new();
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
@@ -273,24 +289,28 @@ impl Server {
                             // before accept: not fatal; back off briefly so a
                             // persistent error does not spin a core.
                             tracing::warn!(%err, "accept failed");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            tokio::time::sleep(ACCEPT_BACKOFF).await;
                             continue;
                         }
                     };
+                    let Some(permit) = acceptor.admit(peer) else { continue };
                     connections.spawn(acceptor.clone().serve(
                         stream,
                         peer,
                         service.clone(),
                         graceful.watcher(),
+                        permit,
                     ));
                 }
                 (stream, peer) = accept_http(http.as_ref()) => {
+                    let Some(permit) = http_acceptor.admit(peer) else { continue };
                     if let Some(service) = http_service.clone() {
-                        connections.spawn(acceptor.clone().serve(
+                        connections.spawn(http_acceptor.clone().serve(
                             stream,
                             peer,
                             service,
                             graceful.watcher(),
+                            permit,
                         ));
                     }
                 }
@@ -318,15 +338,18 @@ impl Server {
         if let Some(admin) = admin {
             let _ = stop_admin.send(());
             // A scraper holding its connection open must not hold the exit.
-            match tokio::time::timeout(ADMIN_DRAIN, admin).await {
-                Ok(Ok(Err(err))) => tracing::warn!(%err, "the admin listener failed"),
-                Ok(_) => {}
-                Err(_) => tracing::debug!("admin connections still open at exit; closed"),
+            if tokio::time::timeout(ADMIN_DRAIN, admin).await.is_err() {
+                tracing::debug!("admin connections still open at exit; closed");
             }
         }
         Ok(())
     }
 }
+
+/// The pause after a failed accept (out of file descriptors, or a
+/// connection reset before accept): not fatal, but a persistent error
+/// must not spin a core.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// How long the admin listener may take to close after the calls drained.
 const ADMIN_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
@@ -365,7 +388,7 @@ async fn accept_http(
             Ok(accepted) => return accepted,
             Err(err) => {
                 tracing::warn!(%err, "accept failed on the HTTP port");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
     }

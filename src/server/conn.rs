@@ -2,10 +2,15 @@
 //! client certificate, under mTLS), then HTTP/2 (or HTTP/1.1) with limits
 //! that keep an idle or slow client from holding resources forever.
 //!
-//! - The handshake runs in the connection's own task, within
-//!   `handshake_timeout`, so a slow or silent client delays nobody else's
-//!   accept; a plain-text connection that sends nothing in that time is
-//!   closed too.
+//! - The handshake runs in the connection's own task, so a slow or silent
+//!   client delays nobody else's accept. One timer covers everything from
+//!   accept to the first complete request head: the TLS handshake, the
+//!   HTTP/2 preface and SETTINGS, and the first request's headers. A
+//!   client that opens a connection and then stalls (slowloris, or
+//!   `PRI * HTTP/2.0` and silence) is closed after `handshake_timeout`.
+//! - Connections are capped per listener ([`MAX_CONNECTIONS`]): past the
+//!   cap a new connection is closed at once, so a flood of idle sockets
+//!   cannot take every file descriptor.
 //! - A client without a valid certificate fails the handshake: it never
 //!   reaches HTTP, let alone a model.
 //! - HTTP/2 pings find dead peers (`keepalive_interval`, closed after
@@ -16,12 +21,15 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::{self, HttpServerConnExec};
 use hyper_util::server::graceful::Watcher;
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ConnectionLimits};
@@ -33,6 +41,12 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// so the protection is visible where the other limits are.
 const MAX_PENDING_RESETS: usize = 20;
 
+/// Connections one listener holds open at once. Well above what a fleet of
+/// callers multiplexing over HTTP/2 needs, and below the file descriptors a
+/// pod is usually given, so a flood is turned away before the process runs
+/// out of them.
+pub(crate) const MAX_CONNECTIONS: usize = 16_384;
+
 /// How new connections are taken on.
 #[derive(Clone)]
 pub(crate) struct Acceptor {
@@ -42,6 +56,17 @@ pub(crate) struct Acceptor {
     limits: ConnectionLimits,
     /// HTTP settings shared by every connection.
     builder: Arc<auto::Builder<TokioExecutor>>,
+    /// Room for more connections on this listener.
+    connections: Arc<Semaphore>,
+}
+
+/// Marks the connection as past its handshake once the first request head
+/// arrived, then serves as `S` does.
+#[derive(Clone)]
+struct FirstRequest<S> {
+    inner: S,
+    /// Set by the first request.
+    seen: Arc<AtomicBool>,
 }
 
 // === impl Acceptor ===
@@ -59,7 +84,24 @@ impl Acceptor {
             )?)),
             None => None,
         };
-        let limits = config.limits.connection;
+        Ok(Self::with_tls(tls, config.limits.connection))
+    }
+
+    /// A plain-text acceptor held to `limits`, for the admin port.
+    pub(crate) fn plain(limits: ConnectionLimits) -> Self {
+        Self::with_tls(None, limits)
+    }
+
+    /// A fresh acceptor with its own connection cap; the HTTP settings are
+    /// shared.
+    pub(crate) fn for_another_listener(&self) -> Self {
+        Acceptor {
+            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            ..self.clone()
+        }
+    }
+
+    fn with_tls(tls: Option<TlsAcceptor>, limits: ConnectionLimits) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -72,11 +114,22 @@ impl Acceptor {
             .keep_alive_timeout(limits.keepalive_timeout)
             .max_concurrent_streams(limits.max_streams)
             .max_pending_accept_reset_streams(MAX_PENDING_RESETS);
-        Ok(Acceptor {
+        Acceptor {
             tls,
             limits,
             builder: Arc::new(builder),
-        })
+            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        }
+    }
+
+    /// Room for the connection from `peer`, held until it closes; `None`
+    /// (and the connection is to be dropped) when the listener is full.
+    pub(crate) fn admit(&self, peer: SocketAddr) -> Option<OwnedSemaphorePermit> {
+        let permit = self.connections.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            tracing::warn!(%peer, limit = MAX_CONNECTIONS, "connection limit reached; connection closed");
+        }
+        permit
     }
 
     /// Whether the listener serves TLS.
@@ -86,14 +139,18 @@ impl Acceptor {
 
     /// Serves one accepted connection until it closes, or until the
     /// server's graceful shutdown (through `watcher`) has drained it.
+    /// `permit` is the connection's room under the cap, given back when it
+    /// closes.
     pub(crate) async fn serve<S, B>(
         self,
         stream: TcpStream,
         peer: SocketAddr,
         service: S,
         watcher: Watcher,
+        permit: OwnedSemaphorePermit,
     ) where
         S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
+            + Clone
             + Send
             + 'static,
         S::Future: Send + 'static,
@@ -103,17 +160,23 @@ impl Acceptor {
         B::Error: Into<BoxError>,
         TokioExecutor: HttpServerConnExec<S::Future, B>,
     {
+        let _permit = permit;
         // Tokens must leave the moment they are produced.
         let _ = stream.set_nodelay(true);
-        let handshake = self.limits.handshake_timeout;
+        let handshake_by = Instant::now() + self.limits.handshake_timeout;
+        let seen = Arc::new(AtomicBool::new(false));
+        let service = FirstRequest {
+            inner: service,
+            seen: seen.clone(),
+        };
         let result = match &self.tls {
-            Some(tls) => match tokio::time::timeout(handshake, tls.accept(stream)).await {
+            Some(tls) => match tokio::time::timeout_at(handshake_by, tls.accept(stream)).await {
                 Ok(Ok(stream)) => {
                     let connection = self
                         .builder
                         .serve_connection(TokioIo::new(stream), service)
                         .into_owned();
-                    watcher.watch(connection).await
+                    until_first_request(watcher.watch(connection), handshake_by, &seen, peer).await
                 }
                 Ok(Err(err)) => {
                     // A client without a valid certificate ends here.
@@ -126,24 +189,54 @@ impl Acceptor {
                 }
             },
             None => {
-                // `readable()` may wake spuriously; a peeked byte is proof.
-                let mut first = [0u8; 1];
-                if tokio::time::timeout(handshake, stream.peek(&mut first))
-                    .await
-                    .is_err()
-                {
-                    tracing::debug!(%peer, "connection sent nothing in time; closed");
-                    return;
-                }
                 let connection = self
                     .builder
                     .serve_connection(TokioIo::new(stream), service)
                     .into_owned();
-                watcher.watch(connection).await
+                until_first_request(watcher.watch(connection), handshake_by, &seen, peer).await
             }
         };
         if let Err(err) = result {
             tracing::debug!(%peer, %err, "connection ended with an error");
         }
+    }
+}
+
+/// Drives `connection`, closing it at `handshake_by` unless its first
+/// request head arrived by then.
+async fn until_first_request<F>(
+    connection: F,
+    handshake_by: Instant,
+    seen: &AtomicBool,
+    peer: SocketAddr,
+) -> Result<(), BoxError>
+where
+    F: Future<Output = Result<(), BoxError>>,
+{
+    tokio::pin!(connection);
+    tokio::select! {
+        result = &mut connection => return result,
+        () = tokio::time::sleep_until(handshake_by) => {}
+    }
+    if !seen.load(Ordering::Acquire) {
+        tracing::debug!(%peer, "no request head within handshake_timeout; closed");
+        return Ok(());
+    }
+    connection.await
+}
+
+// === impl FirstRequest ===
+
+impl<S, R> hyper::service::Service<R> for FirstRequest<S>
+where
+    S: hyper::service::Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, req: R) -> Self::Future {
+        self.seen.store(true, Ordering::Release);
+        self.inner.call(req)
     }
 }

@@ -175,7 +175,10 @@ impl Drop for CallRecord {
                 );
                 m::call_panicked();
             }
-            self.finish(Code::Internal, Some("the gateway panicked serving this call"));
+            self.finish(
+                Code::Internal,
+                Some("the gateway panicked serving this call"),
+            );
             return;
         }
         self.finish(Code::Cancelled, Some("the caller went away"));

@@ -1,5 +1,5 @@
-//! Operating the gateway: metrics, health, access logs and the admin
-//! listener that exposes them.
+//! Operating the gateway: metrics, health and access logs (the admin
+//! listener that exposes them is the server's, in `server/admin.rs`).
 //!
 //! - [`metrics`]: every metric name, its help and buckets, in one place;
 //!   the process-wide Prometheus recorder; recording helpers for the
@@ -8,12 +8,8 @@
 //!   log line), used by the `Observe` layer of the stack.
 //! - [`health`]: the gRPC health service and the readiness flag, both
 //!   flipped when shutdown begins.
-//! - [`admin`]: `GET /metrics`, `/healthz`, `/readyz` on their own port,
-//!   so probes and scrapes never compete with calls and the gRPC port
-//!   speaks nothing but gRPC.
 //! - [`logging`]: the tracing subscriber, human or JSON.
 
-pub mod admin;
 pub mod call;
 pub mod health;
 pub mod logging;

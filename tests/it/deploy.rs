@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use llmgate::config::Config;
-use llmgate::telemetry::admin::{HEALTHZ_PATH, METRICS_PATH, READYZ_PATH};
+use llmgate::server::admin::{HEALTHZ_PATH, METRICS_PATH, READYZ_PATH};
 use llmgate::telemetry::metrics::{CATALOG, MetricKind};
 use serde_json::Value;
 

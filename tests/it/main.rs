@@ -10,6 +10,7 @@ mod balance;
 mod check;
 mod deadline;
 mod deploy;
+mod doors;
 mod gateway;
 mod guard;
 mod health;

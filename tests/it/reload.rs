@@ -518,6 +518,19 @@ fn sample(scrape: &str, series: &str) -> f64 {
 }
 
 #[tokio::test]
+async fn the_admin_reload_endpoint_is_off_without_an_admin_key() {
+    let gateway = Gateway::start_with_admin(&sim_routes("one")).await;
+    let admin = gateway.admin.expect("admin listener");
+    let answer = http_post(&format!("http://{admin}/-/reload")).await;
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    assert!(
+        answer.body.contains("LLMGATE_ADMIN_KEY"),
+        "says how to turn it on: {}",
+        answer.body
+    );
+}
+
+#[tokio::test]
 async fn the_admin_reload_endpoint_applies_or_rejects_and_counts_it() {
     let dir = TempDir::new("reload-admin");
     let path = dir.join("routing.yaml");
@@ -529,7 +542,14 @@ async fn the_admin_reload_endpoint_applies_or_rejects_and_counts_it() {
     let before = sample(&http_get(&metrics_url).await.body, failures);
 
     save(&path, "upstreams: {}\nroutes: []\n");
-    let answer = http_post(&format!("http://{admin}/-/reload")).await;
+    let reload_url = format!("http://{admin}/-/reload");
+    let anonymous = http_post(&reload_url).await;
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+    let wrong = http_post_with_key(&reload_url, "not-the-key").await;
+    assert_eq!(wrong.status, 401, "{}", wrong.body);
+    assert_eq!(served_model(&gateway).await, "one", "nothing reloaded");
+
+    let answer = http_post_with_key(&reload_url, ADMIN_KEY).await;
     let (status, body) = (answer.status, answer.body);
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("routing.yaml:2:9"), "names the place: {body}");
@@ -541,7 +561,7 @@ async fn the_admin_reload_endpoint_applies_or_rejects_and_counts_it() {
     );
 
     save(&path, &sim_routes("two"));
-    let answer = http_post(&format!("http://{admin}/-/reload")).await;
+    let answer = http_post_with_key(&reload_url, ADMIN_KEY).await;
     let (status, body) = (answer.status, answer.body);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("applied"), "{body}");

@@ -86,7 +86,8 @@ impl Gateway {
         };
         let server = llmgate::server::Server::new(config, connectors)
             .expect("table builds")
-            .reload_from(path.to_path_buf());
+            .reload_from(path.to_path_buf())
+            .admin_key(llmgate::server::admin::AdminKey::new(ADMIN_KEY));
         Self::serve(server, watch, true).await
     }
 
@@ -252,15 +253,24 @@ pub async fn http_post(url: &str) -> HttpAnswer {
     http_send(http::Method::POST, url).await
 }
 
+/// `POST url` with an empty body and `authorization: Bearer key`.
+pub async fn http_post_with_key(url: &str, key: &str) -> HttpAnswer {
+    http_send_with(http::Method::POST, url, Some(key)).await
+}
+
 async fn http_send(method: http::Method, url: &str) -> HttpAnswer {
+    http_send_with(method, url, None).await
+}
+
+async fn http_send_with(method: http::Method, url: &str, key: Option<&str>) -> HttpAnswer {
     use http_body_util::BodyExt;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let request = http::Request::builder()
-        .method(method)
-        .uri(url)
-        .body(http_body_util::Empty::new())
-        .expect("request");
+    let mut request = http::Request::builder().method(method).uri(url);
+    if let Some(key) = key {
+        request = request.header("authorization", format!("Bearer {key}"));
+    }
+    let request = request.body(http_body_util::Empty::new()).expect("request");
     let response = tokio::time::timeout(PATIENCE, client.request(request))
         .await
         .expect("answer in time")
@@ -279,6 +289,10 @@ async fn http_send(method: http::Method, url: &str) -> HttpAnswer {
         body: String::from_utf8_lossy(&body).into_owned(),
     }
 }
+
+/// The admin key gateways started on a routing file allow `POST /-/reload`
+/// with.
+pub const ADMIN_KEY: &str = "test-admin-key";
 
 /// A test's routing file, parsed; panics with the problems if it is broken.
 fn test_config(yaml: &str, env: &dyn Fn(&str) -> Option<String>) -> Config {
