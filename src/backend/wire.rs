@@ -516,8 +516,14 @@ fn endpoint_url(base: &Uri, path: &str) -> Option<Uri> {
     url.parse().ok()
 }
 
+/// The longest `Retry-After` taken from an upstream. The value comes from
+/// outside: an hour is already more than any caller will wait, and a
+/// bound keeps every deadline computed from it finite.
+const MAX_RETRY_AFTER_SECS: u64 = 3600;
+
 /// The upstream's `Retry-After` in seconds (the HTTP-date form is rare from
-/// inference servers and not worth a date parser).
+/// inference servers and not worth a date parser), at most
+/// [`MAX_RETRY_AFTER_SECS`].
 fn retry_after(headers: &HeaderMap) -> Option<std::time::Duration> {
     let seconds: u64 = headers
         .get(http::header::RETRY_AFTER)?
@@ -526,7 +532,9 @@ fn retry_after(headers: &HeaderMap) -> Option<std::time::Duration> {
         .trim()
         .parse()
         .ok()?;
-    Some(std::time::Duration::from_secs(seconds))
+    Some(std::time::Duration::from_secs(
+        seconds.min(MAX_RETRY_AFTER_SECS),
+    ))
 }
 
 /// Whether an upstream's 400 says the prompt exceeds the context window, in

@@ -95,9 +95,12 @@ async fn try_route(route: &Route, req: &Arc<ChatRequest>) -> Result<ChatStream, 
     // Pools already tried by this call, as bits (a route has a handful).
     let mut tried: u64 = 0;
     let mut last: Option<GatewayError> = None;
+    // The `timeout` of the upstream that failed last: the longest its
+    // `Retry-After` may hold the call.
+    let mut last_timeout = Duration::ZERO;
     for attempt in 0..route.retry.attempts {
         if let Some(err) = &last {
-            let wait = backoff(route, attempt, err);
+            let wait = backoff(route, attempt, err, last_timeout);
             if !err.is_retryable() || err.is_context_length_exceeded() || out_of_time(req, wait) {
                 break;
             }
@@ -123,6 +126,7 @@ async fn try_route(route: &Route, req: &Arc<ChatRequest>) -> Result<ChatStream, 
         };
         tried |= 1u64.checked_shl(index as u32).unwrap_or(0);
         let pool = &route.pools[index];
+        last_timeout = pool.upstream.config().timeouts.total;
         let attempt = pool.upstream.call(pool.model.clone(), req.clone());
         match attempt.await {
             Ok(stream) => match first_event(stream).await {
@@ -157,8 +161,9 @@ async fn first_event(mut stream: ChatStream) -> Result<ChatStream, GatewayError>
 }
 
 /// The wait before retry number `attempt` (1 for the first retry):
-/// exponential with full jitter, or the upstream's `Retry-After` if longer.
-fn backoff(route: &Route, attempt: u32, err: &GatewayError) -> Duration {
+/// exponential with full jitter, or the upstream's `Retry-After` if longer,
+/// but never past `cap` (the failing upstream's own timeout).
+fn backoff(route: &Route, attempt: u32, err: &GatewayError, cap: Duration) -> Duration {
     let exponential = route
         .retry
         .backoff
@@ -166,12 +171,15 @@ fn backoff(route: &Route, attempt: u32, err: &GatewayError) -> Duration {
         .min(MAX_BACKOFF);
     let jittered = exponential.mul_f64(rand::random_range(0.5..1.0));
     err.retry_after()
-        .map_or(jittered, |asked| asked.max(jittered))
+        .map_or(jittered, |asked| asked.min(cap).max(jittered))
 }
 
 /// Whether waiting `wait` and then starting an attempt would leave nothing
 /// of the caller's deadline.
 fn out_of_time(req: &ChatRequest, wait: Duration) -> bool {
-    req.deadline
-        .is_some_and(|deadline| Instant::now() + wait >= deadline)
+    req.deadline.is_some_and(|deadline| {
+        Instant::now()
+            .checked_add(wait)
+            .is_none_or(|then| then >= deadline)
+    })
 }

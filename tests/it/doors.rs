@@ -81,3 +81,49 @@ async fn half_a_request_head_and_then_silence_is_closed_on_every_port() {
     let metrics = gateway.admin_get("/metrics").await;
     assert_eq!(metrics.status, 200, "the admin port still answers");
 }
+
+/// A 429 whose `Retry-After` is `seconds`, as an upstream might send it.
+fn throttled_for(seconds: &str) -> Vec<Step> {
+    let body = r#"{"error":{"message":"slow down","type":"rate_limit"}}"#;
+    vec![Step::Raw(
+        format!(
+            "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n\
+             retry-after: {seconds}\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )]
+}
+
+#[tokio::test]
+async fn an_absurd_retry_after_waits_no_longer_than_the_upstream_timeout() {
+    for seconds in ["3600", "18446744073709551615"] {
+        let upstream = FakeUpstream::start(move |_| throttled_for(seconds)).await;
+        let routes = one_upstream(&upstream.url(), "    timeout: 200ms\n").replace(
+            "        model: upstream-model\n",
+            "        model: upstream-model\n    retry: { attempts: 2 }\n",
+        );
+        let gateway = Gateway::start(&routes).await;
+        // Without a deadline the call would have slept for the whole
+        // Retry-After; with one, computing the wake-up overflowed.
+        let unbounded = gateway.complete(request("m", "hi")).await;
+        let bounded = gateway
+            .client()
+            .await
+            .complete(with_timeout(
+                request("m", "hi"),
+                std::time::Duration::from_secs(20),
+            ))
+            .await
+            .map(tonic::Response::into_inner);
+        for (which, answer) in [("no deadline", unbounded), ("deadline", bounded)] {
+            let status = answer.expect_err("the upstream only throttles");
+            assert_eq!(
+                status.code(),
+                tonic::Code::ResourceExhausted,
+                "Retry-After {seconds}, {which}: {status:?}"
+            );
+        }
+        assert_eq!(upstream.count(), 4, "each call tried twice");
+    }
+}

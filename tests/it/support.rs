@@ -360,6 +360,8 @@ pub enum Step {
     Head(u16, &'static str),
     /// Send these bytes as one HTTP chunk.
     Chunk(Vec<u8>),
+    /// Send these bytes as they are: a hand-written head or a broken body.
+    Raw(Vec<u8>),
     /// End the body properly (the zero-length chunk).
     End,
     /// Close the connection abruptly (no end of body).
@@ -582,6 +584,7 @@ async fn serve_connection(
                     socket.write_all(&chunk).await
                 }
                 Step::End => socket.write_all(b"0\r\n\r\n").await,
+                Step::Raw(bytes) => socket.write_all(&bytes).await,
                 Step::Delay(wait) => {
                     tokio::time::sleep(wait).await;
                     Ok(())
