@@ -101,6 +101,9 @@ struct ChunkStream {
     /// Chunks decoded so far: a stream that ends having sent none did not
     /// answer at all.
     chunks: u64,
+    /// Whether a chunk carried a `finish_reason`: only then is the answer
+    /// whole. `[DONE]` or a clean end of the body without one is a cut.
+    finished: bool,
 }
 
 // === impl OpenAiBackend ===
@@ -154,6 +157,7 @@ impl OpenAiBackend {
         let dialect = ChunkStream {
             model_reported: false,
             chunks: 0,
+            finished: false,
         };
         self.http
             .exchange(
@@ -209,6 +213,12 @@ impl Dialect for ChunkStream {
 
     fn on_item(&mut self, event: SseEvent, completion: &mut Completion) -> Step {
         if event.data == "[DONE]" {
+            if !self.finished {
+                return Step::Fail(
+                    ErrorKind::Unavailable,
+                    "sent [DONE] without a finish_reason; the answer is incomplete".into(),
+                );
+            }
             return Step::Done;
         }
         let chunk: WireResponse<'_> = match serde_json::from_str(&event.data) {
@@ -247,6 +257,7 @@ impl Dialect for ChunkStream {
         };
         if let Some(reason) = choice.finish_reason {
             completion.finish_reason = FinishReason::parse(&reason);
+            self.finished = true;
         }
         match choice.delta.and_then(|d| d.content) {
             Some(content) if !content.is_empty() => Step::Token(content.into_owned()),
@@ -254,11 +265,14 @@ impl Dialect for ChunkStream {
         }
     }
 
-    /// A body that ends cleanly without `[DONE]` meant to stop (some
-    /// servers never send it): report what it said, unless it said nothing.
+    /// A body that ends cleanly without `[DONE]` after a `finish_reason`
+    /// meant to stop (some servers never send `[DONE]`); without a
+    /// `finish_reason` the answer was cut, however cleanly the body ended.
     fn on_end(&self) -> Result<(), String> {
         if self.chunks == 0 {
             Err("ended its stream without sending a single chunk".into())
+        } else if !self.finished {
+            Err("ended its stream without a finish_reason; the answer is incomplete".into())
         } else {
             Ok(())
         }

@@ -127,6 +127,29 @@ async fn a_stream_ending_cleanly_without_done_finishes_with_what_it_reported() {
 }
 
 #[tokio::test]
+async fn a_stream_without_a_finish_reason_is_a_cut_however_cleanly_it_ends() {
+    for (ending, needle) in [
+        ("", "without a finish_reason"),
+        ("data: [DONE]\n\n", "[DONE] without a finish_reason"),
+    ] {
+        let upstream = FakeUpstream::start(move |_| {
+            vec![
+                Step::Head(200, "text/event-stream"),
+                Step::Chunk(format!("{}{}{ending}", sse_token("a"), sse_token("b")).into_bytes()),
+                Step::End,
+            ]
+        })
+        .await;
+        let gateway = Gateway::start(&one_upstream(&upstream.url(), "")).await;
+        let (chunks, status) =
+            stream_until_error(&mut gateway.client().await, request("m", "hi")).await;
+        assert_eq!(text_of(&chunks), "ab", "the tokens that came are delivered");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(status.message().contains(needle), "{}", status.message());
+    }
+}
+
+#[tokio::test]
 async fn an_event_that_is_not_json_ends_the_call_with_an_error_not_a_short_answer() {
     let upstream = FakeUpstream::start(|_| {
         vec![
