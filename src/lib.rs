@@ -8,8 +8,10 @@
 //! # Layout
 //! The modules follow the path of a call:
 //! - [`frontend`]: the `llm.v1.LLMService` gRPC service (grpc-web too,
-//!   for browsers) and the OpenAI-compatible HTTP API; wire → [`chat`];
-//!   the request body's size and idle limits.
+//!   for browsers) and the OpenAI-compatible HTTP API; wire → [`chat`].
+//!   Both stand on one edge (request id, key checked before the body,
+//!   deadline, refusals recorded, listings) and one body guard (size and
+//!   idle limits).
 //! - [`stack`]: tower layers every call passes: API keys and their models,
 //!   request limits, calls in flight (shed when full), requests and tokens
 //!   per minute, and the caller's deadline; observation (metrics and the

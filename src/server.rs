@@ -38,7 +38,9 @@ use tonic::service::Routes;
 use crate::backend::Connectors;
 use crate::config::Config;
 use crate::error::GatewayError;
-use crate::frontend::body::{BodyLimits, GuardedBody};
+use crate::frontend::body::BodyLimits;
+use crate::frontend::door::Door;
+use crate::frontend::edge::Edge;
 use crate::frontend::grpc::GrpcFrontend;
 use crate::frontend::{http as http_front, web};
 use crate::proto::llm_service_server::LlmServiceServer;
@@ -243,19 +245,14 @@ impl Server {
         metrics::config_generation(reloader.as_ref().map_or(1, |r| r.generation()));
         let (health, health_service) = Health::new().await;
         let chat = stack::build(Router::new(table.clone()), guard.clone());
+        let edge = Edge::new(chat, table, guard);
         let cors = web::cors_layer(&config.cors);
+        let limits = body_limits(&config);
         let http_service = http.as_ref().map(|_| {
-            TowerToHyperService::new(http_front::router(
-                chat.clone(),
-                table.clone(),
-                guard.clone(),
-                cors.clone(),
-            ))
+            TowerToHyperService::new(http_front::router(edge.clone(), limits, cors.clone()))
         });
-        let frontend = GrpcFrontend::new(chat, table).guarded(guard);
-        let routes = grpc_routes(frontend, &config, health_service)?.prepare();
-        let service =
-            TowerToHyperService::new(guard_bodies(web::grpc_port(routes, cors), config.limits));
+        let routes = grpc_routes(edge, &config, health_service)?.prepare();
+        let service = TowerToHyperService::new(web::grpc_port(routes, cors));
         if acceptor.is_tls() {
             tracing::info!("serving TLS on the front listener");
         }
@@ -357,22 +354,21 @@ const ADMIN_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
 /// Every gRPC service on the gRPC port: the gateway itself, health, and
 /// reflection (v1, and v1alpha for older grpcurl builds) over the
 /// gateway's and the health service's descriptors.
-fn grpc_routes(
-    frontend: GrpcFrontend,
-    config: &Config,
-    health: HealthService,
-) -> Result<Routes, ServeError> {
+/// Each sits behind its [`Door`]: bodies held to the configured limits,
+/// and the gateway's own service checks keys before reading one.
+fn grpc_routes(edge: Edge, config: &Config, health: HealthService) -> Result<Routes, ServeError> {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let llm =
-        LlmServiceServer::new(frontend).max_decoding_message_size(config.limits.max_request_size);
-    Ok(Routes::new(llm)
-        .add_service(health)
-        .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?))
+    let limits = body_limits(config);
+    let llm = LlmServiceServer::new(GrpcFrontend::new(edge.clone()))
+        .max_decoding_message_size(config.limits.max_request_size);
+    Ok(Routes::new(Door::keyed(llm, limits, edge))
+        .add_service(Door::open(health, limits))
+        .add_service(Door::open(reflection().build_v1()?, limits))
+        .add_service(Door::open(reflection().build_v1alpha()?, limits)))
 }
 
 /// The next connection on the HTTP front's listener; never, when there is
@@ -394,21 +390,11 @@ async fn accept_http(
     }
 }
 
-/// Holds every request body to the size and idle limits (see
-/// [`crate::frontend::body`]) before the gRPC service reads it.
-fn guard_bodies<S>(
-    service: S,
-    limits: crate::config::Limits,
-) -> tower::util::MapRequest<
-    S,
-    impl Fn(http::Request<hyper::body::Incoming>) -> http::Request<GuardedBody<hyper::body::Incoming>>
-    + Clone,
-> {
-    let limits = BodyLimits {
-        max_message: limits.max_request_size,
-        idle: limits.connection.request_idle_timeout,
-    };
-    tower::util::MapRequest::new(service, move |req: http::Request<hyper::body::Incoming>| {
-        req.map(|body| GuardedBody::new(body, limits))
-    })
+/// What every request body is held to, on both fronts (see
+/// [`crate::frontend::body`]).
+fn body_limits(config: &Config) -> BodyLimits {
+    BodyLimits {
+        max_message: config.limits.max_request_size,
+        idle: config.limits.connection.request_idle_timeout,
+    }
 }

@@ -434,9 +434,44 @@ impl ChatRequest {
                 "must be between 0 and 1",
             ));
         }
+        self.validate_stop()
+    }
+
+    /// Stop sequences within what engines take: each upstream copies and
+    /// scans every one per token, so thousands of them (a few MiB of empty
+    /// strings) would cost tens of MB and real CPU per call.
+    fn validate_stop(&self) -> Result<(), GatewayError> {
+        let stop = &self.params.stop;
+        if stop.len() > MAX_STOP_SEQUENCES {
+            return Err(GatewayError::invalid_argument(
+                "stop",
+                &format!(
+                    "has {} sequences; send at most {MAX_STOP_SEQUENCES}",
+                    stop.len()
+                ),
+            ));
+        }
+        for (i, sequence) in stop.iter().enumerate() {
+            if sequence.is_empty() || sequence.len() > MAX_STOP_SEQUENCE_BYTES {
+                return Err(GatewayError::invalid_argument(
+                    &format!("stop[{i}]"),
+                    &format!(
+                        "is {} bytes long; a stop sequence is 1 to {MAX_STOP_SEQUENCE_BYTES} bytes",
+                        sequence.len()
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 }
+
+/// The most stop sequences a call may send (OpenAI takes 4, vLLM and
+/// Anthropic more; 16 leaves room without letting a call cost megabytes).
+pub const MAX_STOP_SEQUENCES: usize = 16;
+
+/// The longest stop sequence, in bytes.
+pub const MAX_STOP_SEQUENCE_BYTES: usize = 1024;
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,7 @@
-//! The request body as the front door reads it: no gRPC message larger
-//! than `limits.max_request_size`, and no silence longer than
-//! `limits.request_idle_timeout` while it is still arriving.
+//! The request body as the front door reads it: no gRPC message (or HTTP
+//! body) larger than `limits.max_request_size`, and no silence longer than
+//! `limits.request_idle_timeout` while it is still arriving. Both fronts
+//! read through the same guard, so both hold the same configured limits.
 //!
 //! tonic enforces its own message size limit too, but answers OUT_OF_RANGE;
 //! gRPC's status code table says a message larger than the receiver's limit
@@ -22,9 +23,43 @@ use tokio::time::Sleep;
 
 use crate::config::human_size;
 
-/// Errors a guarded body yields: the inner body's, or a `tonic::Status`
-/// that tonic sends to the caller as it is.
+/// Errors a guarded body yields: the inner body's, or its refusal: a
+/// `tonic::Status` (which tonic sends to the caller as it is) for gRPC,
+/// a [`BodyRefusal`] for a whole HTTP body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a body was refused while it was read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyRefusal {
+    /// More than the limit arrived, or was announced.
+    #[error(
+        "the request body is {size} long; this gateway takes at most {limit}. Send a shorter \
+         conversation"
+    )]
+    TooLarge {
+        /// What arrived or was announced, as a human size.
+        size: String,
+        /// The limit, as a human size.
+        limit: String,
+    },
+    /// Nothing arrived for the idle limit.
+    #[error(
+        "the request stopped arriving for {0} (request_idle_timeout); send the whole request \
+         without pausing"
+    )]
+    Stalled(String),
+}
+
+/// How the guarded body is framed, which decides what the size limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Length-prefixed gRPC messages: each message is held to the limit,
+    /// checked from its prefix before it is read.
+    GrpcMessages,
+    /// One whole body (JSON on the HTTP front): its total is held to the
+    /// limit.
+    Whole,
+}
 
 /// Length of a gRPC message's prefix: a compression flag and a 4-byte
 /// big-endian length.
@@ -39,12 +74,16 @@ pub struct BodyLimits {
     pub idle: Duration,
 }
 
-/// A gRPC request body held to [`BodyLimits`].
+/// A request body held to [`BodyLimits`].
 pub struct GuardedBody<B> {
     /// The body as received.
     inner: B,
     /// What it is held to.
     limits: BodyLimits,
+    /// What the size limit counts.
+    framing: Framing,
+    /// Bytes read so far, for [`Framing::Whole`].
+    total: u64,
     /// The prefix of the message being read, while incomplete.
     prefix: [u8; PREFIX],
     /// How many prefix bytes have been read.
@@ -60,11 +99,18 @@ pub struct GuardedBody<B> {
 // === impl GuardedBody ===
 
 impl<B> GuardedBody<B> {
-    /// `inner` held to `limits`.
+    /// A gRPC body, `inner`, held to `limits` message by message.
     pub fn new(inner: B, limits: BodyLimits) -> Self {
+        Self::framed(inner, limits, Framing::GrpcMessages)
+    }
+
+    /// `inner` held to `limits`, counted as `framing` says.
+    pub fn framed(inner: B, limits: BodyLimits, framing: Framing) -> Self {
         GuardedBody {
             inner,
             limits,
+            framing,
+            total: 0,
             prefix: [0; PREFIX],
             prefix_len: 0,
             remaining: 0,
@@ -73,9 +119,38 @@ impl<B> GuardedBody<B> {
         }
     }
 
+    /// Counts `data` against the limit; an error once it is over.
+    fn inspect(&mut self, data: &[u8]) -> Result<(), BoxError> {
+        match self.framing {
+            Framing::GrpcMessages => self.inspect_messages(data).map_err(Into::into),
+            Framing::Whole => {
+                self.total = self.total.saturating_add(data.len() as u64);
+                if self.total > self.limits.max_message as u64 {
+                    return Err(Box::new(BodyRefusal::TooLarge {
+                        size: format!("over {}", human_size(self.limits.max_message)),
+                        limit: human_size(self.limits.max_message),
+                    }));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The refusal for a body silent for `limit`, as this framing's
+    /// callers expect it.
+    fn stalled(&self, limit: Duration) -> BoxError {
+        let refusal = BodyRefusal::Stalled(crate::error::human_duration(limit));
+        match self.framing {
+            Framing::GrpcMessages => {
+                Box::new(tonic::Status::deadline_exceeded(refusal.to_string()))
+            }
+            Framing::Whole => Box::new(refusal),
+        }
+    }
+
     /// Follows the message framing through `data`; an error for a message
     /// whose announced length is over the limit.
-    fn inspect(&mut self, mut data: &[u8]) -> Result<(), tonic::Status> {
+    fn inspect_messages(&mut self, mut data: &[u8]) -> Result<(), tonic::Status> {
         while !data.is_empty() {
             if self.remaining > 0 {
                 let take = data
@@ -129,10 +204,10 @@ where
                 // Each piece restarts the idle wait.
                 this.idle = None;
                 if let Some(data) = frame.data_ref()
-                    && let Err(status) = this.inspect(data)
+                    && let Err(refusal) = this.inspect(data)
                 {
                     this.failed = true;
-                    return Poll::Ready(Some(Err(Box::new(status))));
+                    return Poll::Ready(Some(Err(refusal)));
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -149,13 +224,7 @@ where
                 ready!(idle.as_mut().poll(cx));
                 this.failed = true;
                 this.idle = None;
-                Poll::Ready(Some(Err(Box::new(tonic::Status::deadline_exceeded(
-                    format!(
-                        "the request stopped arriving for {} (request_idle_timeout); send \
-                         the whole request without pausing",
-                        crate::error::human_duration(limit)
-                    ),
-                )))))
+                Poll::Ready(Some(Err(this.stalled(limit))))
             }
         }
     }
@@ -166,5 +235,88 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http_body_util::{BodyExt, Full, StreamBody};
+
+    use super::*;
+
+    const LIMITS: BodyLimits = BodyLimits {
+        max_message: 16,
+        idle: Duration::from_secs(5),
+    };
+
+    fn frame(len: usize) -> Vec<u8> {
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+        frame.extend(std::iter::repeat_n(b'x', len));
+        frame
+    }
+
+    #[tokio::test]
+    async fn a_grpc_message_within_the_limit_passes_whole() {
+        let mut two = frame(16);
+        two.extend(frame(3));
+        let body = GuardedBody::new(Full::new(Bytes::from(two.clone())), LIMITS);
+        let read = body.collect().await.expect("within the limit").to_bytes();
+        assert_eq!(read, two);
+    }
+
+    #[tokio::test]
+    async fn a_grpc_message_announced_over_the_limit_is_resource_exhausted() {
+        // Only the prefix arrives: the announcement alone is refused.
+        let body = GuardedBody::new(Full::new(Bytes::from(frame(17)[..5].to_vec())), LIMITS);
+        let err = body.collect().await.expect_err("over the limit");
+        let status = err.downcast::<tonic::Status>().expect("a gRPC status");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    }
+
+    #[tokio::test]
+    async fn a_whole_body_over_the_limit_is_refused_as_too_large() {
+        let body = GuardedBody::framed(
+            Full::new(Bytes::from(vec![b'{'; 17])),
+            LIMITS,
+            Framing::Whole,
+        );
+        let err = body.collect().await.expect_err("over the limit");
+        let refusal = err.downcast::<BodyRefusal>().expect("a refusal");
+        assert!(
+            matches!(*refusal, BodyRefusal::TooLarge { .. }),
+            "{refusal}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_silent_for_the_idle_limit_is_refused_then() {
+        let silent = StreamBody::new(futures_util::stream::pending::<
+            Result<Frame<Bytes>, Infallible>,
+        >());
+        let started = tokio::time::Instant::now();
+        let err = GuardedBody::framed(silent, LIMITS, Framing::Whole)
+            .collect()
+            .await
+            .expect_err("stalled");
+        assert_eq!(
+            started.elapsed(),
+            LIMITS.idle,
+            "refused when the limit passed"
+        );
+        let refusal = err.downcast::<BodyRefusal>().expect("a refusal");
+        assert!(matches!(*refusal, BodyRefusal::Stalled(_)), "{refusal}");
+
+        let silent = StreamBody::new(futures_util::stream::pending::<
+            Result<Frame<Bytes>, Infallible>,
+        >());
+        let err = GuardedBody::new(silent, LIMITS)
+            .collect()
+            .await
+            .expect_err("stalled");
+        let status = err.downcast::<tonic::Status>().expect("a gRPC status");
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
     }
 }

@@ -13,32 +13,24 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
-use tower::ServiceExt;
 
 use crate::chat::{
     CallContext, Caller, ChatEvent, ChatMessage, ChatRequest, ChatStream, Completion, RequestId,
     Role, SamplingParams,
 };
 use crate::error::GatewayError;
+use crate::frontend::edge::{self, Edge, poll_events, truncated};
 use crate::proto;
 use crate::proto::llm_service_server::LlmService;
-use crate::route::SharedTable;
-use crate::stack::ChatService;
-use crate::stack::guard::SharedGuard;
 use crate::telemetry::REQUEST_ID;
-use crate::telemetry::call::CallRecord;
 
 /// The gRPC service implementation.
 pub struct GrpcFrontend {
-    /// The call path behind the front end.
-    stack: ChatService,
-    /// The live table, for `ListModels`.
-    table: SharedTable,
-    /// Who may list which models; `None` lists every model to anyone.
-    guard: Option<SharedGuard>,
+    /// What every front shares: the call path, the table, the keys.
+    edge: Edge,
 }
 
 /// A [`ChatStream`] as `TokenChunk`s. It insists on a final `Done`: a
@@ -50,20 +42,9 @@ pub struct TokenChunks {
 }
 
 impl GrpcFrontend {
-    /// A front end over `stack`, listing models from `table`.
-    pub fn new(stack: ChatService, table: SharedTable) -> Self {
-        GrpcFrontend {
-            stack,
-            table,
-            guard: None,
-        }
-    }
-
-    /// Lists models only to callers `guard` lets in, and only the models
-    /// their key may call: a listing names internal endpoints.
-    pub fn guarded(mut self, guard: SharedGuard) -> Self {
-        self.guard = Some(guard);
-        self
+    /// The gRPC front over the shared `edge`.
+    pub fn new(edge: Edge) -> Self {
+        GrpcFrontend { edge }
     }
 
     /// Starts a call: its request id, the wire request translated, and the
@@ -74,28 +55,23 @@ impl GrpcFrontend {
         request: Request<proto::CompleteRequest>,
         stream: bool,
     ) -> (RequestId, Result<ChatStream, GatewayError>) {
-        let request_id = request_id(request.metadata());
+        let request_id = edge::request_id(
+            request
+                .metadata()
+                .get(REQUEST_ID)
+                .map(|value| value.as_bytes()),
+        );
         let call = CallContext::new(request_id.clone());
-        let deadline =
-            grpc_timeout(request.metadata()).map(|budget| Instant::now() + answer_by(budget));
+        let deadline = edge::deadline(grpc_timeout(request.metadata()));
         let caller = caller(request.metadata());
         let req = match chat_request(request.into_inner(), stream, deadline, call.clone()) {
             Ok(req) => ChatRequest { caller, ..req },
             Err((model, err)) => {
-                self.rejected(call, &model, stream, &err);
+                self.edge.refused(call, &model, stream, &err);
                 return (request_id, Err(err));
             }
         };
-        (request_id, self.stack.clone().oneshot(req).await)
-    }
-
-    /// Records a call refused before it reached the stack, so it counts in
-    /// metrics and the access log like any other.
-    fn rejected(&self, call: CallContext, model: &str, stream: bool, err: &GatewayError) {
-        if let Some(route) = self.table.load().lookup(model) {
-            call.place_route(route.model.clone());
-        }
-        CallRecord::start(call, model, stream).failed(err);
+        (request_id, self.edge.call(req).await)
     }
 }
 
@@ -109,7 +85,7 @@ impl LlmService for GrpcFrontend {
         let answer = async {
             let mut stream = stream?;
             let mut text = String::new();
-            while let Some(event) = stream.next().await {
+            while let Some(event) = std::future::poll_fn(|cx| poll_events(&mut stream, cx)).await {
                 match event? {
                     ChatEvent::Token(token) => text.push_str(&token),
                     ChatEvent::Done(completion) => {
@@ -146,18 +122,11 @@ impl LlmService for GrpcFrontend {
         &self,
         request: Request<proto::ListModelsRequest>,
     ) -> Result<Response<proto::ListModelsResponse>, Status> {
-        let key = match &self.guard {
-            Some(guard) => guard.load().authenticate(&caller(request.metadata()))?,
-            None => None,
-        };
-        let table = self.table.load();
-        let models = table
-            .routes()
+        let key = self.edge.authenticate(&caller(request.metadata()))?;
+        let models = self
+            .edge
+            .visible_routes(key.as_deref())
             .iter()
-            .filter(|route| {
-                key.as_ref()
-                    .is_none_or(|key| key.models.allows(&route.model))
-            })
             .map(|route| proto::ModelInfo {
                 name: route.model.to_string(),
                 aliases: route.aliases.clone(),
@@ -197,7 +166,7 @@ impl Stream for TokenChunks {
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let item = match ready!(inner.as_mut().poll_next(cx)) {
+        let item = match ready!(poll_events(inner, cx)) {
             Some(Ok(ChatEvent::Token(token))) => {
                 return Poll::Ready(Some(Ok(proto::TokenChunk {
                     token,
@@ -286,15 +255,6 @@ fn chat_request(
     }
 }
 
-/// The caller's `x-request-id` if it is safe to use, or a new one.
-fn request_id(metadata: &tonic::metadata::MetadataMap) -> RequestId {
-    metadata
-        .get(REQUEST_ID)
-        .and_then(|value| value.to_str().ok())
-        .and_then(RequestId::from_caller)
-        .unwrap_or_else(RequestId::generate)
-}
-
 /// The outcome as the caller gets it, with the request id in the response
 /// metadata (headers, or trailers of an error) either way.
 fn respond<T>(
@@ -337,24 +297,6 @@ fn finish_reason(completion: &Completion) -> String {
         .finish_reason
         .map(|r| r.as_str().to_string())
         .unwrap_or_default()
-}
-
-fn truncated() -> GatewayError {
-    GatewayError::unavailable(
-        "the upstream stream ended before its final chunk; the answer is incomplete",
-    )
-}
-
-/// How much of the caller's budget the gateway uses before it answers
-/// DEADLINE_EXCEEDED itself.
-///
-/// The answer has to travel back before the caller's own timer fires: a
-/// caller whose timer wins sees a local timeout (tonic clients report
-/// CANCELLED) instead of our status and the reason in it. Keeping a tenth of
-/// the budget, at most 10 ms, for the trip back lets the gateway's
-/// DEADLINE_EXCEEDED arrive first.
-pub fn answer_by(budget: Duration) -> Duration {
-    budget - (budget / 10).min(Duration::from_millis(10))
 }
 
 /// The caller's time budget from the `grpc-timeout` header: up to eight

@@ -261,3 +261,60 @@ async fn text_access_lines_read_as_key_value_pairs() {
         assert!(lines[0].contains(field), "{field} in {}", lines[0]);
     }
 }
+
+#[tokio::test]
+async fn calls_refused_at_either_front_leave_the_same_access_line() {
+    let capture = Capture::default();
+    let _logging = capture.install(LogFormat::Json);
+    let upstream = FakeUpstream::start(answer).await;
+    let yaml = one_upstream(&upstream.url(), "").replace(
+        "upstreams:",
+        "auth:\n  keys:\n    - name: app\n      env: APP_KEY\n      models: [\"*\"]\nupstreams:",
+    );
+    let env = |name: &str| (name == "APP_KEY").then(|| SECRET.to_string());
+    let gateway = Gateway::start_with_env(&yaml, &env).await;
+
+    let status = gateway
+        .client()
+        .await
+        .complete(with_id("m", "grpc-no-key"))
+        .await
+        .expect_err("no key");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let head = |id: &str, key: &str, body: &str| {
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\nx-request-id: {id}\r\n\
+             {key}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let (status, _) = raw_http(gateway.http_addr, head("http-no-key", "", "{}").as_bytes())
+        .await
+        .expect("refused");
+    assert_eq!(status, 401);
+    let with_key = format!("authorization: Bearer {SECRET}\r\n");
+    let (status, _) = raw_http(
+        gateway.http_addr,
+        head("http-garbage", &with_key, "not json").as_bytes(),
+    )
+    .await
+    .expect("refused");
+    assert_eq!(status, 400);
+    assert_eq!(upstream.count(), 0, "nothing refused reached the upstream");
+
+    gateway.shutdown().await.expect("clean exit");
+    let text = capture.text();
+    let lines = access_lines(&text);
+    for (id, code) in [
+        ("grpc-no-key", "UNAUTHENTICATED"),
+        ("http-no-key", "UNAUTHENTICATED"),
+        ("http-garbage", "INVALID_ARGUMENT"),
+    ] {
+        let line = lines
+            .iter()
+            .find(|line| line["request_id"] == id)
+            .unwrap_or_else(|| panic!("no access line for {id}:\n{text}"));
+        assert_eq!(line["code"], code, "{line}");
+    }
+    assert!(!text.contains(SECRET), "the key leaked into the logs");
+}

@@ -127,3 +127,155 @@ async fn an_absurd_retry_after_waits_no_longer_than_the_upstream_timeout() {
         assert_eq!(upstream.count(), 4, "each call tried twice");
     }
 }
+
+// === the shared edge: keys before bodies, one set of body limits ===
+
+/// One simulated model behind a key, with small body limits.
+const KEYED: &str = "limits:
+  max_request_size: 2KiB
+  request_idle_timeout: 200ms
+auth:
+  keys:
+    - name: app
+      env: APP_KEY
+      models: [demo]
+upstreams:
+  fast:
+    kind: sim
+    sim: { ttft: 0ms, tokens_per_second: 0, output_tokens: 3 }
+routes:
+  - model: demo
+    pools:
+      - upstream: fast
+  - model: secret
+    pools:
+      - upstream: fast
+";
+
+const APP_KEY: &str = "sk-app-3c1e4f";
+
+fn app_env(name: &str) -> Option<String> {
+    (name == "APP_KEY").then(|| APP_KEY.to_string())
+}
+
+/// A chat completion request head announcing `length` bytes of body.
+fn chat_head(length: usize, key: Option<&str>) -> String {
+    let auth = key.map_or(String::new(), |k| format!("authorization: Bearer {k}\r\n"));
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n\
+         {auth}content-length: {length}\r\n\r\n"
+    )
+}
+
+#[tokio::test]
+async fn a_caller_without_a_key_is_refused_before_its_body_is_read_on_both_fronts() {
+    let gateway = Gateway::start_with_env(KEYED, &app_env).await;
+    // HTTP: a head announcing a large body, and no body at all. The answer
+    // comes without waiting for a byte of it.
+    let (status, body) = raw_http(gateway.http_addr, chat_head(1_000_000, None).as_bytes())
+        .await
+        .expect("refused without reading the body");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("API key"), "{body}");
+    // gRPC: a request whose body never arrives.
+    let never = http_body_util::StreamBody::new(futures_util::stream::pending::<
+        Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>,
+    >());
+    let (code, message) = raw_grpc(gateway.addr, None, never).await;
+    assert_eq!(code, tonic::Code::Unauthenticated, "{message}");
+    // With the key, the same gateway serves.
+    gateway
+        .client()
+        .await
+        .complete(keyed(request("demo", "hi"), APP_KEY))
+        .await
+        .expect("a keyed call is served");
+}
+
+#[tokio::test]
+async fn a_body_over_max_request_size_is_refused_by_both_fronts() {
+    let gateway = Gateway::start_with_env(KEYED, &app_env).await;
+    let prompt = "x".repeat(3 * 1024);
+    // HTTP, with the size declared: refused before it is read.
+    let body = format!(r#"{{"model":"demo","messages":[{{"role":"user","content":"{prompt}"}}]}}"#);
+    let mut sent = chat_head(body.len(), Some(APP_KEY)).into_bytes();
+    sent.extend_from_slice(body.as_bytes());
+    let (status, answer) = raw_http(gateway.http_addr, &sent).await.expect("an answer");
+    assert_eq!(status, 413, "{answer}");
+    assert!(answer.contains("at most 2 KiB"), "{answer}");
+    // HTTP, chunked (no length declared): refused once it passes the limit.
+    let chunked = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\nauthorization: Bearer {APP_KEY}\r\n\
+         content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    let (status, answer) = raw_http(gateway.http_addr, chunked.as_bytes())
+        .await
+        .expect("an answer");
+    assert_eq!(status, 413, "{answer}");
+    // gRPC: the same limit, as gRPC's RESOURCE_EXHAUSTED.
+    let status = gateway
+        .client()
+        .await
+        .complete(keyed(request("demo", &prompt), APP_KEY))
+        .await
+        .expect_err("too large");
+    assert_status(&status, tonic::Code::ResourceExhausted, &["at most 2 KiB"]);
+}
+
+#[tokio::test]
+async fn an_http_body_that_stops_arriving_is_refused_after_request_idle_timeout() {
+    let gateway = Gateway::start_with_env(KEYED, &app_env).await;
+    let mut sent = chat_head(500, Some(APP_KEY)).into_bytes();
+    sent.extend_from_slice(br#"{"model":"demo","#);
+    let (status, answer) = raw_http(gateway.http_addr, &sent)
+        .await
+        .expect("refused, not held");
+    assert_eq!(status, 408, "{answer}");
+    assert!(answer.contains("request_idle_timeout"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_model_is_described_only_to_a_key_that_may_call_it() {
+    let gateway = Gateway::start_with_env(KEYED, &app_env).await;
+    let url = |model: &str| format!("http://{}/v1/models/{model}", gateway.http_addr);
+    let stranger = http_get(&url("demo")).await;
+    assert_eq!(stranger.status, 401, "{}", stranger.body);
+    let described = http_get_with_key(&url("demo"), APP_KEY).await;
+    assert_eq!(described.status, 200, "{}", described.body);
+    assert!(
+        described.body.contains(r#""id":"demo""#),
+        "{}",
+        described.body
+    );
+    // A route the key may not call is as good as unrouted to it.
+    let hidden = http_get_with_key(&url("secret"), APP_KEY).await;
+    assert_eq!(hidden.status, 404, "{}", hidden.body);
+}
+
+#[tokio::test]
+async fn too_many_stop_sequences_are_refused_naming_the_field() {
+    let gateway = Gateway::start_with_env(KEYED, &app_env).await;
+    let mut many = request("demo", "hi");
+    many.stop = vec!["x".to_string(); 17];
+    let status = gateway
+        .client()
+        .await
+        .complete(keyed(many, APP_KEY))
+        .await
+        .expect_err("17 stop sequences");
+    assert_status(
+        &status,
+        tonic::Code::InvalidArgument,
+        &["stop", "at most 16"],
+    );
+    let mut empty = request("demo", "hi");
+    empty.stop = vec![String::new()];
+    let status = gateway
+        .client()
+        .await
+        .complete(keyed(empty, APP_KEY))
+        .await
+        .expect_err("an empty stop sequence");
+    assert_status(&status, tonic::Code::InvalidArgument, &["stop[0]"]);
+}

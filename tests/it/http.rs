@@ -685,21 +685,55 @@ struct WebCall {
 /// does: HTTP/1.1, `application/grpc-web+proto`, the message in one
 /// length-prefixed frame.
 async fn grpc_web(gateway: &Gateway, method: &str, message: &impl prost::Message) -> WebCall {
-    let encoded = message.encode_to_vec();
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&u32::try_from(encoded.len()).expect("small").to_be_bytes());
-    frame.extend_from_slice(&encoded);
+    grpc_web_as(gateway, method, message, WEB_BINARY).await
+}
+
+/// grpc-web's binary content type.
+const WEB_BINARY: &str = "application/grpc-web+proto";
+/// grpc-web's base64 text content type, for clients that cannot send bytes.
+const WEB_TEXT: &str = "application/grpc-web-text";
+
+/// [`grpc_web`] with the body as `content_type` says: binary frames, or
+/// the same frames as base64 text both ways.
+async fn grpc_web_as(
+    gateway: &Gateway,
+    method: &str,
+    message: &impl prost::Message,
+    content_type: &str,
+) -> WebCall {
+    use base64::Engine as _;
+    let text = content_type == WEB_TEXT;
+    let frame = grpc_frame(&message.encode_to_vec());
+    let body = if text {
+        Bytes::from(base64::engine::general_purpose::STANDARD.encode(&frame))
+    } else {
+        Bytes::from(frame)
+    };
     let request = http::Request::post(format!(
         "http://{}/llm.v1.LLMService/{method}",
         gateway.addr
     ))
-    .header("content-type", "application/grpc-web+proto")
-    .header("accept", "application/grpc-web+proto")
+    .header("content-type", content_type)
+    .header("accept", content_type)
     .header("x-grpc-web", "1")
     .header("origin", APP_ORIGIN)
-    .body(Full::new(Bytes::from(frame)))
+    .body(Full::new(body))
     .expect("request");
-    let answer = send(request).await;
+    let mut answer = send(request).await;
+    if text {
+        // Each piece of a text answer is padded on its own, so decode it
+        // four characters at a time.
+        let decoded: Vec<u8> = answer
+            .body
+            .chunks(4)
+            .flat_map(|group| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(group)
+                    .expect("base64 text")
+            })
+            .collect();
+        answer.body = Bytes::from(decoded);
+    }
     let mut messages = Vec::new();
     let mut trailers = String::new();
     let mut rest = &answer.body[..];
@@ -767,6 +801,35 @@ async fn grpc_web_serves_unary_and_server_streaming_calls_over_http1() {
     let unrouted = grpc_web(&gateway, "Complete", &request("gpt-17", "hi")).await;
     assert_eq!(unrouted.grpc_status, Some(5), "NOT_FOUND");
     assert!(unrouted.messages.is_empty());
+}
+
+#[tokio::test]
+async fn grpc_web_text_calls_are_served_and_oversized_browser_calls_are_resource_exhausted() {
+    let gateway = Gateway::start(&format!("limits:\n  max_request_size: 2KiB\n{SIM_ROUTES}")).await;
+    let mut req = request("demo", "one two three");
+    req.max_tokens = 3;
+    let streamed = grpc_web_as(&gateway, "CompleteStream", &req, WEB_TEXT).await;
+    assert_eq!(streamed.grpc_status, Some(0), "{}", streamed.grpc_message);
+    let chunks: Vec<TokenChunk> = streamed
+        .messages
+        .iter()
+        .map(|m| TokenChunk::decode(m.clone()).expect("a TokenChunk"))
+        .collect();
+    assert_eq!(text_of(&chunks), "The gateway routes");
+
+    let huge = request("demo", &"x".repeat(4 * 1024));
+    for content_type in [WEB_BINARY, WEB_TEXT] {
+        let refused = grpc_web_as(&gateway, "Complete", &huge, content_type).await;
+        assert_eq!(
+            refused.grpc_status,
+            Some(8),
+            "{content_type}: RESOURCE_EXHAUSTED, as native gRPC: {}",
+            refused.grpc_message
+        );
+        // grpc-web trailers carry the message percent-encoded.
+        let message = refused.grpc_message.replace("%20", " ");
+        assert!(message.contains("at most 2 KiB"), "{message}");
+    }
 }
 
 // === CORS ===

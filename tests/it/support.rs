@@ -253,6 +253,11 @@ pub async fn http_post(url: &str) -> HttpAnswer {
     http_send(http::Method::POST, url).await
 }
 
+/// `GET url` with `authorization: Bearer key`.
+pub async fn http_get_with_key(url: &str, key: &str) -> HttpAnswer {
+    http_send_with(http::Method::GET, url, Some(key)).await
+}
+
 /// `POST url` with an empty body and `authorization: Bearer key`.
 pub async fn http_post_with_key(url: &str, key: &str) -> HttpAnswer {
     http_send_with(http::Method::POST, url, Some(key)).await
@@ -288,6 +293,44 @@ async fn http_send_with(method: http::Method, url: &str, key: Option<&str>) -> H
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
     }
+}
+
+/// Sends `bytes` on a new connection to `addr` and reads the answer's
+/// status line and body until the gateway closes or `PATIENCE` passes;
+/// `None` when nothing came back in time.
+pub async fn raw_http(addr: SocketAddr, bytes: &[u8]) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, bytes)
+        .await
+        .expect("send");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            match tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    answer.extend_from_slice(&buf[..n]);
+                    // One whole answer is all the tests need.
+                    if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&answer[..end]).to_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok());
+                        if length.is_some_and(|len| answer.len() >= end + 4 + len) {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, read).await.ok()?;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
 }
 
 /// The admin key gateways started on a routing file allow `POST /-/reload`

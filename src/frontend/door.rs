@@ -1,0 +1,114 @@
+//! The door of every gRPC service on the port, before tonic reads a byte
+//! of a request body.
+//!
+//! Each service's body is held to the configured size and idle limits
+//! ([`crate::frontend::body`]). The door sits inside grpc-web translation,
+//! so it sees the decoded gRPC frames of a browser's call, whether its body
+//! came as binary or as base64 text, and a refusal reaches the browser as
+//! the same gRPC status a native client gets.
+//!
+//! The gateway's own service also checks the caller's key here, from the
+//! headers alone: tonic reads (and buffers) a unary call's whole message
+//! before the service sees it, and a stranger must not make the gateway
+//! hold megabytes for a call it will refuse. Health and reflection stay
+//! open, as probes and `grpcurl` expect.
+
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use futures_util::future::{Either, Ready, ready};
+use http::{Request, Response};
+use tonic::Status;
+use tonic::body::Body;
+use tonic::metadata::MetadataValue;
+use tonic::server::NamedService;
+use tower::Service;
+
+use crate::chat::{CallContext, Caller};
+use crate::frontend::body::{BodyLimits, GuardedBody};
+use crate::frontend::edge::{self, Edge};
+use crate::telemetry::REQUEST_ID;
+
+/// A gRPC service behind its door: bodies held to `limits`, and callers
+/// checked by `keys` when the service needs a key.
+#[derive(Clone)]
+pub struct Door<S> {
+    /// The service behind the door.
+    inner: S,
+    /// What each request body is held to.
+    limits: BodyLimits,
+    /// Checks the caller's key; `None` lets anyone in (health, reflection).
+    keys: Option<Edge>,
+}
+
+// === impl Door ===
+
+impl<S> Door<S> {
+    /// `inner` open to anyone, its bodies held to `limits`.
+    pub fn open(inner: S, limits: BodyLimits) -> Self {
+        Door {
+            inner,
+            limits,
+            keys: None,
+        }
+    }
+
+    /// `inner` for callers `edge` admits, its bodies held to `limits`.
+    pub fn keyed(inner: S, limits: BodyLimits, edge: Edge) -> Self {
+        Door {
+            inner,
+            limits,
+            keys: Some(edge),
+        }
+    }
+
+    /// The refusal of a caller without a valid key, recorded like any
+    /// call when it was one (listing models is not a call).
+    fn refuse(edge: &Edge, req: &Request<Body>) -> Option<Response<Body>> {
+        let caller = Caller::from_authorization(
+            req.headers()
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        );
+        let err = edge.authenticate(&caller).err()?;
+        let request_id = edge::request_id(req.headers().get(REQUEST_ID).map(|v| v.as_bytes()));
+        let path = req.uri().path();
+        let stream = path.ends_with("/CompleteStream");
+        if stream || path.ends_with("/Complete") {
+            edge.refused(CallContext::new(request_id.clone()), "", stream, &err);
+        }
+        let mut status = Status::from(err);
+        if let Ok(value) = MetadataValue::try_from(request_id.as_str()) {
+            status.metadata_mut().insert(REQUEST_ID, value);
+        }
+        Some(status.into_http())
+    }
+}
+
+impl<S: NamedService> NamedService for Door<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> Service<Request<Body>> for Door<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Either<S::Future, Ready<Result<Response<Body>, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        if let Some(refusal) = self.keys.as_ref().and_then(|edge| Self::refuse(edge, &req)) {
+            return Either::Right(ready(Ok(refusal)));
+        }
+        let limits = self.limits;
+        Either::Left(
+            self.inner
+                .call(req.map(|body| Body::new(GuardedBody::new(body, limits)))),
+        )
+    }
+}

@@ -1,0 +1,94 @@
+//! A whole answer as one `chat.completion`, and what a streamed answer's
+//! chunks repeat: the call's id, its start time and the model to name.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::response::{IntoResponse, Json, Response};
+
+use super::wire::{AssistantMessage, ChatCompletion, Choice, WireUsage};
+use crate::chat::{ChatEvent, ChatStream, Completion, FinishReason};
+use crate::error::GatewayError;
+use crate::frontend::edge::{poll_events, truncated};
+
+/// What every chunk (or the whole answer) of one call repeats.
+pub(super) struct CallInfo {
+    /// `chatcmpl-...`, one per call.
+    pub(super) id: String,
+    /// Unix seconds when the call started.
+    pub(super) created: u64,
+    /// The model named in chunks: the one asked for until the upstream
+    /// says which served the call.
+    pub(super) model: String,
+    /// Whether the caller asked for a usage chunk.
+    pub(super) include_usage: bool,
+}
+
+impl CallInfo {
+    /// A new call for `model`.
+    pub(super) fn new(model: String, include_usage: bool) -> Self {
+        CallInfo {
+            id: format!("chatcmpl-{:032x}", rand::random::<u128>()),
+            created: unix_now(),
+            model,
+            include_usage,
+        }
+    }
+}
+
+/// Gathers a whole answer into one `chat.completion`.
+pub(super) async fn whole_answer(
+    mut events: ChatStream,
+    call: CallInfo,
+) -> Result<Response, GatewayError> {
+    let mut text = String::new();
+    while let Some(event) = std::future::poll_fn(|cx| poll_events(&mut events, cx)).await {
+        match event? {
+            ChatEvent::Token(token) => text.push_str(&token),
+            ChatEvent::Done(completion) => {
+                let answer = ChatCompletion {
+                    id: &call.id,
+                    object: "chat.completion",
+                    created: call.created,
+                    model: served_model(&completion, &call),
+                    choices: [Choice {
+                        index: 0,
+                        message: AssistantMessage {
+                            role: "assistant",
+                            content: &text,
+                        },
+                        logprobs: None,
+                        finish_reason: finish_reason(&completion),
+                    }],
+                    usage: completion.usage.map(WireUsage::from),
+                };
+                return Ok(Json(answer).into_response());
+            }
+        }
+    }
+    Err(truncated())
+}
+
+/// The model to name in an answer: the one the upstream says served it,
+/// else the one asked for.
+pub(super) fn served_model<'a>(completion: &'a Completion, call: &'a CallInfo) -> &'a str {
+    if completion.model.is_empty() {
+        &call.model
+    } else {
+        &completion.model
+    }
+}
+
+/// The finish reason in OpenAI's words. An upstream that finished without
+/// saying why ended normally, which OpenAI calls `stop`.
+pub(super) fn finish_reason(completion: &Completion) -> &'static str {
+    completion
+        .finish_reason
+        .map_or("stop", FinishReason::as_str)
+}
+
+/// Seconds since the Unix epoch, as OpenAI's `created` fields are.
+pub(super) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}

@@ -1,0 +1,315 @@
+//! The OpenAI-compatible HTTP front end: `POST /v1/chat/completions` (one
+//! JSON answer, or server-sent events) and `GET /v1/models`.
+//!
+//! Most application code already speaks OpenAI's API through an SDK; this
+//! front lets it call the gateway unchanged, through the same
+//! [`ChatService`] as gRPC, so both fronts share one routing table, one set
+//! of limits and one retry policy. Like the gRPC front it only translates:
+//! wire → [`ChatRequest`], [`ChatStream`] → wire, and every
+//! [`GatewayError`] → an HTTP status and OpenAI's error body in one place
+//! ([`error_response`]).
+//!
+//! What every front shares (request id, key, deadline, refusals, listings)
+//! is the [`Edge`]'s. Here: the handlers, in order of a call. The caller's
+//! key is checked from the headers before the body is read, and the body
+//! is read through the same guard as gRPC's, held to the routing file's
+//! `limits.max_request_size` and `request_idle_timeout`. The rest is split
+//! by job: `request` (wire → [`ChatRequest`]), `answer` (a whole answer),
+//! `sse` (a streamed one), `error` (every failure as OpenAI's error body),
+//! and `wire` (the JSON shapes).
+//!
+//! Errors before the first token get a real status (the router waits for
+//! the first event before answering); an error after it ends the stream
+//! with an error event, never with `data: [DONE]`.
+//!
+//! A caller bounds the call with `x-request-timeout` (seconds, `2.5`, or a
+//! duration, `500ms`), held like `grpc-timeout`: 504 when it passes, and
+//! the upstream request dropped.
+
+mod answer;
+mod error;
+mod request;
+mod sse;
+mod wire;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use http::{HeaderMap, Method, StatusCode, Uri, header};
+use http_body_util::BodyExt;
+use tower_http::cors::CorsLayer;
+
+use crate::chat::{CallContext, Caller, ChatRequest, RequestId};
+use crate::error::{ErrorKind, GatewayError};
+use crate::frontend::body::{BodyLimits, BodyRefusal, Framing, GuardedBody};
+use crate::frontend::edge::{self, Edge};
+use crate::stack::guard::KeyPolicy;
+use crate::telemetry::REQUEST_ID;
+use answer::{CallInfo, unix_now, whole_answer};
+pub use error::error_response;
+use error::openai_error;
+use request::{chat_request, parse_request, request_timeout};
+use sse::sse_response;
+use wire::{ModelEntry, ModelList};
+
+/// The header that bounds a call: seconds (`30`, `2.5`) or a duration
+/// (`500ms`, `2m`). HTTP has no standard deadline header and the OpenAI
+/// SDKs keep their timeout to themselves, so the gateway names its own.
+pub const REQUEST_TIMEOUT_HEADER: &str = "x-request-timeout";
+
+/// The HTTP front end's state, shared by its handlers.
+pub struct HttpFrontend {
+    /// What every front shares: the call path, the table, the keys.
+    edge: Edge,
+    /// What each request body is held to: the same limits as gRPC's.
+    limits: BodyLimits,
+    /// When the front started (Unix seconds): the `created` of every listed
+    /// model, since routes have no creation time of their own.
+    started: u64,
+}
+
+/// Builds the HTTP front's router over the shared `edge`, its bodies held
+/// to `limits`, with `cors` in front when browsers may call.
+pub fn router(edge: Edge, limits: BodyLimits, cors: Option<CorsLayer>) -> Router {
+    let front = Arc::new(HttpFrontend {
+        edge,
+        limits,
+        started: unix_now(),
+    });
+    let router = Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{*model}", get(get_model))
+        .fallback(unknown_path)
+        .method_not_allowed_fallback(unknown_path)
+        .with_state(front);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+// === handlers ===
+
+async fn chat_completions(State(front): State<Arc<HttpFrontend>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let request_id = edge::request_id(headers.get(REQUEST_ID).map(|v| v.as_bytes()));
+    let caller = caller(headers);
+    // The key first: a stranger's body is never read.
+    if let Err(err) = front.edge.authenticate(&caller) {
+        front
+            .edge
+            .refused(CallContext::new(request_id), "", false, &err);
+        return error_response(&err);
+    }
+    let body = match front.read_body(headers, body).await {
+        Ok(body) => body,
+        Err((err, response)) => {
+            front
+                .edge
+                .refused(CallContext::new(request_id), "", false, &err);
+            return response;
+        }
+    };
+    match front.complete(headers, request_id, caller, &body).await {
+        Ok(response) => response,
+        Err(err) => error_response(&err),
+    }
+}
+
+async fn list_models(State(front): State<Arc<HttpFrontend>>, headers: HeaderMap) -> Response {
+    let key = match front.edge.authenticate(&caller(&headers)) {
+        Ok(key) => key,
+        Err(err) => return error_response(&err),
+    };
+    let routes = front.edge.visible_routes(key.as_deref());
+    let data = routes
+        .iter()
+        .flat_map(|route| {
+            std::iter::once(route.model.as_ref())
+                .chain(route.aliases.iter().map(String::as_str))
+                .map(|name| front.model_entry(name, &route.model))
+        })
+        .collect();
+    Json(ModelList {
+        object: "list",
+        data,
+    })
+    .into_response()
+}
+
+async fn get_model(
+    State(front): State<Arc<HttpFrontend>>,
+    headers: HeaderMap,
+    Path(model): Path<String>,
+) -> Response {
+    let key: Option<Arc<KeyPolicy>> = match front.edge.authenticate(&caller(&headers)) {
+        Ok(key) => key,
+        Err(err) => return error_response(&err),
+    };
+    match front.edge.visible_route(key.as_deref(), &model) {
+        Some(route) => Json(front.model_entry(&model, &route.model)).into_response(),
+        None => error_response(&not_routed(&model)),
+    }
+}
+
+async fn unknown_path(method: Method, uri: Uri) -> Response {
+    openai_error(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        &format!(
+            "no such endpoint: {method} {}; this gateway serves POST /v1/chat/completions \
+             and GET /v1/models",
+            uri.path()
+        ),
+        None,
+        Some("unknown_url"),
+    )
+}
+
+// === impl HttpFrontend ===
+
+impl HttpFrontend {
+    /// The whole request body, read through the body guard: refused at
+    /// once when its declared length is over the limit, and as soon as
+    /// more than the limit arrives or it stalls. A refusal comes as the
+    /// error to record and the answer to send.
+    async fn read_body(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<Bytes, (GatewayError, Response)> {
+        let limit = self.limits.max_message;
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(declared) = declared.filter(|&len| len > limit as u64) {
+            let refusal = BodyRefusal::TooLarge {
+                size: crate::config::human_size(usize::try_from(declared).unwrap_or(usize::MAX)),
+                limit: crate::config::human_size(limit),
+            };
+            return Err(refused_body(&refusal));
+        }
+        let guarded = GuardedBody::framed(body, self.limits, Framing::Whole);
+        match guarded.collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(err) => match err.downcast_ref::<BodyRefusal>() {
+                Some(refusal) => Err(refused_body(refusal)),
+                None => {
+                    let message = format!("the request body could not be read: {err}");
+                    let response = openai_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request_error",
+                        &message,
+                        None,
+                        None,
+                    );
+                    Err((GatewayError::invalid_argument("body", &message), response))
+                }
+            },
+        }
+    }
+
+    /// One chat completion: translate, call the stack, answer whole or as
+    /// a stream. A request refused before the stack is recorded here.
+    async fn complete(
+        &self,
+        headers: &HeaderMap,
+        request_id: RequestId,
+        caller: Caller,
+        body: &[u8],
+    ) -> Result<Response, GatewayError> {
+        let call = CallContext::new(request_id);
+        let (req, include_usage) = match translate(headers, call.clone(), caller, body) {
+            Ok(translated) => translated,
+            Err((model, stream, err)) => {
+                self.edge.refused(call, &model, stream, &err);
+                return Err(err);
+            }
+        };
+        let info = CallInfo::new(req.model.clone(), include_usage);
+        let stream = req.stream;
+        let events = self.edge.call(req).await?;
+        if stream {
+            Ok(sse_response(events, info))
+        } else {
+            edge::unwinding(whole_answer(events, info)).await
+        }
+    }
+
+    fn model_entry<'a>(&self, name: &'a str, route: &'a str) -> ModelEntry<'a> {
+        ModelEntry {
+            id: name,
+            object: "model",
+            created: self.started,
+            owned_by: "llmgate",
+            root: route,
+        }
+    }
+}
+
+/// The request as the stack takes it, and whether a stream should end
+/// with a usage chunk; a refusal comes with the model and stream flag
+/// asked for, for the record.
+fn translate(
+    headers: &HeaderMap,
+    call: CallContext,
+    caller: Caller,
+    body: &[u8],
+) -> Result<(ChatRequest, bool), (String, bool, GatewayError)> {
+    let wire = parse_request(body).map_err(|err| (String::new(), false, err))?;
+    let model = wire.model.clone().unwrap_or_default();
+    let stream = wire.stream.unwrap_or(false);
+    let include_usage = wire
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    let deadline = request_timeout(headers)
+        .map(edge::deadline)
+        .map_err(|err| (model.clone(), stream, err))?;
+    let req = chat_request(wire, deadline, call, caller).map_err(|err| (model, stream, err))?;
+    Ok((req, include_usage))
+}
+
+/// A body refused while it was read: 413 for one too large, 408 for one
+/// that stalled, and the error to record for either.
+fn refused_body(refusal: &BodyRefusal) -> (GatewayError, Response) {
+    let message = refusal.to_string();
+    let (status, kind, code) = match refusal {
+        BodyRefusal::TooLarge { .. } => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::ResourceExhausted,
+            "request_too_large",
+        ),
+        BodyRefusal::Stalled(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            ErrorKind::DeadlineExceeded,
+            "request_timeout",
+        ),
+    };
+    let response = openai_error(status, "invalid_request_error", &message, None, Some(code));
+    (GatewayError::new(kind, message), response)
+}
+
+fn not_routed(model: &str) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::NotFound,
+        format!(
+            "model '{model}' is not routed by this gateway; GET /v1/models lists the models \
+             it serves"
+        ),
+    )
+}
+
+/// Who is calling: the `authorization` header, read the way every front
+/// end reads it.
+fn caller(headers: &HeaderMap) -> Caller {
+    Caller::from_authorization(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()))
+}
