@@ -443,6 +443,16 @@ async fn malformed_requests_are_400_naming_the_field_in_param() {
                    "top_p": 3}),
             "top_p",
         ),
+        (
+            json!({"model": "demo", "messages": [{"role": "user", "content": "x"}],
+                   "stop": vec!["s"; 17]}),
+            "stop",
+        ),
+        (
+            json!({"model": "demo", "messages": [{"role": "user",
+                   "content": vec![json!({"type": "text", "text": "x"}); 257]}]}),
+            "messages[0].content",
+        ),
     ];
     for (body, field) in cases {
         for stream in [false, true] {

@@ -109,12 +109,26 @@ pub(super) fn chat_request(
     Ok(req)
 }
 
+/// The most content parts one message may have. Their text is joined and
+/// held to `limits.max_content_length` like any message's; the count is
+/// bounded too, since each part costs an allocation however small it is.
+const MAX_CONTENT_PARTS: usize = 256;
+
 /// A message's text: the string, or its text parts joined by newlines.
 fn content_text(message: usize, content: Option<Content>) -> Result<String, GatewayError> {
     match content {
         None => Ok(String::new()),
         Some(Content::Text(text)) => Ok(text),
         Some(Content::Parts(parts)) => {
+            if parts.len() > MAX_CONTENT_PARTS {
+                return Err(GatewayError::invalid_argument(
+                    &format!("messages[{message}].content"),
+                    &format!(
+                        "has {} parts; send at most {MAX_CONTENT_PARTS} (join text parts into one)",
+                        parts.len()
+                    ),
+                ));
+            }
             let mut text = Vec::with_capacity(parts.len());
             for (j, part) in parts.into_iter().enumerate() {
                 match (part.kind.as_str(), part.text) {
