@@ -38,7 +38,7 @@ use tonic::service::Routes;
 use crate::backend::Connectors;
 use crate::config::Config;
 use crate::error::GatewayError;
-use crate::frontend::body::BodyLimits;
+use crate::frontend::body::{BodyLimits, BodyRules, BufferBudget};
 use crate::frontend::door::Door;
 use crate::frontend::edge::Edge;
 use crate::frontend::grpc::GrpcFrontend;
@@ -247,11 +247,18 @@ impl Server {
         let chat = stack::build(Router::new(table.clone()), guard.clone());
         let edge = Edge::new(chat, table, guard);
         let cors = web::cors_layer(&config.cors);
-        let limits = body_limits(&config);
+        let bodies = BodyRules {
+            limits: body_limits(&config),
+            budget: BufferBudget::new(MAX_BUFFERED_BYTES),
+        };
         let http_service = http.as_ref().map(|_| {
-            TowerToHyperService::new(http_front::router(edge.clone(), limits, cors.clone()))
+            TowerToHyperService::new(http_front::router(
+                edge.clone(),
+                bodies.clone(),
+                cors.clone(),
+            ))
         });
-        let routes = grpc_routes(edge, &config, health_service)?.prepare();
+        let routes = grpc_routes(edge, &config, bodies, health_service)?.prepare();
         let service = TowerToHyperService::new(web::grpc_port(routes, cors));
         if acceptor.is_tls() {
             tracing::info!("serving TLS on the front listener");
@@ -343,6 +350,11 @@ impl Server {
     }
 }
 
+/// The request bytes the gateway holds at once while bodies arrive, over
+/// both fronts: sixteen bodies of the default 4 MiB limit. Ordinary prompts
+/// are kilobytes, so this is only ever reached by a flood.
+const MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
+
 /// The pause after a failed accept (out of file descriptors, or a
 /// connection reset before accept): not fatal, but a persistent error
 /// must not spin a core.
@@ -356,19 +368,23 @@ const ADMIN_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
 /// gateway's and the health service's descriptors.
 /// Each sits behind its [`Door`]: bodies held to the configured limits,
 /// and the gateway's own service checks keys before reading one.
-fn grpc_routes(edge: Edge, config: &Config, health: HealthService) -> Result<Routes, ServeError> {
+fn grpc_routes(
+    edge: Edge,
+    config: &Config,
+    bodies: BodyRules,
+    health: HealthService,
+) -> Result<Routes, ServeError> {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let limits = body_limits(config);
     let llm = LlmServiceServer::new(GrpcFrontend::new(edge.clone()))
         .max_decoding_message_size(config.limits.max_request_size);
-    Ok(Routes::new(Door::keyed(llm, limits, edge))
-        .add_service(Door::open(health, limits))
-        .add_service(Door::open(reflection().build_v1()?, limits))
-        .add_service(Door::open(reflection().build_v1alpha()?, limits)))
+    Ok(Routes::new(Door::keyed(llm, bodies.clone(), edge))
+        .add_service(Door::open(health, bodies.clone()))
+        .add_service(Door::open(reflection().build_v1()?, bodies.clone()))
+        .add_service(Door::open(reflection().build_v1alpha()?, bodies)))
 }
 
 /// The next connection on the HTTP front's listener; never, when there is

@@ -17,8 +17,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
 use crate::config::human_size;
@@ -48,6 +51,50 @@ pub enum BodyRefusal {
          without pausing"
     )]
     Stalled(String),
+    /// The gateway holds as many request bytes as its budget allows.
+    #[error(
+        "the gateway is receiving as many request bytes as it holds at once ({0}, \
+         limits.max_buffered_bytes); retry shortly"
+    )]
+    Busy(String),
+}
+
+/// The request bytes the whole gateway holds while bodies arrive, shared
+/// by every connection on both fronts. Each body's size is capped on its
+/// own, but a thousand slow bodies under that cap would still fill memory;
+/// past the budget, a body is refused (RESOURCE_EXHAUSTED, 429) instead.
+#[derive(Debug, Clone)]
+pub struct BufferBudget {
+    /// One permit per byte held.
+    bytes: Arc<Semaphore>,
+    /// The budget, for messages.
+    total: usize,
+}
+
+impl BufferBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: usize) -> Self {
+        let total = bytes.min(Semaphore::MAX_PERMITS);
+        BufferBudget {
+            bytes: Arc::new(Semaphore::new(total)),
+            total,
+        }
+    }
+
+    /// Takes `len` bytes of the budget, if they are free.
+    fn take(&self, len: usize) -> Option<OwnedSemaphorePermit> {
+        let len = u32::try_from(len).ok()?;
+        self.bytes.clone().try_acquire_many_owned(len).ok()
+    }
+
+    /// Bytes of the budget free now.
+    pub fn available(&self) -> usize {
+        self.bytes.available_permits()
+    }
+
+    fn refusal(&self) -> BodyRefusal {
+        BodyRefusal::Busy(human_size(self.total))
+    }
 }
 
 /// How the guarded body is framed, which decides what the size limit counts.
@@ -59,6 +106,23 @@ pub enum Framing {
     /// One whole body (JSON on the HTTP front): its total is held to the
     /// limit.
     Whole,
+}
+
+/// Everything a front holds its request bodies to: each body's limits,
+/// and the budget all of them share.
+#[derive(Debug, Clone)]
+pub struct BodyRules {
+    /// Size and idle limits of each body.
+    pub limits: BodyLimits,
+    /// The bytes all bodies arriving at once may hold.
+    pub budget: BufferBudget,
+}
+
+impl BodyRules {
+    /// `body` held to these rules, counted as `framing` says.
+    pub fn guard<B>(&self, body: B, framing: Framing) -> GuardedBody<B> {
+        GuardedBody::framed(body, self.limits, framing).within(self.budget.clone())
+    }
 }
 
 /// Length of a gRPC message's prefix: a compression flag and a 4-byte
@@ -94,6 +158,11 @@ pub struct GuardedBody<B> {
     idle: Option<Pin<Box<Sleep>>>,
     /// Whether the body failed already: nothing follows an error.
     failed: bool,
+    /// The gateway-wide budget its bytes are counted against, if any.
+    budget: Option<BufferBudget>,
+    /// The share of the budget this body holds, until it is dropped (or
+    /// handed on with [`GuardedBody::into_held`]).
+    held: Option<OwnedSemaphorePermit>,
 }
 
 // === impl GuardedBody ===
@@ -116,7 +185,42 @@ impl<B> GuardedBody<B> {
             remaining: 0,
             idle: None,
             failed: false,
+            budget: None,
+            held: None,
         }
+    }
+
+    /// Counts this body's bytes against `budget` while it is held.
+    pub fn within(mut self, budget: BufferBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// The share of the budget the body's bytes hold, for a caller that
+    /// keeps the bytes after the body is read.
+    pub fn into_held(self) -> Option<OwnedSemaphorePermit> {
+        self.held
+    }
+
+    /// Counts `len` more bytes against the budget.
+    fn hold(&mut self, len: usize) -> Result<(), BoxError> {
+        let Some(budget) = &self.budget else {
+            return Ok(());
+        };
+        let Some(permit) = budget.take(len) else {
+            let refusal = budget.refusal();
+            return Err(match self.framing {
+                Framing::GrpcMessages => {
+                    Box::new(tonic::Status::resource_exhausted(refusal.to_string()))
+                }
+                Framing::Whole => Box::new(refusal),
+            });
+        };
+        match &mut self.held {
+            Some(held) => held.merge(permit),
+            None => self.held = Some(permit),
+        }
+        Ok(())
     }
 
     /// Counts `data` against the limit; an error once it is over.
@@ -204,7 +308,7 @@ where
                 // Each piece restarts the idle wait.
                 this.idle = None;
                 if let Some(data) = frame.data_ref()
-                    && let Err(refusal) = this.inspect(data)
+                    && let Err(refusal) = this.inspect(data).and_then(|()| this.hold(data.len()))
                 {
                     this.failed = true;
                     return Poll::Ready(Some(Err(refusal)));
@@ -318,5 +422,45 @@ mod tests {
             .expect_err("stalled");
         let status = err.downcast::<tonic::Status>().expect("a gRPC status");
         assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+    }
+
+    #[tokio::test]
+    async fn bodies_past_the_shared_budget_are_refused_until_bytes_are_given_back() {
+        let rules = BodyRules {
+            limits: LIMITS,
+            budget: BufferBudget::new(20),
+        };
+        let first = rules.guard(Full::new(Bytes::from(vec![b'a'; 16])), Framing::Whole);
+        let first = first.collect().await.expect("within the budget");
+        assert_eq!(
+            rules.budget.available(),
+            20,
+            "a collected body gives its bytes back"
+        );
+
+        let mut holding = rules.guard(Full::new(Bytes::from(vec![b'a'; 16])), Framing::Whole);
+        let _ = holding
+            .frame()
+            .await
+            .expect("a frame")
+            .expect("within the budget");
+        assert_eq!(rules.budget.available(), 4);
+        let second = rules.guard(Full::new(Bytes::from(vec![b'b'; 8])), Framing::Whole);
+        let err = second.collect().await.expect_err("over the budget");
+        let refusal = err.downcast::<BodyRefusal>().expect("a refusal");
+        assert!(matches!(*refusal, BodyRefusal::Busy(_)), "{refusal}");
+
+        let grpc = rules.guard(Full::new(Bytes::from(frame(8))), Framing::GrpcMessages);
+        let err = grpc.collect().await.expect_err("over the budget");
+        let status = err.downcast::<tonic::Status>().expect("a gRPC status");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+
+        drop(holding.into_held());
+        assert_eq!(
+            rules.budget.available(),
+            20,
+            "released when the holder is done"
+        );
+        drop(first);
     }
 }

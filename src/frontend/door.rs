@@ -25,18 +25,18 @@ use tonic::server::NamedService;
 use tower::Service;
 
 use crate::chat::{CallContext, Caller};
-use crate::frontend::body::{BodyLimits, GuardedBody};
+use crate::frontend::body::{BodyRules, Framing};
 use crate::frontend::edge::{self, Edge};
 use crate::telemetry::REQUEST_ID;
 
-/// A gRPC service behind its door: bodies held to `limits`, and callers
+/// A gRPC service behind its door: bodies held to the body rules, and callers
 /// checked by `keys` when the service needs a key.
 #[derive(Clone)]
 pub struct Door<S> {
     /// The service behind the door.
     inner: S,
     /// What each request body is held to.
-    limits: BodyLimits,
+    bodies: BodyRules,
     /// Checks the caller's key; `None` lets anyone in (health, reflection).
     keys: Option<Edge>,
 }
@@ -44,20 +44,20 @@ pub struct Door<S> {
 // === impl Door ===
 
 impl<S> Door<S> {
-    /// `inner` open to anyone, its bodies held to `limits`.
-    pub fn open(inner: S, limits: BodyLimits) -> Self {
+    /// `inner` open to anyone, its bodies held to `bodies`.
+    pub fn open(inner: S, bodies: BodyRules) -> Self {
         Door {
             inner,
-            limits,
+            bodies,
             keys: None,
         }
     }
 
-    /// `inner` for callers `edge` admits, its bodies held to `limits`.
-    pub fn keyed(inner: S, limits: BodyLimits, edge: Edge) -> Self {
+    /// `inner` for callers `edge` admits, its bodies held to `bodies`.
+    pub fn keyed(inner: S, bodies: BodyRules, edge: Edge) -> Self {
         Door {
             inner,
-            limits,
+            bodies,
             keys: Some(edge),
         }
     }
@@ -105,10 +105,8 @@ where
         if let Some(refusal) = self.keys.as_ref().and_then(|edge| Self::refuse(edge, &req)) {
             return Either::Right(ready(Ok(refusal)));
         }
-        let limits = self.limits;
-        Either::Left(
-            self.inner
-                .call(req.map(|body| Body::new(GuardedBody::new(body, limits)))),
-        )
+        let bodies = &self.bodies;
+        let req = req.map(|body| Body::new(bodies.guard(body, Framing::GrpcMessages)));
+        Either::Left(self.inner.call(req))
     }
 }

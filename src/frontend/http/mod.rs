@@ -41,11 +41,12 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use http::{HeaderMap, Method, StatusCode, Uri, header};
 use http_body_util::BodyExt;
+use tokio::sync::OwnedSemaphorePermit;
 use tower_http::cors::CorsLayer;
 
 use crate::chat::{CallContext, Caller, ChatRequest, RequestId};
 use crate::error::{ErrorKind, GatewayError};
-use crate::frontend::body::{BodyLimits, BodyRefusal, Framing, GuardedBody};
+use crate::frontend::body::{BodyRefusal, BodyRules, Framing};
 use crate::frontend::edge::{self, Edge};
 use crate::stack::guard::KeyPolicy;
 use crate::telemetry::REQUEST_ID;
@@ -65,19 +66,19 @@ pub const REQUEST_TIMEOUT_HEADER: &str = "x-request-timeout";
 pub struct HttpFrontend {
     /// What every front shares: the call path, the table, the keys.
     edge: Edge,
-    /// What each request body is held to: the same limits as gRPC's.
-    limits: BodyLimits,
+    /// What each request body is held to: the same rules as gRPC's.
+    bodies: BodyRules,
     /// When the front started (Unix seconds): the `created` of every listed
     /// model, since routes have no creation time of their own.
     started: u64,
 }
 
 /// Builds the HTTP front's router over the shared `edge`, its bodies held
-/// to `limits`, with `cors` in front when browsers may call.
-pub fn router(edge: Edge, limits: BodyLimits, cors: Option<CorsLayer>) -> Router {
+/// to `bodies`, with `cors` in front when browsers may call.
+pub fn router(edge: Edge, bodies: BodyRules, cors: Option<CorsLayer>) -> Router {
     let front = Arc::new(HttpFrontend {
         edge,
-        limits,
+        bodies,
         started: unix_now(),
     });
     let router = Router::new()
@@ -107,8 +108,8 @@ async fn chat_completions(State(front): State<Arc<HttpFrontend>>, request: Reque
             .refused(CallContext::new(request_id), "", false, &err);
         return error_response(&err);
     }
-    let body = match front.read_body(headers, body).await {
-        Ok(body) => body,
+    let (body, held) = match front.read_body(headers, body).await {
+        Ok(read) => read,
         Err((err, response)) => {
             front
                 .edge
@@ -116,7 +117,10 @@ async fn chat_completions(State(front): State<Arc<HttpFrontend>>, request: Reque
             return response;
         }
     };
-    match front.complete(headers, request_id, caller, &body).await {
+    match front
+        .complete(headers, request_id, caller, &body, held)
+        .await
+    {
         Ok(response) => response,
         Err(err) => error_response(&err),
     }
@@ -177,14 +181,16 @@ async fn unknown_path(method: Method, uri: Uri) -> Response {
 impl HttpFrontend {
     /// The whole request body, read through the body guard: refused at
     /// once when its declared length is over the limit, and as soon as
-    /// more than the limit arrives or it stalls. A refusal comes as the
-    /// error to record and the answer to send.
+    /// more than the limit arrives or it stalls, or when the gateway holds
+    /// all the request bytes it may. The bytes come with their share of
+    /// that budget, held until the body is translated. A refusal comes as
+    /// the error to record and the answer to send.
     async fn read_body(
         &self,
         headers: &HeaderMap,
         body: Body,
-    ) -> Result<Bytes, (GatewayError, Response)> {
-        let limit = self.limits.max_message;
+    ) -> Result<(Bytes, Option<OwnedSemaphorePermit>), (GatewayError, Response)> {
+        let limit = self.bodies.limits.max_message;
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -196,37 +202,38 @@ impl HttpFrontend {
             };
             return Err(refused_body(&refusal));
         }
-        let guarded = GuardedBody::framed(body, self.limits, Framing::Whole);
-        match guarded.collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(err) => match err.downcast_ref::<BodyRefusal>() {
-                Some(refusal) => Err(refused_body(refusal)),
-                None => {
-                    let message = format!("the request body could not be read: {err}");
-                    let response = openai_error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_request_error",
-                        &message,
-                        None,
-                        None,
-                    );
-                    Err((GatewayError::invalid_argument("body", &message), response))
+        let mut guarded = self.bodies.guard(body, Framing::Whole);
+        let capacity = declared.map_or(0, |len| usize::try_from(len).unwrap_or(limit));
+        let mut read = Vec::with_capacity(capacity.min(limit));
+        while let Some(frame) = guarded.frame().await {
+            match frame {
+                Ok(frame) => {
+                    if let Some(data) = frame.data_ref() {
+                        read.extend_from_slice(data);
+                    }
                 }
-            },
+                Err(err) => return Err(unreadable_body(&*err)),
+            }
         }
+        Ok((Bytes::from(read), guarded.into_held()))
     }
 
-    /// One chat completion: translate, call the stack, answer whole or as
-    /// a stream. A request refused before the stack is recorded here.
+    /// One chat completion: translate (then give the body's share of the
+    /// buffer budget back), call the stack, answer whole or as a stream. A
+    /// request refused before the stack is recorded here.
     async fn complete(
         &self,
         headers: &HeaderMap,
         request_id: RequestId,
         caller: Caller,
         body: &[u8],
+        held: Option<OwnedSemaphorePermit>,
     ) -> Result<Response, GatewayError> {
         let call = CallContext::new(request_id);
-        let (req, include_usage) = match translate(headers, call.clone(), caller, body) {
+        let translated = translate(headers, call.clone(), caller, body);
+        // The raw bytes are done with: their share of the budget goes back.
+        drop(held);
+        let (req, include_usage) = match translated {
             Ok(translated) => translated,
             Err((model, stream, err)) => {
                 self.edge.refused(call, &model, stream, &err);
@@ -278,8 +285,28 @@ fn translate(
     Ok((req, include_usage))
 }
 
+/// A body that could not be read whole: refused by its guard, or cut by
+/// the client.
+fn unreadable_body(
+    err: &(dyn std::error::Error + Send + Sync + 'static),
+) -> (GatewayError, Response) {
+    if let Some(refusal) = err.downcast_ref::<BodyRefusal>() {
+        return refused_body(refusal);
+    }
+    let message = format!("the request body could not be read: {err}");
+    let response = openai_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        &message,
+        None,
+        None,
+    );
+    (GatewayError::invalid_argument("body", &message), response)
+}
+
 /// A body refused while it was read: 413 for one too large, 408 for one
-/// that stalled, and the error to record for either.
+/// that stalled, 429 (with `Retry-After`) while the gateway's buffer budget
+/// is spent, and the error to record for each.
 fn refused_body(refusal: &BodyRefusal) -> (GatewayError, Response) {
     let message = refusal.to_string();
     let (status, kind, code) = match refusal {
@@ -293,6 +320,11 @@ fn refused_body(refusal: &BodyRefusal) -> (GatewayError, Response) {
             ErrorKind::DeadlineExceeded,
             "request_timeout",
         ),
+        BodyRefusal::Busy(_) => {
+            let err = GatewayError::new(ErrorKind::ResourceExhausted, message);
+            let response = error_response(&err);
+            return (err, response);
+        }
     };
     let response = openai_error(status, "invalid_request_error", &message, None, Some(code));
     (GatewayError::new(kind, message), response)
