@@ -66,3 +66,10 @@ fn pooled(https: HttpsConnector<HttpConnector>) -> HttpClient {
         .pool_idle_timeout(Duration::from_secs(90))
         .build(https)
 }
+
+/// Whether the server at `url` answers a `GET` with a 2xx: the request a
+/// health check sends. How often, and how long to wait, is the balancer's
+/// business.
+pub async fn probe(client: &HttpClient, url: http::Uri) -> bool {
+    matches!(client.get(url).await, Ok(response) if response.status().is_success())
+}

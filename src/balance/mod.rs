@@ -11,16 +11,28 @@
 //! "nothing ready" into an immediate UNAVAILABLE, which retries and fallbacks
 //! above can act on within the caller's deadline.
 //!
+//! In call order:
+//! - [`upstream`]: what route calls; one upstream of the routing file, its
+//!   time limits, and the balancer over its endpoints.
+//! - this module: the [`Balancer`], P2C over the endpoints.
 //! - [`endpoint`]: one endpoint as a service; its load is calls in flight
-//!   until the last token.
-//! - [`health`]: outlier ejection and active health verdicts.
-//! - [`discover`]: static lists and DNS names as change streams.
+//!   until the last token. It calls the backend's
+//!   [`Dispatch`](crate::backend::Dispatch) for the endpoint, bound by the
+//!   upstream's [`Backend`].
+//!
+//! Beside them: [`health`] (outlier ejection and the health verdicts),
+//! [`probe`] (the active health-check loop) and [`discover`] (static lists
+//! and DNS names as change streams).
 
 pub mod discover;
 pub mod endpoint;
 pub mod health;
+pub mod probe;
+pub mod upstream;
 
-use std::sync::{Arc, Weak};
+pub use upstream::{Connectors, Upstream};
+
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
@@ -32,22 +44,18 @@ use tower::discover::Change;
 use tower::{Service, ServiceExt};
 
 use crate::backend::http::HttpClient;
+use crate::backend::{Backend, Binding, EndpointCall};
 use crate::chat::ChatStream;
-use crate::config::{Discovery, EndpointPolicy, HealthCheck};
+use crate::config::{Discovery, EndpointPolicy};
 use crate::error::GatewayError;
 use crate::telemetry::metrics::EndpointMetrics;
 use discover::{ChangeSender, Changes, Resolve};
-use endpoint::{Dispatch, Endpoint, EndpointCall};
+use endpoint::Endpoint;
 use health::{EndpointSnapshot, EndpointState, PoolHealth};
 
 /// How many calls may wait for the balancer task at once. Calls only wait
 /// here for the moment it takes to pick an endpoint.
 const DISPATCH_QUEUE: usize = 1024;
-
-/// Makes the [`Dispatch`] for an endpoint's base URL (the backend adapter
-/// bound to that address) with the label the endpoint goes by in metrics
-/// and logs, or `None` if the URL cannot be used.
-pub type DispatchFactory = Arc<dyn Fn(&http::Uri) -> Option<(Arc<str>, Dispatch)> + Send + Sync>;
 
 /// The endpoints of one upstream and the balancer over them.
 pub struct Balancer {
@@ -81,7 +89,9 @@ struct EndpointMaker {
     upstream: Arc<str>,
     pool: Arc<PoolHealth>,
     policy: EndpointPolicy,
-    dispatch: DispatchFactory,
+    /// Binds each new endpoint's address to a
+    /// [`Dispatch`](crate::backend::Dispatch).
+    backend: Backend,
     probe_client: HttpClient,
 }
 
@@ -97,12 +107,13 @@ impl std::fmt::Debug for Balancer {
 }
 
 impl Balancer {
-    /// Starts balancing over the endpoints `discovery` names.
+    /// Starts balancing over the endpoints `discovery` names, each bound
+    /// to `backend`.
     pub fn new(
         name: &str,
         discovery: &Discovery,
         policy: &EndpointPolicy,
-        dispatch: DispatchFactory,
+        backend: Backend,
         probe_client: HttpClient,
         resolver: Arc<dyn Resolve>,
     ) -> Self {
@@ -113,7 +124,7 @@ impl Balancer {
             upstream: name.clone(),
             pool: pool.clone(),
             policy: policy.clone(),
-            dispatch,
+            backend,
             probe_client,
         };
         let discovery_task = match discovery {
@@ -203,7 +214,7 @@ impl Balancer {
 impl EndpointMaker {
     /// Adds the endpoint at `url` to the pool and the balancer.
     fn insert(&self, tx: &ChangeSender<Endpoint>, url: http::Uri) {
-        let Some((label, dispatch)) = (self.dispatch)(&url) else {
+        let Some(Binding { label, dispatch }) = self.backend.bind(&url) else {
             tracing::warn!(%url, "endpoint URL cannot be used; skipped");
             return;
         };
@@ -211,7 +222,7 @@ impl EndpointMaker {
         let state =
             EndpointState::new(url.clone(), label, metrics, &self.pool, self.policy.outlier);
         if let Some(check) = &self.policy.health_check {
-            tokio::spawn(probe(
+            tokio::spawn(probe::probe(
                 Arc::downgrade(&state),
                 self.probe_client.clone(),
                 check.clone(),
@@ -226,56 +237,6 @@ impl EndpointMaker {
 /// `scheme://addr` as a base URL.
 fn address_url(scheme: &str, addr: std::net::SocketAddr) -> Option<http::Uri> {
     format!("{scheme}://{addr}").parse().ok()
-}
-
-/// Probes one endpoint until it is gone, flipping its health verdict after
-/// `unhealthy_after` failures or `healthy_after` passes in a row.
-async fn probe(state: Weak<EndpointState>, client: HttpClient, check: HealthCheck) {
-    let Some(url) = state.upgrade().and_then(|s| {
-        let base = s.url.to_string();
-        format!("{}{}", base.trim_end_matches('/'), check.path)
-            .parse::<http::Uri>()
-            .ok()
-    }) else {
-        return;
-    };
-    let Some(mut gone) = state.upgrade().map(|s| s.gone()) else {
-        return;
-    };
-    let (mut passes, mut failures) = (0u32, 0u32);
-    let mut ticks = tokio::time::interval(check.interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let passed = tokio::select! {
-            // The endpoint left the pool (or its table was replaced).
-            _ = gone.changed() => return,
-            passed = async {
-                ticks.tick().await;
-                matches!(
-                    tokio::time::timeout(check.timeout, client.get(url.clone())).await,
-                    Ok(Ok(response)) if response.status().is_success()
-                )
-            } => passed,
-        };
-        let Some(state) = state.upgrade() else {
-            return;
-        };
-        if passed {
-            passes += 1;
-            failures = 0;
-            if !state.is_healthy() && passes >= check.healthy_after {
-                tracing::info!(endpoint = %state.url, "health check passes again; endpoint back in");
-                state.set_healthy(true);
-            }
-        } else {
-            failures += 1;
-            passes = 0;
-            if state.is_healthy() && failures >= check.unhealthy_after {
-                tracing::warn!(endpoint = %state.url, path = %check.path, "health check failing; endpoint out");
-                state.set_healthy(false);
-            }
-        }
-    }
 }
 
 // === impl FailFast ===
