@@ -2,7 +2,7 @@
 //! becomes an upstream's wire format and its answer becomes a token stream.
 //!
 //! What a backend offers the balancer to its left is [`dispatch`]: an
-//! upstream's [`Backend`] binds itself to each endpoint's base URL and
+//! upstream's [`Backend`] binds its adapter to each endpoint's base URL and
 //! answers each [`EndpointCall`] with a stream. Nothing here knows about
 //! balancing, routing or the stack.
 //!
@@ -26,5 +26,62 @@ mod sim;
 pub mod sse;
 mod wire;
 
-pub use dispatch::{Backend, Binding, Dispatch, EndpointCall};
+use std::sync::Arc;
+
+use ::http::Uri;
+
+use crate::config::{Discovery, UpstreamConfig, UpstreamKind};
+use anthropic::AnthropicBackend;
+use dispatch::Bind;
+pub use dispatch::{Binding, Dispatch, EndpointCall};
+use http::HttpClient;
+use ollama::OllamaBackend;
+use openai::OpenAiBackend;
 pub use sim::IN_PROCESS_ENDPOINT;
+use sim::SimBackend;
+
+/// The wire of one upstream, shared by its endpoints: the one place the
+/// kind of an upstream is looked at, so that adding a wire means adding an
+/// adapter and one line here.
+#[derive(Clone)]
+pub struct Backend {
+    /// The adapter, behind the one `dyn` of the backend: it is used when an
+    /// endpoint is added, never per call or per token.
+    adapter: Arc<dyn Bind>,
+}
+
+// === impl Backend ===
+
+impl Backend {
+    /// The adapter for `config`'s `kind`, sending through `client`.
+    pub fn new(config: &UpstreamConfig, client: HttpClient) -> Self {
+        let adapter: Arc<dyn Bind> = match config.kind {
+            UpstreamKind::OpenAi => Arc::new(OpenAiBackend::new(config, client)),
+            UpstreamKind::Ollama => Arc::new(OllamaBackend::new(config, client)),
+            UpstreamKind::Anthropic => Arc::new(AnthropicBackend::new(config, client)),
+            UpstreamKind::Sim => Arc::new(SimBackend::new(config)),
+        };
+        Backend { adapter }
+    }
+
+    /// Where the upstream's endpoints come from: `configured`, unless the
+    /// adapter has endpoints of its own (the in-process simulator).
+    pub fn discovery(&self, configured: &Discovery) -> Discovery {
+        match self.adapter.fixed_endpoints() {
+            Some(urls) => Discovery::Static(urls),
+            None => configured.clone(),
+        }
+    }
+
+    /// Binds the adapter to the endpoint at `base`; `None` when `base`
+    /// cannot be used as a base URL for this wire.
+    pub fn bind(&self, base: &Uri) -> Option<Binding> {
+        self.adapter.clone().bind(base)
+    }
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend").finish_non_exhaustive()
+    }
+}

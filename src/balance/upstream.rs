@@ -15,9 +15,9 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
-use super::Balancer;
 use super::discover::{Resolve, SystemResolver};
 use super::health::EndpointSnapshot;
+use super::p2c::Balancer;
 use crate::backend::http::{self, HttpClient};
 use crate::backend::{Backend, EndpointCall};
 use crate::chat::timed::{StreamLimits, TimedStream, TimeoutMessages};
