@@ -17,11 +17,18 @@
 //!   per minute, and the caller's deadline; observation (metrics and the
 //!   access log) outermost.
 //! - [`route`]: the routing table and the router service (model → route →
-//!   pool by weight), with retries and fallbacks inside the deadline.
-//! - [`balance`]: P2C over an upstream's endpoints, per call; discovery,
-//!   outlier ejection and health checks.
-//! - [`backend`]: upstream adapters (`openai`, `ollama`, `anthropic`,
-//!   `sim`), each mapping its wire into [`chat`], and SSE/NDJSON decoding.
+//!   pool by weight), with retries and fallbacks inside the deadline; it
+//!   calls an upstream.
+//! - [`balance`]: the [`Upstream`](balance::Upstream) (its time limits and
+//!   its balancer), P2C over its endpoints per call, each endpoint's load,
+//!   discovery, outlier ejection and health-check probes.
+//! - [`backend`]: what an endpoint calls: the adapter contract
+//!   ([`Dispatch`](backend::Dispatch)), one `Adapter` trait for the HTTP
+//!   wires (`openai`, `ollama`, `anthropic`) plus the in-process `sim`,
+//!   each mapping its wire into [`chat`], and SSE/NDJSON decoding.
+//!
+//! Each of these imports only modules to its right (and those beside
+//! them), never one to its left.
 //!
 //! Beside them: [`chat`] (the internal vocabulary), [`error`] (the one error
 //! type), [`config`] (the routing file), [`reload`] (live reloads of it),

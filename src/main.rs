@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use llmgate::Listeners;
-use llmgate::backend::Connectors;
+use llmgate::balance::Connectors;
 use llmgate::config::Config;
 use llmgate::server::admin::AdminKey;
 use llmgate::sim::SimSettings;

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::backend::Connectors;
 use crate::balance::AbortOnDrop;
+use crate::balance::Connectors;
 use crate::config::{Config, ConfigError};
 use crate::route::{RoutingTable, SharedTable};
 use crate::stack::guard::{Guard, SharedGuard};

@@ -35,7 +35,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tonic::service::Routes;
 
-use crate::backend::Connectors;
+use crate::balance::Connectors;
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::frontend::body::{BodyLimits, BodyRules, BufferBudget};

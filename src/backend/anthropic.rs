@@ -21,15 +21,14 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use http::Uri;
-
 use http::HeaderName;
 use serde::{Deserialize, Serialize};
 
+use super::adapter::Adapter;
 use super::http::HttpClient;
 use super::sse::{SseDecoder, SseEvent};
 use super::wire::{self, Credential, Dialect, HttpUpstream, Step};
-use crate::chat::{ChatMessage, ChatRequest, ChatStream, Completion, FinishReason, Role, Usage};
+use crate::chat::{ChatMessage, ChatRequest, Completion, FinishReason, Role, Usage};
 use crate::config::UpstreamConfig;
 use crate::error::{ErrorKind, GatewayError};
 
@@ -48,7 +47,7 @@ pub(crate) struct AnthropicBackend {
 /// The request body; borrows from the [`ChatRequest`] except a system
 /// prompt joined from several messages.
 #[derive(Serialize)]
-struct WireRequest<'a> {
+pub(crate) struct WireRequest<'a> {
     model: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     system: Option<Cow<'a, str>>,
@@ -146,7 +145,7 @@ struct WireDelta<'a> {
 }
 
 /// Reads an SSE stream of Messages API events.
-struct EventStream {
+pub(crate) struct EventStream {
     /// A `message_delta` said why generation stopped: the answer is whole
     /// even if `message_stop` never comes.
     stopped: bool,
@@ -155,8 +154,7 @@ struct EventStream {
 // === impl AnthropicBackend ===
 
 impl AnthropicBackend {
-    /// Prepares the endpoints and key of `config`; `None` when no endpoint
-    /// gives a usable URL.
+    /// Prepares the key and headers of `config`.
     pub(crate) fn new(config: &UpstreamConfig, client: HttpClient) -> Self {
         AnthropicBackend {
             http: HttpUpstream::new(
@@ -171,42 +169,6 @@ impl AnthropicBackend {
             ),
             default_max_tokens: config.default_max_tokens,
         }
-    }
-
-    /// Where calls to the endpoint at `base` go.
-    pub(crate) fn target(&self, base: &Uri) -> Option<Uri> {
-        self.http.target(base)
-    }
-
-    /// Sends `req` for `model` to the next endpoint and returns its tokens.
-    pub(crate) async fn call(
-        &self,
-        url: &Uri,
-        model: Arc<str>,
-        req: &ChatRequest,
-    ) -> Result<ChatStream, GatewayError> {
-        let (system, messages) = self.split_system(&req.messages)?;
-        let body = WireRequest {
-            model: &model,
-            system,
-            messages,
-            max_tokens: req.params.max_tokens.unwrap_or(self.default_max_tokens),
-            temperature: req.params.temperature,
-            top_p: req.params.top_p,
-            stop_sequences: &req.params.stop,
-            stream: req.stream,
-        };
-        let dialect = EventStream { stopped: false };
-        self.http
-            .exchange(
-                url,
-                &body,
-                req,
-                model.clone(),
-                dialect,
-                |bytes, completion| self.parse_answer(bytes, completion),
-            )
-            .await
     }
 
     /// The system prompt (the leading system messages) and the rest of the
@@ -254,8 +216,42 @@ impl AnthropicBackend {
         };
         Ok((system, rest))
     }
+}
 
-    /// Reads a non-streamed answer.
+// === impl Adapter for AnthropicBackend ===
+
+impl Adapter for AnthropicBackend {
+    type Body<'a> = WireRequest<'a>;
+    type Dialect = EventStream;
+
+    fn http(&self) -> &HttpUpstream {
+        &self.http
+    }
+
+    /// Refuses a conversation with no place for its system messages on this
+    /// wire (see the module doc).
+    fn body<'a>(
+        &'a self,
+        model: &'a str,
+        req: &'a ChatRequest,
+    ) -> Result<WireRequest<'a>, GatewayError> {
+        let (system, messages) = self.split_system(&req.messages)?;
+        Ok(WireRequest {
+            model,
+            system,
+            messages,
+            max_tokens: req.params.max_tokens.unwrap_or(self.default_max_tokens),
+            temperature: req.params.temperature,
+            top_p: req.params.top_p,
+            stop_sequences: &req.params.stop,
+            stream: req.stream,
+        })
+    }
+
+    fn dialect(&self) -> EventStream {
+        EventStream { stopped: false }
+    }
+
     fn parse_answer(
         &self,
         bytes: &[u8],

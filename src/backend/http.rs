@@ -66,3 +66,11 @@ fn pooled(https: HttpsConnector<HttpConnector>) -> HttpClient {
         .pool_idle_timeout(Duration::from_secs(90))
         .build(https)
 }
+
+/// Whether the server at `url` answers a `GET` with a 2xx: the request a
+/// health check sends. How often, and how long to wait, is the balancer's
+/// business.
+pub fn probe(client: &HttpClient, url: http::Uri) -> impl Future<Output = bool> + Send + use<> {
+    let response = client.get(url);
+    async move { matches!(response.await, Ok(response) if response.status().is_success()) }
+}

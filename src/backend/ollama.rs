@@ -13,15 +13,14 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use http::Uri;
-
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::adapter::Adapter;
 use super::http::HttpClient;
 use super::ndjson::NdjsonDecoder;
 use super::wire::{self, Credential, Dialect, HttpUpstream, Step};
-use crate::chat::{ChatMessage, ChatRequest, ChatStream, Completion, FinishReason, Usage};
+use crate::chat::{ChatMessage, ChatRequest, Completion, FinishReason, Usage};
 use crate::config::{KeepAlive, UpstreamConfig};
 use crate::error::{ErrorKind, GatewayError};
 
@@ -37,7 +36,7 @@ pub(crate) struct OllamaBackend {
 /// The request body; borrows everything from the [`ChatRequest`]. Ollama
 /// takes the same `{role, content}` messages and role names we use.
 #[derive(Serialize)]
-struct WireRequest<'a> {
+pub(crate) struct WireRequest<'a> {
     model: &'a str,
     messages: &'a [ChatMessage],
     /// Always sent: Ollama streams unless told otherwise.
@@ -49,7 +48,7 @@ struct WireRequest<'a> {
 }
 
 #[derive(Serialize)]
-struct WireOptions<'a> {
+pub(crate) struct WireOptions<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     num_predict: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,7 +63,7 @@ struct WireOptions<'a> {
 /// for "never unload".
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
-enum WireKeepAlive {
+pub(crate) enum WireKeepAlive {
     Duration(String),
     Forever(i8),
 }
@@ -97,7 +96,7 @@ struct WireMessage<'a> {
 }
 
 /// Reads an NDJSON stream of chat lines.
-struct LineStream {
+pub(crate) struct LineStream {
     /// Whether the model name came from the upstream yet.
     model_reported: bool,
 }
@@ -105,29 +104,34 @@ struct LineStream {
 // === impl OllamaBackend ===
 
 impl OllamaBackend {
-    /// Prepares the endpoints of `config`; `None` when no endpoint gives a
-    /// usable URL.
+    /// Prepares the headers and `keep_alive` of `config`.
     pub(crate) fn new(config: &UpstreamConfig, client: HttpClient) -> Self {
         OllamaBackend {
             http: HttpUpstream::new(config, client, "/api/chat", Credential::Bearer, &[]),
             keep_alive: config.keep_alive.map(WireKeepAlive::from),
         }
     }
+}
 
-    /// Where calls to the endpoint at `base` go.
-    pub(crate) fn target(&self, base: &Uri) -> Option<Uri> {
-        self.http.target(base)
+// === impl Adapter for OllamaBackend ===
+
+impl Adapter for OllamaBackend {
+    type Body<'a> = WireRequest<'a>;
+    /// A streamed answer is NDJSON; a whole JSON answer to a stream request
+    /// reads the same way as the non-streamed one.
+    type Dialect = LineStream;
+
+    fn http(&self) -> &HttpUpstream {
+        &self.http
     }
 
-    /// Sends `req` for `model` to the next endpoint and returns its tokens.
-    pub(crate) async fn call(
-        &self,
-        url: &Uri,
-        model: Arc<str>,
-        req: &ChatRequest,
-    ) -> Result<ChatStream, GatewayError> {
-        let body = WireRequest {
-            model: &model,
+    fn body<'a>(
+        &'a self,
+        model: &'a str,
+        req: &'a ChatRequest,
+    ) -> Result<WireRequest<'a>, GatewayError> {
+        Ok(WireRequest {
+            model,
             messages: &req.messages,
             stream: req.stream,
             options: WireOptions {
@@ -137,25 +141,15 @@ impl OllamaBackend {
                 stop: &req.params.stop,
             },
             keep_alive: self.keep_alive.as_ref(),
-        };
-        // A streamed answer is NDJSON; a whole JSON answer to a stream
-        // request reads the same way as the non-streamed one.
-        let dialect = LineStream {
-            model_reported: false,
-        };
-        self.http
-            .exchange(
-                url,
-                &body,
-                req,
-                model.clone(),
-                dialect,
-                |bytes, completion| self.parse_answer(bytes, completion),
-            )
-            .await
+        })
     }
 
-    /// Reads a non-streamed answer.
+    fn dialect(&self) -> LineStream {
+        LineStream {
+            model_reported: false,
+        }
+    }
+
     fn parse_answer(
         &self,
         bytes: &[u8],

@@ -11,14 +11,13 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use http::Uri;
-
 use serde::{Deserialize, Serialize};
 
+use super::adapter::Adapter;
 use super::http::HttpClient;
 use super::sse::{SseDecoder, SseEvent};
 use super::wire::{self, Credential, Dialect, HttpUpstream, Step};
-use crate::chat::{ChatMessage, ChatRequest, ChatStream, Completion, FinishReason, Usage};
+use crate::chat::{ChatMessage, ChatRequest, Completion, FinishReason, Usage};
 use crate::config::{MaxTokensField, UpstreamConfig};
 use crate::error::{ErrorKind, GatewayError};
 
@@ -33,7 +32,7 @@ pub(crate) struct OpenAiBackend {
 
 /// The request body; borrows everything from the [`ChatRequest`].
 #[derive(Serialize)]
-struct WireRequest<'a> {
+pub(crate) struct WireRequest<'a> {
     model: &'a str,
     messages: &'a [ChatMessage],
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -95,7 +94,7 @@ struct WireUsage {
 }
 
 /// Reads an SSE stream of chat completion chunks.
-struct ChunkStream {
+pub(crate) struct ChunkStream {
     /// Whether the model name came from the upstream yet.
     model_reported: bool,
     /// Chunks decoded so far: a stream that ends having sent none did not
@@ -109,8 +108,7 @@ struct ChunkStream {
 // === impl OpenAiBackend ===
 
 impl OpenAiBackend {
-    /// Prepares the endpoints and credentials of `config`; `None` when no
-    /// endpoint gives a usable URL.
+    /// Prepares the headers and credentials of `config`.
     pub(crate) fn new(config: &UpstreamConfig, client: HttpClient) -> Self {
         OpenAiBackend {
             http: HttpUpstream::new(
@@ -123,26 +121,30 @@ impl OpenAiBackend {
             max_tokens_field: config.max_tokens_field,
         }
     }
+}
 
-    /// Where calls to the endpoint at `base` go.
-    pub(crate) fn target(&self, base: &Uri) -> Option<Uri> {
-        self.http.target(base)
+// === impl Adapter for OpenAiBackend ===
+
+impl Adapter for OpenAiBackend {
+    type Body<'a> = WireRequest<'a>;
+    type Dialect = ChunkStream;
+
+    fn http(&self) -> &HttpUpstream {
+        &self.http
     }
 
-    /// Sends `req` for `model` to the next endpoint and returns its tokens.
-    pub(crate) async fn call(
-        &self,
-        url: &Uri,
-        model: Arc<str>,
-        req: &ChatRequest,
-    ) -> Result<ChatStream, GatewayError> {
+    fn body<'a>(
+        &'a self,
+        model: &'a str,
+        req: &'a ChatRequest,
+    ) -> Result<WireRequest<'a>, GatewayError> {
         let max_tokens = req.params.max_tokens;
         let (max_tokens, max_completion_tokens) = match self.max_tokens_field {
             MaxTokensField::MaxTokens => (max_tokens, None),
             MaxTokensField::MaxCompletionTokens => (None, max_tokens),
         };
-        let body = WireRequest {
-            model: &model,
+        Ok(WireRequest {
+            model,
             messages: &req.messages,
             max_tokens,
             max_completion_tokens,
@@ -153,25 +155,17 @@ impl OpenAiBackend {
             stream_options: req.stream.then_some(StreamOptions {
                 include_usage: true,
             }),
-        };
-        let dialect = ChunkStream {
+        })
+    }
+
+    fn dialect(&self) -> ChunkStream {
+        ChunkStream {
             model_reported: false,
             chunks: 0,
             finished: false,
-        };
-        self.http
-            .exchange(
-                url,
-                &body,
-                req,
-                model.clone(),
-                dialect,
-                |bytes, completion| self.parse_answer(bytes, completion),
-            )
-            .await
+        }
     }
 
-    /// Reads a non-streamed answer.
     fn parse_answer(
         &self,
         bytes: &[u8],

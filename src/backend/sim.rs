@@ -4,14 +4,63 @@
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
+use http::Uri;
 
+use super::dispatch::{Bind, Binding, Dispatch, EndpointCall};
 use crate::chat::{ChatEvent, ChatRequest, ChatStream, Completion};
+use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 use crate::sim::SimSettings;
 
+/// The endpoint label of a simulator running inside the gateway.
+pub const IN_PROCESS_ENDPOINT: &str = "in-process";
+
+/// The pseudo-address of an in-process simulator's one endpoint.
+const SIM_ENDPOINT: &str = "sim://in-process";
+
+/// A `kind: sim` upstream: the simulator's settings and the upstream's
+/// name, for its errors.
+pub(crate) struct SimBackend {
+    /// How the simulated model behaves.
+    settings: SimSettings,
+    /// The upstream's name.
+    name: Arc<str>,
+}
+
+// === impl SimBackend ===
+
+impl SimBackend {
+    /// The simulator `config` describes.
+    pub(crate) fn new(config: &UpstreamConfig) -> Self {
+        SimBackend {
+            settings: config.sim,
+            name: Arc::from(config.name.as_str()),
+        }
+    }
+}
+
+impl Bind for SimBackend {
+    /// Every base is the one in-process endpoint: there is no address.
+    fn bind(self: Arc<Self>, _base: &Uri) -> Option<Binding> {
+        let dispatch: Dispatch = Arc::new(move |call: EndpointCall| {
+            futures_util::future::ready(call_sim(&self.settings, &self.name, call.model, &call.req))
+                .boxed()
+        });
+        Some(Binding {
+            label: Arc::from(IN_PROCESS_ENDPOINT),
+            dispatch,
+        })
+    }
+
+    /// A simulator has one endpoint, inside the gateway.
+    fn fixed_endpoints(&self) -> Option<Vec<Uri>> {
+        Some(vec![Uri::from_static(SIM_ENDPOINT)])
+    }
+}
+
 /// Starts a simulated generation for `req`.
-pub(crate) fn call(
+fn call_sim(
     settings: &SimSettings,
     upstream: &str,
     model: Arc<str>,

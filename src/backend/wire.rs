@@ -4,8 +4,9 @@
 //! into a [`ChatStream`].
 //!
 //! The adapters (`openai`, `ollama`, `anthropic`) differ only in the JSON
-//! they write and read, so each is a [`Dialect`]: it says what one decoded
-//! item of its stream means (a token, the end, a failure, nothing).
+//! they write and read (see `adapter`); how each reads its stream is a
+//! [`Dialect`]: it says what one decoded item means (a token, the end, a
+//! failure, nothing).
 //! [`UpstreamStream`] does the rest once for all of them: it polls the
 //! upstream body in the task serving the call (no task hop per token, and
 //! dropping the stream closes the upstream request), hands out every whole
@@ -23,7 +24,7 @@ use http::{Method, Request, StatusCode, Uri};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::http::HttpClient;
 use super::ndjson::NdjsonDecoder;
@@ -218,23 +219,20 @@ impl HttpUpstream {
         &self.name
     }
 
-    /// Sends `body` for `req` and answers with its tokens. A streamed
-    /// answer is decoded by `dialect` as it
-    /// arrives; a whole one, asked for or sent as JSON by a server that
-    /// ignored `stream: true`, is read and handed to `whole`, which returns
-    /// its text and fills in the completion.
+    /// Sends `body` (JSON) for `req` and answers with its tokens. A
+    /// streamed answer is decoded by `dialect` as it arrives; a whole one,
+    /// asked for or sent as JSON by a server that ignored `stream: true`, is
+    /// read and handed to `whole`, which returns its text and fills in the
+    /// completion.
     pub(crate) async fn exchange<D: Dialect>(
         &self,
         url: &Uri,
-        body: &impl Serialize,
+        body: Vec<u8>,
         req: &ChatRequest,
         model: Arc<str>,
         dialect: D,
         whole: impl FnOnce(&[u8], &mut Completion) -> Result<String, GatewayError>,
     ) -> Result<ChatStream, GatewayError> {
-        let body = serde_json::to_vec(body).map_err(|err| {
-            GatewayError::new(ErrorKind::Internal, format!("encoding the request: {err}"))
-        })?;
         let accept = <D::Framing as Framing>::CONTENT_TYPE;
         let answer = self.post(url, body, req, accept).await?;
         let mut completion = Completion {

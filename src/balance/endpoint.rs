@@ -19,22 +19,9 @@ use tower::Service;
 use tower::load::Load;
 
 use super::health::{EndpointState, Outcome};
-use crate::chat::{ChatEvent, ChatRequest, ChatStream};
+use crate::backend::{Dispatch, EndpointCall};
+use crate::chat::{ChatEvent, ChatStream};
 use crate::error::{ErrorKind, GatewayError};
-
-/// A call on its way to an endpoint.
-#[derive(Debug, Clone)]
-pub struct EndpointCall {
-    /// The model name the upstream knows.
-    pub model: Arc<str>,
-    /// The request, shared by every attempt of the call.
-    pub req: Arc<ChatRequest>,
-}
-
-/// Sends one call to one endpoint (the backend adapter, bound to the
-/// endpoint's address).
-pub type Dispatch =
-    Arc<dyn Fn(EndpointCall) -> BoxFuture<'static, Result<ChatStream, GatewayError>> + Send + Sync>;
 
 /// The balancer's view of one endpoint.
 pub struct Endpoint {

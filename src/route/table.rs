@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tower::retry::budget::TpsBudget;
 
-use crate::backend::{Connectors, Upstream};
+use crate::balance::{Connectors, Upstream};
 use crate::config::{Config, RetryPolicy};
 use crate::error::GatewayError;
 

@@ -23,7 +23,7 @@ use std::task::{Context, Poll};
 use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 
-use super::rate::TokenBucket;
+use super::bucket::TokenBucket;
 use crate::chat::{Caller, ChatRequest, ChatStream};
 use crate::config::{AuthConfig, CallerLimits, Config, KeyDigest, ModelGrant};
 use crate::error::{ErrorKind, GatewayError};

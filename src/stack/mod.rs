@@ -18,9 +18,11 @@
 //!
 //! Refusals come first and cost nothing downstream: a caller refused by
 //! one layer has taken nothing from the layers after it. The policy the
-//! guarding layers read is one [`guard::Guard`] snapshot, swapped on reload.
+//! guarding layers read is one [`guard::Guard`] snapshot, swapped on reload;
+//! the token bucket its quotas hold and [`rate`] charges is [`bucket`].
 
 pub mod auth;
+pub mod bucket;
 pub mod deadline;
 pub mod guard;
 pub mod in_flight;

@@ -265,7 +265,7 @@ routes:
         &|_| None,
     )
     .expect("valid");
-    let connectors = llmgate::backend::Connectors {
+    let connectors = llmgate::balance::Connectors {
         resolver: Arc::new(resolver.clone()),
         ..Default::default()
     };

@@ -867,7 +867,7 @@ async fn keys_and_limits_reload_with_the_file_and_unchanged_quotas_carry_over() 
         sha256_hex(&key_for(b_var))
     );
     std::fs::write(&path, file(&[&a])).expect("write");
-    let gateway = Gateway::start_file(&path, llmgate::backend::Connectors::default(), false).await;
+    let gateway = Gateway::start_file(&path, llmgate::balance::Connectors::default(), false).await;
     let mut client = gateway.client().await;
     client
         .complete(keyed(request("demo", "hi"), &key_for(a_var)))

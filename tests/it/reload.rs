@@ -391,7 +391,7 @@ async fn a_removed_upstream_drains_its_last_call_then_stops_its_background_tasks
     let dir = TempDir::new("reload-drain");
     let path = dir.join("routing.yaml");
     std::fs::write(&path, &both).expect("write");
-    let connectors = llmgate::backend::Connectors {
+    let connectors = llmgate::balance::Connectors {
         resolver: Arc::new(resolver.clone()),
         ..Default::default()
     };

@@ -47,13 +47,13 @@ impl Gateway {
 
     /// Starts a gateway on an already parsed config.
     pub async fn start_config(config: Config) -> Gateway {
-        Self::start_with_connectors(config, llmgate::backend::Connectors::default()).await
+        Self::start_with_connectors(config, llmgate::balance::Connectors::default()).await
     }
 
     /// Starts a gateway whose upstreams resolve DNS names with `resolver`.
     pub async fn start_with_connectors(
         config: Config,
-        connectors: llmgate::backend::Connectors,
+        connectors: llmgate::balance::Connectors,
     ) -> Gateway {
         let server = llmgate::server::Server::new(config, connectors).expect("table builds");
         Self::serve(server, false, false).await
@@ -77,7 +77,7 @@ impl Gateway {
     /// changes if `watch`.
     pub async fn start_file(
         path: &std::path::Path,
-        connectors: llmgate::backend::Connectors,
+        connectors: llmgate::balance::Connectors,
         watch: bool,
     ) -> Gateway {
         let config = match Config::load(path) {

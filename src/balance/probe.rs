@@ -1,0 +1,187 @@
+//! Active health checks: a background loop per endpoint that asks the
+//! server directly whether it is well, so an endpoint that fails can be
+//! taken out before a caller's call finds out, and one that recovers comes
+//! back without waiting for traffic.
+//!
+//! The loop (when, how often, how many passes or failures in a row flip the
+//! verdict) is the balancer's; the request itself is the backend's
+//! ([`crate::backend::http::probe`]).
+
+use std::sync::Weak;
+
+use super::health::EndpointState;
+use crate::backend::http::{self, HttpClient};
+use crate::config::HealthCheck;
+
+/// Probes one endpoint over HTTP until it is gone, flipping its health
+/// verdict after `unhealthy_after` failures or `healthy_after` passes in a
+/// row.
+pub(crate) async fn probe(state: Weak<EndpointState>, client: HttpClient, check: HealthCheck) {
+    let Some(url) = state.upgrade().and_then(|s| {
+        let base = s.url.to_string();
+        format!("{}{}", base.trim_end_matches('/'), check.path)
+            .parse::<::http::Uri>()
+            .ok()
+    }) else {
+        return;
+    };
+    watch(state, check, move || http::probe(&client, url.clone())).await;
+}
+
+/// The loop of [`probe`], with `ask` standing for one probe request
+/// (`true` when it passed).
+async fn watch<F>(state: Weak<EndpointState>, check: HealthCheck, mut ask: impl FnMut() -> F)
+where
+    F: Future<Output = bool>,
+{
+    let Some(mut gone) = state.upgrade().map(|s| s.gone()) else {
+        return;
+    };
+    let (mut passes, mut failures) = (0u32, 0u32);
+    let mut ticks = tokio::time::interval(check.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let passed = tokio::select! {
+            // The endpoint left the pool (or its table was replaced).
+            _ = gone.changed() => return,
+            passed = async {
+                ticks.tick().await;
+                matches!(tokio::time::timeout(check.timeout, ask()).await, Ok(true))
+            } => passed,
+        };
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        if passed {
+            passes += 1;
+            failures = 0;
+            if !state.is_healthy() && passes >= check.healthy_after {
+                tracing::info!(endpoint = %state.url, "health check passes again; endpoint back in");
+                state.set_healthy(true);
+            }
+        } else {
+            failures += 1;
+            passes = 0;
+            if state.is_healthy() && failures >= check.unhealthy_after {
+                tracing::warn!(endpoint = %state.url, path = %check.path, "health check failing; endpoint out");
+                state.set_healthy(false);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::balance::health::PoolHealth;
+    use crate::config::OutlierPolicy;
+    use crate::telemetry::metrics::EndpointMetrics;
+
+    /// A server whose probes pass while `up` is set, counting them.
+    #[derive(Clone, Default)]
+    struct Server {
+        up: Arc<AtomicBool>,
+        asked: Arc<AtomicUsize>,
+    }
+
+    fn endpoint(pool: &Arc<PoolHealth>) -> Arc<EndpointState> {
+        let label: Arc<str> = Arc::from("http://10.0.0.1:8000");
+        EndpointState::new(
+            ::http::Uri::from_static("http://10.0.0.1:8000"),
+            label.clone(),
+            EndpointMetrics::new(&Arc::from("up"), &label),
+            pool,
+            OutlierPolicy::default(),
+        )
+    }
+
+    fn check() -> HealthCheck {
+        HealthCheck {
+            path: "/health".into(),
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(1),
+            unhealthy_after: 2,
+            healthy_after: 3,
+        }
+    }
+
+    /// Starts probing `state` against `server`.
+    fn start(state: &Arc<EndpointState>, server: &Server) -> tokio::task::JoinHandle<()> {
+        let server = server.clone();
+        tokio::spawn(watch(Arc::downgrade(state), check(), move || {
+            server.asked.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(server.up.load(Ordering::SeqCst))
+        }))
+    }
+
+    /// Lets `n` probe intervals pass.
+    /// A second at a time, so timers fire in their order (a probe's
+    /// timeout before the slower answer it cuts off).
+    async fn intervals(n: u32) {
+        let seconds = check().interval.as_secs() * u64::from(n);
+        for _ in 0..seconds {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            settle().await;
+        }
+    }
+
+    /// Lets the probe task run until it waits for its next tick.
+    async fn settle() {
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_goes_out_after_failures_in_a_row_and_back_after_passes_in_a_row() {
+        let pool = Arc::new(PoolHealth::default());
+        let state = endpoint(&pool);
+        let server = Server::default();
+        let task = start(&state, &server);
+        // The first probe goes at once and fails: one failure is not enough.
+        settle().await;
+        assert!(state.is_healthy());
+        intervals(1).await;
+        assert!(!state.is_healthy(), "out after two failures in a row");
+
+        server.up.store(true, Ordering::SeqCst);
+        intervals(2).await;
+        assert!(!state.is_healthy(), "two passes are not yet three");
+        intervals(1).await;
+        assert!(state.is_healthy(), "back after three passes in a row");
+        task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_probe_counts_as_a_failure() {
+        let pool = Arc::new(PoolHealth::default());
+        let state = endpoint(&pool);
+        let task = tokio::spawn(watch(Arc::downgrade(&state), check(), || async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            true
+        }));
+        intervals(3).await;
+        assert!(!state.is_healthy(), "probes past the timeout are failures");
+        task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probing_stops_when_the_endpoint_is_dropped() {
+        let pool = Arc::new(PoolHealth::default());
+        let state = endpoint(&pool);
+        let server = Server::default();
+        server.up.store(true, Ordering::SeqCst);
+        let task = start(&state, &server);
+        intervals(2).await;
+        drop(state);
+        settle().await;
+        assert!(task.is_finished(), "the loop ends with its endpoint");
+        let asked = server.asked.load(Ordering::SeqCst);
+        intervals(5).await;
+        assert_eq!(server.asked.load(Ordering::SeqCst), asked);
+    }
+}
