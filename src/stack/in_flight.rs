@@ -12,15 +12,13 @@
 //! retry elsewhere); a full route or key answers RESOURCE_EXHAUSTED. Both
 //! say when to retry.
 
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use futures_util::Stream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::guard::{Admission, Capacity, Guard, GuardLayer, Guarded};
-use crate::chat::{ChatEvent, ChatRequest, ChatStream};
+use crate::chat::ChatRequest;
+use crate::chat::hold::OnEnd;
 use crate::error::{ErrorKind, GatewayError};
 
 /// What a shed call is told to wait before trying again: calls end all the
@@ -38,36 +36,28 @@ pub type InFlight<S> = Guarded<Admit, S>;
 #[derive(Debug)]
 pub enum Admit {}
 
-/// A stream that holds `T` (permits, a settlement) until it ends, and
-/// releases it the moment it does rather than when the front end drops it.
-pub struct Holding<T> {
-    /// The stream; `None` once it ended.
-    inner: Option<ChatStream>,
-    /// Released with the stream.
-    held: Option<T>,
+/// One permit from each cap that applies, held until the call's last
+/// token (released when the stream ends, fails or is dropped).
+pub struct Permits {
+    /// Held for their drop, which gives the room back.
+    _held: Vec<OwnedSemaphorePermit>,
 }
 
 // === impl Admit ===
-
-type Permits = Vec<OwnedSemaphorePermit>;
 
 impl Admission for Admit {
     type Held = Permits;
 
     fn admit(guard: &Guard, req: &mut ChatRequest) -> Result<Option<Permits>, GatewayError> {
         let permits = permits(guard, req)?;
-        Ok((!permits.is_empty()).then_some(permits))
-    }
-
-    fn hold(stream: ChatStream, permits: Permits) -> ChatStream {
-        Box::pin(Holding::new(stream, permits))
+        Ok((!permits.is_empty()).then_some(Permits { _held: permits }))
     }
 }
 
 /// One permit from each cap that applies, or the error for the first
 /// that is full. Permits taken before a full cap are dropped with the
 /// vector, so a refused call holds nothing.
-fn permits(guard: &Guard, req: &ChatRequest) -> Result<Permits, GatewayError> {
+fn permits(guard: &Guard, req: &ChatRequest) -> Result<Vec<OwnedSemaphorePermit>, GatewayError> {
     let mut permits = Vec::new();
     if let Some(global) = &guard.in_flight {
         permits.push(take(global, || {
@@ -121,31 +111,7 @@ fn take(
         .map_err(|_| full().with_retry_after(SHED_RETRY_AFTER))
 }
 
-// === impl Holding ===
+// === impl Permits ===
 
-impl<T> Holding<T> {
-    /// `inner`, holding `held` until it ends.
-    pub fn new(inner: ChatStream, held: T) -> Self {
-        Holding {
-            inner: Some(inner),
-            held: Some(held),
-        }
-    }
-}
-
-impl<T: Unpin> Stream for Holding<T> {
-    type Item = Result<ChatEvent, GatewayError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let Some(inner) = self.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let item = ready!(inner.as_mut().poll_next(cx));
-        if !matches!(item, Some(Ok(ChatEvent::Token(_)))) {
-            // Done, failed or ended: release now.
-            self.inner = None;
-            self.held = None;
-        }
-        Poll::Ready(item)
-    }
-}
+/// Released by being dropped; how the call ended does not matter.
+impl OnEnd for Permits {}
