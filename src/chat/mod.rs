@@ -14,6 +14,8 @@
 //! stream ends.
 
 pub mod hold;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod timed;
 
 use std::pin::Pin;

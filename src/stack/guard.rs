@@ -341,3 +341,33 @@ impl Capacity {
         }
     }
 }
+
+/// Policies for the guarding layers' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// The policy of a routing file with `head` before its upstreams and
+    /// `route_extra` under the route `demo` (a second route, `other`, has
+    /// no limits).
+    pub(crate) fn policy(head: &[&str], route_extra: &[&str]) -> SharedGuard {
+        let mut lines = head.to_vec();
+        lines.extend([
+            "upstreams:",
+            "  local:",
+            "    kind: sim",
+            "routes:",
+            "  - model: demo",
+            "    pools:",
+            "      - upstream: local",
+        ]);
+        lines.extend(route_extra);
+        lines.extend(["  - model: other", "    pools:", "      - upstream: local"]);
+        let text = lines.join("\n");
+        let env = |name: &str| (name == "SEARCH_KEY").then(|| "sk-search-0123456789".to_string());
+        match Config::parse(&text, "routing.yaml", &env) {
+            Ok(config) => Guard::shared(&config),
+            Err(err) => panic!("test policy rejected:\n{err}"),
+        }
+    }
+}
