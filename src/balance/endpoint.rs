@@ -12,15 +12,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, Stream};
 use tokio::time::{Instant, Sleep};
 use tower::Service;
 use tower::load::Load;
 
 use super::health::{EndpointState, Outcome};
 use crate::backend::{Dispatch, EndpointCall};
-use crate::chat::{ChatEvent, ChatStream};
+use crate::chat::ChatStream;
+use crate::chat::hold::{End, Hold, OnEnd};
 use crate::error::{ErrorKind, GatewayError};
 
 /// The balancer's view of one endpoint.
@@ -40,12 +41,6 @@ pub struct Endpoint {
 struct CallGuard {
     state: Arc<EndpointState>,
     outcome: Outcome,
-}
-
-/// A token stream that holds its [`CallGuard`] to the end.
-struct Tracked {
-    inner: ChatStream,
-    guard: CallGuard,
 }
 
 // === impl Endpoint ===
@@ -103,7 +98,7 @@ impl Service<EndpointCall> for Endpoint {
         let response = (self.dispatch)(call);
         async move {
             match response.await {
-                Ok(inner) => Ok(Box::pin(Tracked { inner, guard }) as ChatStream),
+                Ok(inner) => Ok(Box::pin(inner.hold(guard)) as ChatStream),
                 Err(err) => {
                     guard.set_outcome(outcome_of(&err));
                     Err(err)
@@ -141,22 +136,17 @@ impl Drop for CallGuard {
     }
 }
 
-// === impl Tracked ===
-
-impl Stream for Tracked {
-    type Item = Result<ChatEvent, GatewayError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let item = self.inner.as_mut().poll_next(cx);
-        match &item {
-            Poll::Ready(Some(Ok(ChatEvent::Done(_)))) => self.guard.set_outcome(Outcome::Success),
-            Poll::Ready(Some(Err(err))) => {
-                let outcome = outcome_of(err);
-                self.guard.set_outcome(outcome);
-            }
-            _ => {}
+/// Learns from how the stream ended; the call stops counting on the
+/// endpoint when the guard drops, right after.
+impl OnEnd for CallGuard {
+    fn on_end(mut self, end: End<'_>) {
+        match end {
+            End::Finished(_) => self.set_outcome(Outcome::Success),
+            End::Failed(err) => self.set_outcome(outcome_of(err)),
+            // A cut stream or a caller who left says nothing about the
+            // endpoint.
+            End::Cut | End::Dropped => {}
         }
-        item
     }
 }
 

@@ -9,8 +9,13 @@
 //!
 //! Helpers that several stages share live here with the vocabulary rather
 //! than in one stage: [`timed`] holds a token stream to its time limits,
-//! for the caller's deadline (stack) and an upstream's own limits alike.
+//! for the caller's deadline (stack) and an upstream's own limits alike;
+//! [`hold`] keeps what a call holds (permits, load, its record) until its
+//! stream ends.
 
+pub mod hold;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod timed;
 
 use std::pin::Pin;

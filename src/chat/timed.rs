@@ -139,3 +139,164 @@ impl<M: TimeoutMessages> Stream for TimedStream<M> {
         Poll::Pending
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    use crate::chat::testing::{End, done, drain, scripted, token};
+    use crate::error::ErrorKind;
+
+    /// Names each limit, so a test sees which one fired and when.
+    struct Named;
+
+    impl TimeoutMessages for Named {
+        fn deadline(&self) -> GatewayError {
+            GatewayError::deadline_exceeded("total")
+        }
+
+        fn first_token(&self, waited: Duration) -> GatewayError {
+            GatewayError::deadline_exceeded(format!("first token after {waited:?}"))
+        }
+
+        fn idle(&self, waited: Duration) -> GatewayError {
+            GatewayError::deadline_exceeded(format!("idle for {waited:?}"))
+        }
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn limits(deadline: Option<Duration>, first: Option<u64>, idle: Option<u64>) -> StreamLimits {
+        StreamLimits {
+            deadline: deadline.map(|d| Instant::now() + d),
+            first_token: first.map(|ms| MS * ms as u32),
+            idle: idle.map(|ms| MS * ms as u32),
+        }
+    }
+
+    /// The error that ended the stream, and when, from the start.
+    async fn ends_with(stream: TimedStream<Named>) -> (Vec<String>, String, Duration) {
+        let start = Instant::now();
+        let (tokens, end) = drain(stream).await;
+        let message = match end {
+            Some(Err(err)) => {
+                assert_eq!(err.kind(), ErrorKind::DeadlineExceeded);
+                err.message().to_string()
+            }
+            other => panic!("expected a time limit to end the stream, got {other:?}"),
+        };
+        (tokens, message, start.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_first_token_in_time_ends_the_stream_and_drops_the_upstream() {
+        let (inner, closed) = scripted(vec![(MS * 500, token("late"))], End::Stall);
+        let timed = TimedStream::new(
+            inner,
+            limits(None, Some(200), Some(1000)),
+            Instant::now(),
+            Named,
+        );
+        let (tokens, message, at) = ends_with(timed).await;
+        assert!(tokens.is_empty());
+        assert_eq!(message, "first token after 200ms");
+        assert_eq!(at, MS * 200);
+        assert!(
+            closed.get(),
+            "the upstream request is dropped with the error"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_token_is_timed_from_the_start_of_the_call_not_of_the_stream() {
+        let start = Instant::now();
+        tokio::time::sleep(MS * 150).await; // waiting for the upstream's headers
+        let (inner, _) = scripted(vec![(MS * 100, token("a"))], End::Stall);
+        let timed = TimedStream::new(inner, limits(None, Some(200), None), start, Named);
+        let (tokens, message, at) = ends_with(timed).await;
+        assert!(tokens.is_empty(), "the token would have come at 250ms");
+        assert_eq!(message, "first token after 200ms");
+        assert_eq!(at, MS * 50, "200ms after the call started");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silence_after_a_token_longer_than_idle_ends_the_stream() {
+        let (inner, closed) = scripted(
+            vec![(MS * 150, token("a")), (MS * 90, token("b"))],
+            End::Stall,
+        );
+        let timed = TimedStream::new(
+            inner,
+            limits(None, Some(200), Some(100)),
+            Instant::now(),
+            Named,
+        );
+        let (tokens, message, at) = ends_with(timed).await;
+        assert_eq!(tokens, ["a", "b"], "each gap was within the idle limit");
+        assert_eq!(message, "idle for 100ms");
+        assert_eq!(at, MS * 340, "100ms after the last token");
+        assert!(closed.get());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_limit_times_the_first_token_when_there_is_no_first_token_limit() {
+        let (inner, _) = scripted(vec![(MS * 300, token("a"))], End::Stall);
+        let timed = TimedStream::new(inner, limits(None, None, Some(100)), Instant::now(), Named);
+        let (_, message, at) = ends_with(timed).await;
+        assert_eq!(message, "first token after 100ms");
+        assert_eq!(at, MS * 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_total_deadline_ends_a_stream_that_keeps_sending() {
+        let steady = (0..100).map(|_| (MS * 50, token("t"))).collect();
+        let (inner, closed) = scripted(steady, End::Stall);
+        let timed = TimedStream::new(
+            inner,
+            limits(Some(MS * 1000), Some(100), Some(100)),
+            Instant::now(),
+            Named,
+        );
+        let (tokens, message, at) = ends_with(timed).await;
+        assert_eq!(message, "total");
+        assert_eq!(at, MS * 1000);
+        assert_eq!(tokens.len(), 20, "a token every 50ms until the deadline");
+        assert!(closed.get());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_ready_when_the_deadline_passes_is_delivered_first() {
+        let (inner, _) = scripted(vec![(MS * 100, token("just in time"))], End::Stall);
+        let timed = TimedStream::new(
+            inner,
+            limits(Some(MS * 100), None, None),
+            Instant::now(),
+            Named,
+        );
+        let (tokens, message, at) = ends_with(timed).await;
+        assert_eq!(tokens, ["just in time"]);
+        assert_eq!(message, "total");
+        assert_eq!(at, MS * 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_finishes_in_time_ends_normally_and_fires_nothing_later() {
+        let (inner, closed) = scripted(
+            vec![(MS * 50, token("a")), (MS * 50, done(1, 1))],
+            End::Stall,
+        );
+        let mut timed = TimedStream::new(
+            inner,
+            limits(Some(MS * 1000), Some(100), Some(100)),
+            Instant::now(),
+            Named,
+        );
+        let (tokens, end) = drain(&mut timed).await;
+        assert_eq!(tokens, ["a"]);
+        assert!(matches!(end, Some(Ok(_))));
+        assert!(closed.get(), "the upstream is released at the final event");
+        tokio::time::sleep(MS * 2000).await;
+        assert!(timed.next().await.is_none(), "no limit fires after the end");
+    }
+}

@@ -9,7 +9,7 @@
 //! PERMISSION_DENIED, before anything is routed or counted.
 
 use super::guard::{Admission, Guard, GuardLayer, Guarded};
-use crate::chat::{Caller, ChatRequest, ChatStream};
+use crate::chat::{Caller, ChatRequest};
 use crate::error::GatewayError;
 
 /// Wraps a chat service in [`Auth`].
@@ -33,9 +33,5 @@ impl Admission for Authenticate {
             req.caller = Caller::Key(key.name.clone());
         }
         Ok(None)
-    }
-
-    fn hold(_: ChatStream, held: Self::Held) -> ChatStream {
-        match held {}
     }
 }

@@ -16,15 +16,15 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, Either, Ready, ready};
+use futures_util::future::{Either, Ready, ready};
 use governor::{DefaultDirectRateLimiter, Quota as Rate, RateLimiter};
 use std::task::{Context, Poll};
 use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 
 use super::bucket::TokenBucket;
-use crate::chat::{Caller, ChatRequest, ChatStream};
+use crate::chat::hold::{Hold, HoldOnReady, OnEnd};
+use crate::chat::{Caller, ChatRequest};
 use crate::config::{AuthConfig, CallerLimits, Config, KeyDigest, ModelGrant};
 use crate::error::{ErrorKind, GatewayError};
 
@@ -55,16 +55,13 @@ pub struct Guarded<K, S> {
 /// until its last token if it does.
 pub trait Admission: 'static {
     /// Held by an admitted call until its stream ends: permits, a pending
-    /// settlement. Dropped with the stream (or with the error, when the
-    /// call fails before streaming).
-    type Held: Send + 'static;
+    /// settlement. Released with the stream's end (or with the error, when
+    /// the call fails before streaming), by the one end-of-stream holder.
+    type Held: OnEnd;
 
     /// Refuses the call with the error its caller should see, or admits
     /// it, possibly changing it (the auth layer names the caller's key).
     fn admit(guard: &Guard, req: &mut ChatRequest) -> Result<Option<Self::Held>, GatewayError>;
-
-    /// The admitted call's stream, holding `held` until it ends.
-    fn hold(stream: ChatStream, held: Self::Held) -> ChatStream;
 }
 
 /// An immutable snapshot of who may call and how much.
@@ -170,15 +167,15 @@ impl<K, S: Clone> Clone for Guarded<K, S> {
 impl<K, S> Service<ChatRequest> for Guarded<K, S>
 where
     K: Admission,
-    S: Service<ChatRequest, Response = ChatStream, Error = GatewayError>,
-    S::Future: Send + 'static,
+    S: Service<ChatRequest, Error = GatewayError>,
+    S::Response: Hold,
 {
-    type Response = ChatStream;
+    /// The inner stream holding what was admitted, unboxed: consecutive
+    /// guarding layers share one holder (see [`crate::chat::hold`]).
+    type Response = <S::Response as Hold>::Holding<Option<K::Held>>;
     type Error = GatewayError;
-    type Future = Either<
-        Either<Ready<Result<ChatStream, GatewayError>>, S::Future>,
-        BoxFuture<'static, Result<ChatStream, GatewayError>>,
-    >;
+    type Future =
+        Either<Ready<Result<Self::Response, GatewayError>>, HoldOnReady<S::Future, K::Held>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -187,14 +184,9 @@ where
     fn call(&mut self, mut req: ChatRequest) -> Self::Future {
         let held = match K::admit(&self.guard.load(), &mut req) {
             Ok(held) => held,
-            Err(err) => return Either::Left(Either::Left(ready(Err(err)))),
+            Err(err) => return Either::Left(ready(Err(err))),
         };
-        let Some(held) = held else {
-            // Nothing to hold: no stream wrapper, no box.
-            return Either::Left(Either::Right(self.inner.call(req)));
-        };
-        let response = self.inner.call(req);
-        Either::Right(async move { Ok(K::hold(response.await?, held)) }.boxed())
+        Either::Right(HoldOnReady::new(self.inner.call(req), held))
     }
 }
 
@@ -346,6 +338,36 @@ impl Capacity {
         Capacity {
             max: max.get(),
             permits: Arc::new(Semaphore::new(max.get() as usize)),
+        }
+    }
+}
+
+/// Policies for the guarding layers' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// The policy of a routing file with `head` before its upstreams and
+    /// `route_extra` under the route `demo` (a second route, `other`, has
+    /// no limits).
+    pub(crate) fn policy(head: &[&str], route_extra: &[&str]) -> SharedGuard {
+        let mut lines = head.to_vec();
+        lines.extend([
+            "upstreams:",
+            "  local:",
+            "    kind: sim",
+            "routes:",
+            "  - model: demo",
+            "    pools:",
+            "      - upstream: local",
+        ]);
+        lines.extend(route_extra);
+        lines.extend(["  - model: other", "    pools:", "      - upstream: local"]);
+        let text = lines.join("\n");
+        let env = |name: &str| (name == "SEARCH_KEY").then(|| "sk-search-0123456789".to_string());
+        match Config::parse(&text, "routing.yaml", &env) {
+            Ok(config) => Guard::shared(&config),
+            Err(err) => panic!("test policy rejected:\n{err}"),
         }
     }
 }

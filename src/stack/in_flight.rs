@@ -12,15 +12,13 @@
 //! retry elsewhere); a full route or key answers RESOURCE_EXHAUSTED. Both
 //! say when to retry.
 
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use futures_util::Stream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::guard::{Admission, Capacity, Guard, GuardLayer, Guarded};
-use crate::chat::{ChatEvent, ChatRequest, ChatStream};
+use crate::chat::ChatRequest;
+use crate::chat::hold::OnEnd;
 use crate::error::{ErrorKind, GatewayError};
 
 /// What a shed call is told to wait before trying again: calls end all the
@@ -38,36 +36,28 @@ pub type InFlight<S> = Guarded<Admit, S>;
 #[derive(Debug)]
 pub enum Admit {}
 
-/// A stream that holds `T` (permits, a settlement) until it ends, and
-/// releases it the moment it does rather than when the front end drops it.
-pub struct Holding<T> {
-    /// The stream; `None` once it ended.
-    inner: Option<ChatStream>,
-    /// Released with the stream.
-    held: Option<T>,
+/// One permit from each cap that applies, held until the call's last
+/// token (released when the stream ends, fails or is dropped).
+pub struct Permits {
+    /// Held for their drop, which gives the room back.
+    _held: Vec<OwnedSemaphorePermit>,
 }
 
 // === impl Admit ===
-
-type Permits = Vec<OwnedSemaphorePermit>;
 
 impl Admission for Admit {
     type Held = Permits;
 
     fn admit(guard: &Guard, req: &mut ChatRequest) -> Result<Option<Permits>, GatewayError> {
         let permits = permits(guard, req)?;
-        Ok((!permits.is_empty()).then_some(permits))
-    }
-
-    fn hold(stream: ChatStream, permits: Permits) -> ChatStream {
-        Box::pin(Holding::new(stream, permits))
+        Ok((!permits.is_empty()).then_some(Permits { _held: permits }))
     }
 }
 
 /// One permit from each cap that applies, or the error for the first
 /// that is full. Permits taken before a full cap are dropped with the
 /// vector, so a refused call holds nothing.
-fn permits(guard: &Guard, req: &ChatRequest) -> Result<Permits, GatewayError> {
+fn permits(guard: &Guard, req: &ChatRequest) -> Result<Vec<OwnedSemaphorePermit>, GatewayError> {
     let mut permits = Vec::new();
     if let Some(global) = &guard.in_flight {
         permits.push(take(global, || {
@@ -121,31 +111,171 @@ fn take(
         .map_err(|_| full().with_retry_after(SHED_RETRY_AFTER))
 }
 
-// === impl Holding ===
+// === impl Permits ===
 
-impl<T> Holding<T> {
-    /// `inner`, holding `held` until it ends.
-    pub fn new(inner: ChatStream, held: T) -> Self {
-        Holding {
-            inner: Some(inner),
-            held: Some(held),
-        }
+/// Released by being dropped; how the call ended does not matter.
+impl OnEnd for Permits {}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_util::StreamExt;
+    use tower::{Layer, Service, ServiceExt, service_fn};
+
+    use super::*;
+    use crate::chat::testing::{End, done, drain, request, scripted, token};
+    use crate::chat::{Caller, ChatEvent, ChatStream};
+    use crate::stack::guard::SharedGuard;
+    use crate::stack::guard::testing::policy;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// The layer over a stub that streams a token at once, then its final
+    /// event 100ms later.
+    fn in_flight(
+        guard: &SharedGuard,
+    ) -> impl Service<
+        ChatRequest,
+        Response = impl futures_util::Stream<Item = Result<ChatEvent, GatewayError>> + Unpin,
+        Error = GatewayError,
+    > + Clone {
+        InFlightLayer::new(guard.clone()).layer(service_fn(|req: ChatRequest| async move {
+            if req.model == "refused-upstream" {
+                return Err(GatewayError::unavailable("connection refused"));
+            }
+            let script = vec![(Duration::ZERO, token("a")), (MS * 100, done(1, 1))];
+            Ok::<ChatStream, _>(scripted(script, End::Stop).0)
+        }))
     }
-}
 
-impl<T: Unpin> Stream for Holding<T> {
-    type Item = Result<ChatEvent, GatewayError>;
+    fn gateway_cap_of_one() -> SharedGuard {
+        policy(&["limits:", "  max_in_flight: 1"], &[])
+    }
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let Some(inner) = self.inner.as_mut() else {
-            return Poll::Ready(None);
+    #[tokio::test(start_paused = true)]
+    async fn a_full_gateway_sheds_the_next_call_at_once_with_unavailable_and_a_retry_hint() {
+        let guard = gateway_cap_of_one();
+        let svc = in_flight(&guard);
+        let _streaming = svc.clone().oneshot(request("demo")).await;
+        let start = tokio::time::Instant::now();
+        let Err(err) = svc.clone().oneshot(request("demo")).await else {
+            panic!("a second call fit under a cap of one");
         };
-        let item = ready!(inner.as_mut().poll_next(cx));
-        if !matches!(item, Some(Ok(ChatEvent::Token(_)))) {
-            // Done, failed or ended: release now.
-            self.inner = None;
-            self.held = None;
-        }
-        Poll::Ready(item)
+        assert_eq!(start.elapsed(), Duration::ZERO, "shed at once, not queued");
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        assert_eq!(
+            err.message(),
+            "the gateway is at its limit of 1 calls in flight; retry shortly \
+             (another replica may have room)"
+        );
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_holds_its_slot_until_its_last_token_and_not_a_moment_longer() {
+        let guard = gateway_cap_of_one();
+        let svc = in_flight(&guard);
+        let Ok(mut stream) = svc.clone().oneshot(request("demo")).await else {
+            panic!("the first call fits");
+        };
+        assert!(matches!(stream.next().await, Some(Ok(ChatEvent::Token(_)))));
+        assert!(
+            svc.clone().oneshot(request("demo")).await.is_err(),
+            "still full after the first token"
+        );
+        assert!(matches!(stream.next().await, Some(Ok(ChatEvent::Done(_)))));
+        assert!(
+            svc.clone().oneshot(request("demo")).await.is_ok(),
+            "free at the final event, before the stream is dropped"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_stream_frees_its_slot() {
+        let guard = gateway_cap_of_one();
+        let svc = in_flight(&guard);
+        let first = svc.clone().oneshot(request("demo")).await;
+        assert!(first.is_ok());
+        drop(first);
+        assert!(svc.clone().oneshot(request("demo")).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_fails_before_streaming_frees_its_slot() {
+        let guard = gateway_cap_of_one();
+        let svc = in_flight(&guard);
+        let Err(err) = svc.clone().oneshot(request("refused-upstream")).await else {
+            panic!("the stub refuses this model");
+        };
+        assert_eq!(err.message(), "connection refused", "the upstream's error");
+        let (tokens, end) = match svc.clone().oneshot(request("demo")).await {
+            Ok(stream) => drain(stream).await,
+            Err(err) => panic!("the slot was kept: {err}"),
+        };
+        assert_eq!(tokens, ["a"]);
+        assert!(matches!(end, Some(Ok(_))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_route_is_resource_exhausted_naming_the_model() {
+        let guard = policy(&[], &["    limits: { max_in_flight: 1 }"]);
+        let svc = in_flight(&guard);
+        let _streaming = svc.clone().oneshot(request("demo")).await;
+        let Err(err) = svc.clone().oneshot(request("demo")).await else {
+            panic!("the route is full");
+        };
+        assert_eq!(err.kind(), ErrorKind::ResourceExhausted);
+        assert_eq!(
+            err.message(),
+            "model 'demo' is at its limit of 1 calls in flight; retry shortly"
+        );
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(1)));
+        assert!(
+            svc.clone().oneshot(request("other")).await.is_ok(),
+            "another route is not held back"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_key_is_resource_exhausted_naming_the_key() {
+        let guard = policy(
+            &[
+                "auth:",
+                "  keys:",
+                "    - { name: search, env: SEARCH_KEY, models: [\"*\"], limits: { max_in_flight: 1 } }",
+            ],
+            &[],
+        );
+        let svc = in_flight(&guard);
+        let keyed = || {
+            let mut req = request("demo");
+            req.caller = Caller::Key("search".into());
+            req
+        };
+        let _streaming = svc.clone().oneshot(keyed()).await;
+        let Err(err) = svc.clone().oneshot(keyed()).await else {
+            panic!("the key is full");
+        };
+        assert_eq!(err.kind(), ErrorKind::ResourceExhausted);
+        assert_eq!(
+            err.message(),
+            "key 'search' is at its limit of 1 calls in flight; retry when one of its calls ends"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_refused_by_a_full_route_keeps_no_gateway_slot() {
+        let guard = policy(
+            &["limits:", "  max_in_flight: 2"],
+            &["    limits: { max_in_flight: 1 }"],
+        );
+        let svc = in_flight(&guard);
+        let _streaming = svc.clone().oneshot(request("demo")).await;
+        assert!(svc.clone().oneshot(request("demo")).await.is_err());
+        assert!(
+            svc.clone().oneshot(request("other")).await.is_ok(),
+            "the refused call gave back the gateway permit it took first"
+        );
     }
 }

@@ -8,7 +8,7 @@
 //! the same request again cannot succeed.
 
 use super::guard::{Admission, Guard, GuardLayer, Guarded, RequestShape};
-use crate::chat::{ChatRequest, ChatStream};
+use crate::chat::ChatRequest;
 use crate::config::human_size;
 use crate::error::GatewayError;
 
@@ -29,10 +29,6 @@ impl Admission for CheckShape {
 
     fn admit(guard: &Guard, req: &mut ChatRequest) -> Result<Option<Self::Held>, GatewayError> {
         check(&guard.request, req).map(|()| None)
-    }
-
-    fn hold(_: ChatStream, held: Self::Held) -> ChatStream {
-        match held {}
     }
 }
 

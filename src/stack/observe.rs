@@ -8,14 +8,14 @@
 //! outermost, so it times the whole call and sees the code the caller gets,
 //! the caller's DEADLINE_EXCEEDED included.
 
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, Stream};
 use tower::{Layer, Service};
 
-use crate::chat::{ChatEvent, ChatRequest, ChatStream};
+use crate::chat::hold::{End, Hold, OnEnd};
+use crate::chat::{ChatRequest, ChatStream};
 use crate::error::GatewayError;
 use crate::telemetry::call::CallRecord;
 
@@ -29,14 +29,9 @@ pub struct Observe<S> {
     inner: S,
 }
 
-/// A token stream that records its call as tokens pass and when it ends.
-pub struct ObservedStream {
-    /// Declared first so it is dropped first: a cancelled call is on record
-    /// before its upstream request is closed.
-    record: CallRecord,
-    /// The tokens.
-    inner: ChatStream,
-}
+/// What a call's stream holds for [`Observe`]: its record, finished by
+/// how the stream ends.
+struct Recording(CallRecord);
 
 // === impl ObserveLayer ===
 
@@ -52,7 +47,8 @@ impl<S> Layer<S> for ObserveLayer {
 
 impl<S> Service<ChatRequest> for Observe<S>
 where
-    S: Service<ChatRequest, Response = ChatStream, Error = GatewayError>,
+    S: Service<ChatRequest, Error = GatewayError>,
+    S::Response: Hold,
     S::Future: Send + 'static,
 {
     type Response = ChatStream;
@@ -72,7 +68,10 @@ where
             match response.await {
                 Ok(inner) => {
                     record.answering();
-                    Ok(Box::pin(ObservedStream { record, inner }) as ChatStream)
+                    // The one box of the stack's holders: the layers
+                    // inside hand on their holder unboxed, and the record
+                    // joins it (see `chat::hold`).
+                    Ok(Box::pin(inner.hold(Recording(record))) as ChatStream)
                 }
                 Err(err) => {
                     record.failed(&err);
@@ -84,25 +83,26 @@ where
     }
 }
 
-// === impl ObservedStream ===
+// === impl Recording ===
 
-impl Stream for ObservedStream {
-    type Item = Result<ChatEvent, GatewayError>;
+impl OnEnd for Recording {
+    fn on_token(&mut self, _text: &str) {
+        self.0.token();
+    }
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        let item = ready!(this.inner.as_mut().poll_next(cx));
-        match &item {
-            Some(Ok(ChatEvent::Token(_))) => this.record.token(),
-            Some(Ok(ChatEvent::Done(completion))) => this.record.done(completion),
-            Some(Err(err)) => this.record.failed(err),
+    fn on_end(mut self, end: End<'_>) {
+        match end {
+            End::Finished(completion) => self.0.done(completion),
+            End::Failed(err) => self.0.failed(err),
             // Front ends report a stream that stops without its final
             // event as an incomplete answer; count it the same way.
-            None => this.record.finish(
+            End::Cut => self.0.finish(
                 tonic::Code::Unavailable,
                 Some("the stream ended before its final event"),
             ),
+            // The record's own drop says CANCELLED (or INTERNAL while
+            // unwinding from a panic).
+            End::Dropped => {}
         }
-        Poll::Ready(item)
     }
 }

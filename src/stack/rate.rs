@@ -18,16 +18,14 @@
 //! front end sends as `retry-after`.
 
 use std::num::NonZeroU32;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use futures_util::Stream;
 
 use super::bucket::wait;
 use super::guard::{Admission, Guard, GuardLayer, Guarded, Quota};
-use crate::chat::{ChatEvent, ChatRequest, ChatStream};
+use crate::chat::ChatRequest;
+use crate::chat::hold::{End, OnEnd};
 use crate::error::{ErrorKind, GatewayError, whole_seconds};
 
 /// Bytes of text per token, for estimates: close for English with the
@@ -60,30 +58,15 @@ pub struct Settlement {
     settled: bool,
 }
 
-/// A token stream that settles its call's charges when it ends.
-struct Metered {
-    /// The stream; `None` once it ended.
-    inner: Option<ChatStream>,
-    /// What to settle.
-    settlement: Settlement,
-}
-
 // === impl Meter ===
 
 impl Admission for Meter {
     type Held = Settlement;
 
+    /// A call that fails before streaming drops its settlement, which
+    /// charges what was estimated: the prompt was sent.
     fn admit(guard: &Guard, req: &mut ChatRequest) -> Result<Option<Settlement>, GatewayError> {
         settlement(guard, req)
-    }
-
-    fn hold(stream: ChatStream, settlement: Settlement) -> ChatStream {
-        // A call that failed before streaming dropped its settlement, which
-        // charged what was estimated: the prompt was sent.
-        Box::pin(Metered {
-            inner: Some(stream),
-            settlement,
-        })
     }
 }
 
@@ -181,32 +164,20 @@ impl Drop for Settlement {
     }
 }
 
-// === impl Metered ===
+/// Counts the text that streams, takes the usage the upstream reports at
+/// the end, and settles when dropped (right after the end, or when the
+/// caller leaves).
+impl OnEnd for Settlement {
+    fn on_token(&mut self, text: &str) {
+        self.streamed_bytes += text.len();
+    }
 
-impl Stream for Metered {
-    type Item = Result<ChatEvent, GatewayError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let item = ready!(inner.as_mut().poll_next(cx));
-        match &item {
-            Some(Ok(ChatEvent::Token(text))) => {
-                this.settlement.streamed_bytes += text.len();
-                return Poll::Ready(item);
-            }
-            Some(Ok(ChatEvent::Done(completion))) => {
-                this.settlement.reported = completion
-                    .usage
-                    .map(|u| u.input_tokens.saturating_add(u.output_tokens));
-            }
-            Some(Err(_)) | None => {}
+    fn on_end(mut self, end: End<'_>) {
+        if let End::Finished(completion) = end {
+            self.reported = completion
+                .usage
+                .map(|u| u.input_tokens.saturating_add(u.output_tokens));
         }
-        this.inner = None;
-        this.settlement.settle();
-        Poll::Ready(item)
     }
 }
 
