@@ -6,9 +6,11 @@
 //! the array (the first string is line 1); columns are 1-based.
 
 use std::cell::RefCell;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::*;
+use crate::sim::SimSettings;
 
 /// The source name every test parses under.
 const FILE: &str = "routing.yaml";
