@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -13,6 +14,7 @@ use serde_saphyr::Spanned;
 
 use super::check::{Checker, Problem};
 use super::limits::{CallerLimits, RawCallerLimits};
+use super::listen::{ListenConfig, RawListen};
 use super::{Config, RouteConfig};
 
 /// Largest API key file read.
@@ -452,21 +454,32 @@ impl Checker {
         })
     }
 
-    /// Refuses a listener that other hosts can reach while the file says
-    /// nothing about who may call it.
-    pub(super) fn exposed_without_auth(&mut self, config: &Config, at: Option<&Spanned<String>>) {
-        if config.auth != AuthConfig::Unset || !exposed_without_client_certs(config) {
+    /// Refuses every listener that serves calls (`listen.grpc`,
+    /// `listen.http`), is reachable from other hosts and lets in callers
+    /// without a client certificate, while the file says nothing about who
+    /// may call: one rule for all of them, since each serves every model.
+    pub(super) fn exposed_without_auth(
+        &mut self,
+        config: &Config,
+        raw: Option<&Spanned<RawListen>>,
+    ) {
+        if config.auth != AuthConfig::Unset {
             return;
         }
-        let message = format!(
-            "listen.grpc {} accepts calls from other hosts, but the file has no auth:; \
-             declare API keys under auth: keys:, require client certificates with \
-             listen.tls.client_ca, or write auth: {{ mode: none }} to let anyone call",
-            config.listen.grpc
-        );
-        match at {
-            Some(at) => self.report(at, message),
-            None => self.problems.push(Problem::at(None, message)),
+        for (key, addr) in config.listen.serving() {
+            if !exposed_without_client_certs(&config.listen, addr) {
+                continue;
+            }
+            let message = format!(
+                "listen.{key} {addr} accepts calls from other hosts, but the file has no \
+                 auth:; declare API keys under auth: keys:, require client certificates \
+                 with listen.tls.client_ca, or write auth: {{ mode: none }} to let anyone \
+                 call"
+            );
+            match raw.and_then(|listen| listen.value.address(key)) {
+                Some(at) => self.report(at, message),
+                None => self.problems.push(Problem::at(None, message)),
+            }
         }
     }
 }
@@ -485,35 +498,12 @@ fn route_names(routes: &[RouteConfig]) -> BTreeMap<&str, Vec<&str>> {
     map
 }
 
-/// Whether the listener is reachable from other hosts and lets in callers
-/// without a client certificate.
-fn exposed_without_client_certs(config: &Config) -> bool {
-    let mtls = config
-        .listen
+/// Whether the listener at `addr` is reachable from other hosts and lets
+/// in callers without a client certificate.
+pub(super) fn exposed_without_client_certs(listen: &ListenConfig, addr: SocketAddr) -> bool {
+    let mtls = listen
         .tls
         .as_ref()
         .is_some_and(|tls| tls.client_ca.is_some());
-    !config.listen.grpc.ip().is_loopback() && !mtls
-}
-
-/// What a valid file does that an operator should think twice about, for
-/// `llmgate check` and the log at start-up. Never mentions a secret.
-pub fn warnings(config: &Config) -> Vec<String> {
-    let mut warnings = Vec::new();
-    let exposed = !config.listen.grpc.ip().is_loopback();
-    if config.auth == AuthConfig::Off && exposed_without_client_certs(config) {
-        warnings.push(format!(
-            "listen.grpc {} is reachable from other hosts and auth is off (mode: none): \
-             anyone who reaches it can call every model, paid ones included",
-            config.listen.grpc
-        ));
-    }
-    if exposed && config.listen.tls.is_none() && matches!(config.auth, AuthConfig::Keys(_)) {
-        warnings.push(format!(
-            "listen.grpc {} is reachable from other hosts without TLS, so API keys cross \
-             the network in clear text; set listen.tls",
-            config.listen.grpc
-        ));
-    }
-    warnings
+    !addr.ip().is_loopback() && !mtls
 }

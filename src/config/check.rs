@@ -4,9 +4,8 @@
 //! The topic files add their own `impl Checker` blocks; this one holds the
 //! driver, the problem types and the checks every topic shares.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_saphyr::{Location, Spanned};
@@ -84,6 +83,21 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Longest duration the file may give anywhere (timeouts, intervals,
+/// back-offs, grace periods, ejections, keep-alives): a week is beyond any
+/// sane setting, and far enough below what a clock can add that no
+/// deadline computed from it can overflow (and panic) mid-call.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// The message for a duration over [`MAX_DURATION`].
+pub(super) fn too_long(value: &str) -> String {
+    format!(
+        "duration '{value}' is longer than {}, the longest any duration in the file may \
+         be; write a shorter one such as 10m or 1h",
+        humantime::format_duration(MAX_DURATION)
+    )
+}
+
 // === Checker ===
 
 /// Walks the raw file, collecting problems and building the validated
@@ -99,43 +113,20 @@ impl Checker {
             .push(Problem::at(Some(at.referenced), message));
     }
 
+    /// The whole file, topic by topic. Routes are checked after upstreams
+    /// (pools name them) and auth after routes (keys name models); the
+    /// exposure rule last, as it weighs listeners against auth.
     pub(super) fn config(
         &mut self,
         raw: RawConfig,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Config {
-        let grpc_at = raw
-            .listen
-            .as_ref()
-            .and_then(|listen| listen.value.grpc.as_ref());
-        let grpc = grpc_at.and_then(|addr| self.socket_addr(addr, "0.0.0.0:50051"));
-        let tls = raw
-            .listen
-            .as_ref()
-            .and_then(|listen| listen.value.tls.as_ref())
-            .and_then(|tls| self.listen_tls(tls));
+        let listen = self.listen(raw.listen.as_ref());
         let limits = self.limits(raw.limits.as_ref());
-        let http = raw
-            .listen
-            .as_ref()
-            .and_then(|listen| listen.value.http.as_ref())
-            .and_then(|addr| self.socket_addr(addr, "0.0.0.0:8080"));
         let cors = raw
             .cors
             .map(|cors| self.cors(cors.value))
             .unwrap_or_default();
-        let default_grpc = DEFAULT_GRPC_LISTEN
-            .parse()
-            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 50051)));
-        let metrics = match raw
-            .listen
-            .as_ref()
-            .and_then(|listen| listen.value.metrics.as_ref())
-        {
-            Some(addr) if addr.value.trim() == METRICS_OFF => None,
-            Some(addr) => self.socket_addr(addr, "0.0.0.0:9090 (or off to disable)"),
-            None => DEFAULT_METRICS_LISTEN.parse().ok(),
-        };
         let shutdown_grace = raw
             .shutdown_grace
             .as_ref()
@@ -153,65 +144,10 @@ impl Checker {
                 Some((name, checked))
             })
             .collect();
-        if raw.routes.value.is_empty() {
-            self.report(
-                &raw.routes,
-                "routes: is empty; add at least one route so the gateway can serve a model",
-            );
-        }
-        let mut names_seen: HashMap<String, Location> = HashMap::new();
-        let fallbacks: Vec<(String, Vec<String>, Vec<Spanned<String>>)> = raw
-            .routes
-            .value
-            .iter()
-            .map(|route| {
-                let own = std::iter::once(&route.value.model)
-                    .chain(&route.value.aliases)
-                    .map(|n| n.value.clone())
-                    .collect();
-                let targets = route
-                    .value
-                    .fallback
-                    .iter()
-                    .chain(&route.value.context_fallback)
-                    .cloned()
-                    .collect();
-                (route.value.model.value.clone(), own, targets)
-            })
-            .collect();
-        let routes: Vec<RouteConfig> = raw
-            .routes
-            .value
-            .into_iter()
-            .map(|route| self.route(route, &known_upstreams, &mut names_seen))
-            .collect();
-        for (model, own, targets) in fallbacks {
-            for target in targets {
-                if own.contains(&target.value) {
-                    self.report(
-                        &target,
-                        format!("route '{model}': a route cannot fall back to itself"),
-                    );
-                } else if !names_seen.contains_key(&target.value) {
-                    self.report(
-                        &target,
-                        format!(
-                            "route '{model}': fallback '{}' is not a routed model; add a route \
-                             for it or remove it",
-                            target.value
-                        ),
-                    );
-                }
-            }
-        }
+        let routes = self.routes(raw.routes, &known_upstreams);
         let auth = self.auth(raw.auth, &routes, env);
         let config = Config {
-            listen: ListenConfig {
-                grpc: grpc.unwrap_or(default_grpc),
-                metrics,
-                tls,
-                http,
-            },
+            listen,
             shutdown_grace,
             cors,
             upstreams,
@@ -219,9 +155,10 @@ impl Checker {
             auth,
             limits,
         };
-        self.exposed_without_auth(&config, grpc_at);
+        self.exposed_without_auth(&config, raw.listen.as_ref());
         config
     }
+
     /// A time limit: zero would fail every call, so it is refused.
     pub(super) fn duration(&mut self, raw: &Spanned<String>) -> Option<Duration> {
         self.duration_from(raw, Duration::from_nanos(1))
@@ -234,6 +171,10 @@ impl Checker {
         min: Duration,
     ) -> Option<Duration> {
         match humantime::parse_duration(raw.value.trim()) {
+            Ok(d) if d > MAX_DURATION => {
+                self.report(raw, too_long(&raw.value));
+                None
+            }
             Ok(d) if d >= min => Some(d),
             Ok(_) => {
                 self.report(

@@ -1,7 +1,9 @@
-//! The human summary `llmgate check` prints: what a valid file listens on,
-//! who may call, and where each model goes. Never a secret: keys appear as
-//! where they come from, headers by name only.
+//! What `llmgate check` prints about a valid file: the human summary (what
+//! it listens on, who may call, where each model goes) and the warnings
+//! (what it does that an operator should think twice about). Never a
+//! secret: keys appear as where they come from, headers by name only.
 
+use super::auth::exposed_without_client_certs;
 use super::{AuthConfig, Config, Discovery, KeySource, METRICS_OFF, human_size};
 
 /// A human summary of what a config routes, as `llmgate check` prints it.
@@ -144,4 +146,36 @@ pub fn describe(config: &Config) -> String {
         }
     }
     out
+}
+
+/// What a valid file does that an operator should think twice about, for
+/// `llmgate check` and the log at start-up. Never mentions a secret.
+pub fn warnings(config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (key, addr) in config.listen.serving() {
+        let exposed = !addr.ip().is_loopback();
+        if config.auth == AuthConfig::Off && exposed_without_client_certs(&config.listen, addr) {
+            warnings.push(format!(
+                "listen.{key} {addr} is reachable from other hosts and auth is off (mode: \
+                 none): anyone who reaches it can call every model, paid ones included"
+            ));
+        }
+        if exposed && config.listen.tls.is_none() && matches!(config.auth, AuthConfig::Keys(_)) {
+            warnings.push(format!(
+                "listen.{key} {addr} is reachable from other hosts without TLS, so API keys \
+                 cross the network in clear text; set listen.tls"
+            ));
+        }
+    }
+    for up in config.upstreams.values() {
+        for header in &up.literal_secret_headers {
+            warnings.push(format!(
+                "upstream '{}': header '{header}' holds a credential written in the file; \
+                 read it from the environment instead, such as {header}: \"Bearer \
+                 ${{PROVIDER_KEY}}\", so the file can be shared and stored without it",
+                up.name
+            ));
+        }
+    }
+    warnings
 }

@@ -22,22 +22,48 @@ const GATEWAY_HEADERS: [&str; 10] = [
     "upgrade",
 ];
 
+/// Words that make a header name a credential's: its value is marked
+/// sensitive even when written in the file, so `Debug` prints `Sensitive`
+/// and upstream error text is scrubbed of it, and `llmgate check` warns
+/// that the secret sits in the file.
+const CREDENTIAL_WORDS: [&str; 7] = [
+    "auth", "key", "token", "secret", "password", "cookie", "session",
+];
+
+/// An upstream's checked `headers:`.
+#[derive(Debug, Default)]
+pub(super) struct Headers {
+    /// The headers to send; credentials and values read from the
+    /// environment are marked sensitive.
+    pub(super) map: http::HeaderMap,
+    /// Credential headers whose value is written in the file itself.
+    pub(super) literal_secrets: Vec<String>,
+}
+
+/// Whether `header` usually carries a credential.
+fn is_credential(header: &http::HeaderName) -> bool {
+    CREDENTIAL_WORDS
+        .iter()
+        .any(|word| header.as_str().contains(word))
+}
+
 // === checks ===
 
 impl Checker {
     /// `headers:`: each name a valid header the gateway does not write
     /// itself, each value valid once `${VAR}`s are read. Values that read
-    /// the environment are marked sensitive, as they usually hold a key.
+    /// the environment, and credentials written in the file, are marked
+    /// sensitive.
     pub(super) fn headers(
         &mut self,
         name: &str,
         raw: &HashMap<Spanned<String>, Spanned<String>>,
         key_header: Option<&str>,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> http::HeaderMap {
+    ) -> Headers {
         let mut entries: Vec<_> = raw.iter().collect();
         entries.sort_by_key(|(key, _)| (key.referenced.line(), key.referenced.column()));
-        let mut headers = http::HeaderMap::new();
+        let mut headers = Headers::default();
         for (key, value) in entries {
             let Ok(header) = http::HeaderName::from_bytes(key.value.as_bytes()) else {
                 self.report(
@@ -71,7 +97,7 @@ impl Checker {
                 );
                 continue;
             }
-            if headers.contains_key(&header) {
+            if headers.map.contains_key(&header) {
                 self.report(
                     key,
                     format!(
@@ -87,8 +113,12 @@ impl Checker {
             };
             match http::HeaderValue::try_from(text) {
                 Ok(mut header_value) => {
-                    header_value.set_sensitive(from_env);
-                    headers.insert(header, header_value);
+                    let credential = is_credential(&header);
+                    header_value.set_sensitive(from_env || credential);
+                    if credential && !from_env {
+                        headers.literal_secrets.push(header.to_string());
+                    }
+                    headers.map.insert(header, header_value);
                 }
                 Err(_) => {
                     // Never quote the value: it may hold a key.

@@ -75,9 +75,63 @@ pub struct CorsConfig {
     pub allowed_origins: Vec<String>,
 }
 
+// === impl RawListen ===
+
+impl RawListen {
+    /// Where the file sets `listen.<key>`, for a problem about it.
+    pub(super) fn address(&self, key: &str) -> Option<&Spanned<String>> {
+        match key {
+            "grpc" => self.grpc.as_ref(),
+            "http" => self.http.as_ref(),
+            "metrics" => self.metrics.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+// === impl ListenConfig ===
+
+impl ListenConfig {
+    /// The listeners that serve model calls, by their key under `listen:`:
+    /// the rules about who may call apply to each of them alike. The admin
+    /// port is not one (it serves metrics and probes, and reload behind
+    /// its own key).
+    pub fn serving(&self) -> impl Iterator<Item = (&'static str, SocketAddr)> {
+        std::iter::once(("grpc", self.grpc)).chain(self.http.map(|addr| ("http", addr)))
+    }
+}
+
 // === checks ===
 
 impl Checker {
+    /// `listen:`: every address, with the defaults for those not given.
+    pub(super) fn listen(&mut self, raw: Option<&Spanned<RawListen>>) -> ListenConfig {
+        let raw = raw.map(|listen| &listen.value);
+        let default_grpc = DEFAULT_GRPC_LISTEN
+            .parse()
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 50051)));
+        let grpc = raw
+            .and_then(|listen| listen.grpc.as_ref())
+            .and_then(|addr| self.socket_addr(addr, "0.0.0.0:50051"));
+        let tls = raw
+            .and_then(|listen| listen.tls.as_ref())
+            .and_then(|tls| self.listen_tls(tls));
+        let http = raw
+            .and_then(|listen| listen.http.as_ref())
+            .and_then(|addr| self.socket_addr(addr, "0.0.0.0:8080"));
+        let metrics = match raw.and_then(|listen| listen.metrics.as_ref()) {
+            Some(addr) if addr.value.trim() == METRICS_OFF => None,
+            Some(addr) => self.socket_addr(addr, "0.0.0.0:9090 (or off to disable)"),
+            None => DEFAULT_METRICS_LISTEN.parse().ok(),
+        };
+        ListenConfig {
+            grpc: grpc.unwrap_or(default_grpc),
+            metrics,
+            tls,
+            http,
+        }
+    }
+
     /// `cors:`. Browsers send an origin as `scheme://host[:port]` in
     /// lowercase and compare it byte for byte, so anything else (a trailing
     /// slash, a path) would silently never match: it is refused here.

@@ -47,9 +47,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_saphyr::{MessageFormatter as _, Spanned, UserMessageFormatter};
 
-pub use auth::{ApiKeyConfig, AuthConfig, KeyDigest, KeySource, ModelGrant, warnings};
-pub use check::{ConfigError, Problem};
-pub use describe::describe;
+pub use auth::{ApiKeyConfig, AuthConfig, KeyDigest, KeySource, ModelGrant};
+pub use check::{ConfigError, MAX_DURATION, Problem};
+pub use describe::{describe, warnings};
 pub use limits::{
     CallerLimits, ConnectionLimits, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_MESSAGES,
@@ -65,8 +65,8 @@ pub use resilience::{
 pub use route::{PoolConfig, RouteConfig};
 pub use tls::{PemFile, TlsConfig};
 pub use upstream::{
-    DEFAULT_ANTHROPIC_MAX_TOKENS, DEFAULT_UPSTREAM_TIMEOUT, KeepAlive, MaxTokensField, Secret,
-    UpstreamConfig, UpstreamKind, UpstreamTimeouts,
+    DEFAULT_ANTHROPIC_MAX_TOKENS, DEFAULT_UPSTREAM_TIMEOUT, KeepAlive, MIN_SIM_TOKENS_PER_SECOND,
+    MaxTokensField, Secret, UpstreamConfig, UpstreamKind, UpstreamTimeouts,
 };
 
 use auth::RawAuth;

@@ -87,7 +87,56 @@ pub struct PoolConfig {
 // === checks ===
 
 impl Checker {
-    pub(super) fn route(
+    /// `routes:`: each route, then each fallback against every routed
+    /// name (a fallback may name a route further down the file).
+    pub(super) fn routes(
+        &mut self,
+        raw: Spanned<Vec<Spanned<RawRoute>>>,
+        known_upstreams: &[&str],
+    ) -> Vec<RouteConfig> {
+        if raw.value.is_empty() {
+            self.report(
+                &raw,
+                "routes: is empty; add at least one route so the gateway can serve a model",
+            );
+        }
+        let mut names_seen: HashMap<String, Location> = HashMap::new();
+        let fallbacks: Vec<Fallbacks> = raw.value.iter().map(Fallbacks::of).collect();
+        let routes = raw
+            .value
+            .into_iter()
+            .map(|route| self.route(route, known_upstreams, &mut names_seen))
+            .collect();
+        for fallbacks in fallbacks {
+            self.fallbacks(fallbacks, &names_seen);
+        }
+        routes
+    }
+
+    /// A route's `fallback:` and `context_fallback:` name other routed
+    /// models.
+    fn fallbacks(&mut self, route: Fallbacks, names_seen: &HashMap<String, Location>) {
+        let model = &route.model;
+        for target in route.targets {
+            if route.own.contains(&target.value) {
+                self.report(
+                    &target,
+                    format!("route '{model}': a route cannot fall back to itself"),
+                );
+            } else if !names_seen.contains_key(&target.value) {
+                self.report(
+                    &target,
+                    format!(
+                        "route '{model}': fallback '{}' is not a routed model; add a route \
+                         for it or remove it",
+                        target.value
+                    ),
+                );
+            }
+        }
+    }
+
+    fn route(
         &mut self,
         raw: Spanned<RawRoute>,
         known_upstreams: &[&str],
@@ -172,6 +221,37 @@ impl Checker {
             upstream: raw.upstream.value,
             weight: raw.weight.map_or(1, |w| w.value),
             model: raw.model.map_or_else(|| route.to_string(), |m| m.value),
+        }
+    }
+}
+
+/// A route's fallback targets, taken before the route is consumed.
+struct Fallbacks {
+    /// The route's model name, for messages.
+    model: String,
+    /// Its own names: falling back to one of them is a loop.
+    own: Vec<String>,
+    /// Every `fallback:` and `context_fallback:` entry.
+    targets: Vec<Spanned<String>>,
+}
+
+// === impl Fallbacks ===
+
+impl Fallbacks {
+    fn of(route: &Spanned<RawRoute>) -> Self {
+        let route = &route.value;
+        Fallbacks {
+            model: route.model.value.clone(),
+            own: std::iter::once(&route.model)
+                .chain(&route.aliases)
+                .map(|n| n.value.clone())
+                .collect(),
+            targets: route
+                .fallback
+                .iter()
+                .chain(&route.context_fallback)
+                .cloned()
+                .collect(),
         }
     }
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::check::{Checker, Problem};
+use super::check::{Checker, MAX_DURATION, Problem, too_long};
+use super::headers::Headers;
 use super::resilience::{Discovery, EndpointPolicy, RawDiscover, RawHealthCheck, RawOutlier};
 use super::tls::{PemFile, RawUpstreamTls};
 use crate::sim::SimSettings;
@@ -21,6 +22,11 @@ pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(600);
 /// the file sets one: every current Claude model can write this many, and
 /// it is long enough for an ordinary answer.
 pub const DEFAULT_ANTHROPIC_MAX_TOKENS: u32 = 4096;
+
+/// Slowest simulated generation, in tokens per second: one token every
+/// ~17 minutes. Slower rates put a token's due time past what a clock can
+/// hold.
+pub const MIN_SIM_TOKENS_PER_SECOND: f64 = 0.001;
 
 // === raw (as written) ===
 
@@ -120,6 +126,9 @@ pub struct UpstreamConfig {
     /// that want them. Values read from the environment are marked
     /// sensitive: `Debug` prints `Sensitive` instead of them.
     pub headers: http::HeaderMap,
+    /// Credential headers (such as `authorization`) whose value the file
+    /// writes out instead of reading `${VAR}`: `llmgate check` warns.
+    pub literal_secret_headers: Vec<String>,
     /// `kind: openai`: the request field that carries `max_tokens`.
     pub max_tokens_field: MaxTokensField,
     /// `kind: anthropic`: the `max_tokens` sent when the caller sets none
@@ -229,6 +238,9 @@ impl fmt::Debug for Secret {
 // === checks ===
 
 impl Checker {
+    /// One entry of `upstreams:`, concern by concern. Each check reports
+    /// its own problems and stands in a default, so one pass finds all of
+    /// them; the upstream is built only when its kind is known.
     pub(super) fn upstream(
         &mut self,
         name: &str,
@@ -237,23 +249,79 @@ impl Checker {
     ) -> Option<UpstreamConfig> {
         let at = raw.referenced;
         let up = raw.value;
-        let kind = match up.kind.value.as_str() {
-            "openai" => Some(UpstreamKind::OpenAi),
-            "ollama" => Some(UpstreamKind::Ollama),
-            "anthropic" => Some(UpstreamKind::Anthropic),
-            "sim" => Some(UpstreamKind::Sim),
+        let kind = self.kind(name, &up.kind);
+        let discovery = self.endpoints(name, kind, &up, at);
+        if let Some(kind) = kind {
+            self.kind_specific_keys(name, kind, &up);
+        }
+        let api_key = self.api_key_env(name, up.api_key_env.as_ref(), env);
+        let headers = self.upstream_headers(name, kind, &up, env);
+        let max_tokens_field = self.max_tokens_field(name, up.max_tokens_field.as_ref());
+        let default_max_tokens = self.default_max_tokens(name, up.default_max_tokens.as_ref());
+        let keep_alive = up
+            .keep_alive
+            .as_ref()
+            .and_then(|raw| self.keep_alive(name, raw));
+        let timeouts = self.timeouts(&up);
+        let tls_ca = self.tls_ca(name, kind, up.tls.as_ref(), discovery.as_ref());
+        let policy = self.endpoint_policy(name, kind, &up);
+        let sim = up
+            .sim
+            .map(|sim| self.sim(name, sim.value))
+            .unwrap_or_default();
+        Some(UpstreamConfig {
+            name: name.to_string(),
+            kind: kind?,
+            discovery: discovery.unwrap_or(Discovery::Static(Vec::new())),
+            policy,
+            api_key,
+            timeouts,
+            sim,
+            headers: headers.map,
+            literal_secret_headers: headers.literal_secrets,
+            max_tokens_field,
+            default_max_tokens,
+            keep_alive,
+            tls_ca,
+        })
+    }
+
+    /// `kind:`: one of the wires the gateway speaks.
+    fn kind(&mut self, name: &str, raw: &Spanned<String>) -> Option<UpstreamKind> {
+        let kind = match raw.value.as_str() {
+            "openai" => UpstreamKind::OpenAi,
+            "ollama" => UpstreamKind::Ollama,
+            "anthropic" => UpstreamKind::Anthropic,
+            "sim" => UpstreamKind::Sim,
             other => {
                 self.report(
-                    &up.kind,
+                    raw,
                     format!(
                         "upstream '{name}': unknown kind '{other}'; expected openai, ollama, \
                          anthropic or sim"
                     ),
                 );
-                None
+                return None;
             }
         };
-        let endpoints: Vec<http::Uri> = up.endpoints.iter().filter_map(|e| self.url(e)).collect();
+        Some(kind)
+    }
+
+    /// `endpoints:` or `discover:`: exactly one of them for an HTTP
+    /// upstream, neither for the in-process simulator. `None` when the
+    /// endpoints cannot be known.
+    fn endpoints(
+        &mut self,
+        name: &str,
+        kind: Option<UpstreamKind>,
+        up: &RawUpstream,
+        at: serde_saphyr::Location,
+    ) -> Option<Discovery> {
+        let endpoints: Vec<http::Uri> = up
+            .endpoints
+            .iter()
+            .filter_map(|e| self.url(name, e))
+            .collect();
         let dns = up.discover.as_ref().and_then(|d| self.discovery(name, d));
         match (&up.discover, up.endpoints.first()) {
             (Some(discover), Some(_)) => self.report(
@@ -296,7 +364,16 @@ impl Checker {
             }
             _ => {}
         }
-        if let (Some(kind), Some(sim)) = (kind, &up.sim)
+        match up.discover {
+            Some(_) => dns,
+            None => Some(Discovery::Static(endpoints)),
+        }
+    }
+
+    /// Keys that apply to one kind only (`sim:`, `max_tokens_field:`,
+    /// `default_max_tokens:`, `keep_alive:`), set on another kind.
+    fn kind_specific_keys(&mut self, name: &str, kind: UpstreamKind, up: &RawUpstream) {
+        if let Some(sim) = &up.sim
             && kind != UpstreamKind::Sim
         {
             self.report(
@@ -307,47 +384,63 @@ impl Checker {
                 ),
             );
         }
-        if let Some(kind) = kind {
-            self.only_for(
-                name,
-                kind,
-                UpstreamKind::OpenAi,
-                "max_tokens_field",
-                &up.max_tokens_field,
-            );
-            self.only_for(
-                name,
-                kind,
-                UpstreamKind::Anthropic,
-                "default_max_tokens",
-                &up.default_max_tokens,
-            );
-            self.only_for(
-                name,
-                kind,
-                UpstreamKind::Ollama,
-                "keep_alive",
-                &up.keep_alive,
-            );
-        }
-        let api_key = up
-            .api_key_env
-            .as_ref()
-            .and_then(|var| match env(&var.value) {
-                Some(value) if !value.is_empty() => Some(Secret::new(value)),
-                _ => {
-                    self.report(
-                        var,
-                        format!(
-                            "upstream '{name}': environment variable {} is not set (or empty); \
+        self.only_for(
+            name,
+            kind,
+            UpstreamKind::OpenAi,
+            "max_tokens_field",
+            &up.max_tokens_field,
+        );
+        self.only_for(
+            name,
+            kind,
+            UpstreamKind::Anthropic,
+            "default_max_tokens",
+            &up.default_max_tokens,
+        );
+        self.only_for(
+            name,
+            kind,
+            UpstreamKind::Ollama,
+            "keep_alive",
+            &up.keep_alive,
+        );
+    }
+
+    /// `api_key_env:`: the variable must hold a key now, not at the first
+    /// call.
+    fn api_key_env(
+        &mut self,
+        name: &str,
+        var: Option<&Spanned<String>>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<Secret> {
+        let var = var?;
+        match env(&var.value) {
+            Some(value) if !value.is_empty() => Some(Secret::new(value)),
+            _ => {
+                self.report(
+                    var,
+                    format!(
+                        "upstream '{name}': environment variable {} is not set (or empty); \
                          export it before starting the gateway, or remove api_key_env",
-                            var.value
-                        ),
-                    );
-                    None
-                }
-            });
-        let headers = match (&up.headers, kind) {
+                        var.value
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// `headers:`, for HTTP upstreams only.
+    fn upstream_headers(
+        &mut self,
+        name: &str,
+        kind: Option<UpstreamKind>,
+        up: &RawUpstream,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Headers {
+        match (&up.headers, kind) {
             (Some(headers), Some(UpstreamKind::Sim)) => {
                 self.report(
                     headers,
@@ -356,34 +449,39 @@ impl Checker {
                          kind sim runs in process"
                     ),
                 );
-                http::HeaderMap::new()
+                Headers::default()
             }
             (Some(headers), Some(kind)) => {
                 let key_header = up.api_key_env.is_some().then(|| kind.key_header());
                 self.headers(name, &headers.value, key_header, env)
             }
-            _ => http::HeaderMap::new(),
-        };
-        let max_tokens_field = up
-            .max_tokens_field
-            .as_ref()
-            .and_then(|field| match field.value.as_str() {
-                "max_tokens" => Some(MaxTokensField::MaxTokens),
-                "max_completion_tokens" => Some(MaxTokensField::MaxCompletionTokens),
-                other => {
-                    self.report(
-                        field,
-                        format!(
-                            "upstream '{name}': max_tokens_field '{other}' is not a field; \
-                             use max_tokens (vLLM and most servers) or max_completion_tokens \
-                             (OpenAI's current models)"
-                        ),
-                    );
-                    None
-                }
-            })
-            .unwrap_or_default();
-        let default_max_tokens = match &up.default_max_tokens {
+            _ => Headers::default(),
+        }
+    }
+
+    /// `max_tokens_field:` (`kind: openai`).
+    fn max_tokens_field(&mut self, name: &str, raw: Option<&Spanned<String>>) -> MaxTokensField {
+        raw.and_then(|field| match field.value.as_str() {
+            "max_tokens" => Some(MaxTokensField::MaxTokens),
+            "max_completion_tokens" => Some(MaxTokensField::MaxCompletionTokens),
+            other => {
+                self.report(
+                    field,
+                    format!(
+                        "upstream '{name}': max_tokens_field '{other}' is not a field; \
+                         use max_tokens (vLLM and most servers) or max_completion_tokens \
+                         (OpenAI's current models)"
+                    ),
+                );
+                None
+            }
+        })
+        .unwrap_or_default()
+    }
+
+    /// `default_max_tokens:` (`kind: anthropic`): at least 1.
+    fn default_max_tokens(&mut self, name: &str, raw: Option<&Spanned<u32>>) -> u32 {
+        match raw {
             Some(tokens) if tokens.value == 0 => {
                 self.report(
                     tokens,
@@ -396,21 +494,57 @@ impl Checker {
             }
             Some(tokens) => tokens.value,
             None => DEFAULT_ANTHROPIC_MAX_TOKENS,
-        };
-        let keep_alive = up
-            .keep_alive
-            .as_ref()
-            .and_then(|raw| self.keep_alive(name, raw));
+        }
+    }
+
+    /// `timeout:`, `first_token_timeout:` and `idle_timeout:`.
+    fn timeouts(&mut self, up: &RawUpstream) -> UpstreamTimeouts {
         let total = up.timeout.as_ref().and_then(|d| self.duration(d));
         let first_token = up
             .first_token_timeout
             .as_ref()
             .and_then(|d| self.duration(d));
         let idle = up.idle_timeout.as_ref().and_then(|d| self.duration(d));
-        let sim = up
-            .sim
-            .map(|sim| self.sim(name, sim.value))
-            .unwrap_or_default();
+        UpstreamTimeouts {
+            total: total.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
+            first_token,
+            idle,
+        }
+    }
+
+    /// `tls:`: a private CA, for upstreams reached over `https://`.
+    fn tls_ca(
+        &mut self,
+        name: &str,
+        kind: Option<UpstreamKind>,
+        raw: Option<&Spanned<RawUpstreamTls>>,
+        discovery: Option<&Discovery>,
+    ) -> Option<PemFile> {
+        let tls = raw?;
+        if kind == Some(UpstreamKind::Sim) {
+            self.report(
+                tls,
+                format!("upstream '{name}': tls: does not apply to kind sim (in process)"),
+            );
+            return None;
+        }
+        let https = match discovery {
+            Some(Discovery::Static(endpoints)) => {
+                endpoints.iter().any(|e| e.scheme_str() == Some("https"))
+            }
+            Some(Discovery::Dns { scheme, .. }) => scheme == "https",
+            None => false,
+        };
+        self.upstream_tls(name, tls, https)
+    }
+
+    /// `max_in_flight:`, `outlier:` and `health_check:`.
+    fn endpoint_policy(
+        &mut self,
+        name: &str,
+        kind: Option<UpstreamKind>,
+        up: &RawUpstream,
+    ) -> EndpointPolicy {
         let max_in_flight = match &up.max_in_flight {
             Some(n) if n.value == 0 => {
                 self.report(
@@ -423,22 +557,7 @@ impl Checker {
             }
             other => other.as_ref().map(|n| n.value),
         };
-        let tls_ca = match (&up.tls, kind) {
-            (Some(tls), Some(UpstreamKind::Sim)) => {
-                self.report(
-                    tls,
-                    format!("upstream '{name}': tls: does not apply to kind sim (in process)"),
-                );
-                None
-            }
-            (Some(tls), _) => {
-                let https = endpoints.iter().any(|e| e.scheme_str() == Some("https"))
-                    || matches!(&dns, Some(Discovery::Dns { scheme, .. }) if scheme == "https");
-                self.upstream_tls(name, tls, https)
-            }
-            (None, _) => None,
-        };
-        let policy = EndpointPolicy {
+        EndpointPolicy {
             max_in_flight,
             outlier: up
                 .outlier
@@ -449,25 +568,7 @@ impl Checker {
                 .health_check
                 .as_ref()
                 .and_then(|h| self.health_check(name, kind, h)),
-        };
-        Some(UpstreamConfig {
-            name: name.to_string(),
-            kind: kind?,
-            discovery: dns.unwrap_or(Discovery::Static(endpoints)),
-            policy,
-            api_key,
-            timeouts: UpstreamTimeouts {
-                total: total.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
-                first_token,
-                idle,
-            },
-            sim,
-            headers,
-            max_tokens_field,
-            default_max_tokens,
-            keep_alive,
-            tls_ca,
-        })
+        }
     }
 
     /// Reports a key set on an upstream of a kind it does not apply to.
@@ -494,8 +595,6 @@ impl Checker {
         }
     }
 
-    /// `headers:`: each name a valid header the gateway does not write
-    /// itself, each value valid once `${VAR}`s are read. Values that read
     /// `keep_alive:`: a duration, `0` to unload the model after each call,
     /// or `-1` to keep it loaded.
     fn keep_alive(&mut self, name: &str, raw: &Spanned<String>) -> Option<KeepAlive> {
@@ -507,6 +606,10 @@ impl Checker {
             return Some(KeepAlive::For(Duration::ZERO));
         }
         match humantime::parse_duration(text) {
+            Ok(d) if d > MAX_DURATION => {
+                self.report(raw, too_long(&raw.value));
+                None
+            }
             Ok(d) => Some(KeepAlive::For(d)),
             Err(_) => {
                 self.report(
@@ -534,12 +637,16 @@ impl Checker {
             settings.ttft = ttft;
         }
         if let Some(tps) = raw.tokens_per_second {
-            if tps.value.is_finite() && tps.value >= 0.0 {
-                settings.tokens_per_second = tps.value;
+            let rate = tps.value;
+            if rate == 0.0 || (rate.is_finite() && rate >= MIN_SIM_TOKENS_PER_SECOND) {
+                settings.tokens_per_second = rate;
             } else {
                 self.report(
                     &tps,
-                    format!("upstream '{name}': tokens_per_second must be 0 (no pacing) or more"),
+                    format!(
+                        "upstream '{name}': tokens_per_second must be 0 (no pacing) or more, \
+                         and at least {MIN_SIM_TOKENS_PER_SECOND} when it paces"
+                    ),
                 );
             }
         }
@@ -559,7 +666,20 @@ impl Checker {
         settings
     }
 
-    pub(super) fn url(&mut self, raw: &Spanned<String>) -> Option<http::Uri> {
+    /// An endpoint's base URL. A user name or password in it is refused
+    /// (without quoting it): URLs land in logs and metric labels.
+    pub(super) fn url(&mut self, name: &str, raw: &Spanned<String>) -> Option<http::Uri> {
+        if has_userinfo(&raw.value) {
+            self.report(
+                raw,
+                format!(
+                    "upstream '{name}': an endpoint must not carry a user name or password \
+                     (user:pass@host): URLs appear in logs and metrics; put the key in \
+                     api_key_env, or in a headers: value read from ${{VAR}}"
+                ),
+            );
+            return None;
+        }
         let problem = match raw.value.parse::<http::Uri>() {
             Ok(uri) => match (uri.scheme_str(), uri.authority()) {
                 (Some("http" | "https"), Some(_)) if uri.query().is_none() => return Some(uri),
@@ -572,4 +692,12 @@ impl Checker {
         self.report(raw, format!("endpoint '{}' {problem}", raw.value));
         None
     }
+}
+
+/// Whether a URL's authority (between `://` and the path) has a
+/// `user[:password]@` part.
+fn has_userinfo(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    authority.contains('@')
 }
