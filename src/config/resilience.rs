@@ -7,11 +7,85 @@ use std::time::Duration;
 
 use serde_saphyr::Spanned;
 
-use super::schema::{RawDiscover, RawHealthCheck, RawOutlier, RawRetry};
-use super::{Checker, UpstreamKind};
+use serde::Deserialize;
+
+use super::UpstreamKind;
+use super::check::Checker;
 
 /// How often a DNS name is re-resolved when the file does not say.
 pub const DEFAULT_DNS_INTERVAL: Duration = Duration::from_secs(5);
+
+// === raw (as written) ===
+
+/// `discover:` of an upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDiscover {
+    /// `name:port` to resolve.
+    pub(crate) dns: Spanned<String>,
+    /// How often to resolve it.
+    #[serde(default)]
+    pub(crate) interval: Option<Spanned<String>>,
+    /// `http` or `https` for the discovered addresses.
+    #[serde(default)]
+    pub(crate) scheme: Option<Spanned<String>>,
+}
+
+/// `outlier:` of an upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOutlier {
+    /// Failures in a row that eject an endpoint.
+    #[serde(default)]
+    pub(crate) consecutive_failures: Option<Spanned<u32>>,
+    /// First ejection's length; doubles on each repeat.
+    #[serde(default)]
+    pub(crate) base_ejection: Option<Spanned<String>>,
+    /// Longest ejection.
+    #[serde(default)]
+    pub(crate) max_ejection: Option<Spanned<String>>,
+    /// Largest share of the endpoints that may be ejected at once.
+    #[serde(default)]
+    pub(crate) max_ejected_share: Option<Spanned<f64>>,
+}
+
+/// `health_check:` of an upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealthCheck {
+    /// Path probed with GET.
+    #[serde(default)]
+    pub(crate) path: Option<Spanned<String>>,
+    /// Time between probes.
+    #[serde(default)]
+    pub(crate) interval: Option<Spanned<String>>,
+    /// Longest wait for one probe.
+    #[serde(default)]
+    pub(crate) timeout: Option<Spanned<String>>,
+    /// Failed probes in a row that take an endpoint out.
+    #[serde(default)]
+    pub(crate) unhealthy_after: Option<Spanned<u32>>,
+    /// Passed probes in a row that bring it back.
+    #[serde(default)]
+    pub(crate) healthy_after: Option<Spanned<u32>>,
+}
+
+/// `retry:` of a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetry {
+    /// Attempts in all, the first included.
+    #[serde(default)]
+    pub(crate) attempts: Option<Spanned<u32>>,
+    /// First back-off between attempts.
+    #[serde(default)]
+    pub(crate) backoff: Option<Spanned<String>>,
+    /// Retries allowed as a percentage of calls.
+    #[serde(default)]
+    pub(crate) budget_percent: Option<Spanned<f64>>,
+}
+
+// === validated ===
 
 /// Where an upstream's endpoints come from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -36,6 +36,11 @@ pub struct SimRun {
     usage: Usage,
 }
 
+/// Latest a simulated token may be due after its call starts: far beyond
+/// any test or benchmark, and small enough that adding it to a clock
+/// reading cannot overflow.
+const MAX_OFFSET: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
 /// Words the simulator cycles through; fixed so tests can predict output.
 const WORDS: [&str; 16] = [
     "The",
@@ -152,10 +157,33 @@ impl SimRun {
     /// When token `index` is due, from the start of the call.
     fn offset(&self, index: u32) -> Duration {
         let pace = if self.settings.tokens_per_second > 0.0 {
-            Duration::from_secs_f64(f64::from(index) / self.settings.tokens_per_second)
+            // A rate too slow for a `Duration` (the CLI does not bound it)
+            // waits the longest, rather than panicking.
+            Duration::try_from_secs_f64(f64::from(index) / self.settings.tokens_per_second)
+                .unwrap_or(MAX_OFFSET)
         } else {
             Duration::ZERO
         };
-        self.settings.ttft + pace
+        self.settings.ttft.saturating_add(pace).min(MAX_OFFSET)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_too_slow_for_a_duration_waits_the_longest_instead_of_panicking() {
+        let settings = SimSettings {
+            ttft: Duration::MAX,
+            tokens_per_second: 1e-300,
+            output_tokens: 4,
+            error_rate: 0.0,
+        };
+        let run = settings
+            .start(&[], None)
+            .expect("error_rate 0 always answers");
+        assert_eq!(run.offset(0), MAX_OFFSET);
+        assert_eq!(run.offset(3), MAX_OFFSET);
     }
 }

@@ -194,6 +194,112 @@ fn check_warns_when_other_hosts_can_call_without_a_key() {
 }
 
 #[test]
+fn check_refuses_an_exposed_http_listener_without_auth_as_it_does_grpc() {
+    let silent = TempFile::new(&yaml(
+        &[&["listen:", "  http: 0.0.0.0:8080"][..], &SIM_ROUTE[..]].concat(),
+    ));
+    let output = llmgate(&["check", silent.arg()], &[]);
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    assert_contains(
+        &stderr(&output),
+        &format!(
+            "{}:2:9: listen.http 0.0.0.0:8080 accepts calls from other hosts",
+            silent.arg()
+        ),
+    );
+
+    let open = TempFile::new(&yaml(
+        &[
+            &["listen:", "  http: 0.0.0.0:8080", "auth: { mode: none }"][..],
+            &SIM_ROUTE[..],
+        ]
+        .concat(),
+    ));
+    let output = llmgate(&["check", open.arg()], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_contains(
+        &stderr(&output),
+        &format!("{}: warning: listen.http 0.0.0.0:8080", open.arg()),
+    );
+}
+
+#[test]
+fn check_never_echoes_a_literal_header_secret_and_warns_about_it() {
+    const SECRET: &str = "sk-literal-in-file-never-print-90ad";
+    let file = TempFile::new(&yaml(&[
+        "upstreams:",
+        "  cloud:",
+        "    kind: openai",
+        "    endpoints: [https://api.example.com]",
+        "    headers:",
+        &format!("      authorization: Bearer {SECRET}"),
+        "      x-org: acme",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: cloud",
+    ]));
+    let output = llmgate(&["check", file.arg()], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_contains(&stdout(&output), "headers: authorization, x-org");
+    assert_contains(
+        &stderr(&output),
+        "warning: upstream 'cloud': header 'authorization' holds a credential written in the file",
+    );
+    for shown in [&stdout(&output), &stderr(&output)] {
+        assert!(
+            !shown.contains(SECRET),
+            "the header secret leaked:\n{shown}"
+        );
+    }
+}
+
+#[test]
+fn check_refuses_credentials_in_an_endpoint_url_without_quoting_them() {
+    let file = TempFile::new(&yaml(&[
+        "upstreams:",
+        "  fleet:",
+        "    kind: openai",
+        "    endpoints: [http://admin:hunter2-secret@10.0.0.5:8000]",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: fleet",
+    ]));
+    let output = llmgate(&["check", file.arg()], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert_contains(&err, &format!("{}:4:17: upstream 'fleet'", file.arg()));
+    assert_contains(&err, "api_key_env");
+    assert!(
+        !err.contains("hunter2-secret"),
+        "the password leaked:\n{err}"
+    );
+}
+
+#[test]
+fn check_refuses_a_timeout_beyond_a_week_and_a_simulator_too_slow_to_schedule() {
+    let file = TempFile::new(&yaml(&[
+        "upstreams:",
+        "  local:",
+        "    kind: sim",
+        "    timeout: 300000000000y",
+        "    sim: { tokens_per_second: 1e-300 }",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: local",
+    ]));
+    let output = llmgate(&["check", file.arg()], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert_contains(&err, &format!("{}:4:14: ", file.arg()));
+    assert_contains(&err, "7days");
+    assert_contains(&err, &format!("{}:5:31: ", file.arg()));
+    assert_contains(&err, "tokens_per_second");
+}
+
+#[test]
 fn check_names_keys_and_where_they_come_from_but_never_the_keys() {
     const KEY: &str = "sk-gw-check-never-print-31b7";
     let auth = [

@@ -1,0 +1,149 @@
+//! `routes:`: pools, the upstreams they name, model names and weights.
+
+use super::*;
+
+#[test]
+fn typo_in_a_pool_field_is_refused() {
+    let problem = only_problem(&yaml(&[
+        "upstreams:",
+        "  local:",
+        "    kind: sim",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: local",
+        "        wieght: 2",
+    ]));
+    assert_at(&problem, 8, 9);
+    assert_mentions(&problem, &["unknown field", "wieght", "weight"]);
+    assert_no_position_in_message(&problem);
+}
+
+#[test]
+fn pool_naming_an_undefined_upstream_lists_the_defined_ones() {
+    let problem = only_problem(&yaml(&[
+        "upstreams:",
+        "  alpha:",
+        "    kind: sim",
+        "  beta:",
+        "    kind: sim",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: alpha",
+        "      - upstream: gamma",
+    ]));
+    assert_at(&problem, 10, 19);
+    assert_mentions(
+        &problem,
+        &[
+            "'demo'",
+            "unknown upstream 'gamma'",
+            "defined upstreams: alpha, beta",
+        ],
+    );
+}
+
+#[test]
+fn unknown_kind_is_refused_and_its_pools_are_not_also_unknown() {
+    // The upstream is defined, only broken: one problem, at the kind.
+    let problem = only_problem(&yaml(&[
+        "upstreams:",
+        "  local:",
+        "    kind: llama",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: local",
+    ]));
+    assert_at(&problem, 3, 11);
+    assert_mentions(
+        &problem,
+        &[
+            "'local'",
+            "unknown kind 'llama'",
+            "openai, ollama, anthropic or sim",
+        ],
+    );
+}
+
+#[test]
+fn duplicate_names_point_at_the_second_use_and_name_the_first_line() {
+    let found = problems(&yaml(&[
+        "upstreams:",
+        "  local:",
+        "    kind: sim",
+        "routes:",
+        "  - model: demo",
+        "    aliases: [demo-latest]",
+        "    pools:",
+        "      - upstream: local",
+        "  - model: other",
+        "    aliases: [demo]",
+        "    pools:",
+        "      - upstream: local",
+        "  - model: demo-latest",
+        "    pools:",
+        "      - upstream: local",
+    ]));
+    assert_eq!(found.len(), 2, "{found:#?}");
+    // An alias repeating an earlier model.
+    assert_at(&found[0], 10, 15);
+    assert_mentions(&found[0], &["'demo'", "already routed (line 5)", "once"]);
+    // A model repeating an earlier alias.
+    assert_at(&found[1], 13, 12);
+    assert_mentions(
+        &found[1],
+        &["'demo-latest'", "already routed (line 6)", "once"],
+    );
+}
+
+#[test]
+fn route_whose_pools_all_have_weight_zero_is_refused() {
+    let problem = only_problem(&yaml(&[
+        "upstreams:",
+        "  a:",
+        "    kind: sim",
+        "  b:",
+        "    kind: sim",
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: a",
+        "        weight: 0",
+        "      - upstream: b",
+        "        weight: 0",
+    ]));
+    assert_at(&problem, 7, 12);
+    assert_mentions(&problem, &["'demo'", "weight 0", "positive weight"]);
+}
+
+#[test]
+fn empty_routes_is_refused_at_the_routes_key() {
+    let problem = only_problem(&yaml(&[
+        "upstreams:",
+        "  local:",
+        "    kind: sim",
+        "routes: []",
+    ]));
+    assert_at(&problem, 4, 9);
+    assert_mentions(&problem, &["routes: is empty", "add at least one route"]);
+}
+
+#[test]
+fn route_without_pools_is_refused() {
+    let problem = only_problem(&yaml(&[
+        "upstreams:",
+        "  local:",
+        "    kind: sim",
+        "routes:",
+        "  - model: demo",
+        "    pools: []",
+    ]));
+    // The start of the route's block.
+    assert_at(&problem, 5, 5);
+    assert_mentions(
+        &problem,
+        &["'demo'", "pools: is empty", "add at least one pool"],
+    );
+}
