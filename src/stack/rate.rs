@@ -21,7 +21,6 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-
 use super::bucket::wait;
 use super::guard::{Admission, Guard, GuardLayer, Guarded, Quota};
 use crate::chat::ChatRequest;
