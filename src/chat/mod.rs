@@ -110,7 +110,8 @@ pub enum Caller {
     Unreadable,
     /// It carried this bearer key, not yet checked.
     Presented(BearerKey),
-    /// The auth layer recognised the key declared under this name.
+    /// The key declared under this name, recognised by a front's edge
+    /// or the auth layer.
     Key(Arc<str>),
 }
 

@@ -29,6 +29,11 @@ use crate::frontend::body::{BodyRules, Framing};
 use crate::frontend::edge::{self, Edge};
 use crate::telemetry::REQUEST_ID;
 
+/// The caller as the door admitted it, handed to the service in the
+/// request's extensions so the key is not checked from scratch again.
+#[derive(Clone)]
+pub struct Admitted(pub Caller);
+
 /// A gRPC service behind its door: bodies held to the body rules, and callers
 /// checked by `keys` when the service needs a key.
 #[derive(Clone)]
@@ -63,14 +68,21 @@ impl<S> Door<S> {
     }
 
     /// The refusal of a caller without a valid key, recorded like any
-    /// call when it was one (listing models is not a call).
-    fn refuse(edge: &Edge, req: &Request<Body>) -> Option<Response<Body>> {
+    /// call when it was one (listing models is not a call); an admitted
+    /// caller is left in the request's extensions instead.
+    fn refuse(edge: &Edge, req: &mut Request<Body>) -> Option<Response<Body>> {
         let caller = Caller::from_authorization(
             req.headers()
                 .get(http::header::AUTHORIZATION)
                 .map(|v| v.as_bytes()),
         );
-        let err = edge.authenticate(&caller).err()?;
+        let err = match edge.admit(caller) {
+            Ok(admitted) => {
+                req.extensions_mut().insert(Admitted(admitted));
+                return None;
+            }
+            Err(err) => err,
+        };
         let request_id = edge::request_id(req.headers().get(REQUEST_ID).map(|v| v.as_bytes()));
         let path = req.uri().path();
         let stream = path.ends_with("/CompleteStream");
@@ -101,8 +113,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        if let Some(refusal) = self.keys.as_ref().and_then(|edge| Self::refuse(edge, &req)) {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        if let Some(refusal) = self
+            .keys
+            .as_ref()
+            .and_then(|edge| Self::refuse(edge, &mut req))
+        {
             return Either::Right(ready(Ok(refusal)));
         }
         let bodies = &self.bodies;

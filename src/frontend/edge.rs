@@ -63,6 +63,16 @@ impl Edge {
         self.guard.load().authenticate(caller)
     }
 
+    /// The caller, admitted: known by its key's name from here on, so the
+    /// stack's auth layer finds the key by name instead of hashing the
+    /// secret a second time. An error for a caller without a valid key.
+    pub fn admit(&self, caller: Caller) -> Result<Caller, GatewayError> {
+        Ok(match self.authenticate(&caller)? {
+            Some(key) => Caller::Key(key.name.clone()),
+            None => caller,
+        })
+    }
+
     /// Calls the stack. A panic below becomes INTERNAL for this one call
     /// (the call record counts it as a panic), never a dropped connection;
     /// fronts read the stream through [`poll_events`] for the same reason.

@@ -22,6 +22,7 @@ use crate::chat::{
     Role, SamplingParams,
 };
 use crate::error::GatewayError;
+use crate::frontend::door::Admitted;
 use crate::frontend::edge::{self, Edge, poll_events, truncated};
 use crate::proto;
 use crate::proto::llm_service_server::LlmService;
@@ -63,7 +64,7 @@ impl GrpcFrontend {
         );
         let call = CallContext::new(request_id.clone());
         let deadline = edge::deadline(grpc_timeout(request.metadata()));
-        let caller = caller(request.metadata());
+        let caller = admitted(&request);
         let req = match chat_request(request.into_inner(), stream, deadline, call.clone()) {
             Ok(req) => ChatRequest { caller, ..req },
             Err((model, err)) => {
@@ -277,6 +278,15 @@ fn respond<T>(
             }
             Err(status)
         }
+    }
+}
+
+/// Who the call is: as its door admitted it, else what its
+/// `authorization` metadata says.
+fn admitted<T>(request: &Request<T>) -> Caller {
+    match request.extensions().get::<Admitted>() {
+        Some(Admitted(caller)) => caller.clone(),
+        None => caller(request.metadata()),
     }
 }
 

@@ -100,14 +100,16 @@ async fn chat_completions(State(front): State<Arc<HttpFrontend>>, request: Reque
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
     let request_id = edge::request_id(headers.get(REQUEST_ID).map(|v| v.as_bytes()));
-    let caller = caller(headers);
     // The key first: a stranger's body is never read.
-    if let Err(err) = front.edge.authenticate(&caller) {
-        front
-            .edge
-            .refused(CallContext::new(request_id), "", false, &err);
-        return error_response(&err);
-    }
+    let caller = match front.edge.admit(caller(headers)) {
+        Ok(caller) => caller,
+        Err(err) => {
+            front
+                .edge
+                .refused(CallContext::new(request_id), "", false, &err);
+            return error_response(&err);
+        }
+    };
     let (body, held) = match front.read_body(headers, body).await {
         Ok(read) => read,
         Err((err, response)) => {
