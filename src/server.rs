@@ -249,7 +249,7 @@ impl Server {
         let cors = web::cors_layer(&config.cors);
         let bodies = BodyRules {
             limits: body_limits(&config),
-            budget: BufferBudget::new(MAX_BUFFERED_BYTES),
+            budget: BufferBudget::new(config.limits.max_buffered_bytes),
         };
         let http_service = http.as_ref().map(|_| {
             TowerToHyperService::new(http_front::router(
@@ -349,11 +349,6 @@ impl Server {
         Ok(())
     }
 }
-
-/// The request bytes the gateway holds at once while bodies arrive, over
-/// both fronts: sixteen bodies of the default 4 MiB limit. Ordinary prompts
-/// are kilobytes, so this is only ever reached by a flood.
-const MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
 
 /// The pause after a failed accept (out of file descriptors, or a
 /// connection reset before accept): not fatal, but a persistent error

@@ -31,6 +31,12 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_REQUEST_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Concurrent streams one HTTP/2 connection may open by default.
 pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// Request bytes held at once while bodies arrive, by default: sixteen
+/// bodies of the default 4 MiB limit. Ordinary prompts are kilobytes, so
+/// only a flood reaches it.
+pub(crate) const DEFAULT_MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
+/// Connections one listener keeps open by default.
+pub(crate) const DEFAULT_MAX_CONNECTIONS: u32 = 16_384;
 
 /// Smallest `max_request_size`: below it not even a short prompt fits.
 const MIN_REQUEST_SIZE: usize = 1024;
@@ -84,6 +90,12 @@ pub(crate) struct RawLimits {
     /// Concurrent streams per connection.
     #[serde(default)]
     pub(crate) max_streams_per_connection: Option<Spanned<u32>>,
+    /// Request bytes held at once while bodies arrive, over both fronts.
+    #[serde(default)]
+    pub(crate) max_buffered_bytes: Option<Spanned<RawSize>>,
+    /// Open connections per listener.
+    #[serde(default)]
+    pub(crate) max_connections: Option<Spanned<u32>>,
 }
 
 /// A size as written: a number of bytes, or text such as `4MiB`.
@@ -122,6 +134,10 @@ pub struct Limits {
     pub max_content_length: Option<usize>,
     /// Calls the whole gateway serves at once.
     pub max_in_flight: Option<NonZeroU32>,
+    /// Request bytes the gateway holds at once while bodies arrive, over
+    /// both fronts: a flood of slow bodies is refused past it instead of
+    /// filling memory.
+    pub max_buffered_bytes: usize,
     /// What one connection may hold and for how long.
     pub connection: ConnectionLimits,
 }
@@ -141,6 +157,8 @@ pub struct ConnectionLimits {
     pub request_idle_timeout: Duration,
     /// Concurrent streams one HTTP/2 connection may open.
     pub max_streams: u32,
+    /// Connections one listener keeps open; more are closed at accept.
+    pub max_connections: u32,
 }
 
 // === impl CallerLimits ===
@@ -181,6 +199,7 @@ impl Default for Limits {
             max_messages: DEFAULT_MAX_MESSAGES,
             max_content_length: None,
             max_in_flight: NonZeroU32::new(DEFAULT_MAX_IN_FLIGHT),
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
             connection: ConnectionLimits::default(),
         }
     }
@@ -194,6 +213,7 @@ impl Default for ConnectionLimits {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             request_idle_timeout: DEFAULT_REQUEST_IDLE_TIMEOUT,
             max_streams: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -344,6 +364,29 @@ impl Checker {
                 self.report(n, "limits: max_streams_per_connection must be 1 or more");
             } else {
                 limits.connection.max_streams = n.value;
+            }
+        }
+        if let Some(n) = &raw.max_connections {
+            if n.value == 0 {
+                self.report(n, "limits: max_connections must be 1 or more");
+            } else {
+                limits.connection.max_connections = n.value;
+            }
+        }
+        if let Some(at) = &raw.max_buffered_bytes
+            && let Some(size) = self.size(at, "max_buffered_bytes")
+        {
+            if size < limits.max_request_size {
+                self.report(
+                    at,
+                    format!(
+                        "limits: max_buffered_bytes must be at least max_request_size ({}), \
+                         or no request that size could ever be received",
+                        human_size(limits.max_request_size)
+                    ),
+                );
+            } else {
+                limits.max_buffered_bytes = size;
             }
         }
         limits

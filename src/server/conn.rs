@@ -8,7 +8,7 @@
 //!   HTTP/2 preface and SETTINGS, and the first request's headers. A
 //!   client that opens a connection and then stalls (slowloris, or
 //!   `PRI * HTTP/2.0` and silence) is closed after `handshake_timeout`.
-//! - Connections are capped per listener ([`MAX_CONNECTIONS`]): past the
+//! - Connections are capped per listener (`limits.max_connections`): past the
 //!   cap a new connection is closed at once, so a flood of idle sockets
 //!   cannot take every file descriptor.
 //! - A client without a valid certificate fails the handshake: it never
@@ -40,12 +40,6 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// connection, before the connection is closed: hyper's default, set here
 /// so the protection is visible where the other limits are.
 const MAX_PENDING_RESETS: usize = 20;
-
-/// Connections one listener holds open at once. Well above what a fleet of
-/// callers multiplexing over HTTP/2 needs, and below the file descriptors a
-/// pod is usually given, so a flood is turned away before the process runs
-/// out of them.
-pub(crate) const MAX_CONNECTIONS: usize = 16_384;
 
 /// How new connections are taken on.
 #[derive(Clone)]
@@ -96,7 +90,7 @@ impl Acceptor {
     /// shared.
     pub(crate) fn for_another_listener(&self) -> Self {
         Acceptor {
-            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            connections: Arc::new(Semaphore::new(self.limits.max_connections as usize)),
             ..self.clone()
         }
     }
@@ -118,7 +112,7 @@ impl Acceptor {
             tls,
             limits,
             builder: Arc::new(builder),
-            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            connections: Arc::new(Semaphore::new(limits.max_connections as usize)),
         }
     }
 
@@ -127,7 +121,11 @@ impl Acceptor {
     pub(crate) fn admit(&self, peer: SocketAddr) -> Option<OwnedSemaphorePermit> {
         let permit = self.connections.clone().try_acquire_owned().ok();
         if permit.is_none() {
-            tracing::warn!(%peer, limit = MAX_CONNECTIONS, "connection limit reached; connection closed");
+            tracing::warn!(
+                %peer,
+                limit = self.limits.max_connections,
+                "connection limit reached (limits.max_connections); connection closed"
+            );
         }
         permit
     }

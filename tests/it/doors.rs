@@ -279,3 +279,63 @@ async fn too_many_stop_sequences_are_refused_naming_the_field() {
         .expect_err("an empty stop sequence");
     assert_status(&status, tonic::Code::InvalidArgument, &["stop[0]"]);
 }
+
+#[tokio::test]
+async fn bodies_past_the_gateways_buffer_budget_are_refused_at_once() {
+    let routes = KEYED
+        .replace(
+            "  max_request_size: 2KiB\n",
+            "  max_request_size: 2KiB\n  max_buffered_bytes: 4KiB\n",
+        )
+        // The stalled bodies must stay held while the third arrives.
+        .replace("request_idle_timeout: 200ms", "request_idle_timeout: 60s");
+    let gateway = Gateway::start_with_env(&routes, &app_env).await;
+    // Two bodies of 1.9 KiB arrive and stall: they hold 3.8 KiB of the 4.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(gateway.http_addr)
+            .await
+            .expect("connect");
+        let mut sent = chat_head(2000, Some(APP_KEY)).into_bytes();
+        sent.extend(std::iter::repeat_n(b' ', 1900));
+        stream.write_all(&sent).await.expect("send");
+        stalled.push(stream);
+    }
+    // The third cannot be held as well: refused at once, not queued.
+    let mut sent = chat_head(2000, Some(APP_KEY)).into_bytes();
+    sent.extend(std::iter::repeat_n(b' ', 1900));
+    let (status, answer) = raw_http(gateway.http_addr, &sent).await.expect("refused");
+    assert_eq!(status, 429, "{answer}");
+    assert!(answer.contains("max_buffered_bytes"), "{answer}");
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn connections_past_max_connections_are_closed_at_accept_on_that_listener_only() {
+    let routes = KEYED.replace(
+        "  max_request_size: 2KiB\n",
+        "  max_request_size: 2KiB\n  max_connections: 2\n  handshake_timeout: 60s\n",
+    );
+    let gateway = Gateway::start_with_env(&routes, &app_env).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(
+            tokio::net::TcpStream::connect(gateway.http_addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    // Only the cap can close a connection this soon: the handshake limit is a minute.
+    assert!(
+        closed_after_stalling(gateway.http_addr, b"").await,
+        "a third connection to a full listener is closed"
+    );
+    // The gRPC listener has its own room.
+    gateway
+        .client()
+        .await
+        .complete(keyed(request("demo", "hi"), APP_KEY))
+        .await
+        .expect("the other listener serves");
+    drop(held);
+}

@@ -433,6 +433,8 @@ fn limits_read_sizes_counts_and_durations() {
             "  handshake_timeout: 3s",
             "  request_idle_timeout: 15s",
             "  max_streams_per_connection: 50",
+            "  max_buffered_bytes: 8MiB",
+            "  max_connections: 1000",
         ],
         &[],
     ));
@@ -443,12 +445,14 @@ fn limits_read_sizes_counts_and_durations() {
             max_messages: 64,
             max_content_length: Some(512 * 1024),
             max_in_flight: std::num::NonZeroU32::new(100),
+            max_buffered_bytes: 8 * 1024 * 1024,
             connection: ConnectionLimits {
                 keepalive_interval: Duration::from_secs(20),
                 keepalive_timeout: Duration::from_secs(5),
                 handshake_timeout: Duration::from_secs(3),
                 request_idle_timeout: Duration::from_secs(15),
                 max_streams: 50,
+                max_connections: 1000,
             },
         }
     );
