@@ -205,8 +205,10 @@ impl HttpFrontend {
             return Err(refused_body(&refusal));
         }
         let mut guarded = self.bodies.guard(body, Framing::Whole);
-        let capacity = declared.map_or(0, |len| usize::try_from(len).unwrap_or(limit));
-        let mut read = Vec::with_capacity(capacity.min(limit));
+        // Grown as bytes arrive, never sized from the declared length: a
+        // declared length costs nothing until the bytes are counted against
+        // the budget.
+        let mut read = Vec::new();
         while let Some(frame) = guarded.frame().await {
             match frame {
                 Ok(frame) => {
