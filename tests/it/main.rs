@@ -21,5 +21,6 @@ mod ollama;
 mod openai;
 mod properties;
 mod reload;
+mod resilience;
 mod serve_cli;
 mod support;

@@ -1139,3 +1139,31 @@ impl TestCa {
         }
     }
 }
+
+/// `POST url` with a JSON body over HTTP/1.1, read whole: for calls to the
+/// OpenAI front whose streamed answer a test parses as an SDK would.
+pub async fn http_post_json(url: &str, body: &serde_json::Value) -> HttpAnswer {
+    use http_body_util::{BodyExt, Full};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let request = http::Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(body.to_string())))
+        .expect("request");
+    let response = tokio::time::timeout(PATIENCE, client.request(request))
+        .await
+        .expect("answer in time")
+        .expect("HTTP response");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = tokio::time::timeout(PATIENCE, response.into_body().collect())
+        .await
+        .expect("body in time")
+        .expect("body")
+        .to_bytes();
+    HttpAnswer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
