@@ -535,6 +535,70 @@ routes:
 }
 
 #[tokio::test]
+async fn an_ejected_endpoint_back_on_its_port_is_readmitted_by_probes_without_calls() {
+    let ok = |name: &'static str| {
+        move |_: &Received| {
+            json_reply(
+                200,
+                &json!({"choices": [{"message": {"content": name}, "finish_reason": "stop"}]}),
+            )
+        }
+    };
+    let flaky = FakeUpstream::start(ok("flaky")).await;
+    let steady = FakeUpstream::start(ok("steady")).await;
+    let flaky_addr = flaky.addr;
+    let flaky_url = format!("http://{flaky_addr}/");
+    // A long back-off: only an active probe can bring it back in time.
+    let gateway = Gateway::start(&pool_routes(
+        "res-probe",
+        &[&flaky, &steady],
+        "    outlier: { consecutive_failures: 1, base_ejection: 60s }\n",
+        "",
+    ))
+    .await;
+    drop(flaky); // killed: its port refuses
+    let mut client = gateway.client().await;
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            client
+                .complete(with_timeout(request("res-probe", "hi"), DEADLINE))
+                .await
+                .expect("the steady endpoint serves every call");
+            let endpoints = endpoints_of(&gateway, "res-probe").await;
+            if endpoints
+                .iter()
+                .any(|e| e.url == flaky_url && e.state == "ejected")
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the killed endpoint is ejected");
+
+    let _flaky = FakeUpstream::start_at(flaky_addr, ok("flaky")).await;
+    let restarted = Instant::now();
+    // No calls meanwhile: the steady endpoint would take them all anyway.
+    loop {
+        let endpoints = endpoints_of(&gateway, "res-probe").await;
+        let state = endpoints
+            .iter()
+            .find(|e| e.url == flaky_url)
+            .map(|e| e.state.clone())
+            .expect("the endpoint is listed");
+        if state == "up" {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(3),
+            "still {state} {:?} after it came back: {endpoints:?}",
+            restarted.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
 async fn when_every_endpoint_is_ejected_the_call_is_still_tried() {
     let healthy = Arc::new(AtomicBool::new(false));
     let switch = healthy.clone();
