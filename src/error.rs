@@ -49,6 +49,9 @@ pub struct GatewayError {
     /// The request field an `InvalidArgument` is about, for wires that
     /// report it apart from the message (OpenAI's `param`).
     field: Option<String>,
+    /// The endpoint could not be reached or dropped the connection: a fault
+    /// of the endpoint itself, not of one model it serves.
+    transport: bool,
 }
 
 // === impl ErrorKind ===
@@ -119,6 +122,7 @@ impl GatewayError {
             context_length: false,
             final_attempt: false,
             field: None,
+            transport: false,
         }
     }
 
@@ -156,6 +160,18 @@ impl GatewayError {
     pub fn not_retryable(mut self) -> Self {
         self.final_attempt = true;
         self
+    }
+
+    /// Marks the error as the connection's (refused, reset, TLS, connect
+    /// timeout): it counts against the endpoint for every model it serves.
+    pub fn in_transport(mut self) -> Self {
+        self.transport = true;
+        self
+    }
+
+    /// Whether the connection failed, rather than one model's answer.
+    pub fn is_transport(&self) -> bool {
+        self.transport
     }
 
     /// How long the upstream asked callers to wait before trying again.

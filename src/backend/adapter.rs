@@ -145,6 +145,7 @@ mod tests {
             deadline: None,
             call: Default::default(),
             caller: Default::default(),
+            prefill: false,
         }
     }
 

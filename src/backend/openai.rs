@@ -48,6 +48,14 @@ pub(crate) struct WireRequest<'a> {
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_options: Option<StreamOptions>,
+    /// vLLM's (and SGLang's, TGI's) way to continue the final assistant
+    /// message instead of answering it: sent only to continue a broken
+    /// stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    continue_final_message: Option<bool>,
+    /// Must be off when `continue_final_message` is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    add_generation_prompt: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -155,6 +163,8 @@ impl Adapter for OpenAiBackend {
             stream_options: req.stream.then_some(StreamOptions {
                 include_usage: true,
             }),
+            continue_final_message: req.prefill.then_some(true),
+            add_generation_prompt: req.prefill.then_some(false),
         })
     }
 

@@ -296,10 +296,14 @@ impl HttpUpstream {
             .body(Full::new(Bytes::from(body)))
             .map_err(|err| GatewayError::new(ErrorKind::Internal, err.to_string()))?;
         let response = self.client.request(request).await.map_err(|err| {
+            let cause = error_chain(&err);
+            // The endpoint's address is for operators, not callers.
+            tracing::debug!(upstream = %self.name, endpoint = %url, %cause, "endpoint unreachable");
             self.error(
                 ErrorKind::Unavailable,
-                &format!("at {url} cannot be reached: {}", error_chain(&err)),
+                &format!("cannot be reached: {cause}"),
             )
+            .in_transport()
         })?;
         let status = response.status();
         let json = is_json(response.headers());
@@ -445,10 +449,12 @@ impl<D: Dialect> Stream for UpstreamStream<D> {
                     }
                 }
                 Some(Err(err)) => {
-                    let err = this.fail(
-                        ErrorKind::Unavailable,
-                        &format!("broke the connection ({})", error_chain(&err)),
-                    );
+                    let err = this
+                        .fail(
+                            ErrorKind::Unavailable,
+                            &format!("broke the connection ({})", error_chain(&err)),
+                        )
+                        .in_transport();
                     return Poll::Ready(Some(Err(err)));
                 }
                 None => this.body_done = true,

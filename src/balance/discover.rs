@@ -1,5 +1,5 @@
-//! Where a pool's endpoints come from, as a stream of `Change`s that tower's
-//! balancer consumes: a static list (inserted once), or a DNS name resolved
+//! Where a pool's endpoints come from: a static list (inserted once), or a
+//! DNS name resolved
 //! every few seconds (a Kubernetes headless Service gives one address per
 //! ready pod), with only the differences sent, so calls in flight on
 //! endpoints that stay are never disturbed.
@@ -10,9 +10,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::sync::mpsc;
-use tower::discover::Change;
 
 /// Resolves a host name to addresses. A trait so tests can move a name's
 /// answer around without a DNS server.
@@ -39,14 +36,6 @@ impl Resolve for SystemResolver {
         Box::pin(async move { Ok(tokio::net::lookup_host(target).await?.collect()) })
     }
 }
-
-/// One discovered endpoint's base URL, which is also its key.
-pub type EndpointUrl = http::Uri;
-
-/// The stream of changes the balancer reads.
-pub type Changes<S> = tokio_stream::wrappers::UnboundedReceiverStream<
-    Result<Change<EndpointUrl, S>, std::convert::Infallible>,
->;
 
 /// Re-resolves `host` every `interval` and calls `apply` with the addresses
 /// that appeared and those that went away. Ends when `apply` says the pool
@@ -83,7 +72,3 @@ pub async fn watch_dns(
         }
     }
 }
-
-/// A sender of changes, for the pool's own use.
-pub type ChangeSender<S> =
-    mpsc::UnboundedSender<Result<Change<EndpointUrl, S>, std::convert::Infallible>>;

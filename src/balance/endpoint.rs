@@ -1,4 +1,4 @@
-//! One endpoint as a tower service: the leaf the P2C balancer picks.
+//! One endpoint: the leaf the P2C balancer picks.
 //!
 //! Its load is the number of calls in flight, where a streamed call counts
 //! until its last token (the count lives in a guard moved into the token
@@ -7,18 +7,14 @@
 //! last second compares as more loaded than any that did not, so a retry
 //! moves to another endpoint even before the failing one is ejected.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use tokio::time::{Instant, Sleep};
-use tower::Service;
-use tower::load::Load;
+use tokio::time::Instant;
 
-use super::health::{EndpointState, Outcome};
+use super::health::{EndpointState, Outcome, Scope};
+use super::probe;
 use crate::backend::{Dispatch, EndpointCall};
 use crate::chat::ChatStream;
 use crate::chat::hold::{End, Hold, OnEnd};
@@ -26,97 +22,78 @@ use crate::error::{ErrorKind, GatewayError};
 
 /// The balancer's view of one endpoint.
 pub struct Endpoint {
-    /// Shared record: load, failures, ejection, health.
-    state: Arc<EndpointState>,
+    /// Shared record: load, failures, ejections, health.
+    pub(super) state: Arc<EndpointState>,
     /// Sends calls to it.
     dispatch: Dispatch,
     /// Most calls in flight at once.
     max_in_flight: Option<usize>,
-    /// Wakes the balancer when an ejection ends.
-    ejection_timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// Keeps a call counted on its endpoint until the call ends, and reports
 /// how it ended.
 struct CallGuard {
     state: Arc<EndpointState>,
+    /// The upstream model the call asked for: failures of the answer count
+    /// against this model on the endpoint.
+    model: Arc<str>,
     outcome: Outcome,
 }
 
 // === impl Endpoint ===
 
 impl Endpoint {
-    /// The service for one endpoint.
+    /// The endpoint behind `state`, sending through `dispatch`.
     pub fn new(state: Arc<EndpointState>, dispatch: Dispatch, max_in_flight: Option<u32>) -> Self {
         Endpoint {
             state,
             dispatch,
             max_in_flight: max_in_flight.map(|n| n as usize),
-            ejection_timer: None,
         }
     }
-}
 
-impl Service<EndpointCall> for Endpoint {
-    type Response = ChatStream;
-    type Error = GatewayError;
-    type Future = BoxFuture<'static, Result<ChatStream, GatewayError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        // Never an error: the balancer drops endpoints whose readiness fails,
-        // and an ejected endpoint must come back when its time is up.
-        if let Some(until) = self.state.ejected_until(Instant::now()) {
-            let timer = self
-                .ejection_timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
-            timer.as_mut().reset(until);
-            if timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-        }
-        self.ejection_timer = None;
-        let at_cap = |state: &EndpointState, cap: Option<usize>| {
-            cap.is_some_and(|cap| state.in_flight() >= cap)
-        };
-        if !self.state.is_healthy() || at_cap(&self.state, self.max_in_flight) {
-            self.state.register_ready_waker(cx.waker());
-            // Check again: the state may have changed before registering.
-            if !self.state.is_healthy() || at_cap(&self.state, self.max_in_flight) {
-                return Poll::Pending;
-            }
-        }
-        Poll::Ready(Ok(()))
+    /// Whether a call for `model` could go here now: admitted, and under
+    /// its cap.
+    pub fn is_ready(&self, model: &str, now: Instant) -> bool {
+        self.state.is_admissible(model, now) && !self.state.at_cap(self.max_in_flight)
     }
 
-    fn call(&mut self, call: EndpointCall) -> Self::Future {
+    /// What P2C compares for `model`: a recent failure first, then calls in
+    /// flight.
+    pub fn load(&self, model: &str, now: Instant) -> (bool, usize) {
+        (
+            self.state.failed_recently(model, now),
+            self.state.in_flight(),
+        )
+    }
+
+    /// Sends `call` here; `None` when the endpoint reached its cap since it
+    /// was picked.
+    pub fn call(
+        &self,
+        call: EndpointCall,
+    ) -> Option<BoxFuture<'static, Result<ChatStream, GatewayError>>> {
+        if !self.state.try_start(self.max_in_flight) {
+            return None;
+        }
         call.req.call.place_endpoint(self.state.label.clone());
-        self.state.call_started();
         let mut guard = CallGuard {
             state: self.state.clone(),
+            model: call.model.clone(),
             outcome: Outcome::Neutral,
         };
         let response = (self.dispatch)(call);
-        async move {
-            match response.await {
-                Ok(inner) => Ok(Box::pin(inner.hold(guard)) as ChatStream),
-                Err(err) => {
-                    guard.set_outcome(outcome_of(&err));
-                    Err(err)
+        Some(
+            async move {
+                match response.await {
+                    Ok(inner) => Ok(Box::pin(inner.hold(guard)) as ChatStream),
+                    Err(err) => {
+                        guard.set_outcome(outcome_of(&err));
+                        Err(err)
+                    }
                 }
             }
-        }
-        .boxed()
-    }
-}
-
-impl Load for Endpoint {
-    /// A recent failure first, then calls in flight.
-    type Metric = (bool, usize);
-
-    fn load(&self) -> Self::Metric {
-        (
-            self.state.failed_recently(Instant::now()),
-            self.state.in_flight(),
+            .boxed(),
         )
     }
 }
@@ -132,7 +109,10 @@ impl CallGuard {
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        self.state.call_ended(self.outcome);
+        let ejected = self.state.call_ended(&self.model, self.outcome);
+        if ejected == Some(Scope::Endpoint) {
+            probe::reconnect(&self.state);
+        }
     }
 }
 
@@ -150,10 +130,13 @@ impl OnEnd for CallGuard {
     }
 }
 
-/// What an error says about the endpoint that produced it.
+/// What an error says about the endpoint that produced it, and about whom:
+/// a connection that failed is the endpoint's, an answer that failed is
+/// the model's.
 fn outcome_of(err: &GatewayError) -> Outcome {
     match err.kind() {
-        ErrorKind::Unavailable => Outcome::Failure,
+        ErrorKind::Unavailable if err.is_transport() => Outcome::Failure(Scope::Endpoint),
+        ErrorKind::Unavailable => Outcome::Failure(Scope::Model),
         ErrorKind::ResourceExhausted => Outcome::Throttled,
         // The server understood the request and refused it: it works.
         ErrorKind::InvalidArgument

@@ -1,27 +1,35 @@
 //! What the balancer knows about each endpoint: calls in flight, failures in
 //! a row, ejections, and the verdict of active health checks.
 //!
-//! Passive outlier ejection follows Envoy's model: an endpoint that fails
-//! `consecutive_failures` times in a row is ejected for a back-off that
-//! doubles on each repeat, never more than `max_ejected_share` of its pool at
-//! once. When the back-off ends the endpoint takes calls again on probation:
-//! one more failure ejects it for twice as long, a success clears its record.
-//! Probation is the "trickle" that probes a failed server back in.
+//! Failures are judged where they belong. A refused or reset connection is
+//! the endpoint's fault and counts against it for every model it serves; a
+//! 5xx answer or an error inside a stream is about one model on it (an
+//! overloaded or unloaded model, a provider's busy model) and counts
+//! against that (endpoint, model) pair only, so one model's trouble never
+//! takes the endpoint away from the others it serves.
+//!
+//! Each scope keeps its own [`Record`] and follows Envoy's outlier model:
+//! `consecutive_failures` in a row eject it for a back-off that doubles on
+//! each repeat, never more than `max_ejected_share` of the pool at once.
+//! When the back-off ends it takes calls again on probation: one more
+//! failure ejects it for twice as long, a success clears its record. An
+//! ejected endpoint is also probed (see [`super::probe::reconnect`]) and
+//! readmitted at the first connection that succeeds, so a server that comes
+//! back is used again at once rather than when its back-off ends.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
-
-use arc_swap::ArcSwap;
-use futures_util::task::AtomicWaker;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
 use crate::config::OutlierPolicy;
 use crate::telemetry::metrics::EndpointMetrics;
 
-/// The shared record of one endpoint. Held by its balancer service, by every
-/// call in flight on it, and weakly by its health-check task.
+/// The shared record of one endpoint. Held by its balancer, by every call
+/// in flight on it, and weakly by its background tasks.
 #[derive(Debug)]
 pub struct EndpointState {
     /// The endpoint's base URL, for introspection and probes.
@@ -32,20 +40,16 @@ pub struct EndpointState {
     metrics: EndpointMetrics,
     /// Calls in flight, each counted until its last token.
     in_flight: AtomicUsize,
-    /// Failures since the last success.
-    consecutive_failures: AtomicU32,
-    /// When the last failure happened, in nanoseconds after [`epoch`].
-    last_failure: AtomicU64,
-    /// Ejected until this many nanoseconds after [`epoch`]; 0 when not.
-    /// An atomic so every call can check it without a lock.
-    ejected_until: AtomicU64,
-    /// Ejections since the last success; sets the next back-off.
-    ejections: Mutex<u32>,
+    /// Failures of the connection itself: they count for every model.
+    transport: Record,
+    /// Failures of one model on this endpoint, by upstream model name;
+    /// created at a model's first failure, so a healthy endpoint has none.
+    /// Read on every call, so swapped rather than locked.
+    models: ArcSwap<HashMap<Arc<str>, Arc<Record>>>,
     /// The active health check's verdict (true when none is configured).
     healthy: AtomicBool,
-    /// Wakes the balancer when the endpoint may have become ready again (a
-    /// call ended under a cap, a health check passed).
-    ready_waker: AtomicWaker,
+    /// A reconnect probe is running for this endpoint.
+    probing: AtomicBool,
     /// The pool it belongs to, for the ejection cap.
     pool: Weak<PoolHealth>,
     /// When to eject.
@@ -53,6 +57,23 @@ pub struct EndpointState {
     /// Dropped with the state: tells its background tasks to stop at once
     /// rather than at their next tick.
     gone: tokio::sync::watch::Sender<()>,
+}
+
+/// Failures in a row and ejections of one scope: an endpoint's connection,
+/// or one model on it. Atomics, so every call can read it without a lock.
+#[derive(Debug, Default)]
+struct Record {
+    /// Failures since the last success.
+    consecutive_failures: AtomicU32,
+    /// When the last failure happened, in nanoseconds after [`epoch`].
+    last_failure: AtomicU64,
+    /// Ejected until this many nanoseconds after [`epoch`]; 0 when not.
+    ejected_until: AtomicU64,
+    /// When the current (or last) ejection began, after [`epoch`]: the
+    /// panic pick prefers the ejection that is oldest.
+    ejected_at: AtomicU64,
+    /// Ejections since the last success; sets the next back-off.
+    ejections: AtomicU32,
 }
 
 /// The endpoints of one pool, for decisions that need them all: the cap on
@@ -64,32 +85,45 @@ pub struct PoolHealth {
     members: ArcSwap<Vec<Arc<EndpointState>>>,
 }
 
+/// Who a failure is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The endpoint itself (its connection): every model it serves.
+    Endpoint,
+    /// One model on the endpoint.
+    Model,
+}
+
 /// How one call ended, as evidence about its endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// The endpoint answered (even if the answer was a refusal of the
     /// request itself): it works.
     Success,
-    /// Connect error, reset or 5xx: the endpoint is in trouble.
-    Failure,
-    /// 429: the endpoint works but is saturated. It should get fewer calls,
-    /// but is not ejected: callers must keep seeing RESOURCE_EXHAUSTED, the
-    /// signal to back off, not an UNAVAILABLE from an emptied pool.
+    /// Connect error, reset, 5xx or a broken answer: in trouble, at the
+    /// given scope.
+    Failure(Scope),
+    /// 429: the model on the endpoint works but is saturated. It should get
+    /// fewer calls, but is not ejected: callers must keep seeing
+    /// RESOURCE_EXHAUSTED, the signal to back off, not an UNAVAILABLE from
+    /// an emptied pool.
     Throttled,
     /// Says nothing about the endpoint (the caller left).
     Neutral,
 }
 
-/// A point-in-time view of an endpoint, for introspection.
+/// A point-in-time view of an endpoint for one model, for introspection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointSnapshot {
     /// Base URL.
     pub url: String,
     /// `up`, `ejected` or `unhealthy`.
     pub state: &'static str,
+    /// What an ejection is about: `endpoint`, `model`, or empty when none.
+    pub ejected_for: &'static str,
     /// Calls in flight.
     pub in_flight: usize,
-    /// Failures since the last success.
+    /// Failures since the last success (the connection's and the model's).
     pub consecutive_failures: u32,
 }
 
@@ -112,12 +146,10 @@ impl EndpointState {
             label,
             metrics,
             in_flight: AtomicUsize::new(0),
-            consecutive_failures: AtomicU32::new(0),
-            last_failure: AtomicU64::new(0),
-            ejected_until: AtomicU64::new(0),
-            ejections: Mutex::new(0),
+            transport: Record::default(),
+            models: ArcSwap::default(),
             healthy: AtomicBool::new(true),
-            ready_waker: AtomicWaker::new(),
+            probing: AtomicBool::new(false),
             pool: Arc::downgrade(pool),
             policy,
             gone: tokio::sync::watch::channel(()).0,
@@ -135,29 +167,24 @@ impl EndpointState {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Failures since the last success.
-    pub fn consecutive_failures(&self) -> u32 {
-        self.consecutive_failures.load(Ordering::Relaxed)
+    /// Failures since the last success, of the connection and of `model`.
+    pub fn consecutive_failures(&self, model: &str) -> u32 {
+        let of_model = self
+            .model_record(model)
+            .map_or(0, |r| r.consecutive_failures.load(Ordering::Relaxed));
+        self.transport.consecutive_failures.load(Ordering::Relaxed) + of_model
     }
 
-    /// Whether the endpoint failed within the last [`FAILURE_PENALTY`] and
-    /// has not succeeded since. The balancer prefers any endpoint without a
-    /// recent failure, so a retry moves elsewhere at once; the penalty fades
-    /// so a recovered endpoint gets calls again and can prove itself.
-    pub fn failed_recently(&self, now: Instant) -> bool {
-        if self.consecutive_failures() == 0 {
-            return false;
-        }
-        let at = epoch() + Duration::from_nanos(self.last_failure.load(Ordering::Relaxed));
-        now.saturating_duration_since(at) < FAILURE_PENALTY
-    }
-
-    /// Until when the endpoint is ejected, if it is now.
-    pub fn ejected_until(&self, now: Instant) -> Option<Instant> {
-        match self.ejected_until.load(Ordering::Acquire) {
-            0 => None,
-            nanos => Some(epoch() + Duration::from_nanos(nanos)).filter(|until| *until > now),
-        }
+    /// Whether the endpoint (or `model` on it) failed within the last
+    /// [`FAILURE_PENALTY`] and has not succeeded since. The balancer prefers
+    /// any endpoint without a recent failure, so a retry moves elsewhere at
+    /// once; the penalty fades so a recovered endpoint gets calls again and
+    /// can prove itself.
+    pub fn failed_recently(&self, model: &str, now: Instant) -> bool {
+        self.transport.failed_recently(now)
+            || self
+                .model_record(model)
+                .is_some_and(|r| r.failed_recently(now))
     }
 
     /// Whether the last active health verdict was good.
@@ -165,114 +192,255 @@ impl EndpointState {
         self.healthy.load(Ordering::Acquire)
     }
 
-    /// Whether a call could be sent here now (caps aside).
-    pub fn is_admissible(&self, now: Instant) -> bool {
-        self.is_healthy() && self.ejected_until(now).is_none()
+    /// Whether the connection itself is ejected now.
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        self.transport.ejected_until(now).is_some()
     }
 
-    /// Registers the task to wake when the endpoint may become ready.
-    pub fn register_ready_waker(&self, waker: &std::task::Waker) {
-        self.ready_waker.register(waker);
+    /// Whether a call for `model` could be sent here now (caps aside).
+    pub fn is_admissible(&self, model: &str, now: Instant) -> bool {
+        self.is_healthy()
+            && self.transport.ejected_until(now).is_none()
+            && self
+                .model_record(model)
+                .is_none_or(|r| r.ejected_until(now).is_none())
     }
 
-    /// Counts a call as started.
-    pub fn call_started(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.metrics.call_started();
+    /// Since when `model` on this endpoint has been out, when it is: the
+    /// panic pick sends a call to the endpoint out the longest. An endpoint
+    /// failing its health check counts as out since now.
+    pub fn out_since(&self, model: &str, now: Instant) -> Option<Instant> {
+        let ejected = [Some(&self.transport), self.model_record(model).as_deref()]
+            .into_iter()
+            .flatten()
+            .filter(|r| r.ejected_until(now).is_some())
+            .map(Record::ejected_at)
+            .min();
+        ejected.or_else(|| (!self.is_healthy()).then_some(now))
     }
 
-    /// Counts a call as ended and learns from how it ended.
-    pub fn call_ended(&self, outcome: Outcome) {
+    /// Counts a call as started, unless `cap` calls are already in flight.
+    pub fn try_start(&self, cap: Option<usize>) -> bool {
+        let started = match cap {
+            None => {
+                self.in_flight.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Some(cap) => self
+                .in_flight
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < cap).then_some(n + 1)
+                })
+                .is_ok(),
+        };
+        if started {
+            self.metrics.call_started();
+        }
+        started
+    }
+
+    /// Whether `cap` calls are in flight.
+    pub fn at_cap(&self, cap: Option<usize>) -> bool {
+        cap.is_some_and(|cap| self.in_flight() >= cap)
+    }
+
+    /// Counts a call for `model` as ended and learns from how it ended.
+    /// Returns the scope the call's failure ejected, if it did.
+    pub fn call_ended(&self, model: &Arc<str>, outcome: Outcome) -> Option<Scope> {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.metrics.call_ended();
         match outcome {
             Outcome::Success => {
-                if self.consecutive_failures.swap(0, Ordering::Relaxed) > 0 {
-                    *self.ejections.lock().unwrap_or_else(|e| e.into_inner()) = 0;
+                if self.transport.succeeded() {
                     self.metrics.set_up(self.is_healthy());
                 }
-            }
-            Outcome::Failure => {
-                self.note_failure_time();
-                let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                if failures >= self.policy.consecutive_failures {
-                    self.try_eject();
+                if let Some(record) = self.model_record(model) {
+                    record.succeeded();
                 }
+                None
+            }
+            Outcome::Failure(Scope::Endpoint) => {
+                let failures = self.transport.failed();
+                (failures >= self.policy.consecutive_failures
+                    && self.try_eject(None, &self.transport))
+                .then_some(Scope::Endpoint)
+            }
+            Outcome::Failure(Scope::Model) => {
+                let record = self.model_record_or_new(model);
+                let failures = record.failed();
+                (failures >= self.policy.consecutive_failures
+                    && self.try_eject(Some(model), &record))
+                .then_some(Scope::Model)
             }
             Outcome::Throttled => {
-                self.note_failure_time();
-                self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+                self.model_record_or_new(model).failed();
+                None
             }
-            Outcome::Neutral => {}
+            Outcome::Neutral => None,
         }
-        self.ready_waker.wake();
-    }
-
-    fn note_failure_time(&self) {
-        let since = Instant::now().saturating_duration_since(epoch());
-        self.last_failure
-            .store(since.as_nanos() as u64, Ordering::Relaxed);
     }
 
     /// Sets the active health verdict.
     pub fn set_healthy(&self, healthy: bool) {
-        let was = self.healthy.swap(healthy, Ordering::AcqRel);
+        self.healthy.store(healthy, Ordering::Release);
         self.metrics
-            .set_up(healthy && self.ejected_until(Instant::now()).is_none());
-        if healthy && !was {
-            self.ready_waker.wake();
-        }
+            .set_up(healthy && !self.is_ejected(Instant::now()));
     }
 
-    /// Ejects the endpoint unless it already is, or the pool's cap on
-    /// ejections is reached.
-    fn try_eject(&self) {
+    /// Takes the endpoint back after a probe reached it: its connection's
+    /// ejection ends now. Its failure count stays, so the next failure
+    /// ejects it again at once, for longer.
+    pub fn readmit(&self) {
+        self.transport.ejected_until.store(0, Ordering::Release);
+        self.metrics.set_up(self.is_healthy());
+        tracing::info!(endpoint = %self.url, "endpoint reachable again; readmitted");
+    }
+
+    /// Claims the one reconnect probe of this endpoint; `false` when one
+    /// already runs.
+    pub fn start_probing(&self) -> bool {
+        !self.probing.swap(true, Ordering::AcqRel)
+    }
+
+    /// Releases the claim of [`start_probing`](Self::start_probing).
+    pub fn stop_probing(&self) {
+        self.probing.store(false, Ordering::Release);
+    }
+
+    /// The record of `model`, if it ever failed here.
+    fn model_record(&self, model: &str) -> Option<Arc<Record>> {
+        let models = self.models.load();
+        if models.is_empty() {
+            return None;
+        }
+        models.get(model).cloned()
+    }
+
+    /// The record of `model`, created at its first failure.
+    fn model_record_or_new(&self, model: &Arc<str>) -> Arc<Record> {
+        if let Some(record) = self.model_record(model) {
+            return record;
+        }
+        self.models.rcu(|models| {
+            let mut models = HashMap::clone(models);
+            models.entry(model.clone()).or_default();
+            models
+        });
+        self.model_record(model).unwrap_or_default()
+    }
+
+    /// Ejects `record` (the connection's when `model` is `None`) unless it
+    /// already is, or the pool's cap on ejections for that scope is
+    /// reached. Returns whether it ejected.
+    fn try_eject(&self, model: Option<&Arc<str>>, record: &Record) -> bool {
         let now = Instant::now();
-        if self.ejected_until(now).is_some() {
-            return;
+        if record.ejected_until(now).is_some() {
+            return false;
         }
         if let Some(pool) = self.pool.upgrade() {
-            let (members, ejected) = pool.ejection_counts(now);
+            let (members, ejected) = pool.ejection_counts(model.map(|m| &**m), now);
             let cap = ((members as f64 * self.policy.max_ejected_share).floor() as usize).max(1);
             if ejected >= cap {
-                return;
+                return false;
             }
         }
-        let mut ejections = self.ejections.lock().unwrap_or_else(|e| e.into_inner());
-        let factor = 2u32.saturating_pow((*ejections).min(16));
-        let length = self
-            .policy
-            .base_ejection
-            .saturating_mul(factor)
-            .min(self.policy.max_ejection);
-        let until = (now + length).saturating_duration_since(epoch());
-        self.ejected_until
-            .store(until.as_nanos().max(1) as u64, Ordering::Release);
-        *ejections += 1;
-        self.metrics.set_up(false);
+        let length = record.eject(now, &self.policy);
+        self.metrics.ejected(model.map(|m| &**m));
+        if model.is_none() {
+            self.metrics.set_up(false);
+        }
         tracing::warn!(
             endpoint = %self.url,
-            failures = self.consecutive_failures(),
+            model = model.map_or("", |m| &**m),
+            scope = if model.is_some() { "model" } else { "endpoint" },
+            failures = record.consecutive_failures.load(Ordering::Relaxed),
             ejected_for = ?length,
-            "endpoint ejected after failing repeatedly"
+            "ejected after failing repeatedly"
         );
+        true
     }
 
-    /// A point-in-time view.
-    pub fn snapshot(&self, now: Instant) -> EndpointSnapshot {
-        let state = if self.ejected_until(now).is_some() {
-            "ejected"
+    /// A point-in-time view for calls of `model`.
+    pub fn snapshot(&self, model: &str, now: Instant) -> EndpointSnapshot {
+        let model_ejected = self
+            .model_record(model)
+            .is_some_and(|r| r.ejected_until(now).is_some());
+        let (state, ejected_for) = if self.is_ejected(now) {
+            ("ejected", "endpoint")
+        } else if model_ejected {
+            ("ejected", "model")
         } else if !self.is_healthy() {
-            "unhealthy"
+            ("unhealthy", "")
         } else {
-            "up"
+            ("up", "")
         };
         EndpointSnapshot {
             url: self.url.to_string(),
             state,
+            ejected_for,
             in_flight: self.in_flight(),
-            consecutive_failures: self.consecutive_failures(),
+            consecutive_failures: self.consecutive_failures(model),
         }
+    }
+}
+
+// === impl Record ===
+
+impl Record {
+    /// Counts a failure; returns the failures in a row.
+    fn failed(&self) -> u32 {
+        let since = Instant::now().saturating_duration_since(epoch());
+        self.last_failure
+            .store(since.as_nanos() as u64, Ordering::Relaxed);
+        self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Clears the record after a success; returns whether there was
+    /// anything to clear.
+    fn succeeded(&self) -> bool {
+        if self.consecutive_failures.swap(0, Ordering::Relaxed) == 0 {
+            return false;
+        }
+        self.ejections.store(0, Ordering::Relaxed);
+        self.ejected_until.store(0, Ordering::Release);
+        true
+    }
+
+    fn failed_recently(&self, now: Instant) -> bool {
+        if self.consecutive_failures.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let at = epoch() + Duration::from_nanos(self.last_failure.load(Ordering::Relaxed));
+        now.saturating_duration_since(at) < FAILURE_PENALTY
+    }
+
+    /// Until when the scope is ejected, if it is now.
+    fn ejected_until(&self, now: Instant) -> Option<Instant> {
+        match self.ejected_until.load(Ordering::Acquire) {
+            0 => None,
+            nanos => Some(epoch() + Duration::from_nanos(nanos)).filter(|until| *until > now),
+        }
+    }
+
+    fn ejected_at(&self) -> Instant {
+        epoch() + Duration::from_nanos(self.ejected_at.load(Ordering::Relaxed))
+    }
+
+    /// Ejects the scope from `now` for its next back-off; returns how long.
+    fn eject(&self, now: Instant, policy: &OutlierPolicy) -> Duration {
+        let ejections = self.ejections.fetch_add(1, Ordering::Relaxed);
+        let factor = 2u32.saturating_pow(ejections.min(16));
+        let length = policy
+            .base_ejection
+            .saturating_mul(factor)
+            .min(policy.max_ejection);
+        let from = now.saturating_duration_since(epoch());
+        let until = from.saturating_add(length);
+        self.ejected_at
+            .store(from.as_nanos() as u64, Ordering::Relaxed);
+        self.ejected_until
+            .store(until.as_nanos().max(1) as u64, Ordering::Release);
+        length
     }
 }
 
@@ -297,29 +465,52 @@ impl PoolHealth {
         });
     }
 
-    /// Whether any member could take a call now: a pool with none is down,
-    /// and calls go to other pools or fall back at once instead of waiting.
-    pub fn any_admissible(&self) -> bool {
-        let now = Instant::now();
-        self.members.load().iter().any(|e| e.is_admissible(now))
-    }
-
-    /// Every member's state.
-    pub fn snapshot(&self) -> Vec<EndpointSnapshot> {
+    /// Whether any member could take a call for `model` now: a pool with
+    /// none is down, and calls go to other pools or fall back at once
+    /// instead of waiting.
+    pub fn any_admissible(&self, model: &str) -> bool {
         let now = Instant::now();
         self.members
             .load()
             .iter()
-            .map(|e| e.snapshot(now))
+            .any(|e| e.is_admissible(model, now))
+    }
+
+    /// Since when the member out the longest for `model` has been out.
+    pub fn oldest_out(&self, model: &str) -> Option<Instant> {
+        let now = Instant::now();
+        self.members
+            .load()
+            .iter()
+            .filter_map(|e| e.out_since(model, now))
+            .min()
+    }
+
+    /// Every member's state for calls of `model`.
+    pub fn snapshot(&self, model: &str) -> Vec<EndpointSnapshot> {
+        let now = Instant::now();
+        self.members
+            .load()
+            .iter()
+            .map(|e| e.snapshot(model, now))
             .collect()
     }
 
-    /// Members, and how many of them are ejected.
-    fn ejection_counts(&self, now: Instant) -> (usize, usize) {
+    /// Members, and how many of them are out for the scope: the connection
+    /// (`model` is `None`) or `model`, which the connection's ejection
+    /// covers too.
+    fn ejection_counts(&self, model: Option<&str>, now: Instant) -> (usize, usize) {
         let members = self.members.load();
         let ejected = members
             .iter()
-            .filter(|e| e.ejected_until(now).is_some())
+            .filter(|e| match model {
+                None => e.is_ejected(now),
+                Some(model) => {
+                    e.is_ejected(now)
+                        || e.model_record(model)
+                            .is_some_and(|r| r.ejected_until(now).is_some())
+                }
+            })
             .count();
         (members.len(), ejected)
     }

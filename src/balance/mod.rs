@@ -4,15 +4,17 @@
 //! In call order:
 //! - [`upstream`]: what route calls; one upstream of the routing file, its
 //!   time limits, and the balancer over its endpoints.
-//! - [`p2c`]: the [`Balancer`], P2C over the endpoints, failing fast when
-//!   none is ready.
-//! - [`endpoint`]: one endpoint as a service; its load is calls in flight
-//!   until the last token. It calls the backend's
+//! - [`p2c`]: the [`Balancer`], P2C over the endpoints ready for the
+//!   call's model, failing fast when none is (or, in panic, the one out
+//!   the longest).
+//! - [`endpoint`]: one endpoint; its load is calls in flight until the
+//!   last token. It calls the backend's
 //!   [`Dispatch`](crate::backend::Dispatch) for the endpoint, bound by the
 //!   upstream's [`Backend`](crate::backend::Backend).
 //!
-//! Beside them: [`health`] (outlier ejection and the health verdicts),
-//! [`probe`] (the active health-check loop) and [`discover`] (static lists
+//! Beside them: [`health`] (outlier ejection per endpoint and per model on
+//! it, and the health verdicts), [`probe`] (the active health-check loop,
+//! and the reconnect probe of an ejected endpoint) and [`discover`] (static lists
 //! and DNS names as change streams).
 
 pub mod discover;
@@ -23,5 +25,5 @@ pub mod probe;
 pub mod upstream;
 
 pub(crate) use p2c::AbortOnDrop;
-pub use p2c::{Balancer, FailFast};
+pub use p2c::{Balancer, Pick};
 pub use upstream::{Connectors, Upstream};

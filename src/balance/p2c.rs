@@ -5,27 +5,24 @@
 //! 2001): nearly as good as asking every endpoint, at the cost of two
 //! looks. Every call picks on its own, never per connection: that is what
 //! spreads calls arriving on one long-lived HTTP/2 connection over every
-//! server of a pool. The balancer is tower's `p2c::Balance` (the maintained
-//! home of the old tower-balance crate) over a discovery stream of
-//! [`Endpoint`] services, shared by all calls through a `Buffer`.
+//! server of a pool.
 //!
-//! tower's `Balance` waits, without limit, while no endpoint is ready. A
-//! gateway must not: a [`FailFast`] between the buffer and the balancer turns
-//! "nothing ready" into an immediate UNAVAILABLE, which retries and fallbacks
-//! above can act on within the caller's deadline.
+//! Readiness depends on the call: an endpoint may be ejected for one model
+//! and serve the others, so the pick looks at the call's model. That is why
+//! this is not tower's `p2c::Balance`, whose readiness is one per endpoint
+//! and which waits, without limit, while none is ready. Here the pick is a
+//! few atomic loads on the caller's own task (no queue, no task hop), and
+//! "nothing ready" is an immediate UNAVAILABLE that retries and fallbacks
+//! above act on within the caller's deadline.
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
+use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use tokio::sync::mpsc;
-use tower::balance::p2c::Balance;
-use tower::buffer::Buffer;
-use tower::discover::Change;
-use tower::{Service, ServiceExt};
+use tokio::time::Instant;
 
-use super::discover::{self, ChangeSender, Changes, Resolve};
+use super::discover::{self, Resolve};
 use super::endpoint::Endpoint;
 use super::health::{EndpointSnapshot, EndpointState, PoolHealth};
 use super::probe;
@@ -36,29 +33,28 @@ use crate::config::{Discovery, EndpointPolicy};
 use crate::error::GatewayError;
 use crate::telemetry::metrics::EndpointMetrics;
 
-/// How many calls may wait for the balancer task at once. Calls only wait
-/// here for the moment it takes to pick an endpoint.
-const DISPATCH_QUEUE: usize = 1024;
-
 /// The endpoints of one upstream and the balancer over them.
 pub struct Balancer {
     /// The upstream's name, for errors.
     name: Arc<str>,
-    /// The shared P2C balancer.
-    service: Buffer<EndpointCall, BoxFuture<'static, Result<ChatStream, GatewayError>>>,
+    /// The endpoints calls can go to, kept in step with discovery; read on
+    /// every call, so swapped rather than locked.
+    endpoints: Arc<ArcSwap<Vec<Arc<Endpoint>>>>,
     /// Every endpoint's state.
     pool: Arc<PoolHealth>,
     /// Background discovery; stops when the balancer is dropped.
     _discovery: Option<AbortOnDrop>,
 }
 
-/// Turns "no endpoint ready" into an immediate error instead of a wait.
-pub struct FailFast<S> {
-    inner: S,
-    /// Whether the last readiness check found nothing ready.
-    unready: bool,
-    /// The upstream's name, for the error.
-    name: Arc<str>,
+/// How a call picks its endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// P2C among the endpoints ready for the call's model.
+    Ready,
+    /// Every endpoint is out: the one out the longest, Envoy's panic mode.
+    /// A call sent there either finds it back (and readmits it) or fails as
+    /// it would have anyway.
+    Panic,
 }
 
 /// Aborts a background task when dropped, so a table that is replaced takes
@@ -71,6 +67,7 @@ struct EndpointMaker {
     /// The upstream's name, for metric labels.
     upstream: Arc<str>,
     pool: Arc<PoolHealth>,
+    endpoints: Arc<ArcSwap<Vec<Arc<Endpoint>>>>,
     policy: EndpointPolicy,
     /// Binds each new endpoint's address to a
     /// [`Dispatch`](crate::backend::Dispatch).
@@ -84,7 +81,7 @@ impl std::fmt::Debug for Balancer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Balancer")
             .field("name", &self.name)
-            .field("endpoints", &self.pool.snapshot())
+            .field("endpoints", &self.endpoints.load().len())
             .finish()
     }
 }
@@ -102,10 +99,11 @@ impl Balancer {
     ) -> Self {
         let name: Arc<str> = Arc::from(name);
         let pool = Arc::new(PoolHealth::default());
-        let (tx, rx) = mpsc::unbounded_channel();
+        let endpoints = Arc::new(ArcSwap::default());
         let maker = EndpointMaker {
             upstream: name.clone(),
             pool: pool.clone(),
+            endpoints: endpoints.clone(),
             policy: policy.clone(),
             backend,
             probe_client,
@@ -113,7 +111,7 @@ impl Balancer {
         let discovery_task = match discovery {
             Discovery::Static(urls) => {
                 for url in urls {
-                    maker.insert(&tx, url.clone());
+                    maker.insert(url.clone());
                 }
                 None
             }
@@ -132,71 +130,127 @@ impl Balancer {
                     move |added, removed| {
                         for addr in removed {
                             if let Some(url) = address_url(&scheme, addr) {
-                                maker.pool.remove(&url);
-                                let _ = tx.send(Ok(Change::Remove(url)));
+                                maker.remove(&url);
                             }
                         }
                         for addr in added {
                             if let Some(url) = address_url(&scheme, addr) {
-                                maker.insert(&tx, url);
+                                maker.insert(url);
                             }
                         }
-                        !tx.is_closed()
+                        true
                     },
                 );
                 Some(AbortOnDrop(tokio::spawn(watch)))
             }
         };
-        let changes: Changes<Endpoint> = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
-        let balance = FailFast {
-            inner: Balance::new(changes),
-            unready: false,
-            name: name.clone(),
-        };
         Balancer {
             name,
-            service: Buffer::new(balance, DISPATCH_QUEUE),
+            endpoints,
             pool,
             _discovery: discovery_task,
         }
     }
 
-    /// Sends `call` to the least loaded of two ready endpoints.
+    /// Sends `call` to an endpoint chosen by `pick`: the less loaded of two
+    /// ready ones, or in panic the one out the longest.
     pub fn call(
         &self,
         call: EndpointCall,
-    ) -> impl Future<Output = Result<ChatStream, GatewayError>> + Send + 'static {
-        let mut service = self.service.clone();
-        let name = self.name.clone();
-        async move {
-            let from_box = |err: tower::BoxError| match err.downcast::<GatewayError>() {
-                Ok(err) => *err,
-                Err(other) => GatewayError::unavailable(format!(
-                    "upstream '{name}': the balancer stopped ({other})"
-                )),
+        pick: Pick,
+    ) -> BoxFuture<'static, Result<ChatStream, GatewayError>> {
+        let endpoints = self.endpoints.load();
+        // A pick races other calls for the last slot under a cap; the
+        // loser picks again among what is left.
+        for _ in 0..3 {
+            let now = Instant::now();
+            let chosen = match pick {
+                Pick::Ready => pick_ready(&endpoints, &call.model, now),
+                Pick::Panic => pick_panic(&endpoints, &call.model, now),
             };
-            service.ready().await.map_err(from_box)?;
-            service.call(call).await.map_err(from_box)
+            let Some(endpoint) = chosen else {
+                break;
+            };
+            if let Some(response) = endpoint.call(call.clone()) {
+                return response;
+            }
+        }
+        let err = GatewayError::unavailable(format!(
+            "upstream '{}' has no endpoint that can take a call for '{}' now (all are \
+             ejected, failing health checks or at max_in_flight); retry later",
+            self.name, call.model
+        ));
+        futures_util::future::ready(Err(err)).boxed()
+    }
+
+    /// Whether any endpoint could take a call for `model` now; a pool
+    /// without one is down, and calls go elsewhere at once.
+    pub fn is_available(&self, model: &str) -> bool {
+        self.pool.any_admissible(model)
+    }
+
+    /// Since when the endpoint out the longest for `model` has been out.
+    pub fn oldest_out(&self, model: &str) -> Option<Instant> {
+        self.pool.oldest_out(model)
+    }
+
+    /// Every endpoint's state for calls of `model`, for introspection.
+    pub fn endpoints(&self, model: &str) -> Vec<EndpointSnapshot> {
+        self.pool.snapshot(model)
+    }
+}
+
+/// P2C among the endpoints ready for `model`: two random looks, the less
+/// loaded wins. When neither look is ready (a degraded pool), every
+/// endpoint is looked at once.
+fn pick_ready<'a>(
+    endpoints: &'a [Arc<Endpoint>],
+    model: &str,
+    now: Instant,
+) -> Option<&'a Endpoint> {
+    let ready = |e: &&Arc<Endpoint>| e.is_ready(model, now);
+    let better = |a: &'a Arc<Endpoint>, b: &'a Arc<Endpoint>| {
+        if b.load(model, now) < a.load(model, now) {
+            b
+        } else {
+            a
+        }
+    };
+    match endpoints.len() {
+        0 => None,
+        1 => endpoints.first().filter(ready).map(|e| &**e),
+        n => {
+            let first = rand::random_range(0..n);
+            let second = (first + rand::random_range(1..n)) % n;
+            let (a, b) = (&endpoints[first], &endpoints[second]);
+            match (ready(&a), ready(&b)) {
+                (true, true) => Some(&**better(a, b)),
+                (true, false) => Some(&**a),
+                (false, true) => Some(&**b),
+                (false, false) => endpoints.iter().filter(ready).reduce(better).map(|e| &**e),
+            }
         }
     }
+}
 
-    /// Whether any endpoint could take a call now; a pool without one is
-    /// down, and calls go elsewhere at once.
-    pub fn is_available(&self) -> bool {
-        self.pool.any_admissible()
-    }
-
-    /// Every endpoint's state, for introspection.
-    pub fn endpoints(&self) -> Vec<EndpointSnapshot> {
-        self.pool.snapshot()
-    }
+/// The endpoint out the longest for `model`, under its cap.
+fn pick_panic<'a>(
+    endpoints: &'a [Arc<Endpoint>],
+    model: &str,
+    now: Instant,
+) -> Option<&'a Endpoint> {
+    endpoints
+        .iter()
+        .filter_map(|e| Some((e.state.out_since(model, now)?, e)))
+        .min_by_key(|(since, _)| *since)
+        .map(|(_, e)| &**e)
 }
 
 // === impl EndpointMaker ===
 
 impl EndpointMaker {
     /// Adds the endpoint at `url` to the pool and the balancer.
-    fn insert(&self, tx: &ChangeSender<Endpoint>, url: http::Uri) {
+    fn insert(&self, url: http::Uri) {
         let Some(Binding { label, dispatch }) = self.backend.bind(&url) else {
             tracing::warn!(%url, "endpoint URL cannot be used; skipped");
             return;
@@ -212,59 +266,29 @@ impl EndpointMaker {
             ));
         }
         self.pool.insert(state.clone());
-        let endpoint = Endpoint::new(state, dispatch, self.policy.max_in_flight);
-        let _ = tx.send(Ok(Change::Insert(url, endpoint)));
+        let endpoint = Arc::new(Endpoint::new(state, dispatch, self.policy.max_in_flight));
+        self.endpoints.rcu(|endpoints| {
+            let mut endpoints = Vec::clone(endpoints);
+            endpoints.retain(|e| e.state.url != url);
+            endpoints.push(endpoint.clone());
+            endpoints
+        });
+    }
+
+    /// Drops the endpoint at `url`; calls in flight on it finish.
+    fn remove(&self, url: &http::Uri) {
+        self.pool.remove(url);
+        self.endpoints.rcu(|endpoints| {
+            let mut endpoints = Vec::clone(endpoints);
+            endpoints.retain(|e| &e.state.url != url);
+            endpoints
+        });
     }
 }
 
 /// `scheme://addr` as a base URL.
 fn address_url(scheme: &str, addr: std::net::SocketAddr) -> Option<http::Uri> {
     format!("{scheme}://{addr}").parse().ok()
-}
-
-// === impl FailFast ===
-
-impl<S> Service<EndpointCall> for FailFast<S>
-where
-    S: Service<EndpointCall, Response = ChatStream, Error = tower::BoxError>,
-    S::Future: Send + 'static,
-{
-    type Response = ChatStream;
-    type Error = GatewayError;
-    type Future = BoxFuture<'static, Result<ChatStream, GatewayError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        // Never an error either: the buffer would fail every later call.
-        self.unready = match self.inner.poll_ready(cx) {
-            Poll::Ready(Ok(())) => false,
-            Poll::Ready(Err(err)) => {
-                tracing::warn!(upstream = %self.name, %err, "balancer not ready");
-                true
-            }
-            Poll::Pending => true,
-        };
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, call: EndpointCall) -> Self::Future {
-        if self.unready {
-            let err = GatewayError::unavailable(format!(
-                "upstream '{}' has no endpoint that can take a call now (all are ejected, \
-                 failing health checks or at max_in_flight); retry later",
-                self.name
-            ));
-            return futures_util::future::ready(Err(err)).boxed();
-        }
-        self.inner
-            .call(call)
-            .map(|result| {
-                result.map_err(|err| match err.downcast::<GatewayError>() {
-                    Ok(err) => *err,
-                    Err(other) => GatewayError::unavailable(other.to_string()),
-                })
-            })
-            .boxed()
-    }
 }
 
 impl Drop for AbortOnDrop {

@@ -6,12 +6,96 @@
 //! The loop (when, how often, how many passes or failures in a row flip the
 //! verdict) is the balancer's; the request itself is the backend's
 //! ([`crate::backend::http::probe`]).
+//!
+//! Beside it, whether or not `health_check` is configured: [`reconnect`],
+//! which probes an endpoint ejected for its connection every
+//! [`RECONNECT_INTERVAL`] with a TCP connect and readmits it at the first
+//! that succeeds. The ejection's doubling back-off only bounds how long it
+//! stays out without one; a server that comes back is used at once.
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use super::health::EndpointState;
 use crate::backend::http::{self, HttpClient};
 use crate::config::HealthCheck;
+
+/// How often an endpoint ejected for its connection is tried again.
+pub const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Starts probing `state`, ejected for its connection, until a TCP connect
+/// succeeds (then readmits it), its ejection ends, or it is dropped. At most
+/// one such probe runs per endpoint.
+pub(crate) fn reconnect(state: &Arc<EndpointState>) {
+    let Some(address) = socket_address(&state.url) else {
+        // In process (the simulator): no connection to fail.
+        return;
+    };
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    if !state.start_probing() {
+        return;
+    }
+    let weak = Arc::downgrade(state);
+    runtime.spawn(async move {
+        let connect = |(host, port): (String, u16)| async move {
+            let attempt = tokio::net::TcpStream::connect((host.as_str(), port));
+            matches!(
+                tokio::time::timeout(RECONNECT_INTERVAL, attempt).await,
+                Ok(Ok(_))
+            )
+        };
+        retry_until_reachable(weak, move || connect(address.clone())).await;
+    });
+}
+
+/// The loop of [`reconnect`], with `connect` standing for one attempt.
+async fn retry_until_reachable<F>(state: Weak<EndpointState>, mut connect: impl FnMut() -> F)
+where
+    F: Future<Output = bool>,
+{
+    let Some(mut gone) = state.upgrade().map(|s| s.gone()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = gone.changed() => return,
+            _ = tokio::time::sleep(RECONNECT_INTERVAL) => {}
+        }
+        let still_out = state
+            .upgrade()
+            .filter(|s| s.is_ejected(tokio::time::Instant::now()));
+        let Some(endpoint) = still_out else {
+            // Back on probation, or gone: traffic judges it from here.
+            if let Some(endpoint) = state.upgrade() {
+                endpoint.stop_probing();
+            }
+            return;
+        };
+        drop(endpoint);
+        let reached = tokio::select! {
+            _ = gone.changed() => return,
+            reached = connect() => reached,
+        };
+        if reached && let Some(endpoint) = state.upgrade() {
+            endpoint.readmit();
+            endpoint.stop_probing();
+            return;
+        }
+    }
+}
+
+/// The host and port a base URL connects to.
+fn socket_address(url: &::http::Uri) -> Option<(String, u16)> {
+    let host = url.host()?.trim_start_matches('[').trim_end_matches(']');
+    let port = url.port_u16().or(match url.scheme_str()? {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    })?;
+    Some((host.to_string(), port))
+}
 
 /// Probes one endpoint over HTTP until it is gone, flipping its health
 /// verdict after `unhealthy_after` failures or `healthy_after` passes in a

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::discover::{Resolve, SystemResolver};
 use super::health::EndpointSnapshot;
-use super::p2c::Balancer;
+use super::p2c::{Balancer, Pick};
 use crate::backend::http::{self, HttpClient};
 use crate::backend::{Backend, EndpointCall};
 use crate::chat::timed::{StreamLimits, TimedStream, TimeoutMessages};
@@ -119,22 +119,29 @@ impl Upstream {
         &self.config
     }
 
-    /// Whether any endpoint could take a call now.
-    pub fn is_available(&self) -> bool {
-        self.balancer.is_available()
+    /// Whether any endpoint could take a call for `model` now.
+    pub fn is_available(&self, model: &str) -> bool {
+        self.balancer.is_available(model)
     }
 
-    /// Every endpoint's state, for introspection.
-    pub fn endpoints(&self) -> Vec<EndpointSnapshot> {
-        self.balancer.endpoints()
+    /// Since when the endpoint out the longest for `model` has been out,
+    /// when one is: the panic pick's measure.
+    pub fn oldest_out(&self, model: &str) -> Option<Instant> {
+        self.balancer.oldest_out(model)
     }
 
-    /// Sends `req` to this upstream as `model`, held to the upstream's time
-    /// limits from this moment on.
+    /// Every endpoint's state for calls of `model`, for introspection.
+    pub fn endpoints(&self, model: &str) -> Vec<EndpointSnapshot> {
+        self.balancer.endpoints(model)
+    }
+
+    /// Sends `req` to this upstream as `model`, on an endpoint chosen by
+    /// `pick`, held to the upstream's time limits from this moment on.
     pub fn call(
         self: &Arc<Self>,
         model: Arc<str>,
         req: Arc<ChatRequest>,
+        pick: Pick,
     ) -> BoxFuture<'static, Result<ChatStream, GatewayError>> {
         req.call.place_upstream(self.name.clone());
         let start = Instant::now();
@@ -153,7 +160,7 @@ impl Upstream {
         // queues the request before answering is just as slow.
         let first_token_cap = limits.first_token.filter(|l| *l < self.timeouts.total);
         let headers_by = start + first_token_cap.unwrap_or(self.timeouts.total);
-        let response = self.balancer.call(EndpointCall { model, req });
+        let response = self.balancer.call(EndpointCall { model, req }, pick);
         async move {
             let stream = match (
                 tokio::time::timeout_at(headers_by, response).await,
@@ -173,13 +180,13 @@ impl Upstream {
 
 impl TimeoutMessages for UpstreamLimits {
     fn deadline(&self) -> GatewayError {
-        // Another attempt would cost as long again: the caller hears now.
+        // Retryable like the others: another endpoint, pool or fallback may
+        // answer within what is left of the caller's own deadline.
         GatewayError::deadline_exceeded(format!(
             "upstream '{}' did not finish within its timeout of {}; the request was cancelled",
             self.name,
             human_duration(self.total)
         ))
-        .not_retryable()
     }
 
     fn first_token(&self, waited: Duration) -> GatewayError {

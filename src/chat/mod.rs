@@ -49,6 +49,10 @@ pub struct ChatRequest {
     /// Who is calling: what the front end read from the request, and once
     /// the auth layer checked it, the key's name.
     pub caller: Caller,
+    /// The last message is the start of the assistant's answer, to be
+    /// continued rather than replied to: set only by the router when it
+    /// continues a broken stream on another endpoint (prefill).
+    pub prefill: bool,
 }
 
 /// Who a call is, and where the gateway placed it, shared by every layer
@@ -84,6 +88,9 @@ pub struct Placement {
     pub upstream: Option<Arc<str>>,
     /// The endpoint that served the call, as the routing file names it.
     pub endpoint: Option<Arc<str>>,
+    /// How a stream that broke mid-answer ended: `prefill` or `replay`
+    /// (continued elsewhere), `failed`; `None` when none broke.
+    pub rescue: Option<&'static str>,
 }
 
 /// The id that ties together a call's log lines, its upstream request and
@@ -245,6 +252,11 @@ impl CallContext {
     /// Records the endpoint the call was sent to.
     pub fn place_endpoint(&self, endpoint: Arc<str>) {
         self.lock().endpoint = Some(endpoint);
+    }
+
+    /// Records how a broken stream was rescued (or that it was not).
+    pub fn mark_rescue(&self, outcome: &'static str) {
+        self.lock().rescue = Some(outcome);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Placement> {
@@ -529,6 +541,7 @@ mod tests {
                 route: Some(Arc::from("llama")),
                 upstream: Some(Arc::from("b")),
                 endpoint: None,
+                rescue: None,
             }
         );
     }

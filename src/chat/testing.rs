@@ -23,6 +23,7 @@ pub(crate) fn request(model: &str) -> ChatRequest {
         deadline: None,
         call: Default::default(),
         caller: Default::default(),
+        prefill: false,
     }
 }
 

@@ -65,8 +65,9 @@ pub use resilience::{
 pub use route::{PoolConfig, RouteConfig};
 pub use tls::{PemFile, TlsConfig};
 pub use upstream::{
-    DEFAULT_ANTHROPIC_MAX_TOKENS, DEFAULT_UPSTREAM_TIMEOUT, KeepAlive, MIN_SIM_TOKENS_PER_SECOND,
-    MaxTokensField, Secret, UpstreamConfig, UpstreamKind, UpstreamTimeouts,
+    Continuation, DEFAULT_ANTHROPIC_MAX_TOKENS, DEFAULT_UPSTREAM_TIMEOUT, KeepAlive,
+    MIN_SIM_TOKENS_PER_SECOND, MaxTokensField, Secret, UpstreamConfig, UpstreamKind,
+    UpstreamTimeouts,
 };
 
 use auth::RawAuth;

@@ -82,6 +82,9 @@ pub(crate) struct RawUpstream {
     /// A private CA for its `https://` endpoints.
     #[serde(default)]
     pub(crate) tls: Option<Spanned<RawUpstreamTls>>,
+    /// How a stream broken mid-answer is continued here.
+    #[serde(default)]
+    pub(crate) continuation: Option<Spanned<String>>,
 }
 
 /// `sim:` of a simulated upstream.
@@ -140,6 +143,25 @@ pub struct UpstreamConfig {
     /// `tls: { ca }`: the only CA its `https://` servers are trusted under;
     /// `None` trusts the web PKI roots.
     pub tls_ca: Option<PemFile>,
+    /// How this upstream continues an answer another endpoint broke off.
+    pub continuation: Continuation,
+}
+
+/// How an upstream can continue an answer whose stream broke after tokens
+/// reached the caller (`continuation:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Continuation {
+    /// Send the text already delivered as the start of the assistant's
+    /// message, and stream only the rest: vLLM (`continue_final_message`),
+    /// Anthropic and Ollama continue a final assistant message.
+    Prefill,
+    /// Resend the original request and skip what was already delivered,
+    /// checking the new answer starts with exactly that text. Only for
+    /// deterministic decoding (temperature 0, or the simulator).
+    Replay,
+    /// Do not continue here: a broken stream ends in an error, unless
+    /// another pool or fallback can continue it.
+    None,
 }
 
 /// The wire formats an upstream can speak.
@@ -265,6 +287,8 @@ impl Checker {
         let timeouts = self.timeouts(&up);
         let tls_ca = self.tls_ca(name, kind, up.tls.as_ref(), discovery.as_ref());
         let policy = self.endpoint_policy(name, kind, &up);
+        let continuation =
+            self.continuation(name, kind, up.continuation.as_ref(), discovery.as_ref());
         let sim = up
             .sim
             .map(|sim| self.sim(name, sim.value))
@@ -283,7 +307,41 @@ impl Checker {
             default_max_tokens,
             keep_alive,
             tls_ca,
+            continuation,
         })
+    }
+
+    /// `continuation:`, or the kind's default: prefill where the wire can
+    /// continue a final assistant message, replay for OpenAI's own cloud
+    /// (which cannot) and the deterministic simulator.
+    fn continuation(
+        &mut self,
+        name: &str,
+        kind: Option<UpstreamKind>,
+        raw: Option<&Spanned<String>>,
+        discovery: Option<&Discovery>,
+    ) -> Continuation {
+        if let Some(raw) = raw {
+            match raw.value.as_str() {
+                "prefill" => return Continuation::Prefill,
+                "replay" => return Continuation::Replay,
+                "none" => return Continuation::None,
+                other => self.report(
+                    raw,
+                    format!(
+                        "upstream '{name}': continuation '{other}' is not a strategy; use \
+                         prefill (vLLM, Anthropic, Ollama), replay (deterministic calls) or none"
+                    ),
+                ),
+            }
+        }
+        let openai_cloud = matches!(discovery, Some(Discovery::Static(urls))
+            if urls.iter().any(|url| url.host() == Some("api.openai.com")));
+        match kind {
+            Some(UpstreamKind::Sim) => Continuation::Replay,
+            Some(UpstreamKind::OpenAi) if openai_cloud => Continuation::Replay,
+            _ => Continuation::Prefill,
+        }
     }
 
     /// `kind:`: one of the wires the gateway speaks.

@@ -140,13 +140,14 @@ impl LlmService for GrpcFrontend {
                         model: pool.model.to_string(),
                         endpoints: pool
                             .upstream
-                            .endpoints()
+                            .endpoints(&pool.model)
                             .into_iter()
                             .map(|e| proto::EndpointInfo {
                                 url: e.url,
                                 state: e.state.to_string(),
                                 in_flight: u32::try_from(e.in_flight).unwrap_or(u32::MAX),
                                 consecutive_failures: e.consecutive_failures,
+                                ejected_for: e.ejected_for.to_string(),
                             })
                             .collect(),
                     })
@@ -249,6 +250,7 @@ fn chat_request(
         deadline,
         call,
         caller: Caller::Anonymous,
+        prefill: false,
     };
     match req.validate() {
         Ok(()) => Ok(req),

@@ -5,8 +5,15 @@
 //! current [`RoutingTable`] once per call and keeps that snapshot to the end,
 //! so a reload never changes a call in flight. Retries sit here, above the
 //! balancers, so a retry can go to another endpoint, another pool or a
-//! fallback model (see [`retry`]).
+//! fallback model (see [`retry`]); so does the continuation of a stream
+//! that broke mid-answer ([`resume`], with the requests of
+//! [`continuation`]).
+//!
+//! In call order: `Router` → [`resume`] → [`retry`] → [`continuation`] and
+//! [`table`].
 
+pub mod continuation;
+pub mod resume;
 pub mod retry;
 pub mod table;
 
@@ -17,9 +24,12 @@ use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tower::Service;
+use tower::retry::budget::Budget;
 
 use crate::chat::{ChatRequest, ChatStream};
 use crate::error::GatewayError;
+use resume::Resumable;
+use retry::Ask;
 pub use table::RoutingTable;
 
 /// The live routing table, swapped whole on reload.
@@ -49,6 +59,23 @@ impl Service<ChatRequest> for Router {
     }
 
     fn call(&mut self, req: ChatRequest) -> Self::Future {
-        retry::serve(self.table.load_full(), Arc::new(req)).boxed()
+        let live = self.table.clone();
+        let table = live.load_full();
+        let req = Arc::new(req);
+        async move {
+            let route = retry::route_of(&table, &req)?;
+            req.call.place_route(route.model.clone());
+            route.budget.deposit();
+            let answer = retry::answer(&table, &route, &req, &Ask::Fresh).await?;
+            // A unary answer arrived whole; only a stream can break after
+            // the caller has part of it.
+            if req.stream && route.continues {
+                let resumable = Resumable::new(answer.stream, live, &route, req);
+                Ok(Box::pin(resumable) as ChatStream)
+            } else {
+                Ok(answer.stream)
+            }
+        }
+        .boxed()
     }
 }

@@ -1,22 +1,27 @@
-//! Retries and fallbacks, inside one deadline.
+//! Retries, fallbacks and the panic pick, inside one deadline.
 //!
 //! A call tries its route's pools (by weight, each attempt balanced over the
 //! pool's endpoints) up to `retry.attempts` times, then the route's
 //! `fallback` models in order. Only failures that another server could
-//! avoid are retried (unavailable, overloaded, too slow); a request the model
-//! refused is not. A prompt too long for the model goes to the route's
-//! `context_fallback` instead.
+//! avoid are retried (unavailable, overloaded, too slow: an upstream's own
+//! `timeout`, `first_token_timeout` or `idle_timeout` included); a request
+//! the model refused is not. A prompt too long for the model goes to the
+//! route's `context_fallback` instead. When every pool of the route and of
+//! its fallbacks is out, the call goes to the endpoint out the longest
+//! rather than failing untried (Envoy's panic mode): a lone server that came
+//! back is then used by the very next call.
 //!
 //! Every attempt shares the caller's deadline: no attempt starts, and no
-//! back-off waits, past what is left of it (peers time each attempt on its
-//! own, so a call with retries can run several times longer than its
-//! caller waits). Retries draw on a per-route budget, so a fleet-wide outage
-//! does not multiply its own load, and back off exponentially with jitter,
-//! honouring an upstream's `Retry-After` when the deadline allows.
+//! back-off waits, past what is left of it, and attempts stop only when it
+//! is spent or the attempts are. Retries draw on a per-route budget, so a
+//! fleet-wide outage does not multiply its own load, and back off
+//! exponentially with jitter, honouring an upstream's `Retry-After` when the
+//! deadline allows.
 //!
-//! A stream is retried only until its first token: the router waits for the
-//! first event before handing the stream on, and an error there is retried
-//! like any other. After a token has gone out, an error goes to the caller.
+//! A stream is handed on only once its first event came: a failure before
+//! it is retried like any other. The same attempts serve a continuation of
+//! a broken stream ([`Ask::Continue`]), each shaped for the upstream it
+//! lands on (see [`super::continuation`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,21 +30,49 @@ use futures_util::StreamExt;
 use tokio::time::Instant;
 use tower::retry::budget::Budget;
 
-use super::table::{Route, RoutingTable};
+use super::continuation::{self, Delivered, SkipPrefix};
+use super::table::{Pool, Route, RoutingTable};
+use crate::balance::Pick;
 use crate::chat::{ChatRequest, ChatStream};
+use crate::config::Continuation;
 use crate::error::{ErrorKind, GatewayError};
 use crate::telemetry::metrics;
 
 /// Longest single back-off, whatever the attempt number.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Serves `req` from `table`, retrying and falling back as its route says.
-pub async fn serve(
-    table: Arc<RoutingTable>,
-    req: Arc<ChatRequest>,
-) -> Result<ChatStream, GatewayError> {
-    let Some(route) = table.lookup(&req.model) else {
-        return Err(GatewayError::new(
+/// What the attempts of a call ask for.
+pub enum Ask {
+    /// The caller's request.
+    Fresh,
+    /// The rest of an answer whose stream broke after this much reached
+    /// the caller.
+    Continue(Delivered),
+}
+
+/// A stream that produced its first event, and how it was asked for.
+pub struct Answer {
+    /// The tokens, starting with the first.
+    pub stream: ChatStream,
+    /// How it was asked for.
+    pub how: How,
+}
+
+/// How an answer was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    /// The caller's request as it came.
+    Fresh,
+    /// A continuation of the delivered text (prefill).
+    Prefill,
+    /// The original request again, its start checked and skipped (replay).
+    Replay,
+}
+
+/// The route for `req`, or NOT_FOUND saying where to look.
+pub fn route_of(table: &RoutingTable, req: &ChatRequest) -> Result<Arc<Route>, GatewayError> {
+    table.lookup(&req.model).cloned().ok_or_else(|| {
+        GatewayError::new(
             ErrorKind::NotFound,
             format!(
                 "model '{}' is not routed by this gateway; the ListModels RPC \
@@ -47,12 +80,23 @@ pub async fn serve(
                  lists the models it serves",
                 req.model
             ),
-        ));
-    };
-    req.call.place_route(route.model.clone());
-    route.budget.deposit();
-    let err = match try_route(route, &req).await {
-        Ok(stream) => return Ok(stream),
+        )
+    })
+}
+
+/// Answers `ask` for `req` from `route`, retrying and falling back as the
+/// route says, and in panic when everything is out.
+pub async fn answer(
+    table: &RoutingTable,
+    route: &Route,
+    req: &Arc<ChatRequest>,
+    ask: &Ask,
+) -> Result<Answer, GatewayError> {
+    // Whether any attempt reached a balancer: if none did, every pool was
+    // out, and the panic pick gets its chance.
+    let mut tried = false;
+    let err = match try_route(route, req, ask, &mut tried).await {
+        Ok(answer) => return Ok(answer),
         Err(err) => err,
     };
     if err.is_context_length_exceeded() {
@@ -61,7 +105,7 @@ pub async fn serve(
             .as_deref()
             .and_then(|m| table.lookup(m))
         {
-            return try_route(bigger, &req)
+            return try_route(bigger, req, ask, &mut tried)
                 .await
                 .map_err(|e| e.context(&format!("context fallback '{}'", bigger.model)));
         }
@@ -75,25 +119,37 @@ pub async fn serve(
         let Some(fallback) = table.lookup(name) else {
             continue;
         };
-        if out_of_time(&req, Duration::ZERO) {
-            break;
+        if out_of_time(req, Duration::ZERO) {
+            return Err(last);
         }
         tracing::debug!(route = %route.model, fallback = %fallback.model, "falling back");
         metrics::fallback(&route.model, &fallback.model);
         req.call.place_route(fallback.model.clone());
-        match try_route(fallback, &req).await {
-            Ok(stream) => return Ok(stream),
+        match try_route(fallback, req, ask, &mut tried).await {
+            Ok(answer) => return Ok(answer),
             Err(err) if err.is_retryable() => last = err,
             Err(err) => return Err(err),
         }
     }
-    Err(last)
+    if tried || out_of_time(req, Duration::ZERO) {
+        return Err(last);
+    }
+    match in_panic(table, route, req, ask).await {
+        Some(answer) => answer,
+        None => Err(last),
+    }
 }
 
-/// Up to `retry.attempts` attempts on the route's pools.
-async fn try_route(route: &Route, req: &Arc<ChatRequest>) -> Result<ChatStream, GatewayError> {
+/// Up to `retry.attempts` attempts on the route's pools; `tried` is set
+/// once one reaches a balancer.
+async fn try_route(
+    route: &Route,
+    req: &Arc<ChatRequest>,
+    ask: &Ask,
+    tried: &mut bool,
+) -> Result<Answer, GatewayError> {
     // Pools already tried by this call, as bits (a route has a handful).
-    let mut tried: u64 = 0;
+    let mut pools_tried: u64 = 0;
     let mut last: Option<GatewayError> = None;
     // The `timeout` of the upstream that failed last: the longest its
     // `Retry-After` may hold the call.
@@ -115,7 +171,7 @@ async fn try_route(route: &Route, req: &Arc<ChatRequest>) -> Result<ChatStream, 
                 tokio::time::sleep(wait).await;
             }
         }
-        let Some(index) = route.pick_pool(tried) else {
+        let Some(index) = route.pick_pool(pools_tried) else {
             return Err(last.unwrap_or_else(|| {
                 GatewayError::unavailable(format!(
                     "every pool of route '{}' is down (all endpoints ejected or failing \
@@ -124,15 +180,12 @@ async fn try_route(route: &Route, req: &Arc<ChatRequest>) -> Result<ChatStream, 
                 ))
             }));
         };
-        tried |= 1u64.checked_shl(index as u32).unwrap_or(0);
+        pools_tried |= 1u64.checked_shl(index as u32).unwrap_or(0);
+        *tried = true;
         let pool = &route.pools[index];
         last_timeout = pool.upstream.config().timeouts.total;
-        let attempt = pool.upstream.call(pool.model.clone(), req.clone());
-        match attempt.await {
-            Ok(stream) => match first_event(stream).await {
-                Ok(stream) => return Ok(stream),
-                Err(err) => last = Some(err),
-            },
+        match attempt_on(pool, req, ask, Pick::Ready).await {
+            Ok(answer) => return Ok(answer),
             Err(err) => last = Some(err),
         }
     }
@@ -144,13 +197,89 @@ async fn try_route(route: &Route, req: &Arc<ChatRequest>) -> Result<ChatStream, 
     }))
 }
 
+/// The panic pick: one attempt on the pool, among the route's and its
+/// fallbacks', whose endpoint has been out the longest. `None` when no
+/// pool has an endpoint at all.
+async fn in_panic(
+    table: &RoutingTable,
+    route: &Route,
+    req: &Arc<ChatRequest>,
+    ask: &Ask,
+) -> Option<Result<Answer, GatewayError>> {
+    let routes = std::iter::once(route).chain(
+        route
+            .fallback
+            .iter()
+            .filter_map(|name| table.lookup(name).map(|r| &**r)),
+    );
+    let (_, owner, pool) = routes
+        .flat_map(|r| r.pools.iter().map(move |pool| (r, pool)))
+        .filter_map(|(r, pool)| Some((pool.upstream.oldest_out(&pool.model)?, r, pool)))
+        .min_by_key(|(since, _, _)| *since)?;
+    tracing::info!(
+        route = %route.model,
+        upstream = %pool.upstream.name(),
+        "every endpoint is out; trying the one out the longest"
+    );
+    req.call.place_route(owner.model.clone());
+    Some(attempt_on(pool, req, ask, Pick::Panic).await)
+}
+
+/// One attempt on `pool`, shaped for what `ask` wants and the upstream's
+/// way of continuing, until the answer's first event.
+async fn attempt_on(
+    pool: &Pool,
+    req: &Arc<ChatRequest>,
+    ask: &Ask,
+    pick: Pick,
+) -> Result<Answer, GatewayError> {
+    let upstream = &pool.upstream;
+    let call = |req: Arc<ChatRequest>| upstream.call(pool.model.clone(), req, pick);
+    let Ask::Continue(delivered) = ask else {
+        let stream = call(req.clone()).await?;
+        return first_event(stream, How::Fresh).await;
+    };
+    let replayable = continuation::replayable(req, upstream.config());
+    match upstream.config().continuation {
+        Continuation::Prefill => {
+            let continued = Arc::new(continuation::prefill_request(req, delivered));
+            match call(continued).await {
+                Ok(stream) => first_event(stream, How::Prefill).await,
+                // The server does not take a prefill: a replay may do.
+                Err(err) if err.kind() == ErrorKind::InvalidArgument && replayable => {
+                    tracing::debug!(upstream = %upstream.name(), %err, "prefill refused; replaying");
+                    replay(call(req.clone()).await?, delivered).await
+                }
+                Err(err) => Err(err),
+            }
+        }
+        Continuation::Replay if replayable => replay(call(req.clone()).await?, delivered).await,
+        Continuation::Replay => Err(GatewayError::unavailable(format!(
+            "upstream '{}' continues answers by replay, which needs temperature 0",
+            upstream.name()
+        ))),
+        Continuation::None => Err(GatewayError::unavailable(format!(
+            "upstream '{}' does not continue answers (continuation: none)",
+            upstream.name()
+        ))),
+    }
+}
+
+/// A replayed answer, past what the caller already has.
+async fn replay(stream: ChatStream, delivered: &Delivered) -> Result<Answer, GatewayError> {
+    first_event(Box::pin(SkipPrefix::new(stream, delivered)), How::Replay).await
+}
+
 /// Waits for the stream's first event, so that a failure before any token
 /// can still be retried; hands on a stream that starts with that event.
-async fn first_event(mut stream: ChatStream) -> Result<ChatStream, GatewayError> {
+async fn first_event(mut stream: ChatStream, how: How) -> Result<Answer, GatewayError> {
     match stream.next().await {
         Some(Ok(event)) => {
             let first = futures_util::stream::iter([Ok(event)]);
-            Ok(Box::pin(first.chain(stream)))
+            Ok(Answer {
+                stream: Box::pin(first.chain(stream)),
+                how,
+            })
         }
         Some(Err(err)) => Err(err),
         None => Err(GatewayError::unavailable(
@@ -176,7 +305,7 @@ fn backoff(route: &Route, attempt: u32, err: &GatewayError, cap: Duration) -> Du
 
 /// Whether waiting `wait` and then starting an attempt would leave nothing
 /// of the caller's deadline.
-fn out_of_time(req: &ChatRequest, wait: Duration) -> bool {
+pub fn out_of_time(req: &ChatRequest, wait: Duration) -> bool {
     req.deadline.is_some_and(|deadline| {
         Instant::now()
             .checked_add(wait)

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tower::retry::budget::TpsBudget;
 
 use crate::balance::{Connectors, Upstream};
-use crate::config::{Config, RetryPolicy};
+use crate::config::{Config, Continuation, RetryPolicy};
 use crate::error::GatewayError;
 
 /// How long a call counts toward a route's retry budget.
@@ -49,6 +49,9 @@ pub struct Route {
     pub fallback: Vec<String>,
     /// A larger-context model for calls rejected as too long.
     pub context_fallback: Option<String>,
+    /// Whether a stream that breaks mid-answer could be continued: some
+    /// pool's upstream continues answers, or a fallback might.
+    pub continues: bool,
 }
 
 /// One weighted share of a route.
@@ -113,13 +116,17 @@ impl RoutingTable {
             let route = Arc::new(Route {
                 model: Arc::from(route.model.as_str()),
                 aliases: route.aliases.clone(),
-                pools,
                 retry: route.retry,
                 budget: TpsBudget::new(
                     RETRY_BUDGET_WINDOW,
                     RETRY_BUDGET_FLOOR,
                     (route.retry.budget_percent / 100.0) as f32,
                 ),
+                continues: !route.fallback.is_empty()
+                    || pools
+                        .iter()
+                        .any(|p| p.upstream.config().continuation != Continuation::None),
+                pools,
                 fallback: route.fallback.clone(),
                 context_fallback: route.context_fallback.clone(),
             });
@@ -162,13 +169,14 @@ impl Route {
     /// pool is down.
     pub fn pick_pool(&self, tried: u64) -> Option<usize> {
         if let [only] = self.pools.as_slice() {
-            return only.upstream.is_available().then_some(0);
+            return only.upstream.is_available(&only.model).then_some(0);
         }
         let eligible = |i: usize, avoid_tried: bool| {
             let was_tried = 1u64
                 .checked_shl(i as u32)
                 .is_some_and(|bit| tried & bit != 0);
-            !(avoid_tried && was_tried) && self.pools[i].upstream.is_available()
+            let pool = &self.pools[i];
+            !(avoid_tried && was_tried) && pool.upstream.is_available(&pool.model)
         };
         let weight_of = |avoid_tried: bool| -> u64 {
             (0..self.pools.len())

@@ -204,6 +204,7 @@ mod tests {
             deadline: None,
             call: Default::default(),
             caller: Default::default(),
+            prefill: false,
         };
         assert_eq!(estimate_input(&req), 11 + 2 * 4);
     }

@@ -154,6 +154,9 @@ impl CallRecord {
             tokens_in = self.usage.map(|u| u.input_tokens),
             tokens_out = self.usage.map(|u| u.output_tokens),
             chunks = self.chunks,
+            // Set when the stream broke mid-answer: how it was continued
+            // (prefill, replay) or that it could not be (failed).
+            rescued = placement.rescue,
             error,
             "call"
         );

@@ -40,6 +40,12 @@ pub const CALLS_IN_FLIGHT: &str = "llmgate_calls_in_flight";
 pub const ENDPOINT_UP: &str = "llmgate_endpoint_up";
 /// Calls an endpoint is serving right now, streams until their last token.
 pub const ENDPOINT_IN_FLIGHT: &str = "llmgate_endpoint_in_flight";
+/// Ejections of an endpoint (scope `endpoint`) or of one model on it
+/// (scope `model`) after failures in a row.
+pub const EJECTIONS_TOTAL: &str = "llmgate_ejections_total";
+/// Streams that broke mid-answer, by how they were rescued: `prefill` or
+/// `replay` (continued on another endpoint), `failed` (ended in an error).
+pub const STREAM_RESCUES_TOTAL: &str = "llmgate_stream_rescues_total";
 /// Calls retried on another endpoint.
 pub const RETRIES_TOTAL: &str = "llmgate_retries_total";
 /// Calls that fell back to another route's model.
@@ -74,6 +80,10 @@ pub mod label {
     pub const RESULT: &str = "result";
     /// The crate version, on [`super::BUILD_INFO`].
     pub const VERSION: &str = "version";
+    /// What an ejection is about: `endpoint` or `model`.
+    pub const SCOPE: &str = "scope";
+    /// How a broken stream ended: `prefill`, `replay` or `failed`.
+    pub const OUTCOME: &str = "outcome";
 }
 
 /// The value of a label the call never reached (no route for an unknown
@@ -215,6 +225,22 @@ pub const CATALOG: &[MetricDef] = &[
         unit: Unit::Count,
         help: "Calls an endpoint is serving right now (the balancer's load), streams until their last token.",
         labels: ENDPOINT_LABELS,
+        buckets: &[],
+    },
+    MetricDef {
+        name: EJECTIONS_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Unit::Count,
+        help: "Ejections after failures in a row: of an endpoint (scope endpoint, model empty) or of one model on it (scope model).",
+        labels: &[label::UPSTREAM, label::ENDPOINT, label::SCOPE, label::MODEL],
+        buckets: &[],
+    },
+    MetricDef {
+        name: STREAM_RESCUES_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Unit::Count,
+        help: "Streams that broke after tokens reached the caller: continued by prefill or replay, or failed (ended in an error).",
+        labels: &[label::ROUTE, label::OUTCOME],
         buckets: &[],
     },
     MetricDef {
@@ -375,6 +401,10 @@ pub struct EndpointMetrics {
     up: Gauge,
     /// [`ENDPOINT_IN_FLIGHT`].
     in_flight: Gauge,
+    /// The upstream's name, for [`EJECTIONS_TOTAL`].
+    upstream: Arc<str>,
+    /// The endpoint's label, for [`EJECTIONS_TOTAL`].
+    endpoint: Arc<str>,
 }
 
 impl EndpointMetrics {
@@ -388,7 +418,21 @@ impl EndpointMetrics {
         EndpointMetrics {
             up: metrics::gauge!(ENDPOINT_UP, labels.iter()),
             in_flight: metrics::gauge!(ENDPOINT_IN_FLIGHT, labels.iter()),
+            upstream: upstream.clone(),
+            endpoint: endpoint.clone(),
         }
+    }
+
+    /// Counts an ejection of the endpoint, or of `model` on it.
+    pub fn ejected(&self, model: Option<&str>) {
+        metrics::counter!(
+            EJECTIONS_TOTAL,
+            label::UPSTREAM => self.upstream.clone(),
+            label::ENDPOINT => self.endpoint.clone(),
+            label::SCOPE => if model.is_some() { "model" } else { "endpoint" },
+            label::MODEL => model.unwrap_or("").to_string(),
+        )
+        .increment(1);
     }
 
     /// Records whether the endpoint takes calls.
@@ -405,6 +449,17 @@ impl EndpointMetrics {
     pub fn call_ended(&self) {
         self.in_flight.decrement(1.0);
     }
+}
+
+/// Counts a stream of `route` that broke mid-answer, by how it ended:
+/// `prefill`, `replay` or `failed`.
+pub fn stream_rescue(route: &Arc<str>, outcome: &'static str) {
+    metrics::counter!(
+        STREAM_RESCUES_TOTAL,
+        label::ROUTE => route.clone(),
+        label::OUTCOME => outcome,
+    )
+    .increment(1);
 }
 
 /// Counts a call retried on another endpoint after `upstream` failed it

@@ -89,6 +89,7 @@ fn full_file_is_read_field_by_field() {
                     default_max_tokens: DEFAULT_ANTHROPIC_MAX_TOKENS,
                     keep_alive: None,
                     tls_ca: None,
+                    continuation: Continuation::Prefill,
                 },
             ),
             (
@@ -116,6 +117,7 @@ fn full_file_is_read_field_by_field() {
                     default_max_tokens: DEFAULT_ANTHROPIC_MAX_TOKENS,
                     keep_alive: None,
                     tls_ca: None,
+                    continuation: Continuation::Replay,
                 },
             ),
         ]),

@@ -104,6 +104,7 @@ pub(super) fn chat_request(
         deadline,
         call,
         caller,
+        prefill: false,
     };
     req.validate()?;
     Ok(req)

@@ -1,0 +1,223 @@
+//! What it takes to continue an answer whose stream broke: the text the
+//! caller already has, the request that asks another upstream for the rest,
+//! and, for a replay, the filter that drops what the caller already has
+//! from the new answer after checking it is the same.
+//!
+//! Two strategies, chosen per upstream (`continuation:`):
+//! - **prefill**: the delivered text goes as a final assistant message that
+//!   the upstream continues (vLLM's `continue_final_message`; Anthropic and
+//!   Ollama continue a final assistant message by themselves), so only the
+//!   rest is generated.
+//! - **replay**: the original request is sent again and the new answer's
+//!   start is checked against the delivered text and dropped. Only a
+//!   deterministic decode reproduces it, so replay is tried only for
+//!   temperature 0 or the simulator; a prefix that differs ends the call
+//!   with an error, never a spliced answer.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use futures_util::Stream;
+
+use crate::chat::{ChatEvent, ChatMessage, ChatRequest, ChatStream, Role};
+use crate::config::{UpstreamConfig, UpstreamKind};
+use crate::error::GatewayError;
+
+/// The part of an answer the caller already has.
+#[derive(Debug, Clone, Default)]
+pub struct Delivered {
+    /// Every token's text, in order.
+    pub text: String,
+    /// How many token events carried it.
+    pub tokens: u32,
+}
+
+/// Drops the start of a replayed answer that the caller already has,
+/// checking it matches, and passes on the rest.
+pub struct SkipPrefix {
+    inner: ChatStream,
+    /// The delivered text not yet matched by the replay.
+    expected: Arc<str>,
+    /// How much of `expected` the replay has matched.
+    matched: usize,
+}
+
+/// The request that asks an upstream to continue `delivered` (prefill).
+pub fn prefill_request(req: &ChatRequest, delivered: &Delivered) -> ChatRequest {
+    let mut continued = req.clone();
+    continued.messages.push(ChatMessage {
+        role: Role::Assistant,
+        content: delivered.text.clone(),
+    });
+    continued.prefill = true;
+    // What is left of the caller's cap, so the whole answer keeps to it.
+    continued.params.max_tokens = req
+        .params
+        .max_tokens
+        .map(|cap| cap.saturating_sub(delivered.tokens).max(1));
+    continued
+}
+
+/// Whether sending `req` again to `upstream` would regenerate the same
+/// text: only a deterministic decode does.
+pub fn replayable(req: &ChatRequest, upstream: &UpstreamConfig) -> bool {
+    upstream.kind == UpstreamKind::Sim || req.params.temperature == Some(0.0)
+}
+
+/// The error a broken answer ends with when no upstream could continue it.
+pub fn could_not_continue(broke: &GatewayError, why: &GatewayError) -> GatewayError {
+    GatewayError::unavailable(format!(
+        "{}; it could not be continued elsewhere ({})",
+        broke.message(),
+        why.message()
+    ))
+}
+
+// === impl SkipPrefix ===
+
+impl SkipPrefix {
+    /// Filters `replay`, the answer regenerated from the original request.
+    pub fn new(replay: ChatStream, delivered: &Delivered) -> Self {
+        SkipPrefix {
+            inner: replay,
+            expected: Arc::from(delivered.text.as_str()),
+            matched: 0,
+        }
+    }
+
+    fn differs(&self) -> GatewayError {
+        GatewayError::unavailable(format!(
+            "the replayed answer differs from the {} bytes already sent, so the answer \
+             could not be continued; send temperature 0 for answers that can be replayed",
+            self.expected.len()
+        ))
+        .not_retryable()
+    }
+}
+
+impl Stream for SkipPrefix {
+    type Item = Result<ChatEvent, GatewayError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            let rest = &this.expected[this.matched..];
+            if rest.is_empty() {
+                return this.inner.as_mut().poll_next(cx);
+            }
+            match ready!(this.inner.as_mut().poll_next(cx)) {
+                Some(Ok(ChatEvent::Token(text))) => {
+                    if text.len() <= rest.len() {
+                        if !rest.starts_with(text.as_str()) {
+                            return Poll::Ready(Some(Err(this.differs())));
+                        }
+                        this.matched += text.len();
+                        continue;
+                    }
+                    match text.strip_prefix(rest) {
+                        Some(new) => {
+                            let new = new.to_string();
+                            this.matched = this.expected.len();
+                            return Poll::Ready(Some(Ok(ChatEvent::Token(new))));
+                        }
+                        None => return Poll::Ready(Some(Err(this.differs()))),
+                    }
+                }
+                // It ended before reaching where the first answer broke.
+                Some(Ok(ChatEvent::Done(_))) => return Poll::Ready(Some(Err(this.differs()))),
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+    use crate::chat::Completion;
+    use crate::chat::testing::request;
+    use crate::error::ErrorKind;
+
+    fn replay(tokens: &[&str]) -> ChatStream {
+        let mut events: Vec<Result<ChatEvent, GatewayError>> = tokens
+            .iter()
+            .map(|t| Ok(ChatEvent::Token(t.to_string())))
+            .collect();
+        events.push(Ok(ChatEvent::Done(Completion::default())));
+        Box::pin(futures_util::stream::iter(events))
+    }
+
+    fn delivered(text: &str) -> Delivered {
+        Delivered {
+            text: text.into(),
+            tokens: 2,
+        }
+    }
+
+    async fn texts(stream: SkipPrefix) -> Result<Vec<String>, GatewayError> {
+        let mut out = Vec::new();
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event? {
+                ChatEvent::Token(text) => out.push(text),
+                ChatEvent::Done(_) => out.push("<done>".into()),
+            }
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn a_replay_that_matches_passes_on_only_what_is_new() {
+        let stream = SkipPrefix::new(
+            replay(&["The", " sky", " is", " blue"]),
+            &delivered("The sky"),
+        );
+        assert_eq!(
+            texts(stream).await.ok(),
+            Some(vec![" is".into(), " blue".into(), "<done>".into()])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_break_inside_a_token_passes_on_the_token_s_new_part() {
+        let stream = SkipPrefix::new(replay(&["The", " sky", " is"]), &delivered("The s"));
+        assert_eq!(
+            texts(stream).await.ok(),
+            Some(vec!["ky".into(), " is".into(), "<done>".into()])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replay_that_differs_is_an_error_and_not_retried() {
+        let stream = SkipPrefix::new(replay(&["The", " sea", " is"]), &delivered("The sky"));
+        let err = texts(stream)
+            .await
+            .err()
+            .map(|e| (e.kind(), e.is_retryable()));
+        assert_eq!(err, Some((ErrorKind::Unavailable, false)));
+    }
+
+    #[tokio::test]
+    async fn a_replay_that_ends_before_the_break_is_an_error() {
+        let stream = SkipPrefix::new(replay(&["The"]), &delivered("The sky"));
+        assert!(texts(stream).await.is_err());
+    }
+
+    #[test]
+    fn a_prefill_request_ends_with_the_delivered_text_and_keeps_the_token_cap() {
+        let mut req = request("m");
+        req.params.max_tokens = Some(10);
+        let continued = prefill_request(&req, &delivered("The sky"));
+        let last = continued
+            .messages
+            .last()
+            .map(|m| (m.role, m.content.as_str()));
+        assert_eq!(last, Some((Role::Assistant, "The sky")));
+        assert!(continued.prefill && !req.prefill);
+        assert_eq!(continued.params.max_tokens, Some(8));
+        assert_eq!(continued.messages.len(), req.messages.len() + 1);
+    }
+}
