@@ -276,7 +276,11 @@ async fn an_error_event_mid_stream_ends_the_call_with_its_code_after_the_tokens(
             "rate_limit_error: Number of request tokens",
         ),
     ] {
-        let (_upstream, gateway) = anthropic("", move |_| stream_reply(SSE, &body)).await;
+        // An upstream that does not continue answers: the break is the
+        // caller's to see.
+        let no_continuation = "    continuation: none\n";
+        let (_upstream, gateway) =
+            anthropic(no_continuation, move |_| stream_reply(SSE, &body)).await;
         let (chunks, status) =
             stream_until_error(&mut gateway.client().await, request("m", "hi")).await;
         assert_eq!(text_of(&chunks), "Once upon");

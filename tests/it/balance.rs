@@ -384,7 +384,7 @@ routes:
 }
 
 #[tokio::test]
-async fn a_stream_cut_after_tokens_surfaces_the_error_instead_of_replaying() {
+async fn a_stream_cut_where_no_upstream_continues_answers_ends_in_an_error_never_a_second_answer() {
     let primary = FakeUpstream::start(|_| {
         vec![
             Step::Head(200, "text/event-stream"),
@@ -396,8 +396,8 @@ async fn a_stream_cut_after_tokens_surfaces_the_error_instead_of_replaying() {
     let backup = named("backup").await;
     let gateway = Gateway::start(&format!(
         "upstreams:
-  primary: {{ kind: openai, endpoints: [{}] }}
-  backup: {{ kind: openai, endpoints: [{}] }}
+  primary: {{ kind: openai, endpoints: [{}], continuation: none }}
+  backup: {{ kind: openai, endpoints: [{}], continuation: none }}
 routes:
   - model: m
     fallback: [b]
@@ -425,8 +425,17 @@ routes:
     };
     assert_eq!(tokens, ["half", " an"]);
     assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("could not be continued"),
+        "{}",
+        status.message()
+    );
     assert_eq!(primary.count(), 1, "never replayed");
-    assert_eq!(backup.count(), 0, "never silently switched");
+    assert_eq!(
+        backup.count(),
+        0,
+        "never asked for a fresh answer to splice after the first one's tokens"
+    );
 }
 
 #[tokio::test]

@@ -148,7 +148,9 @@ async fn first_token_timeout_cuts_an_upstream_that_never_starts_or_never_answers
 #[tokio::test]
 async fn idle_timeout_cuts_a_stream_that_goes_silent_after_tokens() {
     let mut upstream = FakeUpstream::start(hang_after(&["a"])).await;
-    let extra = "    idle_timeout: 100ms\n";
+    // Not continued elsewhere (see resilience.rs for that): the caller sees
+    // the silence as the error it is.
+    let extra = "    idle_timeout: 100ms\n    continuation: none\n";
     let gateway = Gateway::start(&one_upstream(&upstream.url(), extra)).await;
     let mut stream = gateway
         .client()

@@ -604,7 +604,8 @@ async fn the_timeout_header_gives_504_and_drops_the_upstream_request() {
 
 #[tokio::test]
 async fn a_stream_that_breaks_after_tokens_ends_with_an_error_event_not_done() {
-    let (_upstream, gateway) = gateway_to("openai", "", &no_env, |_| {
+    let no_continuation = "    continuation: none\n";
+    let (_upstream, gateway) = gateway_to("openai", no_continuation, &no_env, |_| {
         vec![
             Step::Head(200, "text/event-stream"),
             Step::Chunk(format!("{}{}", sse_token("a"), sse_token("b")).into_bytes()),

@@ -220,8 +220,12 @@ async fn upstream_error_bodies_map_to_canonical_codes_and_keep_the_message() {
 
 #[tokio::test]
 async fn an_error_line_mid_stream_ends_the_call_with_an_error_after_the_tokens() {
-    let (_upstream, gateway) =
-        ollama(|_| stream_reply(NDJSON, &fixture("ollama/chat_stream_error.ndjson"))).await;
+    let body = fixture("ollama/chat_stream_error.ndjson");
+    let no_continuation = "    continuation: none\n";
+    let (_upstream, gateway) = gateway_to("ollama", no_continuation, &no_env, move |_| {
+        stream_reply(NDJSON, &body)
+    })
+    .await;
     let (chunks, status) =
         stream_until_error(&mut gateway.client().await, request("m", "hi")).await;
     let tokens: Vec<&str> = chunks.iter().map(|c| c.token.as_str()).collect();

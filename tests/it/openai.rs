@@ -140,7 +140,8 @@ async fn a_stream_without_a_finish_reason_is_a_cut_however_cleanly_it_ends() {
             ]
         })
         .await;
-        let gateway = Gateway::start(&one_upstream(&upstream.url(), "")).await;
+        let no_continuation = "    continuation: none\n";
+        let gateway = Gateway::start(&one_upstream(&upstream.url(), no_continuation)).await;
         let (chunks, status) =
             stream_until_error(&mut gateway.client().await, request("m", "hi")).await;
         assert_eq!(text_of(&chunks), "ab", "the tokens that came are delivered");
@@ -160,7 +161,8 @@ async fn an_event_that_is_not_json_ends_the_call_with_an_error_not_a_short_answe
         ]
     })
     .await;
-    let gateway = Gateway::start(&one_upstream(&upstream.url(), "")).await;
+    let no_continuation = "    continuation: none\n";
+    let gateway = Gateway::start(&one_upstream(&upstream.url(), no_continuation)).await;
     let mut stream = gateway
         .client()
         .await

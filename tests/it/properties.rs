@@ -164,6 +164,7 @@ proptest! {
             deadline: None,
             call: Default::default(),
             caller: Default::default(),
+            prefill: false,
         };
         if req.validate().is_ok() {
             prop_assert!(!model.is_empty() && messages > 0);

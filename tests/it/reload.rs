@@ -478,7 +478,7 @@ routes:
     // One refused connection ejects the only endpoint for an hour.
     let _ = client.complete(request("m", "hi")).await;
     let before = reloader.table().upstream("flaky").cloned().expect("flaky");
-    assert_eq!(before.endpoints()[0].state, "ejected");
+    assert_eq!(before.endpoints("m")[0].state, "ejected");
 
     save(&path, &file(2, "60s"));
     assert!(matches!(
@@ -491,7 +491,7 @@ routes:
         "same definition: the same upstream"
     );
     assert_eq!(
-        kept.endpoints()[0].state,
+        kept.endpoints("m")[0].state,
         "ejected",
         "its health state carried over"
     );
@@ -506,7 +506,7 @@ routes:
         !Arc::ptr_eq(&before, &rebuilt),
         "a changed definition is rebuilt"
     );
-    assert_eq!(rebuilt.endpoints()[0].state, "up");
+    assert_eq!(rebuilt.endpoints("m")[0].state, "up");
 }
 
 /// The value of the counter sample `name{labels}` in a scrape, 0 if absent.
