@@ -524,3 +524,192 @@ fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> OutlierPolicy {
+        OutlierPolicy {
+            consecutive_failures: 2,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_share: 1.0,
+        }
+    }
+
+    fn pool_of(n: usize) -> (Arc<PoolHealth>, Vec<Arc<EndpointState>>) {
+        let pool = Arc::new(PoolHealth::default());
+        let members = (0..n)
+            .map(|i| {
+                let url = format!("http://10.0.0.{i}:8000");
+                let label: Arc<str> = Arc::from(url.as_str());
+                let state = EndpointState::new(
+                    url.parse().unwrap_or_default(),
+                    label.clone(),
+                    EndpointMetrics::new(&Arc::from("up"), &label),
+                    &pool,
+                    policy(),
+                );
+                pool.insert(state.clone());
+                state
+            })
+            .collect();
+        (pool, members)
+    }
+
+    /// One call for `model` on `endpoint` that ends with `outcome`.
+    fn call(endpoint: &EndpointState, model: &str, outcome: Outcome) -> Option<Scope> {
+        assert!(endpoint.try_start(None));
+        endpoint.call_ended(&Arc::from(model), outcome)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_model_s_failures_eject_that_model_only() {
+        let (pool, members) = pool_of(1);
+        let endpoint = &members[0];
+        let failing = Outcome::Failure(Scope::Model);
+        assert_eq!(
+            call(endpoint, "bad", failing),
+            None,
+            "one failure is not enough"
+        );
+        assert_eq!(call(endpoint, "bad", failing), Some(Scope::Model));
+        let now = Instant::now();
+        assert!(!endpoint.is_admissible("bad", now));
+        assert!(
+            endpoint.is_admissible("good", now),
+            "other models stay served"
+        );
+        assert!(pool.any_admissible("good") && !pool.any_admissible("bad"));
+        assert_eq!(endpoint.snapshot("bad", now).ejected_for, "model");
+        assert_eq!(endpoint.snapshot("good", now).state, "up");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connection_failures_eject_the_endpoint_for_every_model() {
+        let (_pool, members) = pool_of(1);
+        let endpoint = &members[0];
+        let refused = Outcome::Failure(Scope::Endpoint);
+        call(endpoint, "a", refused);
+        assert_eq!(call(endpoint, "b", refused), Some(Scope::Endpoint));
+        let now = Instant::now();
+        assert!(!endpoint.is_admissible("a", now) && !endpoint.is_admissible("c", now));
+        assert_eq!(endpoint.snapshot("c", now).ejected_for, "endpoint");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ejection_ends_after_its_back_off_and_doubles_on_repeat() {
+        let (_pool, members) = pool_of(1);
+        let endpoint = &members[0];
+        let failing = Outcome::Failure(Scope::Model);
+        call(endpoint, "m", failing);
+        call(endpoint, "m", failing);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(
+            endpoint.is_admissible("m", Instant::now()),
+            "back on probation"
+        );
+        // One failure on probation ejects it again, for twice as long.
+        assert_eq!(call(endpoint, "m", failing), Some(Scope::Model));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(!endpoint.is_admissible("m", Instant::now()));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(endpoint.is_admissible("m", Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_readmits_at_once_and_clears_the_record() {
+        let (_pool, members) = pool_of(1);
+        let endpoint = &members[0];
+        let failing = Outcome::Failure(Scope::Model);
+        call(endpoint, "m", failing);
+        call(endpoint, "m", failing);
+        // The panic pick sent a call anyway, and it worked.
+        call(endpoint, "m", Outcome::Success);
+        assert!(endpoint.is_admissible("m", Instant::now()));
+        assert_eq!(endpoint.consecutive_failures("m"), 0);
+        assert!(!endpoint.failed_recently("m", Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_ejected_share_of_a_pool_is_capped_per_model() {
+        let (pool, members) = pool_of(2);
+        for endpoint in &members {
+            for _ in 0..2 {
+                call(endpoint, "m", Outcome::Failure(Scope::Model));
+            }
+        }
+        // max_ejected_share 1.0 lets both go: now cap it at one of two.
+        let capped = OutlierPolicy {
+            max_ejected_share: 0.5,
+            ..policy()
+        };
+        let (capped_pool, capped_members) = {
+            let pool = Arc::new(PoolHealth::default());
+            let members: Vec<_> = members
+                .iter()
+                .map(|e| {
+                    let state = EndpointState::new(
+                        e.url.clone(),
+                        e.label.clone(),
+                        EndpointMetrics::new(&Arc::from("up"), &e.label),
+                        &pool,
+                        capped,
+                    );
+                    pool.insert(state.clone());
+                    state
+                })
+                .collect();
+            (pool, members)
+        };
+        assert!(!pool.any_admissible("m"), "uncapped: both out");
+        for endpoint in &capped_members {
+            for _ in 0..2 {
+                call(endpoint, "m", Outcome::Failure(Scope::Model));
+            }
+        }
+        assert!(capped_pool.any_admissible("m"), "capped: one stays in");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pool_knows_which_member_has_been_out_the_longest() {
+        let (pool, members) = pool_of(2);
+        assert_eq!(pool.oldest_out("m"), None);
+        let failing = Outcome::Failure(Scope::Model);
+        call(&members[1], "m", failing);
+        call(&members[1], "m", failing);
+        let first_out = Instant::now();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        call(&members[0], "m", failing);
+        call(&members[0], "m", failing);
+        let now = Instant::now();
+        assert_eq!(pool.oldest_out("m"), Some(first_out));
+        assert_eq!(members[1].out_since("m", now), Some(first_out));
+        assert!(members[0].out_since("m", now) > Some(first_out));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_model_is_less_preferred_but_never_ejected() {
+        let (_pool, members) = pool_of(1);
+        let endpoint = &members[0];
+        for _ in 0..5 {
+            assert_eq!(call(endpoint, "m", Outcome::Throttled), None);
+        }
+        let now = Instant::now();
+        assert!(endpoint.is_admissible("m", now));
+        assert!(endpoint.failed_recently("m", now));
+        assert!(!endpoint.failed_recently("other", now));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cap_on_calls_in_flight_is_never_exceeded() {
+        let (_pool, members) = pool_of(1);
+        let endpoint = &members[0];
+        assert!(endpoint.try_start(Some(2)));
+        assert!(endpoint.try_start(Some(2)));
+        assert!(!endpoint.try_start(Some(2)), "a third call is refused");
+        endpoint.call_ended(&Arc::from("m"), Outcome::Success);
+        assert!(endpoint.try_start(Some(2)), "room again after one ended");
+    }
+}

@@ -296,3 +296,97 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::balance::health::{Outcome, Scope};
+    use crate::config::OutlierPolicy;
+
+    /// `n` endpoints whose dispatch is never called by these tests.
+    fn endpoints(n: usize) -> Vec<Arc<Endpoint>> {
+        let pool = Arc::new(PoolHealth::default());
+        let policy = OutlierPolicy {
+            consecutive_failures: 1,
+            ..OutlierPolicy::default()
+        };
+        (0..n)
+            .map(|i| {
+                let label: Arc<str> = Arc::from(format!("http://10.0.0.{i}:8000").as_str());
+                let state = EndpointState::new(
+                    label.parse().unwrap_or_default(),
+                    label.clone(),
+                    EndpointMetrics::new(&Arc::from("up"), &label),
+                    &pool,
+                    policy,
+                );
+                pool.insert(state.clone());
+                let dispatch: crate::backend::Dispatch = Arc::new(|_| {
+                    futures_util::future::ready(Err(GatewayError::unavailable("unused"))).boxed()
+                });
+                Arc::new(Endpoint::new(state, dispatch, None))
+            })
+            .collect()
+    }
+
+    fn fail(endpoint: &Endpoint, model: &str, scope: Scope) {
+        assert!(endpoint.state.try_start(None));
+        endpoint
+            .state
+            .call_ended(&Arc::from(model), Outcome::Failure(scope));
+    }
+
+    fn url(endpoint: Option<&Endpoint>) -> Option<String> {
+        endpoint.map(|e| e.state.url.to_string())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_for_a_model_skip_endpoints_ejected_for_it_and_only_those() {
+        let endpoints = endpoints(3);
+        fail(&endpoints[0], "bad", Scope::Model);
+        fail(&endpoints[1], "bad", Scope::Model);
+        let now = Instant::now();
+        for _ in 0..50 {
+            assert_eq!(
+                url(pick_ready(&endpoints, "bad", now)),
+                Some(endpoints[2].state.url.to_string())
+            );
+        }
+        let picked: std::collections::BTreeSet<_> = (0..200)
+            .filter_map(|_| url(pick_ready(&endpoints, "good", now)))
+            .collect();
+        assert_eq!(picked.len(), 3, "every endpoint serves the other model");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_less_loaded_of_two_is_picked() {
+        let endpoints = endpoints(2);
+        for _ in 0..3 {
+            assert!(endpoints[0].state.try_start(None));
+        }
+        let now = Instant::now();
+        for _ in 0..20 {
+            assert_eq!(
+                url(pick_ready(&endpoints, "m", now)),
+                Some(endpoints[1].state.url.to_string())
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_every_endpoint_out_none_is_ready_and_panic_takes_the_oldest_ejection() {
+        let endpoints = endpoints(3);
+        fail(&endpoints[2], "m", Scope::Endpoint);
+        tokio::time::advance(Duration::from_millis(10)).await;
+        fail(&endpoints[0], "m", Scope::Model);
+        fail(&endpoints[1], "m", Scope::Model);
+        let now = Instant::now();
+        assert!(pick_ready(&endpoints, "m", now).is_none());
+        assert_eq!(
+            url(pick_panic(&endpoints, "m", now)),
+            Some(endpoints[2].state.url.to_string())
+        );
+    }
+}

@@ -253,6 +253,66 @@ mod tests {
         task.abort();
     }
 
+    /// Ejects `state` for its connection (two refused calls; the default
+    /// policy needs five).
+    fn eject(state: &Arc<EndpointState>) {
+        use crate::balance::health::{Outcome, Scope};
+        for _ in 0..OutlierPolicy::default().consecutive_failures {
+            assert!(state.try_start(None));
+            state.call_ended(&Arc::from("m"), Outcome::Failure(Scope::Endpoint));
+        }
+        assert!(state.is_ejected(tokio::time::Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ejected_endpoint_is_readmitted_at_the_first_connect_that_succeeds() {
+        let pool = Arc::new(PoolHealth::default());
+        let state = endpoint(&pool);
+        eject(&state);
+        let server = Server::default();
+        let probes = server.clone();
+        let task = tokio::spawn(retry_until_reachable(Arc::downgrade(&state), move || {
+            probes.asked.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(probes.up.load(Ordering::SeqCst))
+        }));
+        settle().await;
+        for _ in 0..3 {
+            tokio::time::advance(RECONNECT_INTERVAL).await;
+            settle().await;
+        }
+        assert_eq!(server.asked.load(Ordering::SeqCst), 3, "one probe a second");
+        assert!(state.is_ejected(tokio::time::Instant::now()));
+        server.up.store(true, Ordering::SeqCst);
+        tokio::time::advance(RECONNECT_INTERVAL).await;
+        settle().await;
+        // Long before its 10 s back-off ends.
+        assert!(!state.is_ejected(tokio::time::Instant::now()), "readmitted");
+        assert!(task.is_finished(), "probing ends with the readmission");
+        assert!(
+            state.start_probing(),
+            "and a later ejection may probe again"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probing_stops_when_the_back_off_ends_and_traffic_takes_over() {
+        let pool = Arc::new(PoolHealth::default());
+        let state = endpoint(&pool);
+        eject(&state);
+        let server = Server::default();
+        let probes = server.clone();
+        let task = tokio::spawn(retry_until_reachable(Arc::downgrade(&state), move || {
+            probes.asked.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(false)
+        }));
+        for _ in 0..11 {
+            tokio::time::advance(RECONNECT_INTERVAL).await;
+            settle().await;
+        }
+        assert!(task.is_finished());
+        assert!(server.asked.load(Ordering::SeqCst) <= 10);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn probing_stops_when_the_endpoint_is_dropped() {
         let pool = Arc::new(PoolHealth::default());

@@ -318,3 +318,41 @@ async fn calls_refused_at_either_front_leave_the_same_access_line() {
     }
     assert!(!text.contains(SECRET), "the key leaked into the logs");
 }
+
+#[tokio::test]
+async fn a_stream_continued_elsewhere_is_marked_in_its_access_line() {
+    let capture = Capture::default();
+    let _logging = capture.install(LogFormat::Json);
+    // The first answer breaks after a token; the continuation (asked with
+    // the delivered text as a prefill) finishes it.
+    let upstream = FakeUpstream::start(|req| {
+        if req.body.get("continue_final_message").is_some() {
+            return answer(req);
+        }
+        vec![
+            Step::Head(200, "text/event-stream"),
+            Step::Chunk(sse_token("a").into_bytes()),
+            Step::Cut,
+        ]
+    })
+    .await;
+    let gateway = Gateway::start(&one_upstream(&upstream.url(), "")).await;
+    let chunks = gateway
+        .stream(request("m", "hello"))
+        .await
+        .expect("continued");
+    assert_eq!(
+        text_of(&chunks),
+        "aab",
+        "the scripted continuation repeats 'a'"
+    );
+    drop(gateway);
+    let lines = access_lines(&capture.text());
+    let line = lines.last().expect("an access line");
+    assert_eq!(line["rescued"], "prefill", "{line}");
+    assert_eq!(line["code"], "OK", "{line}");
+    assert_eq!(
+        line["tokens_out"], 3,
+        "the token delivered before the cut counts: {line}"
+    );
+}

@@ -716,3 +716,68 @@ fn literal_credential_headers_are_never_printed_and_are_warned_about() {
         assert!(!text.contains("org-token-from-env-93"), "{text}");
     }
 }
+
+/// A routing file with one upstream `up` defined by `lines`.
+fn one_upstream_file(lines: &[&str]) -> String {
+    let mut file = vec!["upstreams:", "  up:"];
+    file.extend_from_slice(lines);
+    file.extend_from_slice(&[
+        "routes:",
+        "  - model: demo",
+        "    pools:",
+        "      - upstream: up",
+    ]);
+    yaml(&file)
+}
+
+#[test]
+fn continuation_defaults_to_what_each_kind_can_do() {
+    for (lines, expected) in [
+        (
+            &["    kind: openai", "    endpoints: [http://10.0.0.5:8000]"][..],
+            Continuation::Prefill,
+        ),
+        (
+            &[
+                "    kind: openai",
+                "    endpoints: [https://api.openai.com/v1]",
+            ][..],
+            Continuation::Replay,
+        ),
+        (
+            &[
+                "    kind: anthropic",
+                "    endpoints: [https://api.anthropic.com]",
+            ][..],
+            Continuation::Prefill,
+        ),
+        (
+            &["    kind: ollama", "    endpoints: [http://10.0.0.6:11434]"][..],
+            Continuation::Prefill,
+        ),
+        (&["    kind: sim"][..], Continuation::Replay),
+    ] {
+        let config = parse_ok(&one_upstream_file(lines));
+        assert_eq!(config.upstreams["up"].continuation, expected, "{lines:?}");
+    }
+}
+
+#[test]
+fn continuation_is_one_of_three_strategies() {
+    let config = parse_ok(&one_upstream_file(&[
+        "    kind: openai",
+        "    endpoints: [http://10.0.0.5:8000]",
+        "    continuation: none",
+    ]));
+    assert_eq!(config.upstreams["up"].continuation, Continuation::None);
+    let problem = only_problem(&one_upstream_file(&[
+        "    kind: openai",
+        "    endpoints: [http://10.0.0.5:8000]",
+        "    continuation: resume",
+    ]));
+    assert_at(&problem, 5, 19);
+    assert_mentions(
+        &problem,
+        &["continuation 'resume'", "prefill", "replay", "none"],
+    );
+}
