@@ -147,6 +147,12 @@ impl Server {
     /// Builds the routing table for `config` (upstreams start discovering
     /// their endpoints, so this needs a Tokio runtime).
     pub fn new(config: Config, connectors: Connectors) -> Result<Self, ServeError> {
+        // The recorder first: the table's endpoints register their series
+        // as they are built, and a series registered before the recorder is
+        // installed records nothing.
+        if config.listen.metrics.is_some() {
+            metrics::install()?;
+        }
         let table: SharedTable = Arc::new(ArcSwap::from_pointee(RoutingTable::build(
             &config,
             &connectors,

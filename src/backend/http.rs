@@ -67,6 +67,29 @@ fn pooled(https: HttpsConnector<HttpConnector>) -> HttpClient {
         .build(https)
 }
 
+/// The text of a `GET` of `url`, up to `limit` bytes: how the balancer
+/// reads an engine's metrics page. The error says what went wrong.
+pub fn fetch_text(
+    client: &HttpClient,
+    url: http::Uri,
+    limit: usize,
+) -> impl Future<Output = Result<String, String>> + Send + use<> {
+    use http_body_util::BodyExt;
+    let response = client.get(url);
+    async move {
+        let response = response.await.map_err(|err| err.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("answered {}", response.status()));
+        }
+        let body = http_body_util::Limited::new(response.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|err| err.to_string())?
+            .to_bytes();
+        String::from_utf8(body.to_vec()).map_err(|_| "the page is not UTF-8".to_string())
+    }
+}
+
 /// Whether the server at `url` answers a `GET` with a 2xx: the request a
 /// health check sends. How often, and how long to wait, is the balancer's
 /// business.

@@ -13,6 +13,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
+use super::engine::LoadRank;
 use super::health::{EndpointState, Outcome, Scope};
 use super::probe;
 use crate::backend::{Dispatch, EndpointCall};
@@ -28,6 +29,8 @@ pub struct Endpoint {
     dispatch: Dispatch,
     /// Most calls in flight at once.
     max_in_flight: Option<usize>,
+    /// Its place in prefix-affinity rankings.
+    pub(super) key: u64,
 }
 
 /// Keeps a call counted on its endpoint until the call ends, and reports
@@ -46,6 +49,7 @@ impl Endpoint {
     /// The endpoint behind `state`, sending through `dispatch`.
     pub fn new(state: Arc<EndpointState>, dispatch: Dispatch, max_in_flight: Option<u32>) -> Self {
         Endpoint {
+            key: super::affinity::endpoint_key(&state.url),
             state,
             dispatch,
             max_in_flight: max_in_flight.map(|n| n as usize),
@@ -58,12 +62,13 @@ impl Endpoint {
         self.state.is_admissible(model, now) && !self.state.at_cap(self.max_in_flight)
     }
 
-    /// What P2C compares for `model`: a recent failure first, then calls in
-    /// flight.
-    pub fn load(&self, model: &str, now: Instant) -> (bool, usize) {
-        (
+    /// What P2C compares for `model`: a recent failure first, then the
+    /// engine's own load when scraped, else calls in flight.
+    pub fn load(&self, model: &str, now: Instant) -> LoadRank {
+        self.state.engine.rank(
             self.state.failed_recently(model, now),
             self.state.in_flight(),
+            now,
         )
     }
 

@@ -25,6 +25,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
+use super::engine::{EngineLoad, EngineSample};
 use crate::config::OutlierPolicy;
 use crate::telemetry::metrics::EndpointMetrics;
 
@@ -46,6 +47,8 @@ pub struct EndpointState {
     /// created at a model's first failure, so a healthy endpoint has none.
     /// Read on every call, so swapped rather than locked.
     models: ArcSwap<HashMap<Arc<str>, Arc<Record>>>,
+    /// The engine's own load, when its metrics are scraped.
+    pub engine: EngineLoad,
     /// The active health check's verdict (true when none is configured).
     healthy: AtomicBool,
     /// A reconnect probe is running for this endpoint.
@@ -113,7 +116,7 @@ pub enum Outcome {
 }
 
 /// A point-in-time view of an endpoint for one model, for introspection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EndpointSnapshot {
     /// Base URL.
     pub url: String,
@@ -125,6 +128,8 @@ pub struct EndpointSnapshot {
     pub in_flight: usize,
     /// Failures since the last success (the connection's and the model's).
     pub consecutive_failures: u32,
+    /// The engine's own load, when scraped and fresh.
+    pub engine: Option<EngineSample>,
 }
 
 // === impl EndpointState ===
@@ -148,6 +153,7 @@ impl EndpointState {
             in_flight: AtomicUsize::new(0),
             transport: Record::default(),
             models: ArcSwap::default(),
+            engine: EngineLoad::default(),
             healthy: AtomicBool::new(true),
             probing: AtomicBool::new(false),
             pool: Arc::downgrade(pool),
@@ -287,6 +293,12 @@ impl EndpointState {
             .set_up(healthy && !self.is_ejected(Instant::now()));
     }
 
+    /// Publishes an engine reading as this endpoint's gauges.
+    pub fn set_engine_metrics(&self, sample: &EngineSample) {
+        self.metrics
+            .set_engine(sample.waiting, sample.running, sample.kv_cache_usage);
+    }
+
     /// Takes the endpoint back after a probe reached it: its connection's
     /// ejection ends now. Its failure count stays, so the next failure
     /// ejects it again at once, for longer.
@@ -380,6 +392,7 @@ impl EndpointState {
             ejected_for,
             in_flight: self.in_flight(),
             consecutive_failures: self.consecutive_failures(model),
+            engine: self.engine.fresh(now),
         }
     }
 }
@@ -520,7 +533,7 @@ impl PoolHealth {
 pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
 /// The instant ejection times are counted from.
-fn epoch() -> Instant {
+pub(super) fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
 }

@@ -13,17 +13,21 @@
 //!   upstream's [`Backend`](crate::backend::Backend).
 //!
 //! Beside them: [`health`] (outlier ejection per endpoint and per model on
-//! it, and the health verdicts), [`probe`] (the active health-check loop,
-//! and the reconnect probe of an ejected endpoint) and [`discover`] (static lists
+//! it, and the health verdicts), [`engine`] (an engine's own load, read
+//! from its metrics), [`probe`] (the background loops: active health
+//! checks, the reconnect probe of an ejected endpoint, engine scrapes) and [`discover`] (static lists
 //! and DNS names as change streams).
 
+mod affinity;
 pub mod discover;
 pub mod endpoint;
+pub mod engine;
 pub mod health;
 pub mod p2c;
 pub mod probe;
 pub mod upstream;
 
+pub use affinity::prefix_key;
 pub(crate) use p2c::AbortOnDrop;
-pub use p2c::{Balancer, Pick};
+pub use p2c::{Affinity, Balancer, Pick};
 pub use upstream::{Connectors, Upstream};

@@ -22,6 +22,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
+use super::affinity;
 use super::discover::{self, Resolve};
 use super::endpoint::Endpoint;
 use super::health::{EndpointSnapshot, EndpointState, PoolHealth};
@@ -31,7 +32,7 @@ use crate::backend::{Backend, Binding, EndpointCall};
 use crate::chat::ChatStream;
 use crate::config::{Discovery, EndpointPolicy};
 use crate::error::GatewayError;
-use crate::telemetry::metrics::EndpointMetrics;
+use crate::telemetry::metrics::{self, EndpointMetrics};
 
 /// The endpoints of one upstream and the balancer over them.
 pub struct Balancer {
@@ -47,14 +48,31 @@ pub struct Balancer {
 }
 
 /// How a call picks its endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Pick {
     /// P2C among the endpoints ready for the call's model.
     Ready,
+    /// The endpoint ranked first for the prompt's prefix, unless it is
+    /// loaded past the bound; then the next, and so on (bounded-load
+    /// consistent hashing); P2C when none is within it.
+    Affine(Affinity),
     /// Every endpoint is out: the one out the longest, Envoy's panic mode.
     /// A call sent there either finds it back (and readmits it) or fails as
     /// it would have anyway.
     Panic,
+}
+
+/// What prefix affinity needs of a call: the hash of its prompt's leading
+/// part, the load bound, and the route to count the outcome under.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Affinity {
+    /// [`prefix_key`](super::prefix_key) of the prompt.
+    pub key: u64,
+    /// The preferred endpoint takes the call while its calls in flight,
+    /// with this one, stay within this factor of the pool's mean.
+    pub max_load_factor: f64,
+    /// The route, for `llmgate_prefix_affinity_total`.
+    pub route: Arc<str>,
 }
 
 /// Aborts a background task when dropped, so a table that is replaced takes
@@ -164,8 +182,9 @@ impl Balancer {
         // loser picks again among what is left.
         for _ in 0..3 {
             let now = Instant::now();
-            let chosen = match pick {
+            let chosen = match &pick {
                 Pick::Ready => pick_ready(&endpoints, &call.model, now),
+                Pick::Affine(affinity) => pick_affine(&endpoints, &call.model, now, affinity),
                 Pick::Panic => pick_panic(&endpoints, &call.model, now),
             };
             let Some(endpoint) = chosen else {
@@ -233,6 +252,39 @@ fn pick_ready<'a>(
     }
 }
 
+/// Bounded-load rendezvous hashing (Mirrokni, Thorup, Zadimoghaddam,
+/// "Consistent Hashing with Bounded Loads", 2018): endpoints ranked by a
+/// hash of the prompt's prefix and each endpoint's URL, the first whose
+/// calls in flight (this one included) stay within `max_load_factor` of the
+/// mean takes the call. Every replica ranks the same way, and an endpoint
+/// joining or leaving moves only the prefixes it ranks first for.
+fn pick_affine<'a>(
+    endpoints: &'a [Arc<Endpoint>],
+    model: &str,
+    now: Instant,
+    affinity: &Affinity,
+) -> Option<&'a Endpoint> {
+    let mut ready: Vec<(u64, &'a Arc<Endpoint>)> = endpoints
+        .iter()
+        .filter(|e| e.is_ready(model, now))
+        .map(|e| (affinity::rendezvous(affinity.key, e.key), e))
+        .collect();
+    if ready.is_empty() {
+        return None;
+    }
+    let total: usize = ready.iter().map(|(_, e)| e.state.in_flight()).sum();
+    let bound = (affinity.max_load_factor * (total + 1) as f64 / ready.len() as f64).ceil();
+    ready.sort_unstable_by_key(|(score, _)| std::cmp::Reverse(*score));
+    let within = |e: &Endpoint| (e.state.in_flight() + 1) as f64 <= bound;
+    let (outcome, chosen) = match ready.iter().position(|(_, e)| within(e)) {
+        Some(0) => ("hit", Some(&**ready[0].1)),
+        Some(i) => ("spill", Some(&**ready[i].1)),
+        None => ("spill", pick_ready(endpoints, model, now)),
+    };
+    metrics::prefix_affinity(&affinity.route, outcome);
+    chosen
+}
+
 /// The endpoint out the longest for `model`, under its cap.
 fn pick_panic<'a>(
     endpoints: &'a [Arc<Endpoint>],
@@ -263,6 +315,13 @@ impl EndpointMaker {
                 Arc::downgrade(&state),
                 self.probe_client.clone(),
                 check.clone(),
+            ));
+        }
+        if let Some(metrics) = &self.policy.engine_metrics {
+            tokio::spawn(probe::scrape_engine(
+                Arc::downgrade(&state),
+                self.probe_client.clone(),
+                metrics.clone(),
             ));
         }
         self.pool.insert(state.clone());

@@ -16,9 +16,10 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use super::engine;
 use super::health::EndpointState;
 use crate::backend::http::{self, HttpClient};
-use crate::config::HealthCheck;
+use crate::config::{EngineMetrics, HealthCheck};
 
 /// How often an endpoint ejected for its connection is tried again.
 pub const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
@@ -95,6 +96,66 @@ fn socket_address(url: &::http::Uri) -> Option<(String, u16)> {
         _ => None,
     })?;
     Some((host.to_string(), port))
+}
+
+/// Most bytes of an engine's metrics page read: vLLM's is tens of KiB.
+const MAX_METRICS_PAGE: usize = 4 << 20;
+
+/// Scrapes the engine behind `state` every `metrics.interval` until the
+/// endpoint is gone, recording each reading for the balancer. A failed
+/// scrape keeps the last reading, which goes stale after three intervals.
+pub(crate) async fn scrape_engine(
+    state: Weak<EndpointState>,
+    client: HttpClient,
+    metrics: EngineMetrics,
+) {
+    let Some((url, mut gone)) = state.upgrade().and_then(|s| {
+        let base = s.url.to_string();
+        let url = format!("{}{}", base.trim_end_matches('/'), metrics.path)
+            .parse::<::http::Uri>()
+            .ok()?;
+        Some((url, s.gone()))
+    }) else {
+        return;
+    };
+    let mut ticks = tokio::time::interval(metrics.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned = false;
+    loop {
+        let page = tokio::select! {
+            _ = gone.changed() => return,
+            page = async {
+                ticks.tick().await;
+                let fetch = http::fetch_text(&client, url.clone(), MAX_METRICS_PAGE);
+                tokio::time::timeout(metrics.interval, fetch).await
+            } => page,
+        };
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        let sample = match page {
+            Ok(Ok(text)) => engine::parse(&text).ok_or_else(|| "no engine gauges".to_string()),
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err("timed out".to_string()),
+        };
+        match sample {
+            Ok(sample) => {
+                state.engine.record(
+                    sample,
+                    state.in_flight(),
+                    metrics.interval,
+                    tokio::time::Instant::now(),
+                );
+                state.set_engine_metrics(&sample);
+                warned = false;
+            }
+            Err(err) if !warned => {
+                warned = true;
+                tracing::warn!(endpoint = %state.url, %url, %err, "cannot read the engine's load; balancing on calls in flight");
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// Probes one endpoint over HTTP until it is gone, flipping its health

@@ -33,6 +33,7 @@ mod describe;
 mod headers;
 mod limits;
 mod listen;
+mod placement;
 mod resilience;
 mod route;
 #[cfg(test)]
@@ -59,6 +60,7 @@ pub use limits::{
 pub use listen::{
     CorsConfig, DEFAULT_GRPC_LISTEN, DEFAULT_METRICS_LISTEN, ListenConfig, METRICS_OFF,
 };
+pub use placement::{EngineMetrics, MIN_LOAD_INTERVAL, PrefixAffinity};
 pub use resilience::{
     DEFAULT_DNS_INTERVAL, Discovery, EndpointPolicy, HealthCheck, OutlierPolicy, RetryPolicy,
 };

@@ -115,6 +115,8 @@ pub struct EndpointPolicy {
     pub outlier: OutlierPolicy,
     /// Active probing, when configured.
     pub health_check: Option<HealthCheck>,
+    /// The engine's own load, scraped, when configured (`load:`).
+    pub engine_metrics: Option<super::EngineMetrics>,
 }
 
 /// When an endpoint that keeps failing is taken out, and for how long.

@@ -8,6 +8,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::check::{Checker, Problem};
 use super::limits::{CallerLimits, RawCallerLimits};
+use super::placement::{PrefixAffinity, RawBalance};
 use super::resilience::{RawRetry, RetryPolicy};
 
 // === raw (as written) ===
@@ -36,6 +37,9 @@ pub(crate) struct RawRoute {
     /// Rate and concurrency limits on the route, across all callers.
     #[serde(default)]
     pub(crate) limits: Option<Spanned<RawCallerLimits>>,
+    /// How its pools pick endpoints beyond load (prefix affinity).
+    #[serde(default)]
+    pub(crate) balance: Option<Spanned<RawBalance>>,
 }
 
 /// One entry of a route's `pools:`.
@@ -71,6 +75,8 @@ pub struct RouteConfig {
     pub context_fallback: Option<String>,
     /// Limits on the route across all its callers.
     pub limits: CallerLimits,
+    /// Prefix affinity for each of its pools, when set.
+    pub prefix_affinity: Option<PrefixAffinity>,
 }
 
 /// One pool of a route.
@@ -191,6 +197,7 @@ impl Checker {
             .as_ref()
             .map(|l| self.caller_limits(&format!("route '{model}': limits"), &l.value))
             .unwrap_or_default();
+        let prefix_affinity = route.balance.as_ref().and_then(|b| self.balance(&model, b));
         RouteConfig {
             model,
             aliases: route.aliases.into_iter().map(|a| a.value).collect(),
@@ -199,6 +206,7 @@ impl Checker {
             fallback: route.fallback.iter().map(|f| f.value.clone()).collect(),
             context_fallback: route.context_fallback.as_ref().map(|f| f.value.clone()),
             limits,
+            prefix_affinity,
         }
     }
 

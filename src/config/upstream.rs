@@ -1,6 +1,7 @@
 //! `upstreams:`: the servers behind the gateway, the wire each speaks, and
 //! how each call to them is shaped (keys, timeouts, kind-specific extras).
 
+use super::placement::RawLoad;
 use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
@@ -85,6 +86,9 @@ pub(crate) struct RawUpstream {
     /// How a stream broken mid-answer is continued here.
     #[serde(default)]
     pub(crate) continuation: Option<Spanned<String>>,
+    /// Where the balancer reads the engine's own load.
+    #[serde(default)]
+    pub(crate) load: Option<Spanned<RawLoad>>,
 }
 
 /// `sim:` of a simulated upstream.
@@ -626,6 +630,7 @@ impl Checker {
                 .health_check
                 .as_ref()
                 .and_then(|h| self.health_check(name, kind, h)),
+            engine_metrics: up.load.as_ref().and_then(|l| self.load(name, l)),
         }
     }
 

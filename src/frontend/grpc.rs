@@ -148,6 +148,9 @@ impl LlmService for GrpcFrontend {
                                 in_flight: u32::try_from(e.in_flight).unwrap_or(u32::MAX),
                                 consecutive_failures: e.consecutive_failures,
                                 ejected_for: e.ejected_for.to_string(),
+                                engine_requests_waiting: e.engine.map(|s| s.waiting),
+                                engine_requests_running: e.engine.map(|s| s.running),
+                                engine_kv_cache_usage: e.engine.map(|s| s.kv_cache_usage as f32),
                             })
                             .collect(),
                     })

@@ -32,7 +32,7 @@ use tower::retry::budget::Budget;
 
 use super::continuation::{self, Delivered, SkipPrefix};
 use super::table::{Pool, Route, RoutingTable};
-use crate::balance::Pick;
+use crate::balance::{Affinity, Pick, prefix_key};
 use crate::chat::{ChatRequest, ChatStream};
 use crate::config::Continuation;
 use crate::error::{ErrorKind, GatewayError};
@@ -154,6 +154,7 @@ async fn try_route(
     // The `timeout` of the upstream that failed last: the longest its
     // `Retry-After` may hold the call.
     let mut last_timeout = Duration::ZERO;
+    let pick = pick_for(route, req);
     for attempt in 0..route.retry.attempts {
         if let Some(err) = &last {
             let wait = backoff(route, attempt, err, last_timeout);
@@ -184,7 +185,7 @@ async fn try_route(
         *tried = true;
         let pool = &route.pools[index];
         last_timeout = pool.upstream.config().timeouts.total;
-        match attempt_on(pool, req, ask, Pick::Ready).await {
+        match attempt_on(pool, req, ask, pick.clone()).await {
             Ok(answer) => return Ok(answer),
             Err(err) => last = Some(err),
         }
@@ -195,6 +196,24 @@ async fn try_route(
             route.model
         ))
     }))
+}
+
+/// How the route's attempts pick endpoints: by prompt prefix when the
+/// route has affinity, else P2C.
+fn pick_for(route: &Route, req: &ChatRequest) -> Pick {
+    match &route.prefix_affinity {
+        Some(affinity) => Pick::Affine(Affinity {
+            key: prefix_key(
+                req.messages
+                    .iter()
+                    .map(|m| (m.role.as_str(), m.content.as_str())),
+                affinity.chars,
+            ),
+            max_load_factor: affinity.max_load_factor,
+            route: route.model.clone(),
+        }),
+        None => Pick::Ready,
+    }
 }
 
 /// The panic pick: one attempt on the pool, among the route's and its
@@ -234,7 +253,7 @@ async fn attempt_on(
     pick: Pick,
 ) -> Result<Answer, GatewayError> {
     let upstream = &pool.upstream;
-    let call = |req: Arc<ChatRequest>| upstream.call(pool.model.clone(), req, pick);
+    let call = |req: Arc<ChatRequest>| upstream.call(pool.model.clone(), req, pick.clone());
     let Ask::Continue(delivered) = ask else {
         let stream = call(req.clone()).await?;
         return first_event(stream, How::Fresh).await;

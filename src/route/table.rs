@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tower::retry::budget::TpsBudget;
 
 use crate::balance::{Connectors, Upstream};
-use crate::config::{Config, Continuation, RetryPolicy};
+use crate::config::{Config, Continuation, PrefixAffinity, RetryPolicy};
 use crate::error::GatewayError;
 
 /// How long a call counts toward a route's retry budget.
@@ -52,6 +52,8 @@ pub struct Route {
     /// Whether a stream that breaks mid-answer could be continued: some
     /// pool's upstream continues answers, or a fallback might.
     pub continues: bool,
+    /// Calls with the same prompt prefix go to the same endpoint of a pool.
+    pub prefix_affinity: Option<PrefixAffinity>,
 }
 
 /// One weighted share of a route.
@@ -129,6 +131,7 @@ impl RoutingTable {
                 pools,
                 fallback: route.fallback.clone(),
                 context_fallback: route.context_fallback.clone(),
+                prefix_affinity: route.prefix_affinity,
             });
             for name in
                 std::iter::once(&*route.model).chain(route.aliases.iter().map(String::as_str))

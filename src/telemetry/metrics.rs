@@ -40,6 +40,15 @@ pub const CALLS_IN_FLIGHT: &str = "llmgate_calls_in_flight";
 pub const ENDPOINT_UP: &str = "llmgate_endpoint_up";
 /// Calls an endpoint is serving right now, streams until their last token.
 pub const ENDPOINT_IN_FLIGHT: &str = "llmgate_endpoint_in_flight";
+/// Requests waiting in an endpoint's engine, as its metrics page says.
+pub const ENGINE_REQUESTS_WAITING: &str = "llmgate_engine_requests_waiting";
+/// Requests running in an endpoint's engine, as its metrics page says.
+pub const ENGINE_REQUESTS_RUNNING: &str = "llmgate_engine_requests_running";
+/// Share of an endpoint's engine KV cache in use, 0 to 1.
+pub const ENGINE_KV_CACHE_USAGE: &str = "llmgate_engine_kv_cache_usage";
+/// Calls of a route with prefix affinity, by whether they went to the
+/// preferred endpoint (`hit`) or elsewhere (`spill`).
+pub const PREFIX_AFFINITY_TOTAL: &str = "llmgate_prefix_affinity_total";
 /// Ejections of an endpoint (scope `endpoint`) or of one model on it
 /// (scope `model`) after failures in a row.
 pub const EJECTIONS_TOTAL: &str = "llmgate_ejections_total";
@@ -228,6 +237,38 @@ pub const CATALOG: &[MetricDef] = &[
         buckets: &[],
     },
     MetricDef {
+        name: ENGINE_REQUESTS_WAITING,
+        kind: MetricKind::Gauge,
+        unit: Unit::Count,
+        help: "Requests waiting in the endpoint's engine (vLLM, SGLang), from its own metrics (load: { metrics }).",
+        labels: ENDPOINT_LABELS,
+        buckets: &[],
+    },
+    MetricDef {
+        name: ENGINE_REQUESTS_RUNNING,
+        kind: MetricKind::Gauge,
+        unit: Unit::Count,
+        help: "Requests running in the endpoint's engine, from its own metrics (every caller's, not only this gateway's).",
+        labels: ENDPOINT_LABELS,
+        buckets: &[],
+    },
+    MetricDef {
+        name: ENGINE_KV_CACHE_USAGE,
+        kind: MetricKind::Gauge,
+        unit: Unit::Count,
+        help: "Share of the endpoint's engine KV cache in use, 0 to 1, from its own metrics.",
+        labels: ENDPOINT_LABELS,
+        buckets: &[],
+    },
+    MetricDef {
+        name: PREFIX_AFFINITY_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Unit::Count,
+        help: "Calls of routes with prefix affinity: hit (the endpoint ranked first for the prompt's prefix) or spill (it was loaded past max_load_factor).",
+        labels: &[label::ROUTE, label::OUTCOME],
+        buckets: &[],
+    },
+    MetricDef {
         name: EJECTIONS_TOTAL,
         kind: MetricKind::Counter,
         unit: Unit::Count,
@@ -401,6 +442,9 @@ pub struct EndpointMetrics {
     up: Gauge,
     /// [`ENDPOINT_IN_FLIGHT`].
     in_flight: Gauge,
+    /// [`ENGINE_REQUESTS_WAITING`], [`ENGINE_REQUESTS_RUNNING`],
+    /// [`ENGINE_KV_CACHE_USAGE`].
+    engine: [Gauge; 3],
     /// The upstream's name, for [`EJECTIONS_TOTAL`].
     upstream: Arc<str>,
     /// The endpoint's label, for [`EJECTIONS_TOTAL`].
@@ -418,9 +462,21 @@ impl EndpointMetrics {
         EndpointMetrics {
             up: metrics::gauge!(ENDPOINT_UP, labels.iter()),
             in_flight: metrics::gauge!(ENDPOINT_IN_FLIGHT, labels.iter()),
+            engine: [
+                metrics::gauge!(ENGINE_REQUESTS_WAITING, labels.iter()),
+                metrics::gauge!(ENGINE_REQUESTS_RUNNING, labels.iter()),
+                metrics::gauge!(ENGINE_KV_CACHE_USAGE, labels.iter()),
+            ],
             upstream: upstream.clone(),
             endpoint: endpoint.clone(),
         }
+    }
+
+    /// Publishes the engine's own load, as last scraped.
+    pub fn set_engine(&self, waiting: u32, running: u32, kv_cache_usage: f64) {
+        self.engine[0].set(f64::from(waiting));
+        self.engine[1].set(f64::from(running));
+        self.engine[2].set(kv_cache_usage);
     }
 
     /// Counts an ejection of the endpoint, or of `model` on it.
@@ -449,6 +505,16 @@ impl EndpointMetrics {
     pub fn call_ended(&self) {
         self.in_flight.decrement(1.0);
     }
+}
+
+/// Counts a call of `route` placed by prefix affinity: `hit` or `spill`.
+pub fn prefix_affinity(route: &Arc<str>, outcome: &'static str) {
+    metrics::counter!(
+        PREFIX_AFFINITY_TOTAL,
+        label::ROUTE => route.clone(),
+        label::OUTCOME => outcome,
+    )
+    .increment(1);
 }
 
 /// Counts a stream of `route` that broke mid-answer, by how it ended:

@@ -19,6 +19,7 @@ mod metrics;
 mod mixed;
 mod ollama;
 mod openai;
+mod placement;
 mod properties;
 mod reload;
 mod resilience;

@@ -142,6 +142,7 @@ fn full_file_is_read_field_by_field() {
                 fallback: vec![],
                 context_fallback: None,
                 limits: CallerLimits::default(),
+                prefix_affinity: None,
             },
             RouteConfig {
                 model: "demo".into(),
@@ -163,6 +164,7 @@ fn full_file_is_read_field_by_field() {
                 fallback: vec![],
                 context_fallback: None,
                 limits: CallerLimits::default(),
+                prefix_affinity: None,
             },
         ],
         auth: AuthConfig::Off,
