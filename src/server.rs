@@ -147,11 +147,11 @@ impl Server {
     /// Builds the routing table for `config` (upstreams start discovering
     /// their endpoints, so this needs a Tokio runtime).
     pub fn new(config: Config, connectors: Connectors) -> Result<Self, ServeError> {
-        let table: SharedTable = Arc::new(ArcSwap::from_pointee(RoutingTable::build(
-            &config,
-            &connectors,
-        )?));
-        let guard = Guard::shared(&config);
+        let built = Arc::new(RoutingTable::build(&config, &connectors)?);
+        let guard = Arc::new(ArcSwap::from_pointee(
+            Guard::build(&config, None).serving(&built),
+        ));
+        let table: SharedTable = Arc::new(ArcSwap::new(built));
         let acceptor = Acceptor::new(&config).map_err(ServeError::Tls)?;
         Ok(Server {
             config,

@@ -49,6 +49,10 @@ impl Service<ChatRequest> for Router {
     }
 
     fn call(&mut self, req: ChatRequest) -> Self::Future {
-        retry::serve(self.table.load_full(), Arc::new(req)).boxed()
+        // The table the call was pinned to with its keys, if the stack
+        // pinned one, so keys and routes come from the same reload.
+        let table =
+            (req.call.take_pinned::<RoutingTable>()).unwrap_or_else(|| self.table.load_full());
+        retry::serve(table, Arc::new(req)).boxed()
     }
 }

@@ -24,6 +24,7 @@
 pub mod auth;
 pub mod bucket;
 pub mod deadline;
+mod fallback;
 pub mod guard;
 pub mod in_flight;
 pub mod limits;
