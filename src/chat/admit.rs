@@ -31,10 +31,12 @@ use crate::error::GatewayError;
 /// The stack's side of [`CallContext::admit_route`], installed once per
 /// call by the layer that admitted it.
 pub trait AdmitRoute: std::fmt::Debug + Send + Sync {
-    /// Admits the call to the route `model` names (the route's own model
+    /// Admits `call` to the route `model` names (the route's own model
     /// name, as the table lists it), or refuses it with the error its
-    /// caller should see.
-    fn admit_route(&self, model: &str) -> Result<RoutePermit, GatewayError>;
+    /// caller should see. The call is passed in, not held: the context
+    /// holds the admission, so an admission holding the context would
+    /// keep both alive forever.
+    fn admit_route(&self, call: &CallContext, model: &str) -> Result<RoutePermit, GatewayError>;
 }
 
 /// What a call holds on a route it fell back to, released (and settled
@@ -106,7 +108,7 @@ impl CallContext {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         match admission {
-            Some(admission) => admission.admit_route(model),
+            Some(admission) => admission.admit_route(self, model),
             None => Ok(RoutePermit::default()),
         }
     }

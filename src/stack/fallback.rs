@@ -36,8 +36,6 @@ pub(crate) struct FallbackAdmission {
     guard: Arc<Guard>,
     /// The caller's key, when keys are required.
     key: Option<Arc<KeyPolicy>>,
-    /// The call, for its settlement on the fallback route.
-    call: CallContext,
     /// The prompt estimate each route is charged at admission.
     estimate: u32,
 }
@@ -60,7 +58,6 @@ pub(super) fn install(guard: &Arc<Guard>, req: &ChatRequest, estimate: u32) {
     req.call.set_route_admission(Arc::new(FallbackAdmission {
         guard: guard.clone(),
         key,
-        call: req.call.clone(),
         estimate,
     }));
 }
@@ -68,7 +65,7 @@ pub(super) fn install(guard: &Arc<Guard>, req: &ChatRequest, estimate: u32) {
 // === impl FallbackAdmission ===
 
 impl AdmitRoute for FallbackAdmission {
-    fn admit_route(&self, model: &str) -> Result<RoutePermit, GatewayError> {
+    fn admit_route(&self, call: &CallContext, model: &str) -> Result<RoutePermit, GatewayError> {
         if let Some(key) = &self.key {
             key.authorize(model)?;
         }
@@ -76,7 +73,7 @@ impl AdmitRoute for FallbackAdmission {
             return Ok(RoutePermit::default());
         };
         let permit = route_permit(&self.guard, model)?;
-        let mut settlement = Settlement::new(self.estimate, self.call.clone(), self.guard.clone());
+        let mut settlement = Settlement::new(self.estimate, call.clone(), self.guard.clone());
         settlement.charge(Whose::Route(model), quota)?;
         Ok(RoutePermit::new(Box::new(Landed {
             _permit: permit,
@@ -219,6 +216,29 @@ mod tests {
         };
         assert!(tokens(&paid, 1).is_err(), "paid was charged the 60 used");
         assert_eq!(tokens(&demo, 55), Ok(55), "demo kept only the prompt's 5");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_call_leaves_nothing_behind() {
+        let guard = with_paid(
+            "demo, paid",
+            "tokens_per_minute: 600",
+            "tokens_per_minute: 600",
+        );
+        let snapshot = guard.load_full();
+        let before = Arc::strong_count(&snapshot);
+        let svc = stack(&guard);
+        let req = crate::stack::rate::tests::by_search("demo");
+        let context = req.call.clone();
+        let stream = tower::ServiceExt::oneshot(svc, req).await.expect("served");
+        assert!(Arc::strong_count(&snapshot) > before, "held while it runs");
+        drop(stream);
+        drop(context);
+        assert_eq!(
+            Arc::strong_count(&snapshot),
+            before,
+            "the call's admission, settlement and pins are all gone"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -22,7 +22,7 @@
 //! down) gets back the requests and tokens its key and route were charged,
 //! so a caller pays only for prompts that were sent. A call that falls back
 //! to another model's route is charged there by that route's permit
-//! ([`fallback`](super::fallback)); its first route keeps only the estimate
+//! (the `fallback` module); its first route keeps only the estimate
 //! of the prompt it was sent.
 
 use std::num::NonZeroU32;
