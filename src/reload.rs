@@ -165,9 +165,14 @@ impl Reloader {
         if config.cors != applied.config.cors {
             needs_restart.push("cors: applies after a restart".to_string());
         }
-        self.table.store(Arc::new(table));
+        let table = Arc::new(table);
+        self.table.store(table.clone());
+        // Calls take the table from the policy they are pinned to (see
+        // `stack::guard::pin`), so a call sees this table only with these
+        // keys and limits, whichever it loads first.
         if let Some(guard) = &self.guard {
-            guard.store(Arc::new(Guard::build(&config, Some(&guard.load()))));
+            let policy = Guard::build(&config, Some(&guard.load())).serving(&table);
+            guard.store(Arc::new(policy));
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         metrics::config_reload(true);

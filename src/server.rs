@@ -153,11 +153,11 @@ impl Server {
         if config.listen.metrics.is_some() {
             metrics::install()?;
         }
-        let table: SharedTable = Arc::new(ArcSwap::from_pointee(RoutingTable::build(
-            &config,
-            &connectors,
-        )?));
-        let guard = Guard::shared(&config);
+        let built = Arc::new(RoutingTable::build(&config, &connectors)?);
+        let guard = Arc::new(ArcSwap::from_pointee(
+            Guard::build(&config, None).serving(&built),
+        ));
+        let table: SharedTable = Arc::new(ArcSwap::new(built));
         let acceptor = Acceptor::new(&config).map_err(ServeError::Tls)?;
         Ok(Server {
             config,

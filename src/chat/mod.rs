@@ -13,6 +13,7 @@
 //! [`hold`] keeps what a call holds (permits, load, its record) until its
 //! stream ends.
 
+pub mod admit;
 pub mod hold;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -76,6 +77,10 @@ struct ContextInner {
     request_id: RequestId,
     /// Filled in as the call is routed.
     placement: Mutex<Placement>,
+    /// The snapshot the call is served under (see [`admit`]).
+    pins: Mutex<Vec<admit::Pinned>>,
+    /// Admits the call to a fallback route (see [`admit`]).
+    route_admission: Mutex<Option<Arc<dyn admit::AdmitRoute>>>,
 }
 
 /// Where a call went. Every value is a name from the routing table, never
@@ -221,7 +226,7 @@ impl CallContext {
         CallContext {
             inner: Arc::new(ContextInner {
                 request_id,
-                placement: Mutex::default(),
+                ..ContextInner::default()
             }),
         }
     }

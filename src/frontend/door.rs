@@ -70,6 +70,16 @@ impl<S> Door<S> {
     /// The refusal of a caller without a valid key, recorded like any
     /// call when it was one (listing models is not a call); an admitted
     /// caller is left in the request's extensions instead.
+    ///
+    /// The record has no model, and cannot have one cheaply: a gRPC
+    /// call's model is a field of the protobuf message in its body, and
+    /// gRPC has no header for it. Reading even the first frame would wait
+    /// on bytes a stranger controls, which is what refusing at the
+    /// headers exists to avoid, and the name would be the stranger's word
+    /// anyway (the HTTP front records its keyless refusals the same way).
+    /// The refusal is counted with the model label `unknown`, as any call
+    /// the table does not route, and its access line carries its code and
+    /// request id.
     fn refuse(edge: &Edge, req: &mut Request<Body>) -> Option<Response<Body>> {
         let caller = Caller::from_authorization(
             req.headers()

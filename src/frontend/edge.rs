@@ -30,8 +30,8 @@ use crate::chat::{CallContext, Caller, ChatEvent, ChatRequest, ChatStream, Reque
 use crate::error::{ErrorKind, GatewayError};
 use crate::route::SharedTable;
 use crate::route::table::Route;
-use crate::stack::ChatService;
 use crate::stack::guard::{KeyPolicy, SharedGuard};
+use crate::stack::{self, ChatService};
 use crate::telemetry::call::CallRecord;
 
 /// What every front holds: the call path, the live table, and who may call.
@@ -76,7 +76,12 @@ impl Edge {
     /// Calls the stack. A panic below becomes INTERNAL for this one call
     /// (the call record counts it as a panic), never a dropped connection;
     /// fronts read the stream through [`poll_events`] for the same reason.
+    ///
+    /// The call is pinned here to one snapshot of keys, limits and routes,
+    /// which every layer and the router read, so a reload while it passes
+    /// the stack cannot mix two files in one call.
     pub async fn call(&self, req: ChatRequest) -> Result<ChatStream, GatewayError> {
+        stack::guard::pin(&req.call, &self.guard);
         unwinding(self.stack.clone().oneshot(req)).await
     }
 

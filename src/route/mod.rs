@@ -60,7 +60,12 @@ impl Service<ChatRequest> for Router {
 
     fn call(&mut self, req: ChatRequest) -> Self::Future {
         let live = self.table.clone();
-        let table = live.load_full();
+        // The table the call was pinned to with its keys, if the stack
+        // pinned one, so keys and routes come from the same reload.
+        let table = req
+            .call
+            .take_pinned::<RoutingTable>()
+            .unwrap_or_else(|| live.load_full());
         let req = Arc::new(req);
         async move {
             let route = retry::route_of(&table, &req)?;

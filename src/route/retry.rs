@@ -33,6 +33,7 @@ use tower::retry::budget::Budget;
 use super::continuation::{self, Delivered, SkipPrefix};
 use super::table::{Pool, Route, RoutingTable};
 use crate::balance::{Affinity, Pick, prefix_key};
+use crate::chat::hold::{Hold, OnEnd};
 use crate::chat::{ChatRequest, ChatStream};
 use crate::config::Continuation;
 use crate::error::{ErrorKind, GatewayError};
@@ -56,6 +57,16 @@ pub struct Answer {
     pub stream: ChatStream,
     /// How it was asked for.
     pub how: How,
+}
+
+impl Answer {
+    /// The same answer, keeping `held` until its stream ends.
+    fn holding(self, held: impl OnEnd) -> Self {
+        Answer {
+            stream: Box::pin(self.stream.hold(held)),
+            how: self.how,
+        }
+    }
 }
 
 /// How an answer was asked for.
@@ -104,9 +115,14 @@ pub async fn answer(
             .context_fallback
             .as_deref()
             .and_then(|m| table.lookup(m))
+            // Admitted like any fallback; refused, the caller sees why the
+            // prompt did not fit.
+            && let Ok(permit) = req.call.admit_route(&bigger.model)
         {
+            req.call.place_route(bigger.model.clone());
             return try_route(bigger, req, ask, &mut tried)
                 .await
+                .map(|answer| answer.holding(permit))
                 .map_err(|e| e.context(&format!("context fallback '{}'", bigger.model)));
         }
         return Err(err);
@@ -122,11 +138,20 @@ pub async fn answer(
         if out_of_time(req, Duration::ZERO) {
             return Err(last);
         }
+        // The key's model list and the fallback route's own limits apply
+        // there; a fallback the caller may not use is skipped.
+        let permit = match req.call.admit_route(&fallback.model) {
+            Ok(permit) => permit,
+            Err(refused) => {
+                tracing::debug!(route = %route.model, fallback = %fallback.model, %refused, "fallback not admitted");
+                continue;
+            }
+        };
         tracing::debug!(route = %route.model, fallback = %fallback.model, "falling back");
         metrics::fallback(&route.model, &fallback.model);
         req.call.place_route(fallback.model.clone());
         match try_route(fallback, req, ask, &mut tried).await {
-            Ok(answer) => return Ok(answer),
+            Ok(answer) => return Ok(answer.holding(permit)),
             Err(err) if err.is_retryable() => last = err,
             Err(err) => return Err(err),
         }
@@ -240,8 +265,14 @@ async fn in_panic(
         upstream = %pool.upstream.name(),
         "every endpoint is out; trying the one out the longest"
     );
+    if owner.model == route.model {
+        return Some(attempt_on(pool, req, ask, Pick::Panic).await);
+    }
+    // A fallback's pool: admitted by that route, as any fallback is.
+    let permit = req.call.admit_route(&owner.model).ok()?;
     req.call.place_route(owner.model.clone());
-    Some(attempt_on(pool, req, ask, Pick::Panic).await)
+    let answer = attempt_on(pool, req, ask, Pick::Panic).await;
+    Some(answer.map(|answer| answer.holding(permit)))
 }
 
 /// One attempt on `pool`, shaped for what `ask` wants and the upstream's

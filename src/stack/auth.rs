@@ -8,6 +8,8 @@
 //! No key → UNAUTHENTICATED; a model outside the key's list →
 //! PERMISSION_DENIED, before anything is routed or counted.
 
+use std::sync::Arc;
+
 use super::guard::{Admission, Guard, GuardLayer, Guarded};
 use crate::chat::{Caller, ChatRequest};
 use crate::error::GatewayError;
@@ -27,7 +29,10 @@ pub enum Authenticate {}
 impl Admission for Authenticate {
     type Held = std::convert::Infallible;
 
-    fn admit(guard: &Guard, req: &mut ChatRequest) -> Result<Option<Self::Held>, GatewayError> {
+    fn admit(
+        guard: &Arc<Guard>,
+        req: &mut ChatRequest,
+    ) -> Result<Option<Self::Held>, GatewayError> {
         if let Some(key) = guard.authenticate(&req.caller)? {
             key.authorize(&req.model)?;
             req.caller = Caller::Key(key.name.clone());

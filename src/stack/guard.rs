@@ -13,20 +13,20 @@
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwap;
 use futures_util::future::{Either, Ready, ready};
-use governor::{DefaultDirectRateLimiter, Quota as Rate, RateLimiter};
 use std::task::{Context, Poll};
 use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 
 use super::bucket::TokenBucket;
 use crate::chat::hold::{Hold, HoldOnReady, OnEnd};
-use crate::chat::{Caller, ChatRequest};
+use crate::chat::{CallContext, Caller, ChatRequest};
 use crate::config::{AuthConfig, CallerLimits, Config, KeyDigest, ModelGrant};
 use crate::error::{ErrorKind, GatewayError};
+use crate::route::RoutingTable;
 
 /// The policy in force, swapped whole on reload.
 pub type SharedGuard = Arc<ArcSwap<Guard>>;
@@ -61,7 +61,8 @@ pub trait Admission: 'static {
 
     /// Refuses the call with the error its caller should see, or admits
     /// it, possibly changing it (the auth layer names the caller's key).
-    fn admit(guard: &Guard, req: &mut ChatRequest) -> Result<Option<Self::Held>, GatewayError>;
+    fn admit(guard: &Arc<Guard>, req: &mut ChatRequest)
+    -> Result<Option<Self::Held>, GatewayError>;
 }
 
 /// An immutable snapshot of who may call and how much.
@@ -81,6 +82,13 @@ pub struct Guard {
     pub request: RequestShape,
     /// Calls in flight in the whole gateway, when capped.
     pub in_flight: Option<Arc<Capacity>>,
+    /// The routing table published with this policy, so a call pinned to
+    /// one snapshot routes by the file its keys came from; `None` for a
+    /// policy built on its own (unit tests). Weak, so the policy a call
+    /// holds to its end does not keep a replaced table (and its removed
+    /// upstreams) alive: the live table holds it, and a pinned call until
+    /// the router takes it.
+    table: Option<Weak<RoutingTable>>,
 }
 
 /// One declared key.
@@ -98,7 +106,7 @@ pub struct Quota {
     /// What was configured; a reload keeps this quota while it is equal.
     limits: CallerLimits,
     /// Calls per minute.
-    pub requests: Option<DefaultDirectRateLimiter>,
+    pub requests: Option<TokenBucket>,
     /// Tokens per minute.
     pub tokens: Option<TokenBucket>,
     /// Calls in flight.
@@ -182,12 +190,42 @@ where
     }
 
     fn call(&mut self, mut req: ChatRequest) -> Self::Future {
-        let held = match K::admit(&self.guard.load(), &mut req) {
+        let held = match K::admit(&pin(&req.call, &self.guard), &mut req) {
             Ok(held) => held,
             Err(err) => return Either::Left(ready(Err(err))),
         };
         Either::Right(HoldOnReady::new(self.inner.call(req), held))
     }
+}
+
+/// The snapshot `call` is served under: the one pinned to it already
+/// (by the edge, or an outer layer), else the policy in force now, pinned
+/// with its routing table so every later layer and the router read the
+/// same one. Keys and routes therefore come from one reload, however many
+/// reloads happen while the call passes the stack.
+///
+/// The router takes the table off the call (so a call in flight does not
+/// keep a replaced table alive); the policy stays pinned to the call's end.
+pub fn pin(call: &CallContext, shared: &SharedGuard) -> Arc<Guard> {
+    if let Some(guard) = call.pinned::<Guard>() {
+        return guard;
+    }
+    let mut guard = shared.load_full();
+    // A policy's table is gone only if a reload replaced both since the
+    // load; the next load finds the new pair. Bounded: with reloads that
+    // fast, the router's own load of the live table is as good.
+    for _ in 0..3 {
+        match guard.table.as_ref().map(Weak::upgrade) {
+            None => break,
+            Some(Some(table)) => {
+                call.pin(table);
+                break;
+            }
+            Some(None) => guard = shared.load_full(),
+        }
+    }
+    call.pin(guard.clone());
+    guard
 }
 
 // === impl Guard ===
@@ -238,7 +276,15 @@ impl Guard {
                 max_content_length: config.limits.max_content_length,
             },
             in_flight,
+            table: None,
         }
+    }
+
+    /// The policy, published with the routing table it goes with: a call
+    /// pinned to it routes by `table` (see [`pin`]).
+    pub fn serving(mut self, table: &Arc<RoutingTable>) -> Guard {
+        self.table = Some(Arc::downgrade(table));
+        self
     }
 
     /// A shared handle on the policy for `config`.
@@ -289,6 +335,11 @@ impl Guard {
         self.by_name.get(caller.key_name()?)
     }
 
+    /// Whether any route has limits of its own.
+    pub fn limits_routes(&self) -> bool {
+        !self.routes.is_empty()
+    }
+
     /// The quota of the route `model` names, if the route has limits.
     pub fn route(&self, model: &str) -> Option<&Arc<Quota>> {
         self.routes.get(model)
@@ -321,9 +372,7 @@ impl Quota {
     pub fn new(limits: CallerLimits) -> Quota {
         Quota {
             limits,
-            requests: limits
-                .requests_per_minute
-                .map(|n| RateLimiter::direct(Rate::per_minute(n))),
+            requests: limits.requests_per_minute.map(TokenBucket::per_minute),
             tokens: limits.tokens_per_minute.map(TokenBucket::per_minute),
             in_flight: limits.max_in_flight.map(|n| Arc::new(Capacity::new(n))),
         }
@@ -369,5 +418,81 @@ pub(crate) mod testing {
             Ok(config) => Guard::shared(&config),
             Err(err) => panic!("test policy rejected:\n{err}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tower::{Layer, ServiceExt, service_fn};
+
+    use super::testing::policy;
+    use super::*;
+    use crate::balance::Connectors;
+    use crate::chat::ChatStream;
+    use crate::chat::testing::request;
+    use crate::stack::auth::AuthLayer;
+
+    const SEARCH: &str = "    - { name: search, env: SEARCH_KEY, models: [\"*\"] }";
+    const RENAMED: &str = "    - { name: renamed, env: SEARCH_KEY, models: [\"*\"] }";
+
+    /// The auth layer over a stub that answers with an empty stream.
+    async fn admitted(guard: &SharedGuard, req: ChatRequest) -> Result<(), GatewayError> {
+        let stub = service_fn(|_req: ChatRequest| async {
+            Ok::<ChatStream, GatewayError>(Box::pin(futures_util::stream::empty()))
+        });
+        AuthLayer::new(guard.clone())
+            .layer(stub)
+            .oneshot(req)
+            .await
+            .map(drop)
+    }
+
+    fn by_search() -> ChatRequest {
+        let mut req = request("demo");
+        req.caller = Caller::Key("search".into());
+        req
+    }
+
+    #[tokio::test]
+    async fn a_call_keeps_the_policy_it_was_pinned_to_across_a_reload() {
+        let live = policy(&["auth:", "  keys:", SEARCH], &[]);
+        let pinned = by_search();
+        pin(&pinned.call, &live);
+        // A reload renames the key while the call is on its way.
+        live.store(policy(&["auth:", "  keys:", RENAMED], &[]).load_full());
+        assert_eq!(admitted(&live, pinned).await, Ok(()));
+        let err = admitted(&live, by_search())
+            .await
+            .expect_err("a new call sees the reload");
+        assert_eq!(
+            err.message(),
+            "the API key was withdrawn; ask for a new one"
+        );
+    }
+
+    #[tokio::test]
+    async fn pinning_a_policy_pins_the_routing_table_published_with_it() {
+        let text = "upstreams:\n  local:\n    kind: sim\nroutes:\n  - model: demo\n    pools:\n      - upstream: local\n";
+        let config = Config::parse(text, "routing.yaml", &|_| None).expect("valid");
+        let table =
+            Arc::new(RoutingTable::build(&config, &Connectors::default()).expect("a table"));
+        let live: SharedGuard = Arc::new(ArcSwap::from_pointee(
+            Guard::build(&config, None).serving(&table),
+        ));
+        let call = CallContext::default();
+        let guard = pin(&call, &live);
+        let pinned = call
+            .take_pinned::<RoutingTable>()
+            .expect("the table is pinned");
+        assert!(Arc::ptr_eq(&pinned, &table));
+        assert!(Arc::ptr_eq(
+            &guard,
+            &call.pinned::<Guard>().expect("and the policy")
+        ));
+        live.store(Arc::new(Guard::build(&config, None)));
+        assert!(
+            Arc::ptr_eq(&pin(&call, &live), &guard),
+            "a second pin keeps the first snapshot"
+        );
     }
 }

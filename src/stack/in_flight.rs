@@ -12,6 +12,8 @@
 //! retry elsewhere); a full route or key answers RESOURCE_EXHAUSTED. Both
 //! say when to retry.
 
+use std::sync::Arc;
+
 use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
@@ -48,7 +50,7 @@ pub struct Permits {
 impl Admission for Admit {
     type Held = Permits;
 
-    fn admit(guard: &Guard, req: &mut ChatRequest) -> Result<Option<Permits>, GatewayError> {
+    fn admit(guard: &Arc<Guard>, req: &mut ChatRequest) -> Result<Option<Permits>, GatewayError> {
         let permits = permits(guard, req)?;
         Ok((!permits.is_empty()).then_some(Permits { _held: permits }))
     }
@@ -68,19 +70,8 @@ fn permits(guard: &Guard, req: &ChatRequest) -> Result<Vec<OwnedSemaphorePermit>
             ))
         })?);
     }
-    if let Some(capacity) = guard
-        .route(&req.model)
-        .and_then(|quota| quota.in_flight.as_ref())
-    {
-        permits.push(take(capacity, || {
-            GatewayError::new(
-                ErrorKind::ResourceExhausted,
-                format!(
-                    "model '{}' is at its limit of {} calls in flight; retry shortly",
-                    req.model, capacity.max
-                ),
-            )
-        })?);
+    if let Some(permit) = route_permit(guard, &req.model)? {
+        permits.push(permit);
     }
     if let Some(key) = guard.key(&req.caller)
         && let Some(capacity) = &key.quota.in_flight
@@ -97,6 +88,30 @@ fn permits(guard: &Guard, req: &ChatRequest) -> Result<Vec<OwnedSemaphorePermit>
         })?);
     }
     Ok(permits)
+}
+
+/// A permit from the in-flight cap of the route `model` names, if it has
+/// one; RESOURCE_EXHAUSTED naming the model when it is full.
+pub(super) fn route_permit(
+    guard: &Guard,
+    model: &str,
+) -> Result<Option<OwnedSemaphorePermit>, GatewayError> {
+    let Some(capacity) = guard
+        .route(model)
+        .and_then(|quota| quota.in_flight.as_ref())
+    else {
+        return Ok(None);
+    };
+    take(capacity, || {
+        GatewayError::new(
+            ErrorKind::ResourceExhausted,
+            format!(
+                "model '{model}' is at its limit of {} calls in flight; retry shortly",
+                capacity.max
+            ),
+        )
+    })
+    .map(Some)
 }
 
 /// A permit from `capacity` now, or `full()` with a retry hint.

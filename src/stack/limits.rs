@@ -7,6 +7,8 @@
 //! wrote it in. Both answers are INVALID_ARGUMENT naming the field: sending
 //! the same request again cannot succeed.
 
+use std::sync::Arc;
+
 use super::guard::{Admission, Guard, GuardLayer, Guarded, RequestShape};
 use crate::chat::ChatRequest;
 use crate::config::human_size;
@@ -27,7 +29,10 @@ pub enum CheckShape {}
 impl Admission for CheckShape {
     type Held = std::convert::Infallible;
 
-    fn admit(guard: &Guard, req: &mut ChatRequest) -> Result<Option<Self::Held>, GatewayError> {
+    fn admit(
+        guard: &Arc<Guard>,
+        req: &mut ChatRequest,
+    ) -> Result<Option<Self::Held>, GatewayError> {
         check(&guard.request, req).map(|()| None)
     }
 }

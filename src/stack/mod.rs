@@ -17,13 +17,18 @@
 //! - [`deadline`]: the caller's deadline over the whole call.
 //!
 //! Refusals come first and cost nothing downstream: a caller refused by
-//! one layer has taken nothing from the layers after it. The policy the
-//! guarding layers read is one [`guard::Guard`] snapshot, swapped on reload;
-//! the token bucket its quotas hold and [`rate`] charges is [`bucket`].
+//! one layer has taken nothing from the layers after it, and a call refused
+//! after [`rate`] charged it (its model is not routed) is refunded. The
+//! policy the guarding layers read is one [`guard::Guard`] snapshot,
+//! swapped on reload and pinned to each call with its routing table
+//! ([`guard::pin`]); the token bucket its quotas hold and [`rate`] charges
+//! is [`bucket`]. A call the router sends on to a fallback route is
+//! admitted there by the hook `fallback` installs on the call.
 
 pub mod auth;
 pub mod bucket;
 pub mod deadline;
+mod fallback;
 pub mod guard;
 pub mod in_flight;
 pub mod limits;

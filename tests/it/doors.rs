@@ -339,3 +339,267 @@ async fn connections_past_max_connections_are_closed_at_accept_on_that_listener_
         .expect("the other listener serves");
     drop(held);
 }
+
+// === memory: strangers' bodies cost the real binary nothing ===
+
+/// The resident memory of process `pid`, from `/proc/<pid>/status`, in KiB.
+fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in {status}"))
+}
+
+/// The body each stranger sends: 4 MiB, as the review's clients did.
+const STRANGER_BODY: usize = 4 * 1024 * 1024;
+/// Sent in pieces this big, one every [`DRIP`].
+const PIECE: usize = 64 * 1024;
+const DRIP: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// One keyless HTTP caller: a head announcing a 4 MiB body, the body
+/// dripped in pieces for as long as the gateway takes it; the status the
+/// gateway answered with.
+async fn keyless_http_drip(addr: SocketAddr) -> Option<u16> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut read, mut write) = stream.into_split();
+    let send = async move {
+        write
+            .write_all(chat_head(STRANGER_BODY, None).as_bytes())
+            .await?;
+        let piece = vec![b'x'; PIECE];
+        for _ in 0..STRANGER_BODY / PIECE {
+            // A gateway that stopped reading leaves the write pending.
+            tokio::time::timeout(PATIENCE, write.write_all(&piece))
+                .await
+                .map_err(std::io::Error::other)??;
+            tokio::time::sleep(DRIP).await;
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let sender = tokio::spawn(send);
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let status = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+            let text = String::from_utf8_lossy(&answer);
+            if let Some(code) = text.split(' ').nth(1).filter(|_| text.contains("\r\n")) {
+                return code.parse().ok();
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten();
+    sender.abort();
+    status
+}
+
+/// One keyless gRPC caller dripping a 4 MiB body; the code it got.
+async fn keyless_grpc_drip(addr: SocketAddr) -> tonic::Code {
+    use futures_util::StreamExt;
+    let pieces = futures_util::stream::iter(0..STRANGER_BODY / PIECE).then(|_| async {
+        tokio::time::sleep(DRIP).await;
+        Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::from(vec![
+            0u8;
+            PIECE
+        ])))
+    });
+    let body = http_body_util::StreamBody::new(Box::pin(pieces));
+    raw_grpc(addr, None, body).await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_strangers_dripping_large_bodies_leave_the_binarys_memory_flat() {
+    let dir = TempDir::new("doors-rss");
+    std::fs::write(dir.join("app.key"), APP_KEY).expect("write the key file");
+    let config = dir.join("routing.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: {{ grpc: 127.0.0.1:0, http: 127.0.0.1:0, metrics: off }}
+auth:
+  keys:
+    - {{ name: app, file: {}, models: [demo] }}
+upstreams:
+  sim: {{ kind: sim }}
+routes:
+  - model: demo
+    pools: [{{ upstream: sim }}]
+",
+            dir.join("app.key").display()
+        ),
+    )
+    .expect("write the routing file");
+    let (server, mut stdout) = crate::serve_cli::serve_unwatched(&config);
+    let mut lines = [String::new(), String::new()];
+    for line in &mut lines {
+        std::io::BufRead::read_line(&mut stdout, line).expect("a listening line");
+    }
+    let addr_of = |line: &str| -> SocketAddr {
+        let word = line.trim().rsplit(' ').next().unwrap_or_default();
+        word.parse()
+            .unwrap_or_else(|_| panic!("no address in {line:?}"))
+    };
+    let (grpc, http) = (addr_of(&lines[0]), addr_of(&lines[1]));
+    let pid = server.id();
+    let idle = resident_kib(pid);
+
+    // 25 strangers on each front, all at once.
+    let mut http_callers = tokio::task::JoinSet::new();
+    let mut grpc_callers = tokio::task::JoinSet::new();
+    for _ in 0..25 {
+        http_callers.spawn(keyless_http_drip(http));
+        grpc_callers.spawn(keyless_grpc_drip(grpc));
+    }
+    // Sample while they send: the peak is what matters.
+    let mut peak = idle;
+    let (mut http_answers, mut grpc_answers) = (Vec::new(), Vec::new());
+    while !(http_callers.is_empty() && grpc_callers.is_empty()) {
+        peak = peak.max(resident_kib(pid));
+        tokio::select! {
+            Some(done) = http_callers.join_next(), if !http_callers.is_empty() => {
+                http_answers.push(done.expect("caller task"));
+            }
+            Some(done) = grpc_callers.join_next(), if !grpc_callers.is_empty() => {
+                // A call the gateway never answered panics in its task.
+                grpc_answers.push(done.unwrap_or(tonic::Code::Unknown));
+            }
+            () = tokio::time::sleep(DRIP) => {}
+        }
+    }
+    peak = peak.max(resident_kib(pid));
+    // 50 bodies of 4 MiB are 200 MiB. The bound is half the buffer budget
+    // (64 MiB), so it proves strangers are refused before the budget is
+    // touched, not merely held to it.
+    let grown_mib = peak.saturating_sub(idle) / 1024;
+    assert!(
+        grown_mib < 32,
+        "RSS grew by {grown_mib} MiB (idle {idle} KiB, peak {peak} KiB)"
+    );
+    assert_eq!(
+        http_answers,
+        [Some(401); 25],
+        "keyless HTTP bodies are refused"
+    );
+    assert_eq!(
+        grpc_answers,
+        [tonic::Code::Unauthenticated; 25],
+        "keyless gRPC bodies are refused"
+    );
+    // And the gateway still serves its key holders.
+    let body = r#"{"model":"demo","messages":[{"role":"user","content":"hi"}]}"#;
+    let mut sent = chat_head(body.len(), Some(APP_KEY)).into_bytes();
+    sent.extend_from_slice(body.as_bytes());
+    let (status, answer) = raw_http(http, &sent).await.expect("an answer");
+    assert_eq!(status, 200, "{answer}");
+}
+
+// === quotas: a refusal costs nothing ===
+
+#[tokio::test]
+async fn calls_the_gateway_refuses_cost_the_key_none_of_its_quota() {
+    let routes = KEYED.replace(
+        "      models: [demo]\n",
+        "      models: [\"*\"]\n      limits: { requests_per_minute: 1, tokens_per_minute: 100 }\n",
+    );
+    let gateway = Gateway::start_with_env(&routes, &app_env).await;
+    let mut client = gateway.client().await;
+    for _ in 0..3 {
+        let status = client
+            .complete(keyed(request("nowhere", "hi"), APP_KEY))
+            .await
+            .expect_err("not routed");
+        assert_eq!(status.code(), tonic::Code::NotFound, "{}", status.message());
+    }
+    client
+        .complete(keyed(request("demo", "hi"), APP_KEY))
+        .await
+        .expect("the key's one request a minute is still there");
+    let status = client
+        .complete(keyed(request("demo", "hi"), APP_KEY))
+        .await
+        .expect_err("and now it is spent");
+    assert_status(
+        &status,
+        tonic::Code::ResourceExhausted,
+        &["key 'app' is over its limit of 1 requests per minute"],
+    );
+}
+
+// === fallbacks: admitted and charged where they land ===
+
+/// A primary route whose upstream is always overloaded, falling back to
+/// `spare` (one request a minute), for a key that may call `models`.
+async fn falling_back(models: &str) -> (Gateway, FakeUpstream) {
+    let primary = FakeUpstream::start(|_| {
+        json_reply(
+            503,
+            &serde_json::json!({"error": {"message": "overloaded"}}),
+        )
+    })
+    .await;
+    let yaml = format!(
+        "auth:
+  keys:
+    - {{ name: app, env: APP_KEY, models: [{models}] }}
+upstreams:
+  primary: {{ kind: openai, endpoints: [{}] }}
+  backup: {{ kind: sim, sim: {{ ttft: 0s, tokens_per_second: 0, output_tokens: 3 }} }}
+routes:
+  - model: demo
+    fallback: [spare]
+    retry: {{ attempts: 1 }}
+    pools: [{{ upstream: primary }}]
+  - model: spare
+    limits: {{ requests_per_minute: 1 }}
+    pools: [{{ upstream: backup }}]
+",
+        primary.url()
+    );
+    (Gateway::start_with_env(&yaml, &app_env).await, primary)
+}
+
+#[tokio::test]
+async fn a_fallback_the_key_may_not_call_is_not_taken() {
+    let (gateway, _primary) = falling_back("demo").await;
+    let status = gateway
+        .client()
+        .await
+        .complete(keyed(request("demo", "hi"), APP_KEY))
+        .await
+        .expect_err("spare is not the key's");
+    assert_eq!(
+        status.code(),
+        tonic::Code::Unavailable,
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn a_fallback_is_held_to_its_own_routes_limits() {
+    let (gateway, _primary) = falling_back("demo, spare").await;
+    let mut client = gateway.client().await;
+    let answer = client
+        .complete(keyed(request("demo", "hi"), APP_KEY))
+        .await
+        .expect("served by spare")
+        .into_inner();
+    assert_eq!(answer.model, "spare");
+    let status = client
+        .complete(keyed(request("demo", "hi"), APP_KEY))
+        .await
+        .expect_err("spare's one request a minute is spent");
+    assert_eq!(
+        status.code(),
+        tonic::Code::Unavailable,
+        "{}",
+        status.message()
+    );
+}

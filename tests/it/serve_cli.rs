@@ -10,10 +10,10 @@ use crate::support::PATIENCE;
 const BIN: &str = env!("CARGO_BIN_EXE_llmgate");
 
 /// A child process killed if the test fails before it exits.
-struct Running(Option<Child>);
+pub(crate) struct Running(Option<Child>);
 
 impl Running {
-    fn id(&self) -> u32 {
+    pub(crate) fn id(&self) -> u32 {
         self.0.as_ref().map_or(0, Child::id)
     }
 }
@@ -74,7 +74,9 @@ fn last_word(line: &str) -> String {
 
 /// Starts `llmgate serve --no-watch` and returns it with its output, for
 /// tests that read the listening lines themselves.
-fn serve_unwatched(config: &std::path::Path) -> (Running, BufReader<std::process::ChildStdout>) {
+pub(crate) fn serve_unwatched(
+    config: &std::path::Path,
+) -> (Running, BufReader<std::process::ChildStdout>) {
     let mut child = Command::new(BIN)
         .args(["serve", "--no-watch", "--config"])
         .arg(config)
