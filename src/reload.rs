@@ -162,6 +162,13 @@ impl Reloader {
         if config.shutdown_grace != applied.config.shutdown_grace {
             needs_restart.push("shutdown_grace: applies after a restart".to_string());
         }
+        if config.state != applied.config.state {
+            needs_restart.push(
+                "state: the gateway keeps its connection to the shared store (and the counts \
+                 in it) until a restart"
+                    .to_string(),
+            );
+        }
         if config.cors != applied.config.cors {
             needs_restart.push("cors: applies after a restart".to_string());
         }
