@@ -135,3 +135,22 @@ fn without_state_a_file_with_limits_is_told_they_count_per_replica() {
     assert!(describe(&unlimited).contains("state: local\n"));
     assert!(!describe(&unlimited).contains("note:"));
 }
+
+/// The README's scale-out section shows `state:`; it must stay valid.
+#[test]
+fn the_readme_state_example_is_valid() {
+    let readme = include_str!("../../../README.md");
+    let section = &readme[readme.find("## Scale-out").expect("the section")..];
+    let start = section.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+    let end = start + section[start..].find("```").expect("its end");
+    let lines: Vec<&str> = section[start..end].lines().collect();
+    let env = |_: &str| Some("from-the-environment".to_string());
+    let config = match Config::parse(&with_minimal_routes(&lines), "README.md", &env) {
+        Ok(config) => config,
+        Err(err) => panic!("the README's state example is invalid:\n{err}"),
+    };
+    assert_eq!(
+        config.state.redis.map(|r| r.url),
+        Some("redis://llmgate-redis:6379/0".to_string())
+    );
+}
