@@ -26,7 +26,7 @@ pub mod redis;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -55,6 +55,11 @@ pub struct SharedLimits {
     store: Arc<Store>,
     /// The limits in force.
     scopes: ArcSwap<Scopes>,
+    /// Set when an in-flight release may not have reached the store (it
+    /// failed, or the store was away): the next heartbeat re-asserts this
+    /// replica's counts. Only then, as a re-assertion races with calls
+    /// starting and ending on this replica.
+    repair: Arc<AtomicBool>,
 }
 
 /// The keys and routes with limits.
@@ -76,8 +81,8 @@ pub struct Scope {
     requests: Option<(String, Lease)>,
     /// Tokens per minute, likewise.
     tokens: Option<(String, Lease)>,
-    /// Calls in flight: the key of the replicas' counts, and this
-    /// replica's own count (what it re-asserts on each heartbeat).
+    /// Calls in flight: the key of the replicas' counts, the cap, and this
+    /// replica's own count (what it re-asserts after an outage).
     in_flight: Option<(String, NonZeroU32, AtomicU32)>,
 }
 
@@ -86,6 +91,8 @@ pub struct Scope {
 pub struct Reservation {
     /// Where releases go.
     store: Arc<Store>,
+    /// Raised when a release fails.
+    repair: Arc<AtomicBool>,
     /// Token reservations: the scope and how many were taken.
     tokens: Vec<(Arc<Scope>, u32)>,
     /// Request reservations, refunded only if the call is refused later in
@@ -118,6 +125,7 @@ impl SharedLimits {
         let shared = Arc::new(SharedLimits {
             store: Store::connect(config)?,
             scopes: ArcSwap::from_pointee(Scopes::default()),
+            repair: Arc::new(AtomicBool::new(false)),
         });
         shared.apply(limits);
         tokio::spawn(upkeep(Arc::downgrade(&shared)));
@@ -188,6 +196,7 @@ impl SharedLimits {
         }
         let mut held = Reservation {
             store: self.store.clone(),
+            repair: self.repair.clone(),
             tokens: Vec::new(),
             requests: Vec::new(),
             in_flight: Vec::new(),
@@ -202,7 +211,10 @@ impl SharedLimits {
                     held.refund();
                     return match stop {
                         Stop::Refused(err) => Err(err),
-                        Stop::Store => self.without_store(),
+                        Stop::Store => {
+                            self.repair.store(true, Ordering::Relaxed);
+                            self.without_store()
+                        }
                     };
                 }
             }
@@ -332,8 +344,9 @@ impl SharedLimits {
     }
 }
 
-/// Gives idle leases back, renews the heartbeat and re-asserts this
-/// replica's in-flight counts, until the limits are dropped.
+/// Gives idle leases back, renews the heartbeat and, after releases the
+/// store may have missed, re-asserts this replica's in-flight counts,
+/// until the limits are dropped.
 async fn upkeep(shared: Weak<SharedLimits>) {
     let mut ticks = tokio::time::interval(UPKEEP_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -345,6 +358,7 @@ async fn upkeep(shared: Weak<SharedLimits>) {
             return;
         };
         if !shared.store.is_up() {
+            shared.repair.store(true, Ordering::Relaxed);
             continue;
         }
         let scopes = shared.scopes.load_full();
@@ -355,6 +369,7 @@ async fn upkeep(shared: Weak<SharedLimits>) {
         if heartbeat && shared.store.heartbeat().await.is_err() {
             continue;
         }
+        let repair = heartbeat && shared.repair.swap(false, Ordering::Relaxed);
         for scope in all {
             // Aliases share their route's scope: once each.
             let id = Arc::as_ptr(scope) as usize;
@@ -370,11 +385,11 @@ async fn upkeep(shared: Weak<SharedLimits>) {
                     }
                 }
             }
-            if heartbeat && let Some((key, _, count)) = &scope.in_flight {
-                let _ = shared
-                    .store
-                    .set_in_flight(key, count.load(Ordering::Relaxed))
-                    .await;
+            if repair && let Some((key, _, count)) = &scope.in_flight {
+                let count = count.load(Ordering::Relaxed);
+                if shared.store.set_in_flight(key, count).await.is_err() {
+                    shared.repair.store(true, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -432,9 +447,12 @@ impl Reservation {
             };
             count.fetch_sub(1, Ordering::Relaxed);
             let store = self.store.clone();
+            let repair = self.repair.clone();
             runtime.spawn(async move {
-                if let Some((key, _, _)) = &scope.in_flight {
-                    let _ = store.release_in_flight(key).await;
+                if let Some((key, _, _)) = &scope.in_flight
+                    && store.release_in_flight(key).await.is_err()
+                {
+                    repair.store(true, Ordering::Relaxed);
                 }
             });
         }

@@ -298,3 +298,122 @@ async fn a_reload_keeps_the_counts_in_the_store() {
         "admitted {served} of 12 after the reload"
     );
 }
+
+/// Sends one command to `redis` in RESP and returns the first line of the
+/// answer.
+async fn redis_command(redis: &Redis, args: &[&str]) -> String {
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", redis.port))
+        .await
+        .expect("redis answers");
+    let mut wire = format!("*{}\r\n", args.len());
+    for arg in args {
+        wire.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    conn.write_all(wire.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n") {
+        conn.read_exact(&mut byte).await.expect("an answer");
+        answer.push(byte[0]);
+    }
+    String::from_utf8_lossy(&answer).trim_end().to_string()
+}
+
+/// Whether `gateway` admits a streamed call as `team`: its first token
+/// arrives (the call is then dropped, which ends it), or the refusal.
+async fn admits(gateway: &Gateway) -> Result<(), tonic::Status> {
+    let mut client = gateway.client().await;
+    let mut stream = client
+        .complete_stream(keyed(request("demo", "hi"), TEAM_KEY))
+        .await?
+        .into_inner();
+    match futures_util::StreamExt::next(&mut stream).await {
+        Some(Ok(_)) => Ok(()),
+        Some(Err(status)) => Err(status),
+        None => Err(tonic::Status::unknown("ended without a token")),
+    }
+}
+
+#[tokio::test]
+async fn calls_in_flight_are_shared_and_a_dead_replicas_calls_are_released() {
+    let redis = Redis::start().await;
+    // Forty tokens at ten a second: a call streams for about four seconds.
+    let yaml = routing(&redis.state("allow"), "max_in_flight: 1", 40)
+        .replace("tokens_per_second: 0", "tokens_per_second: 10");
+    let gateways = replicas(&yaml).await;
+    let mut client = gateways[0].client().await;
+    let mut streaming = client
+        .complete_stream(keyed(request("demo", "hi"), TEAM_KEY))
+        .await
+        .expect("the first call fits")
+        .into_inner();
+    assert!(
+        futures_util::StreamExt::next(&mut streaming)
+            .await
+            .is_some()
+    );
+    // Alone, the other replica would have room for one.
+    let status = admits(&gateways[1])
+        .await
+        .expect_err("one in flight, on the other replica");
+    assert_status(
+        &status,
+        Code::ResourceExhausted,
+        &["key 'team' is at its limit of 1 calls in flight across all replicas"],
+    );
+    assert!(retry_after(&status).is_some());
+    // The first call ends (its caller leaves): its slot comes back.
+    drop(streaming);
+    let start = Instant::now();
+    while admits(&gateways[1]).await.is_err() {
+        assert!(start.elapsed() < PATIENCE, "the slot never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A replica that died holding a call: its count stays in Redis, but
+    // without its heartbeat it no longer counts.
+    let key = "llmgate:key:team:in_flight";
+    assert_eq!(
+        redis_command(&redis, &["HSET", key, "dead-replica", "1"]).await,
+        ":1"
+    );
+    // (The other replica's last call may still be releasing its slot: a
+    // few tries, but a dead replica that counted would never let one in.)
+    let start = Instant::now();
+    while let Err(status) = admits(&gateways[0]).await {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "a dead replica's call still counts: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        redis_command(&redis, &["HEXISTS", key, "dead-replica"]).await,
+        ":0"
+    );
+}
+
+#[tokio::test]
+async fn a_redis_that_stops_answering_holds_no_call_past_the_store_timeout() {
+    let redis = Redis::start().await;
+    let yaml = routing(&redis.state("allow"), "requests_per_minute: 100", 3);
+    let gateway = Gateway::start(&yaml).await;
+    assert!(call(&gateway).await.0.is_ok());
+    let pid = redis.child.as_ref().expect("running").id().to_string();
+    let signal = |sig: &str| {
+        let status = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    };
+    // Frozen, not dead: connections stay open and nothing answers.
+    signal("-STOP");
+    for _ in 0..5 {
+        let (served, took) = call(&gateway).await;
+        assert!(served.is_ok(), "{served:?}");
+        // The timeout is 100ms: the first call waits it out, the next ones
+        // find the store marked down and do not wait at all.
+        assert!(took < Duration::from_millis(600), "took {took:?}");
+    }
+    signal("-CONT");
+}
