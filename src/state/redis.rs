@@ -346,3 +346,57 @@ impl StoreError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(url: &str, on_error: OnStoreError) -> RedisConfig {
+        RedisConfig {
+            url: url.to_string(),
+            key_prefix: "t:".to_string(),
+            timeout: Duration::from_millis(200),
+            on_error,
+            password: None,
+            password_source: None,
+        }
+    }
+
+    /// A port nothing listens on: bound, then closed.
+    fn closed_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port")
+    }
+
+    #[tokio::test]
+    async fn a_store_that_cannot_be_reached_is_marked_down_once_and_then_not_tried() {
+        let url = format!("redis://127.0.0.1:{}/0", closed_port());
+        let store = Store::connect(&config(&url, OnStoreError::Deny)).expect("lazy: no I/O yet");
+        assert!(store.is_up(), "presumed up until a call fails");
+        assert_eq!(store.on_error(), OnStoreError::Deny);
+        let start = std::time::Instant::now();
+        let first = store.take("t:bucket", 60, 1, 1).await;
+        assert!(
+            matches!(first, Err(StoreError::Failed | StoreError::Timeout)),
+            "{first:?}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "bounded by the timeout"
+        );
+        assert!(!store.is_up());
+        // While down, calls are not even tried.
+        let second = store.take_in_flight("t:in_flight", 1).await;
+        assert!(matches!(second, Err(StoreError::Down)), "{second:?}");
+    }
+
+    #[tokio::test]
+    async fn a_tls_store_builds_without_connecting() {
+        let url = format!("rediss://127.0.0.1:{}/0", closed_port());
+        let store = Store::connect(&config(&url, OnStoreError::Allow)).expect("lazy: no I/O yet");
+        assert!(store.take("t:bucket", 60, 1, 1).await.is_err());
+        assert_eq!(store.key("x"), "t:x");
+    }
+}
