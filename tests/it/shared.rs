@@ -417,3 +417,39 @@ async fn a_redis_that_stops_answering_holds_no_call_past_the_store_timeout() {
     }
     signal("-CONT");
 }
+
+#[tokio::test]
+async fn a_routes_limit_is_shared_by_its_aliases_across_replicas() {
+    let redis = Redis::start().await;
+    let yaml = format!(
+        "{}upstreams:
+  fast:
+    kind: sim
+    sim: {{ ttft: 0ms, tokens_per_second: 0, output_tokens: 3 }}
+routes:
+  - model: demo
+    aliases: [d]
+    limits: {{ requests_per_minute: 20 }}
+    pools:
+      - upstream: fast
+",
+        redis.state("allow")
+    );
+    let gateways = replicas(&yaml).await;
+    let mut served = 0;
+    for i in 0..60 {
+        let model = if i % 3 == 0 { "d" } else { "demo" };
+        match gateways[i % 2].complete(request(model, "hi")).await {
+            Ok(_) => served += 1,
+            Err(status) => assert_status(
+                &status,
+                Code::ResourceExhausted,
+                // Across replicas, or (once a replica's own bucket is
+                // spent by the calls it saw) its own.
+                &["is over its limit of 20 requests per minute"],
+            ),
+        }
+    }
+    // Alone, each replica would admit 20: 40 in all.
+    assert!((19..=21).contains(&served), "admitted {served} of 60");
+}
