@@ -33,6 +33,7 @@
 //! Beside them: [`chat`] (the internal vocabulary), [`error`] (the one error
 //! type), [`config`] (the routing file), [`reload`] (live reloads of it),
 //! [`telemetry`] (metrics, health, access logs and the admin listener),
+//! [`state`] (limits shared by every replica through Redis),
 //! [`sim`] (the simulated model and its HTTP server), [`tls`] (rustls for
 //! the listener and upstreams), [`server`] (`run`, and each connection's
 //! handshake and limits),
@@ -51,6 +52,7 @@ pub mod route;
 pub mod server;
 pub mod sim;
 pub mod stack;
+pub mod state;
 pub mod telemetry;
 pub mod tls;
 

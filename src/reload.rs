@@ -24,6 +24,7 @@ use crate::balance::Connectors;
 use crate::config::{Config, ConfigError};
 use crate::route::{RoutingTable, SharedTable};
 use crate::stack::guard::{Guard, SharedGuard};
+use crate::state::SharedLimits;
 use crate::telemetry::metrics;
 
 /// Quiet time after the last file event before reloading: editors and
@@ -45,6 +46,9 @@ pub struct Reloader {
     /// The access policy (keys, limits), swapped with the table so a call
     /// never sees the keys of one file and the routes of another for long.
     guard: Option<SharedGuard>,
+    /// The limits counted across replicas, when the server shares them:
+    /// each new file's limits apply to the same connection and leases.
+    shared: Option<Arc<SharedLimits>>,
 }
 
 struct Applied {
@@ -82,6 +86,7 @@ impl Reloader {
             applied: tokio::sync::Mutex::new(Applied { config, text: None }),
             generation: AtomicU64::new(1),
             guard: None,
+            shared: None,
         }
     }
 
@@ -89,6 +94,14 @@ impl Reloader {
     /// quotas of keys and routes whose limits did not change.
     pub fn guarding(mut self, guard: SharedGuard) -> Self {
         self.guard = Some(guard);
+        self
+    }
+
+    /// Also applies each new file's limits to the limits shared across
+    /// replicas, keeping the store's connection and the leases of keys and
+    /// routes whose limits did not change (the counts live in the store).
+    pub fn sharing(mut self, shared: Option<Arc<SharedLimits>>) -> Self {
+        self.shared = shared;
         self
     }
 
@@ -162,6 +175,13 @@ impl Reloader {
         if config.shutdown_grace != applied.config.shutdown_grace {
             needs_restart.push("shutdown_grace: applies after a restart".to_string());
         }
+        if config.state != applied.config.state {
+            needs_restart.push(
+                "state: the gateway keeps its connection to the shared store (and the counts \
+                 in it) until a restart"
+                    .to_string(),
+            );
+        }
         if config.cors != applied.config.cors {
             needs_restart.push("cors: applies after a restart".to_string());
         }
@@ -173,6 +193,9 @@ impl Reloader {
         if let Some(guard) = &self.guard {
             let policy = Guard::build(&config, Some(&guard.load())).serving(&table);
             guard.store(Arc::new(policy));
+        }
+        if let Some(shared) = &self.shared {
+            shared.apply(&config);
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         metrics::config_reload(true);

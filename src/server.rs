@@ -48,6 +48,7 @@ use crate::reload::Reloader;
 use crate::route::{Router, RoutingTable, SharedTable};
 use crate::stack;
 use crate::stack::guard::{Guard, SharedGuard};
+use crate::state::SharedLimits;
 use crate::telemetry::health::{Health, HealthService};
 use crate::telemetry::metrics;
 use admin::AdminKey;
@@ -74,6 +75,9 @@ pub enum ServeError {
     /// The front listener's TLS settings cannot be used.
     #[error("listen.tls: {0}")]
     Tls(String),
+    /// The shared limit store's settings cannot be used.
+    #[error("state.redis: {0}")]
+    State(String),
 }
 
 /// The sockets the gateway serves, bound by the caller.
@@ -112,6 +116,9 @@ pub struct Server {
     reloader: Option<Arc<Reloader>>,
     /// Who may call and how much: keys and limits, swapped on reload.
     guard: SharedGuard,
+    /// Limits counted across replicas, when `state.redis` is set; kept
+    /// (connection, leases) across reloads.
+    shared: Option<Arc<SharedLimits>>,
     /// Accepts connections: plain TCP or TLS, with connection limits.
     acceptor: Acceptor,
     /// The key `POST /-/reload` needs; without one it is off.
@@ -159,12 +166,20 @@ impl Server {
         ));
         let table: SharedTable = Arc::new(ArcSwap::new(built));
         let acceptor = Acceptor::new(&config).map_err(ServeError::Tls)?;
+        let shared = config
+            .state
+            .redis
+            .as_ref()
+            .map(|redis| SharedLimits::connect(redis, &config))
+            .transpose()
+            .map_err(|err| ServeError::State(err.to_string()))?;
         Ok(Server {
             config,
             table,
             connectors,
             reloader: None,
             guard,
+            shared,
             acceptor,
             admin_key: None,
         })
@@ -188,7 +203,8 @@ impl Server {
                 self.table.clone(),
                 self.connectors.clone(),
             )
-            .guarding(self.guard.clone()),
+            .guarding(self.guard.clone())
+            .sharing(self.shared.clone()),
         ));
         self
     }
@@ -231,6 +247,7 @@ impl Server {
             table,
             reloader,
             guard,
+            shared,
             acceptor,
             admin_key,
             ..
@@ -250,7 +267,7 @@ impl Server {
             .transpose()?;
         metrics::config_generation(reloader.as_ref().map_or(1, |r| r.generation()));
         let (health, health_service) = Health::new().await;
-        let chat = stack::build(Router::new(table.clone()), guard.clone());
+        let chat = stack::build(Router::new(table.clone()), guard.clone(), shared);
         let edge = Edge::new(chat, table, guard);
         let cors = web::cors_layer(&config.cors);
         let bodies = BodyRules {

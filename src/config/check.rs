@@ -146,6 +146,7 @@ impl Checker {
             .collect();
         let routes = self.routes(raw.routes, &known_upstreams);
         let auth = self.auth(raw.auth, &routes, env);
+        let state = self.state(raw.state.as_ref(), env);
         let config = Config {
             listen,
             shutdown_grace,
@@ -154,6 +155,7 @@ impl Checker {
             routes,
             auth,
             limits,
+            state,
         };
         self.exposed_without_auth(&config, raw.listen.as_ref());
         config

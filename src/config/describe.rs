@@ -65,6 +65,7 @@ pub fn describe(config: &Config) -> String {
             .max_in_flight
             .map_or("unlimited".to_string(), |n| n.to_string()),
     );
+    let _ = writeln!(out, "{}", state(config));
     if let Some(http) = config.listen.http {
         let _ = writeln!(out, "listen http {http} (OpenAI-compatible API)");
     }
@@ -146,6 +147,39 @@ pub fn describe(config: &Config) -> String {
         }
     }
     out
+}
+
+/// Where limits are counted. A file with per-key or per-route limits and
+/// no `state.redis` gets a note, not an error: one replica is a fine
+/// deployment, but behind a Service of N replicas each one grants the
+/// whole limit.
+fn state(config: &Config) -> String {
+    match &config.state.redis {
+        Some(redis) => format!(
+            "state: limits shared through {} (keys under '{}', timeout {}, on_error: {}{})",
+            redis.url,
+            redis.key_prefix,
+            crate::error::human_duration(redis.timeout),
+            redis.on_error,
+            redis
+                .password_source
+                .as_ref()
+                .map_or(String::new(), |source| format!(", password {source}")),
+        ),
+        None if sets_shared_limits(config) => "state: local; note: limits are counted by each replica alone, so N replicas grant N times them; set state.redis to share them"
+            .to_string(),
+        None => "state: local".to_string(),
+    }
+}
+
+/// Whether any key or route has requests, tokens or calls in flight to
+/// count: what `state.redis` would share.
+fn sets_shared_limits(config: &Config) -> bool {
+    let keys = match &config.auth {
+        AuthConfig::Keys(keys) => keys.iter().any(|k| !k.limits.is_unlimited()),
+        _ => false,
+    };
+    keys || config.routes.iter().any(|r| !r.limits.is_unlimited())
 }
 
 /// What a valid file does that an operator should think twice about, for

@@ -16,6 +16,7 @@
 //! - `upstream`, `headers`, `resilience`: `upstreams:`, their `headers:`,
 //!   and their discovery, ejection and health checks (and routes' retries).
 //! - `route`: `routes:`, pools and fallbacks.
+//! - `state`: `state:`, the store replicas share limits through.
 //! - `check`: the [`Checker`](check) driver, the problem types, and the
 //!   checks every topic shares (durations).
 //! - `describe`: the summary `llmgate check` prints.
@@ -36,6 +37,7 @@ mod listen;
 mod placement;
 mod resilience;
 mod route;
+mod state;
 #[cfg(test)]
 mod tests;
 mod tls;
@@ -65,6 +67,9 @@ pub use resilience::{
     DEFAULT_DNS_INTERVAL, Discovery, EndpointPolicy, HealthCheck, OutlierPolicy, RetryPolicy,
 };
 pub use route::{PoolConfig, RouteConfig};
+pub use state::{
+    DEFAULT_KEY_PREFIX, DEFAULT_STATE_TIMEOUT, OnStoreError, RedisConfig, StateConfig,
+};
 pub use tls::{PemFile, TlsConfig};
 pub use upstream::{
     Continuation, DEFAULT_ANTHROPIC_MAX_TOKENS, DEFAULT_UPSTREAM_TIMEOUT, KeepAlive,
@@ -77,6 +82,7 @@ use check::Checker;
 use limits::RawLimits;
 use listen::{RawCors, RawListen};
 use route::RawRoute;
+use state::RawState;
 use upstream::RawUpstream;
 
 /// How long in-flight calls may finish after a shutdown signal, by default.
@@ -107,6 +113,9 @@ pub(crate) struct RawConfig {
     /// Request size and load limits.
     #[serde(default)]
     pub(crate) limits: Option<Spanned<RawLimits>>,
+    /// Where limits are counted.
+    #[serde(default)]
+    pub(crate) state: Option<Spanned<RawState>>,
 }
 
 // === validated ===
@@ -129,6 +138,9 @@ pub struct Config {
     /// What a request may hold and how much the gateway takes on
     /// (`limits:`).
     pub limits: Limits,
+    /// Where the limits of keys and routes are counted (`state:`): in each
+    /// replica alone, or shared through Redis.
+    pub state: StateConfig,
 }
 
 // === impl Config ===

@@ -14,6 +14,8 @@
 //! - [`in_flight`]: room in the gateway, the route and the key, shed at
 //!   once when full (UNAVAILABLE, RESOURCE_EXHAUSTED);
 //! - [`rate`]: requests and tokens per minute (RESOURCE_EXHAUSTED);
+//! - [`shared`]: the same limits counted across replicas, when
+//!   `state.redis` is set ([`crate::state`]);
 //! - [`deadline`]: the caller's deadline over the whole call.
 //!
 //! Refusals come first and cost nothing downstream: a caller refused by
@@ -34,6 +36,7 @@ pub mod in_flight;
 pub mod limits;
 pub mod observe;
 pub mod rate;
+pub mod shared;
 
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
@@ -41,7 +44,9 @@ use tower::util::BoxCloneSyncService;
 use crate::chat::{ChatRequest, ChatStream};
 use crate::error::GatewayError;
 use crate::route::Router;
+use crate::state::SharedLimits;
 use guard::SharedGuard;
+use std::sync::Arc;
 
 /// The whole call path behind a front end, as one cloneable service.
 pub type ChatService = BoxCloneSyncService<ChatRequest, ChatStream, GatewayError>;
@@ -49,14 +54,15 @@ pub type ChatService = BoxCloneSyncService<ChatRequest, ChatStream, GatewayError
 /// Assembles the layers around the router, outermost first, guarded by
 /// the policy in `guard`. Observation is outermost so it times the whole
 /// call and records the code the caller gets, refusals and the caller's
-/// deadline included.
-pub fn build(router: Router, guard: SharedGuard) -> ChatService {
+/// deadline included. `shared` counts limits across replicas, when set.
+pub fn build(router: Router, guard: SharedGuard, shared: Option<Arc<SharedLimits>>) -> ChatService {
     let stack = ServiceBuilder::new()
         .layer(observe::ObserveLayer)
         .layer(auth::AuthLayer::new(guard.clone()))
         .layer(limits::RequestLimitsLayer::new(guard.clone()))
         .layer(in_flight::InFlightLayer::new(guard.clone()))
         .layer(rate::RateLimitLayer::new(guard))
+        .layer(shared::SharedLayer::new(shared))
         .layer(deadline::DeadlineLayer)
         .service(router);
     BoxCloneSyncService::new(stack)

@@ -68,6 +68,11 @@ pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "llmgate_config_last_reload_succ
 pub const CONFIG_GENERATION: &str = "llmgate_config_generation";
 /// Calls that ended in a panic inside the gateway (a bug to report).
 pub const CALL_PANICS_TOTAL: &str = "llmgate_call_panics_total";
+/// Store calls that failed or timed out (`reason` `timeout`, `error`), or
+/// were not tried because the store was down (`down`).
+pub const STATE_STORE_ERRORS_TOTAL: &str = "llmgate_state_store_errors_total";
+/// 1 while the shared limit store answers, 0 while calls decide without it.
+pub const STATE_STORE_UP: &str = "llmgate_state_store_up";
 /// Always 1; its `version` label says which build runs.
 pub const BUILD_INFO: &str = "llmgate_build_info";
 
@@ -93,6 +98,8 @@ pub mod label {
     pub const SCOPE: &str = "scope";
     /// How a broken stream ended: `prefill`, `replay` or `failed`.
     pub const OUTCOME: &str = "outcome";
+    /// Why a shared-store call failed: `timeout`, `error` or `down`.
+    pub const REASON: &str = "reason";
 }
 
 /// The value of a label the call never reached (no route for an unknown
@@ -333,6 +340,22 @@ pub const CATALOG: &[MetricDef] = &[
         buckets: &[],
     },
     MetricDef {
+        name: STATE_STORE_ERRORS_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Unit::Count,
+        help: "Shared limit store (Redis) calls that timed out or failed, or were skipped while it was down; calls meanwhile follow state.redis.on_error.",
+        labels: &[label::REASON],
+        buckets: &[],
+    },
+    MetricDef {
+        name: STATE_STORE_UP,
+        kind: MetricKind::Gauge,
+        unit: Unit::Count,
+        help: "1 while the shared limit store (Redis) answers, 0 while limits are decided without it.",
+        labels: &[],
+        buckets: &[],
+    },
+    MetricDef {
         name: BUILD_INFO,
         kind: MetricKind::Gauge,
         unit: Unit::Count,
@@ -559,6 +582,16 @@ pub fn config_reload(applied: bool) {
     };
     metrics::counter!(CONFIG_RELOADS_TOTAL, label::RESULT => result).increment(1);
     metrics::gauge!(CONFIG_LAST_RELOAD_SUCCESSFUL).set(if applied { 1.0 } else { 0.0 });
+}
+
+/// Counts a failed (or skipped) call to the shared limit store.
+pub fn state_store_error(reason: &'static str) {
+    metrics::counter!(STATE_STORE_ERRORS_TOTAL, label::REASON => reason).increment(1);
+}
+
+/// Whether the shared limit store answers.
+pub fn state_store_up(up: bool) {
+    metrics::gauge!(STATE_STORE_UP).set(if up { 1.0 } else { 0.0 });
 }
 
 /// Counts a call that ended in a panic inside the gateway: a bug, never

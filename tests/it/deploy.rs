@@ -364,3 +364,28 @@ fn collect_strings(value: &Value, out: &mut Vec<String>) {
         _ => {}
     }
 }
+
+#[test]
+fn the_replicas_share_limits_through_the_redis_the_kustomization_deploys() {
+    let config = routing();
+    let redis = config
+        .state
+        .redis
+        .as_ref()
+        .expect("deploy/routing.yaml shares limits through state.redis");
+    let service = resource("Service", "llmgate-redis");
+    let port = service["spec"]["ports"][0]["port"]
+        .as_u64()
+        .expect("a port");
+    assert_eq!(redis.url, format!("redis://llmgate-redis:{port}/0"));
+    let server = resource("Deployment", "llmgate-redis");
+    assert!(selects(
+        &service["spec"]["selector"],
+        &server["spec"]["template"]["metadata"]["labels"]
+    ));
+    // The HPA scales the gateway, from no fewer pods than it starts with.
+    let hpa = resource("HorizontalPodAutoscaler", "llmgate");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "llmgate");
+    assert!(hpa["spec"]["minReplicas"].as_u64() >= deployment()["spec"]["replicas"].as_u64());
+}

@@ -24,4 +24,5 @@ mod properties;
 mod reload;
 mod resilience;
 mod serve_cli;
+mod shared;
 mod support;

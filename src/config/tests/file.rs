@@ -169,6 +169,7 @@ fn full_file_is_read_field_by_field() {
         ],
         auth: AuthConfig::Off,
         limits: Limits::default(),
+        state: Default::default(),
     };
     assert_eq!(config, expected);
     assert_eq!(

@@ -12,6 +12,7 @@ mod access;
 mod file;
 mod listen;
 mod route;
+mod state;
 mod upstream;
 
 use crate::config::{Config, Problem};
