@@ -13,6 +13,7 @@
 //! item already buffered before reading more, and makes sure a stream that
 //! breaks off is reported as an error, never as a complete answer.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -25,11 +26,12 @@ use http_body::Body as _;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::http::HttpClient;
 use super::ndjson::NdjsonDecoder;
 use super::sse::{SseDecoder, SseEvent};
-use crate::chat::{ChatEvent, ChatRequest, ChatStream, Completion};
+use crate::chat::{ChatEvent, ChatRequest, ChatStream, Completion, ToolCallDelta};
 use crate::config::UpstreamConfig;
 use crate::error::{ErrorKind, GatewayError};
 use crate::telemetry::REQUEST_ID;
@@ -80,6 +82,16 @@ struct Answer {
     json: bool,
 }
 
+/// A whole (not streamed) answer: its text and the tool calls it made,
+/// each as one piece with its id, name and all its arguments.
+#[derive(Debug, Default)]
+pub(crate) struct Answered {
+    /// The answer's text (may be empty when it only called tools).
+    pub(crate) text: String,
+    /// Its tool calls, indexed 0, 1, ...
+    pub(crate) tool_calls: Vec<ToolCallDelta>,
+}
+
 /// How a stream's bytes are cut into items: SSE events or NDJSON lines.
 pub(crate) trait Framing: Default + Send + Unpin + 'static {
     /// The content type a streamed answer in this framing has (sent as
@@ -107,6 +119,10 @@ pub(crate) enum Step {
     /// A piece of text that is also the end (Ollama's final line may carry
     /// both).
     Last(String),
+    /// Several events from one item: text and pieces of tool calls (an
+    /// OpenAI chunk may carry several calls' pieces; an Ollama line, whole
+    /// calls). `last` when the item also ended the answer.
+    Many(Vec<ChatEvent>, bool),
     /// Generation finished; what was reported is in the completion.
     Done,
     /// The upstream failed; `what` completes "upstream 'x' ...".
@@ -142,6 +158,8 @@ pub(crate) struct UpstreamStream<D: Dialect> {
     dialect: D,
     /// What the final event will report, filled in as items arrive.
     completion: Completion,
+    /// Events of a `Many` item not yet handed out.
+    queued: VecDeque<ChatEvent>,
     /// A `Last` token went out; `Done` follows on the next poll.
     done_next: bool,
     /// Tokens forwarded so far, for error messages.
@@ -231,7 +249,7 @@ impl HttpUpstream {
         req: &ChatRequest,
         model: Arc<str>,
         dialect: D,
-        whole: impl FnOnce(&[u8], &mut Completion) -> Result<String, GatewayError>,
+        whole: impl FnOnce(&[u8], &mut Completion) -> Result<Answered, GatewayError>,
     ) -> Result<ChatStream, GatewayError> {
         let accept = <D::Framing as Framing>::CONTENT_TYPE;
         let answer = self.post(url, body, req, accept).await?;
@@ -247,6 +265,7 @@ impl HttpUpstream {
                 framing: D::Framing::default(),
                 dialect,
                 completion,
+                queued: VecDeque::new(),
                 done_next: false,
                 tokens: 0,
                 upstream: self.name.clone(),
@@ -260,8 +279,18 @@ impl HttpUpstream {
                 &format!("broke off its answer: {err}"),
             )
         })?;
-        let text = whole(&bytes, &mut completion)?;
-        let events = [Ok(ChatEvent::Token(text)), Ok(ChatEvent::Done(completion))];
+        let answered = whole(&bytes, &mut completion)?;
+        let mut events = Vec::with_capacity(answered.tool_calls.len() + 2);
+        if !answered.text.is_empty() || answered.tool_calls.is_empty() {
+            events.push(Ok(ChatEvent::Token(answered.text)));
+        }
+        events.extend(
+            answered
+                .tool_calls
+                .into_iter()
+                .map(|call| Ok(ChatEvent::ToolCall(call))),
+        );
+        events.push(Ok(ChatEvent::Done(completion)));
         Ok(Box::pin(futures_util::stream::iter(events)))
     }
 
@@ -380,6 +409,16 @@ impl<D: Dialect> UpstreamStream<D> {
                 self.done_next = true;
                 Some(Ok(ChatEvent::Token(text)))
             }
+            Step::Many(events, last) => {
+                self.tokens += events.len() as u64;
+                self.queued.extend(events);
+                self.done_next |= last;
+                match self.queued.pop_front() {
+                    Some(event) => Some(Ok(event)),
+                    None if last => Some(Ok(self.finish())),
+                    None => None,
+                }
+            }
             Step::Done => Some(Ok(self.finish())),
             Step::Fail(kind, what) => Some(Err(self.fail(kind, &what))),
         }
@@ -416,6 +455,9 @@ impl<D: Dialect> Stream for UpstreamStream<D> {
         loop {
             if this.finished {
                 return Poll::Ready(None);
+            }
+            if let Some(event) = this.queued.pop_front() {
+                return Poll::Ready(Some(Ok(event)));
             }
             if this.done_next {
                 return Poll::Ready(Some(Ok(this.finish())));
@@ -498,6 +540,41 @@ impl Framing for NdjsonDecoder {
     fn finish(&mut self) -> Result<Option<Bytes>, String> {
         NdjsonDecoder::finish(self).map_err(|err| err.to_string())
     }
+}
+
+// === translating agent requests ===
+
+/// The refusal of a request field a wire cannot say: the caller asked for
+/// something this upstream would not do, and dropping it in silence would
+/// hand back an answer that ignored it.
+pub(crate) fn unsupported(field: &str, upstream: &str, api: &str) -> GatewayError {
+    GatewayError::invalid_argument(
+        field,
+        &format!(
+            "cannot be honoured: this model is served by upstream '{upstream}' ({api}), \
+             which has no such setting; leave it out or route to an upstream that has it"
+        ),
+    )
+}
+
+/// A tool call's arguments as the JSON object wires other than OpenAI's
+/// take (OpenAI carries them as text); `field` names them in the error.
+pub(crate) fn arguments_json(field: &str, arguments: &str) -> Result<Value, GatewayError> {
+    if arguments.trim().is_empty() {
+        return Ok(Value::Object(Default::default()));
+    }
+    serde_json::from_str(arguments).map_err(|err| {
+        GatewayError::invalid_argument(field, &format!("is not a JSON object: {err}"))
+    })
+}
+
+/// The media type and base64 data of a `data:` URL
+/// (`data:image/png;base64,...`); `None` for any other URL.
+pub(crate) fn data_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("data:")?;
+    let (head, data) = rest.split_once(',')?;
+    let media_type = head.strip_suffix(";base64")?;
+    Some((media_type, data))
 }
 
 // === helpers ===

@@ -17,15 +17,19 @@ pub mod hold;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod timed;
+pub mod tools;
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::Stream;
-use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::error::GatewayError;
+pub use tools::{
+    ContentPart, JsonSchema, RequestExtras, ResponseFormat, ToolCall, ToolCallDelta,
+    ToolCallsBuilder, ToolChoice, ToolSpec,
+};
 
 /// One chat completion call, as every layer sees it.
 #[derive(Debug, Clone)]
@@ -36,6 +40,9 @@ pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
     /// Sampling parameters, passed through to the upstream.
     pub params: SamplingParams,
+    /// Tools, response format, seed and every other field the caller sent
+    /// for the upstream (see [`RequestExtras`]).
+    pub extras: RequestExtras,
     /// Whether the caller wants tokens as they come (`CompleteStream`) or the
     /// whole answer at once (`Complete`); adapters pick the matching upstream
     /// mode so a unary call never pays for a stream it does not read.
@@ -128,17 +135,25 @@ pub enum Caller {
 pub struct BearerKey(String);
 
 /// One message of the conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatMessage {
     /// Who said it.
     pub role: Role,
-    /// What was said.
+    /// What was said: the text, or the text parts of `parts` joined by
+    /// newlines (what limits count, and what a wire without parts gets).
     pub content: String,
+    /// The content as the caller sent it in parts (text and images), so a
+    /// wire that takes parts gets them unflattened; empty when the content
+    /// was plain text.
+    pub parts: Vec<ContentPart>,
+    /// The tools an assistant turn called.
+    pub tool_calls: Vec<ToolCall>,
+    /// For a [`Role::Tool`] message, the call whose result it is.
+    pub tool_call_id: Option<String>,
 }
 
-/// The speakers every supported upstream understands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// The speakers of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// Instructions that frame the conversation.
     System,
@@ -146,6 +161,8 @@ pub enum Role {
     User,
     /// The model's earlier answers.
     Assistant,
+    /// A tool's result, answering an assistant's tool call.
+    Tool,
 }
 
 /// Sampling parameters; `None` and empty mean "the upstream's default".
@@ -168,6 +185,8 @@ pub struct SamplingParams {
 pub enum ChatEvent {
     /// A piece of generated text.
     Token(String),
+    /// A piece of a tool call the model is making.
+    ToolCall(ToolCallDelta),
     /// Generation finished; nothing follows.
     Done(Completion),
 }
@@ -376,6 +395,7 @@ impl Role {
             Role::System => "system",
             Role::User => "user",
             Role::Assistant => "assistant",
+            Role::Tool => "tool",
         }
     }
 
@@ -385,6 +405,7 @@ impl Role {
             "system" => Some(Role::System),
             "user" => Some(Role::User),
             "assistant" => Some(Role::Assistant),
+            "tool" => Some(Role::Tool),
             _ => None,
         }
     }
@@ -414,6 +435,21 @@ impl FinishReason {
             FinishReason::ContentFilter => "content_filter",
             FinishReason::ToolCalls => "tool_calls",
             FinishReason::Error => "error",
+        }
+    }
+}
+
+// === impl ChatMessage ===
+
+impl ChatMessage {
+    /// A plain text message.
+    pub fn text(role: Role, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role,
+            content: content.into(),
+            parts: Vec::new(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
         }
     }
 }
@@ -452,7 +488,44 @@ impl ChatRequest {
                 "must be between 0 and 1",
             ));
         }
-        self.validate_stop()
+        self.validate_stop()?;
+        self.validate_tools()
+    }
+
+    /// Tool turns that every upstream can place: a tool's result names the
+    /// call it answers, only an assistant calls tools, and no more tools
+    /// than OpenAI takes (each is a schema every upstream parses per call).
+    fn validate_tools(&self) -> Result<(), GatewayError> {
+        for (i, message) in self.messages.iter().enumerate() {
+            if message.role == Role::Tool
+                && message.tool_call_id.as_deref().is_none_or(str::is_empty)
+            {
+                return Err(GatewayError::invalid_argument(
+                    &format!("messages[{i}].tool_call_id"),
+                    "is missing; a tool message must name the tool call it answers",
+                ));
+            }
+            if message.role != Role::Assistant && !message.tool_calls.is_empty() {
+                return Err(GatewayError::invalid_argument(
+                    &format!("messages[{i}].tool_calls"),
+                    "may only be on an assistant message",
+                ));
+            }
+        }
+        let tools = &self.extras.tools;
+        if tools.len() > MAX_TOOLS {
+            return Err(GatewayError::invalid_argument(
+                "tools",
+                &format!("has {} tools; send at most {MAX_TOOLS}", tools.len()),
+            ));
+        }
+        if let Some(i) = tools.iter().position(|tool| tool.name.is_empty()) {
+            return Err(GatewayError::invalid_argument(
+                &format!("tools[{i}].function.name"),
+                "is empty; every tool needs a name",
+            ));
+        }
+        Ok(())
     }
 
     /// Stop sequences within what engines take: each upstream copies and
@@ -487,6 +560,9 @@ impl ChatRequest {
 /// The most stop sequences a call may send (OpenAI takes 4, vLLM and
 /// Anthropic more; 16 leaves room without letting a call cost megabytes).
 pub const MAX_STOP_SEQUENCES: usize = 16;
+
+/// The most tools a call may offer (OpenAI's own limit).
+pub const MAX_TOOLS: usize = 128;
 
 /// The longest stop sequence, in bytes.
 pub const MAX_STOP_SEQUENCE_BYTES: usize = 1024;

@@ -190,16 +190,11 @@ mod tests {
         let req = ChatRequest {
             model: "m".into(),
             messages: vec![
-                ChatMessage {
-                    role: Role::System,
-                    content: "x".repeat(40),
-                },
-                ChatMessage {
-                    role: Role::User,
-                    content: "y".repeat(2),
-                },
+                ChatMessage::text(Role::System, "x".repeat(40)),
+                ChatMessage::text(Role::User, "y".repeat(2)),
             ],
             params: Default::default(),
+            extras: Default::default(),
             stream: false,
             deadline: None,
             call: Default::default(),
