@@ -24,3 +24,4 @@ mod reload;
 mod resilience;
 mod serve_cli;
 mod support;
+mod tools;
