@@ -114,6 +114,9 @@ struct WireChoice<'a> {
     delta: Option<WireContent<'a>>,
     #[serde(borrow, default)]
     finish_reason: Option<Cow<'a, str>>,
+    /// Present (non-null) only when the caller asked for `logprobs`.
+    #[serde(default)]
+    logprobs: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -264,6 +267,7 @@ impl Adapter for OpenAiBackend {
             .finish_reason
             .as_deref()
             .and_then(FinishReason::parse);
+        completion.logprobs = choice.logprobs.filter(|l| !l.is_null());
         completion.usage = answer.usage.map(WireUsage::into_usage);
         if let Some(model) = answer.model {
             completion.model = Arc::from(model.as_ref());
@@ -324,6 +328,9 @@ impl Dialect for ChunkStream {
         if let Some(reason) = choice.finish_reason {
             completion.finish_reason = FinishReason::parse(&reason);
             self.finished = true;
+        }
+        if let Some(logprobs) = choice.logprobs {
+            gather_logprobs(completion, logprobs);
         }
         let Some(delta) = choice.delta else {
             return Step::Skip;
@@ -466,6 +473,23 @@ fn part_json(part: &ContentPart) -> Value {
             url,
             detail: Some(detail),
         } => json!({"type": "image_url", "image_url": {"url": url, "detail": detail}}),
+    }
+}
+
+/// Appends a stream chunk's `logprobs.content` entries to those gathered
+/// so far.
+fn gather_logprobs(completion: &mut Completion, chunk: Value) {
+    let Value::Object(mut chunk) = chunk else {
+        return;
+    };
+    let Some(Value::Array(entries)) = chunk.remove("content") else {
+        return;
+    };
+    let gathered = completion
+        .logprobs
+        .get_or_insert_with(|| json!({"content": []}));
+    if let Some(Value::Array(all)) = gathered.get_mut("content") {
+        all.extend(entries);
     }
 }
 

@@ -76,6 +76,7 @@ fn call_sim(
         finish_reason: Some(run.finish_reason()),
         usage: Some(run.usage()),
         model,
+        logprobs: None,
     });
     let tail = futures_util::stream::iter([Ok(done)]);
     if req.stream {

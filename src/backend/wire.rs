@@ -257,6 +257,7 @@ impl HttpUpstream {
             finish_reason: None,
             usage: None,
             model,
+            logprobs: None,
         };
         if req.stream && !answer.json {
             return Ok(Box::pin(UpstreamStream {

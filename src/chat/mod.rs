@@ -201,6 +201,11 @@ pub struct Completion {
     pub usage: Option<Usage>,
     /// The model that served the call, as the upstream named it.
     pub model: Arc<str>,
+    /// Token log probabilities in OpenAI's shape (`{"content": [...]}`),
+    /// when the caller asked for them and the upstream gave them. A
+    /// stream's are gathered here in order: they are the caller's data,
+    /// passed back whole at the end rather than re-shaped per token.
+    pub logprobs: Option<serde_json::Value>,
 }
 
 /// Why generation stopped, normalized across upstream kinds.

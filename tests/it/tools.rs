@@ -793,3 +793,59 @@ async fn a_stream_that_broke_after_tool_call_pieces_is_not_continued() {
         "no second request continues a half-made tool call"
     );
 }
+
+// === logprobs ===
+
+#[tokio::test]
+async fn logprobs_come_back_whole_and_gathered_from_a_stream() {
+    let entry = |token: &str, logprob: f64| json!({"token": token, "logprob": logprob, "bytes": null, "top_logprobs": []});
+    let (e1, e2) = (entry("Par", -0.1), entry("is", -0.02));
+    let (whole_entries, streamed_entries) = ([e1.clone(), e2.clone()], (e1.clone(), e2.clone()));
+    let (_upstream, gateway) = gateway_to("openai", "", &no_env, move |received| {
+        if received.body["stream"] == true {
+            let chunk = |text: &str, entry: &Value| {
+                json!({"id": "c", "object": "chat.completion.chunk", "created": 1,
+                    "model": "served", "choices": [{"index": 0, "delta": {"content": text},
+                    "logprobs": {"content": [entry]}, "finish_reason": null}]})
+            };
+            let mut body = sse_data(&[
+                chunk("Par", &streamed_entries.0),
+                chunk("is", &streamed_entries.1),
+            ]);
+            body.extend_from_slice(sse_finish("stop", 3, 2).as_bytes());
+            stream_reply("text/event-stream", &body)
+        } else {
+            json_reply(
+                200,
+                &json!({"id": "c", "object": "chat.completion", "model": "served",
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": "Paris"},
+                        "logprobs": {"content": whole_entries}}]}),
+            )
+        }
+    })
+    .await;
+    let ask = |stream: bool| {
+        json!({"model": "m", "stream": stream, "logprobs": true,
+               "messages": [{"role": "user", "content": "Capital of France?"}]})
+    };
+    let answer = chat_ok(&gateway, &ask(false)).await;
+    assert_eq!(
+        answer["choices"][0]["logprobs"],
+        json!({"content": [e1, e2]})
+    );
+
+    let (status, text) = chat(&gateway, &ask(true)).await;
+    assert_eq!(status, 200, "{text}");
+    let finish = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+        .find(|chunk| chunk["choices"][0]["finish_reason"].is_string())
+        .expect("a finish chunk");
+    assert_eq!(
+        finish["choices"][0]["logprobs"],
+        json!({"content": [e1, e2]}),
+        "every token's logprobs, in order, on the finish chunk"
+    );
+}

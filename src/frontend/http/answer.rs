@@ -75,7 +75,7 @@ pub(super) async fn whole_answer(
                             content: (!text.is_empty() || calls.is_empty()).then_some(&text),
                             tool_calls,
                         },
-                        logprobs: None,
+                        logprobs: completion.logprobs.as_ref(),
                         finish_reason: finish_reason(&completion),
                     }],
                     usage: completion.usage.map(WireUsage::from),

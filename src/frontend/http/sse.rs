@@ -143,7 +143,7 @@ impl SseChunks {
         let choice = ChunkChoice {
             index: 0,
             delta: Delta::default(),
-            logprobs: None,
+            logprobs: completion.logprobs.as_ref(),
             finish_reason: Some(finish_reason(completion)),
         };
         self.chunk(out, model, std::slice::from_ref(&choice), None);

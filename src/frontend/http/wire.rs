@@ -253,7 +253,7 @@ pub(crate) struct ChatCompletion<'a> {
 pub(crate) struct Choice<'a> {
     pub(crate) index: u32,
     pub(crate) message: AssistantMessage<'a>,
-    pub(crate) logprobs: Option<()>,
+    pub(crate) logprobs: Option<&'a Value>,
     pub(crate) finish_reason: &'a str,
 }
 
@@ -309,7 +309,9 @@ pub(crate) struct ChatCompletionChunk<'a> {
 pub(crate) struct ChunkChoice<'a> {
     pub(crate) index: u32,
     pub(crate) delta: Delta<'a>,
-    pub(crate) logprobs: Option<()>,
+    /// `null`, except on the finish chunk of a stream whose caller asked
+    /// for logprobs: there, every token's (see `Completion::logprobs`).
+    pub(crate) logprobs: Option<&'a Value>,
     pub(crate) finish_reason: Option<&'a str>,
 }
 
