@@ -462,6 +462,22 @@ impl ChatMessage {
 // === impl ChatRequest ===
 
 impl ChatRequest {
+    /// The conversation's size in bytes as limits and token estimates
+    /// count it: each message's text and the arguments of the tool calls
+    /// in it, which the upstream reads as prompt like any text.
+    pub fn content_len(&self) -> usize {
+        self.messages
+            .iter()
+            .map(|m| {
+                m.content.len()
+                    + m.tool_calls
+                        .iter()
+                        .map(|c| c.name.len() + c.arguments.len())
+                        .sum::<usize>()
+            })
+            .sum()
+    }
+
     /// Checks what every upstream needs before the call goes anywhere, so a
     /// bad request fails here with the field named instead of as an opaque
     /// upstream 400.
@@ -606,6 +622,37 @@ mod tests {
             RequestId::from_caller(text).is_some(),
             "our own ids pass our check"
         );
+    }
+
+    #[test]
+    fn tool_calls_count_as_content_and_tool_turns_must_be_placeable() {
+        let mut req = testing::request("m");
+        let mut called = ChatMessage::text(Role::Assistant, "");
+        called.tool_calls.push(ToolCall {
+            id: "call_a".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city":"Paris"}"#.into(),
+        });
+        req.messages.push(called);
+        assert_eq!(req.content_len(), "hi".len() + 11 + 16);
+        assert!(req.validate().is_ok());
+
+        req.messages.push(ChatMessage::text(Role::Tool, "18C"));
+        let err = req
+            .validate()
+            .expect_err("a tool result must name its call");
+        assert!(
+            err.message().contains("messages[2].tool_call_id"),
+            "{err:?}"
+        );
+        if let Some(result) = req.messages.last_mut() {
+            result.tool_call_id = Some("call_a".into());
+        }
+        assert!(req.validate().is_ok());
+
+        req.messages[0].tool_calls = req.messages[1].tool_calls.clone();
+        let err = req.validate().expect_err("only an assistant calls tools");
+        assert!(err.message().contains("messages[0].tool_calls"), "{err:?}");
     }
 
     #[test]

@@ -131,7 +131,7 @@ fn over_limit(whose: Whose<'_>, limit: NonZeroU32, what: &str, wait: Duration) -
 
 /// The tokens a request's prompt is likely to count.
 pub fn estimate_input(req: &ChatRequest) -> u32 {
-    let bytes: usize = req.messages.iter().map(|m| m.content.len()).sum();
+    let bytes = req.content_len();
     let tokens = bytes.div_ceil(BYTES_PER_TOKEN) + TOKENS_PER_MESSAGE * req.messages.len();
     u32::try_from(tokens).unwrap_or(u32::MAX)
 }
