@@ -38,6 +38,7 @@ use serde_json::{Map, Value, json};
 use super::adapter::Adapter;
 use super::http::HttpClient;
 use super::sse::{SseDecoder, SseEvent};
+use super::translate;
 use super::wire::{self, Answered, Credential, Dialect, HttpUpstream, Step};
 use crate::chat::{
     ChatEvent, ChatMessage, ChatRequest, Completion, ContentPart, FinishReason, ResponseFormat,
@@ -475,8 +476,9 @@ impl AnthropicBackend {
         req: &'a ChatRequest,
         body: &mut WireRequest<'a>,
     ) -> Result<(), GatewayError> {
-        let unsupported =
-            |field: &str| wire::unsupported(field, self.http.name(), "Anthropic's Messages API");
+        let unsupported = |field: &str| {
+            translate::unsupported(field, self.http.name(), "Anthropic's Messages API")
+        };
         let extras = &req.extras;
         for (i, tool) in extras.tools.iter().enumerate() {
             if tool.strict == Some(true) {
@@ -587,7 +589,7 @@ fn turns(messages: &[ChatMessage], first: usize) -> Result<Vec<Turn<'_>>, Gatewa
                 "type": "tool_use",
                 "id": call.id,
                 "name": call.name,
-                "input": wire::arguments_json(&field, &call.arguments)?,
+                "input": translate::arguments_json(&field, &call.arguments)?,
             }));
         }
         out.push(Turn {
@@ -610,7 +612,7 @@ fn tool_result(message: &ChatMessage) -> Value {
 /// An image part as an `image` block: a data URL as base64, an http(s)
 /// URL by reference.
 fn image_block(url: &str) -> Option<Value> {
-    if let Some((media_type, data)) = wire::data_url(url) {
+    if let Some((media_type, data)) = translate::data_url(url) {
         return Some(json!({"type": "image", "source":
             {"type": "base64", "media_type": media_type, "data": data}}));
     }

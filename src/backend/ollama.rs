@@ -32,6 +32,7 @@ use super::adapter::Adapter;
 use super::http::HttpClient;
 use super::ndjson::NdjsonDecoder;
 use super::openai::tool_json;
+use super::translate;
 use super::wire::{self, Answered, Credential, Dialect, HttpUpstream, Step};
 use crate::chat::{
     ChatEvent, ChatMessage, ChatRequest, Completion, ContentPart, FinishReason, ResponseFormat,
@@ -398,7 +399,7 @@ impl OllamaBackend {
         body: &mut WireRequest<'a>,
     ) -> Result<(), GatewayError> {
         let unsupported =
-            |field: &str| wire::unsupported(field, self.http.name(), "Ollama's chat API");
+            |field: &str| translate::unsupported(field, self.http.name(), "Ollama's chat API");
         let extras = &req.extras;
         if let Some(i) = extras.tools.iter().position(|t| t.strict == Some(true)) {
             return Err(unsupported(&format!("tools[{i}].function.strict")));
@@ -449,7 +450,7 @@ fn messages(messages: &[ChatMessage]) -> Result<Vec<OutMessage<'_>>, GatewayErro
         let mut images = Vec::new();
         for (j, part) in message.parts.iter().enumerate() {
             if let ContentPart::Image { url, .. } = part {
-                let (_, data) = wire::data_url(url).ok_or_else(|| {
+                let (_, data) = translate::data_url(url).ok_or_else(|| {
                     GatewayError::invalid_argument(
                         &format!("messages[{i}].content[{j}].image_url.url"),
                         "must be a base64 data: URL; Ollama takes images only inline",
@@ -461,7 +462,7 @@ fn messages(messages: &[ChatMessage]) -> Result<Vec<OutMessage<'_>>, GatewayErro
         let mut tool_calls = Vec::with_capacity(message.tool_calls.len());
         for (j, call) in message.tool_calls.iter().enumerate() {
             let field = format!("messages[{i}].tool_calls[{j}].function.arguments");
-            let arguments = wire::arguments_json(&field, &call.arguments)?;
+            let arguments = translate::arguments_json(&field, &call.arguments)?;
             tool_calls.push(json!({"function": {"name": call.name, "arguments": arguments}}));
         }
         // Ollama knows a tool's result by the tool's name, not the call's

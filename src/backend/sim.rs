@@ -96,7 +96,7 @@ fn call_sim(
 /// with text that ignores it. Sampling extras (`seed`, `top_k`, ...) are
 /// ignored, as temperature is: a simulated answer does not sample.
 fn refuse_what_it_cannot_do(upstream: &str, req: &ChatRequest) -> Result<(), GatewayError> {
-    let unsupported = |field: &str| super::wire::unsupported(field, upstream, "the simulator");
+    let unsupported = |field: &str| super::translate::unsupported(field, upstream, "the simulator");
     if !req.extras.tools.is_empty() {
         return Err(unsupported("tools"));
     }

@@ -26,7 +26,6 @@ use http_body::Body as _;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::http::HttpClient;
 use super::ndjson::NdjsonDecoder;
@@ -541,41 +540,6 @@ impl Framing for NdjsonDecoder {
     fn finish(&mut self) -> Result<Option<Bytes>, String> {
         NdjsonDecoder::finish(self).map_err(|err| err.to_string())
     }
-}
-
-// === translating agent requests ===
-
-/// The refusal of a request field a wire cannot say: the caller asked for
-/// something this upstream would not do, and dropping it in silence would
-/// hand back an answer that ignored it.
-pub(crate) fn unsupported(field: &str, upstream: &str, api: &str) -> GatewayError {
-    GatewayError::invalid_argument(
-        field,
-        &format!(
-            "cannot be honoured: this model is served by upstream '{upstream}' ({api}), \
-             which has no such setting; leave it out or route to an upstream that has it"
-        ),
-    )
-}
-
-/// A tool call's arguments as the JSON object wires other than OpenAI's
-/// take (OpenAI carries them as text); `field` names them in the error.
-pub(crate) fn arguments_json(field: &str, arguments: &str) -> Result<Value, GatewayError> {
-    if arguments.trim().is_empty() {
-        return Ok(Value::Object(Default::default()));
-    }
-    serde_json::from_str(arguments).map_err(|err| {
-        GatewayError::invalid_argument(field, &format!("is not a JSON object: {err}"))
-    })
-}
-
-/// The media type and base64 data of a `data:` URL
-/// (`data:image/png;base64,...`); `None` for any other URL.
-pub(crate) fn data_url(url: &str) -> Option<(&str, &str)> {
-    let rest = url.strip_prefix("data:")?;
-    let (head, data) = rest.split_once(',')?;
-    let media_type = head.strip_suffix(";base64")?;
-    Some((media_type, data))
 }
 
 // === helpers ===
