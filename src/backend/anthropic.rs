@@ -209,6 +209,10 @@ pub(crate) struct EventStream {
     tool_calls: u32,
     /// The open `tool_use` block: its block index and tool-call index.
     tool_block: Option<(u32, u32)>,
+    /// Whether the open `tool_use` block sent any arguments: one that
+    /// sent none (a tool without parameters) closes with `{}`, since
+    /// callers parse the arguments as JSON and empty text is not.
+    tool_arguments: bool,
 }
 
 // === impl AnthropicBackend ===
@@ -320,6 +324,7 @@ impl Adapter for AnthropicBackend {
             stopped: false,
             tool_calls: 0,
             tool_block: None,
+            tool_arguments: false,
         }
     }
 
@@ -394,14 +399,17 @@ impl Dialect for EventStream {
                     partial_json: Some(piece),
                     ..
                 }) if kind == "input_json_delta" && !piece.is_empty() => match self.tool_block {
-                    Some((block, index)) if data.index.is_none_or(|i| i == block) => Step::Many(
-                        vec![ChatEvent::ToolCall(ToolCallDelta {
-                            index,
-                            arguments: piece.into_owned(),
-                            ..ToolCallDelta::default()
-                        })],
-                        false,
-                    ),
+                    Some((block, index)) if data.index.is_none_or(|i| i == block) => {
+                        self.tool_arguments = true;
+                        Step::Many(
+                            vec![ChatEvent::ToolCall(ToolCallDelta {
+                                index,
+                                arguments: piece.into_owned(),
+                                ..ToolCallDelta::default()
+                            })],
+                            false,
+                        )
+                    }
                     _ => Step::Fail(
                         ErrorKind::Unavailable,
                         "sent tool arguments outside a tool_use block".into(),
@@ -414,6 +422,7 @@ impl Dialect for EventStream {
                     let index = self.tool_calls;
                     self.tool_calls = self.tool_calls.saturating_add(1);
                     self.tool_block = Some((data.index.unwrap_or(0), index));
+                    self.tool_arguments = false;
                     Step::Many(
                         vec![ChatEvent::ToolCall(ToolCallDelta {
                             index,
@@ -423,6 +432,24 @@ impl Dialect for EventStream {
                         })],
                         false,
                     )
+                }
+                _ => Step::Skip,
+            },
+            "content_block_stop" => match self.tool_block {
+                Some((block, index)) if data.index.is_none_or(|i| i == block) => {
+                    self.tool_block = None;
+                    if std::mem::take(&mut self.tool_arguments) {
+                        Step::Skip
+                    } else {
+                        Step::Many(
+                            vec![ChatEvent::ToolCall(ToolCallDelta {
+                                index,
+                                arguments: "{}".into(),
+                                ..ToolCallDelta::default()
+                            })],
+                            false,
+                        )
+                    }
                 }
                 _ => Step::Skip,
             },
@@ -452,7 +479,7 @@ impl Dialect for EventStream {
                 let (kind, what) = describe_error(data.error.as_ref());
                 Step::Fail(kind, format!("reported an error mid-stream ({what})"))
             }
-            // ping, content_block_stop, and event types added later.
+            // ping, and event types added later.
             _ => Step::Skip,
         }
     }
@@ -685,6 +712,65 @@ mod tests {
         assert_eq!(error("not_found_error"), ErrorKind::NotFound);
         assert_eq!(error("timeout_error"), ErrorKind::DeadlineExceeded);
         assert_eq!(error("some_future_error"), ErrorKind::Unavailable);
+    }
+
+    /// The tool-call pieces a stream of `events` gives, with the finish.
+    fn pieces(events: &[serde_json::Value]) -> (Vec<ToolCallDelta>, Option<FinishReason>) {
+        let mut stream = EventStream {
+            stopped: false,
+            tool_calls: 0,
+            tool_block: None,
+            tool_arguments: false,
+        };
+        let mut completion = Completion::default();
+        let mut out = Vec::new();
+        for event in events {
+            let event = SseEvent {
+                event: String::new(),
+                data: event.to_string(),
+            };
+            if let Step::Many(events, _) = stream.on_item(event, &mut completion) {
+                out.extend(events.into_iter().filter_map(|e| match e {
+                    ChatEvent::ToolCall(delta) => Some(delta),
+                    _ => None,
+                }));
+            }
+        }
+        (out, completion.finish_reason)
+    }
+
+    #[test]
+    fn a_tool_use_block_streams_as_numbered_pieces_and_one_without_input_closes_with_braces() {
+        let (pieces, finish) = pieces(&[
+            json!({"type": "content_block_start", "index": 0,
+                   "content_block": {"type": "text", "text": ""}}),
+            json!({"type": "content_block_stop", "index": 0}),
+            json!({"type": "content_block_start", "index": 1, "content_block":
+                   {"type": "tool_use", "id": "toolu_a", "name": "now", "input": {}}}),
+            json!({"type": "content_block_stop", "index": 1}),
+            json!({"type": "content_block_start", "index": 2, "content_block":
+                   {"type": "tool_use", "id": "toolu_b", "name": "weather", "input": {}}}),
+            json!({"type": "content_block_delta", "index": 2,
+                   "delta": {"type": "input_json_delta", "partial_json": "{\"city\": 1}"}}),
+            json!({"type": "content_block_stop", "index": 2}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}}),
+        ]);
+        let piece = |index, id: Option<&str>, name: Option<&str>, arguments: &str| ToolCallDelta {
+            index,
+            id: id.map(str::to_string),
+            name: name.map(str::to_string),
+            arguments: arguments.to_string(),
+        };
+        assert_eq!(
+            pieces,
+            [
+                piece(0, Some("toolu_a"), Some("now"), ""),
+                piece(0, None, None, "{}"),
+                piece(1, Some("toolu_b"), Some("weather"), ""),
+                piece(1, None, None, "{\"city\": 1}"),
+            ]
+        );
+        assert_eq!(finish, Some(FinishReason::ToolCalls));
     }
 
     #[test]
