@@ -11,7 +11,9 @@
 //! than in one stage: [`timed`] holds a token stream to its time limits,
 //! for the caller's deadline (stack) and an upstream's own limits alike;
 //! [`hold`] keeps what a call holds (permits, load, its record) until its
-//! stream ends.
+//! stream ends. What agent calls add to the vocabulary (tools, tool calls
+//! and their streamed pieces, content parts, the response format, fields
+//! passed through) is in [`tools`].
 
 pub mod hold;
 #[cfg(test)]
@@ -538,12 +540,6 @@ impl ChatRequest {
             return Err(GatewayError::invalid_argument(
                 "tools",
                 &format!("has {} tools; send at most {MAX_TOOLS}", tools.len()),
-            ));
-        }
-        if let Some(i) = tools.iter().position(|tool| tool.name.is_empty()) {
-            return Err(GatewayError::invalid_argument(
-                &format!("tools[{i}].function.name"),
-                "is empty; every tool needs a name",
             ));
         }
         Ok(())

@@ -324,6 +324,12 @@ fn extras(
         .into_iter()
         .enumerate()
         .map(|(i, tool)| {
+            if tool.name.is_empty() {
+                return Err(GatewayError::invalid_argument(
+                    &format!("tools[{i}].name"),
+                    "is empty; every tool needs a name",
+                ));
+            }
             Ok(ToolSpec {
                 parameters: schema(&format!("tools[{i}].parameters_json"), tool.parameters_json)?,
                 name: tool.name,

@@ -741,16 +741,23 @@ async fn grpc_tool_calls_through_anthropic_and_ollama() {
 }
 
 #[tokio::test]
-async fn grpc_schemas_that_are_not_json_are_invalid_argument_naming_the_field() {
+async fn grpc_tools_that_cannot_be_sent_are_invalid_argument_naming_the_field() {
     let (upstream, gateway) = gateway_to("openai", "", &no_env, |_| paris_reply()).await;
-    let mut request = grpc_tool_request("m");
-    request.tools[0].parameters_json = "{not json".into();
-    let status = gateway.complete(request).await.expect_err("refused");
-    assert_status(
-        &status,
-        tonic::Code::InvalidArgument,
-        &["tools[0].parameters_json"],
-    );
+    let mut not_json = grpc_tool_request("m");
+    not_json.tools[0].parameters_json = "{not json".into();
+    let mut nameless = grpc_tool_request("m");
+    nameless.tools[1].name.clear();
+    let mut no_call_id = grpc_tool_request("m");
+    no_call_id.messages = grpc_tool_result_turn();
+    no_call_id.messages[2].tool_call_id.clear();
+    for (request, field) in [
+        (not_json, "tools[0].parameters_json"),
+        (nameless, "tools[1].name"),
+        (no_call_id, "messages[2].tool_call_id"),
+    ] {
+        let status = gateway.complete(request).await.expect_err("refused");
+        assert_status(&status, tonic::Code::InvalidArgument, &[field]);
+    }
     assert_eq!(upstream.count(), 0);
 }
 

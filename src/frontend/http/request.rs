@@ -173,9 +173,9 @@ fn tools(wire: Vec<WireTool>) -> Result<Vec<ToolSpec>, GatewayError> {
                     "must be function; other tool types are not supported",
                 ));
             }
-            let Some(function) = tool.function else {
+            let Some(function) = tool.function.filter(|f| !f.name.is_empty()) else {
                 return Err(GatewayError::invalid_argument(
-                    &format!("tools[{i}].function"),
+                    &format!("tools[{i}].function.name"),
                     "is missing; a tool is a function with a name",
                 ));
             };
