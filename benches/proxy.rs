@@ -591,6 +591,7 @@ fn grpc_request() -> CompleteRequest {
         messages: vec![Message {
             role: "user".to_string(),
             content: PROMPT.to_string(),
+            ..Message::default()
         }],
         ..CompleteRequest::default()
     }

@@ -34,6 +34,7 @@ pub async fn chat(
         messages: vec![Message {
             role: "user".into(),
             content: prompt.to_string(),
+            ..Default::default()
         }],
         max_tokens,
         ..Default::default()

@@ -16,7 +16,7 @@ use http::Uri;
 use serde::Serialize;
 
 use super::dispatch::{Bind, Binding, Dispatch, EndpointCall};
-use super::wire::{Dialect, HttpUpstream};
+use super::wire::{Answered, Dialect, HttpUpstream};
 use crate::chat::{ChatRequest, ChatStream, Completion};
 use crate::error::{ErrorKind, GatewayError};
 
@@ -43,13 +43,13 @@ pub(crate) trait Adapter: Send + Sync + 'static {
     /// Fresh state for reading one streamed answer.
     fn dialect(&self) -> Self::Dialect;
 
-    /// Reads a whole answer: returns its text and fills in `completion`
-    /// (finish reason, usage, model) from what it reports.
+    /// Reads a whole answer: returns its text and tool calls and fills in
+    /// `completion` (finish reason, usage, model) from what it reports.
     fn parse_answer(
         &self,
         bytes: &[u8],
         completion: &mut Completion,
-    ) -> Result<String, GatewayError>;
+    ) -> Result<Answered, GatewayError>;
 }
 
 /// Sends `req` as `model` to `url` through `adapter` and answers with its
@@ -125,10 +125,7 @@ mod tests {
     }
 
     fn message(role: Role, content: &str) -> ChatMessage {
-        ChatMessage {
-            role,
-            content: content.into(),
-        }
+        ChatMessage::text(role, content)
     }
 
     fn request(messages: Vec<ChatMessage>, max_tokens: Option<u32>, stream: bool) -> ChatRequest {
@@ -141,6 +138,7 @@ mod tests {
                 top_p: None,
                 stop: vec!["END".into()],
             },
+            extras: Default::default(),
             stream,
             deadline: None,
             call: Default::default(),

@@ -24,6 +24,7 @@ mod ollama;
 mod openai;
 mod sim;
 pub mod sse;
+mod translate;
 mod wire;
 
 use std::sync::Arc;

@@ -7,17 +7,29 @@
 //! (`headers:`), and OpenAI's newer models refuse `max_tokens` and want
 //! `max_completion_tokens` instead (`max_tokens_field:`), while vLLM and
 //! older servers know only `max_tokens`.
+//!
+//! Everything else the caller sent goes as it came: tools, `tool_choice`,
+//! `response_format`, `seed` and every field the gateway does not read
+//! (`user`, `logprobs`, penalties, vLLM's `top_k` ...), and messages in
+//! full (content parts, assistant `tool_calls`, `tool_call_id`). The
+//! gateway rewrites only `model` and the token cap's name. Tool-call
+//! pieces in `delta.tool_calls` stream out as they arrive.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{Map, Value, json};
 
 use super::adapter::Adapter;
 use super::http::HttpClient;
 use super::sse::{SseDecoder, SseEvent};
-use super::wire::{self, Credential, Dialect, HttpUpstream, Step};
-use crate::chat::{ChatMessage, ChatRequest, Completion, FinishReason, Usage};
+use super::wire::{self, Answered, Credential, Dialect, HttpUpstream, Step};
+use crate::chat::{
+    ChatEvent, ChatMessage, ChatRequest, Completion, ContentPart, FinishReason, ResponseFormat,
+    ToolCallDelta, ToolChoice, ToolSpec, Usage,
+};
 use crate::config::{MaxTokensField, UpstreamConfig};
 use crate::error::{ErrorKind, GatewayError};
 
@@ -34,7 +46,7 @@ pub(crate) struct OpenAiBackend {
 #[derive(Serialize)]
 pub(crate) struct WireRequest<'a> {
     model: &'a str,
-    messages: &'a [ChatMessage],
+    messages: Messages<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -56,7 +68,24 @@ pub(crate) struct WireRequest<'a> {
     /// Must be off when `continue_final_message` is on.
     #[serde(skip_serializing_if = "Option::is_none")]
     add_generation_prompt: Option<bool>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<i64>,
+    /// Every other field the caller sent, unchanged.
+    #[serde(flatten)]
+    passthrough: &'a Map<String, Value>,
 }
+
+/// The conversation in OpenAI's message shape.
+pub(crate) struct Messages<'a>(pub(crate) &'a [ChatMessage]);
+
+/// One message in OpenAI's shape.
+struct WireMessage<'a>(&'a ChatMessage);
 
 #[derive(Serialize)]
 struct StreamOptions {
@@ -85,12 +114,37 @@ struct WireChoice<'a> {
     delta: Option<WireContent<'a>>,
     #[serde(borrow, default)]
     finish_reason: Option<Cow<'a, str>>,
+    /// Present (non-null) only when the caller asked for `logprobs`.
+    #[serde(default)]
+    logprobs: Option<Value>,
 }
 
 #[derive(Deserialize)]
 struct WireContent<'a> {
     #[serde(borrow, default)]
     content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tool_calls: Option<Vec<WireToolCall<'a>>>,
+}
+
+/// A tool call of a whole answer, or a piece of one in a stream chunk.
+#[derive(Deserialize)]
+struct WireToolCall<'a> {
+    /// Which call a streamed piece belongs to; absent in whole answers.
+    #[serde(default)]
+    index: Option<u32>,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    function: Option<WireFunction<'a>>,
+}
+
+#[derive(Deserialize)]
+struct WireFunction<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    arguments: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -153,7 +207,7 @@ impl Adapter for OpenAiBackend {
         };
         Ok(WireRequest {
             model,
-            messages: &req.messages,
+            messages: Messages(&req.messages),
             max_tokens,
             max_completion_tokens,
             temperature: req.params.temperature,
@@ -165,6 +219,15 @@ impl Adapter for OpenAiBackend {
             }),
             continue_final_message: req.prefill.then_some(true),
             add_generation_prompt: req.prefill.then_some(false),
+            tools: req.extras.tools.iter().map(tool_json).collect(),
+            tool_choice: req.extras.tool_choice.as_ref().map(tool_choice_json),
+            response_format: req
+                .extras
+                .response_format
+                .as_ref()
+                .map(response_format_json),
+            seed: req.extras.seed,
+            passthrough: &req.extras.passthrough,
         })
     }
 
@@ -180,7 +243,7 @@ impl Adapter for OpenAiBackend {
         &self,
         bytes: &[u8],
         completion: &mut Completion,
-    ) -> Result<String, GatewayError> {
+    ) -> Result<Answered, GatewayError> {
         let answer: WireResponse<'_> = self.http.parse(bytes, "a chat completion")?;
         if let Some(error) = answer.error {
             return Err(self.http.error(
@@ -193,20 +256,23 @@ impl Adapter for OpenAiBackend {
                 .http
                 .error(ErrorKind::Unavailable, "answered with no choices"));
         };
-        let text = choice
-            .message
-            .and_then(|m| m.content)
-            .map(Cow::into_owned)
-            .unwrap_or_default();
+        let (text, tool_calls) = match choice.message {
+            Some(message) => (
+                message.content.map(Cow::into_owned).unwrap_or_default(),
+                message.tool_calls.map(deltas).unwrap_or_default(),
+            ),
+            None => Default::default(),
+        };
         completion.finish_reason = choice
             .finish_reason
             .as_deref()
             .and_then(FinishReason::parse);
+        completion.logprobs = choice.logprobs.filter(|l| !l.is_null());
         completion.usage = answer.usage.map(WireUsage::into_usage);
         if let Some(model) = answer.model {
             completion.model = Arc::from(model.as_ref());
         }
-        Ok(text)
+        Ok(Answered { text, tool_calls })
     }
 }
 
@@ -263,9 +329,23 @@ impl Dialect for ChunkStream {
             completion.finish_reason = FinishReason::parse(&reason);
             self.finished = true;
         }
-        match choice.delta.and_then(|d| d.content) {
-            Some(content) if !content.is_empty() => Step::Token(content.into_owned()),
-            _ => Step::Skip,
+        if let Some(logprobs) = choice.logprobs {
+            gather_logprobs(completion, logprobs);
+        }
+        let Some(delta) = choice.delta else {
+            return Step::Skip;
+        };
+        let content = delta.content.filter(|c| !c.is_empty());
+        match delta.tool_calls.filter(|calls| !calls.is_empty()) {
+            None => match content {
+                Some(content) => Step::Token(content.into_owned()),
+                None => Step::Skip,
+            },
+            Some(calls) => {
+                let text = content.map(|c| ChatEvent::Token(c.into_owned()));
+                let calls = deltas(calls).into_iter().map(ChatEvent::ToolCall);
+                Step::Many(text.into_iter().chain(calls).collect(), false)
+            }
         }
     }
 
@@ -281,6 +361,159 @@ impl Dialect for ChunkStream {
             Ok(())
         }
     }
+}
+
+// === impl Serialize for Messages ===
+
+impl Serialize for Messages<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for message in self.0 {
+            seq.serialize_element(&WireMessage(message))?;
+        }
+        seq.end()
+    }
+}
+
+impl Serialize for WireMessage<'_> {
+    /// `{role, content}` as before for a plain message; content parts as
+    /// parts, `null` content for an assistant turn that only called tools,
+    /// and the tool fields only when there are some.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let m = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("role", m.role.as_str())?;
+        if !m.parts.is_empty() {
+            let parts: Vec<Value> = m.parts.iter().map(part_json).collect();
+            map.serialize_entry("content", &parts)?;
+        } else if m.content.is_empty() && !m.tool_calls.is_empty() {
+            map.serialize_entry("content", &Value::Null)?;
+        } else {
+            map.serialize_entry("content", &m.content)?;
+        }
+        if !m.tool_calls.is_empty() {
+            let calls: Vec<Value> = m
+                .tool_calls
+                .iter()
+                .map(|call| {
+                    json!({
+                        "id": call.id,
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": call.arguments},
+                    })
+                })
+                .collect();
+            map.serialize_entry("tool_calls", &calls)?;
+        }
+        if let Some(id) = &m.tool_call_id {
+            map.serialize_entry("tool_call_id", id)?;
+        }
+        map.end()
+    }
+}
+
+// === OpenAI's shapes, shared with the wires that borrow them ===
+
+/// A tool as OpenAI (and Ollama) take it.
+pub(super) fn tool_json(tool: &ToolSpec) -> Value {
+    let mut function = Map::new();
+    function.insert("name".into(), Value::String(tool.name.clone()));
+    if let Some(description) = &tool.description {
+        function.insert("description".into(), Value::String(description.clone()));
+    }
+    if let Some(parameters) = &tool.parameters {
+        function.insert("parameters".into(), parameters.clone());
+    }
+    if let Some(strict) = tool.strict {
+        function.insert("strict".into(), Value::Bool(strict));
+    }
+    json!({"type": "function", "function": function})
+}
+
+/// `tool_choice` in OpenAI's words.
+fn tool_choice_json(choice: &ToolChoice) -> Value {
+    match choice {
+        ToolChoice::Auto => json!("auto"),
+        ToolChoice::None => json!("none"),
+        ToolChoice::Required => json!("required"),
+        ToolChoice::Function(name) => json!({"type": "function", "function": {"name": name}}),
+    }
+}
+
+/// `response_format` in OpenAI's words.
+fn response_format_json(format: &ResponseFormat) -> Value {
+    match format {
+        ResponseFormat::Text => json!({"type": "text"}),
+        ResponseFormat::JsonObject => json!({"type": "json_object"}),
+        ResponseFormat::JsonSchema(schema) => {
+            let mut inner = Map::new();
+            inner.insert("name".into(), Value::String(schema.name.clone()));
+            if let Some(description) = &schema.description {
+                inner.insert("description".into(), Value::String(description.clone()));
+            }
+            if let Some(body) = &schema.schema {
+                inner.insert("schema".into(), body.clone());
+            }
+            if let Some(strict) = schema.strict {
+                inner.insert("strict".into(), Value::Bool(strict));
+            }
+            json!({"type": "json_schema", "json_schema": inner})
+        }
+    }
+}
+
+/// A content part in OpenAI's shape.
+fn part_json(part: &ContentPart) -> Value {
+    match part {
+        ContentPart::Text(text) => json!({"type": "text", "text": text}),
+        ContentPart::Image { url, detail: None } => {
+            json!({"type": "image_url", "image_url": {"url": url}})
+        }
+        ContentPart::Image {
+            url,
+            detail: Some(detail),
+        } => json!({"type": "image_url", "image_url": {"url": url, "detail": detail}}),
+    }
+}
+
+/// Appends a stream chunk's `logprobs.content` entries to those gathered
+/// so far.
+fn gather_logprobs(completion: &mut Completion, chunk: Value) {
+    let Value::Object(mut chunk) = chunk else {
+        return;
+    };
+    let Some(Value::Array(entries)) = chunk.remove("content") else {
+        return;
+    };
+    let gathered = completion
+        .logprobs
+        .get_or_insert_with(|| json!({"content": []}));
+    if let Some(Value::Array(all)) = gathered.get_mut("content") {
+        all.extend(entries);
+    }
+}
+
+/// Tool calls (or pieces) as the vocabulary's pieces; a call without an
+/// index is numbered by its place.
+fn deltas(calls: Vec<WireToolCall<'_>>) -> Vec<ToolCallDelta> {
+    calls
+        .into_iter()
+        .enumerate()
+        .map(|(i, call)| {
+            let (name, arguments) = match call.function {
+                Some(f) => (f.name.map(Cow::into_owned), f.arguments.unwrap_or_default()),
+                None => (None, Cow::Borrowed("")),
+            };
+            ToolCallDelta {
+                index: call
+                    .index
+                    .unwrap_or_else(|| u32::try_from(i).unwrap_or(u32::MAX)),
+                id: call.id.map(Cow::into_owned),
+                name,
+                arguments: arguments.into_owned(),
+            }
+        })
+        .collect()
 }
 
 // === impl WireUsage ===

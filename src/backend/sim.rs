@@ -8,7 +8,7 @@ use futures_util::{FutureExt, StreamExt};
 use http::Uri;
 
 use super::dispatch::{Bind, Binding, Dispatch, EndpointCall};
-use crate::chat::{ChatEvent, ChatRequest, ChatStream, Completion};
+use crate::chat::{ChatEvent, ChatRequest, ChatStream, Completion, ContentPart, ResponseFormat};
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 use crate::sim::SimSettings;
@@ -66,6 +66,7 @@ fn call_sim(
     model: Arc<str>,
     req: &ChatRequest,
 ) -> Result<ChatStream, GatewayError> {
+    refuse_what_it_cannot_do(upstream, req)?;
     let Some(run) = settings.start(&req.messages, req.params.max_tokens) else {
         return Err(GatewayError::unavailable(format!(
             "upstream '{upstream}' (simulator) failed this call on purpose (error_rate); retry"
@@ -75,6 +76,7 @@ fn call_sim(
         finish_reason: Some(run.finish_reason()),
         usage: Some(run.usage()),
         model,
+        logprobs: None,
     });
     let tail = futures_util::stream::iter([Ok(done)]);
     if req.stream {
@@ -87,4 +89,31 @@ fn call_sim(
             futures_util::stream::once(async move { Ok(ChatEvent::Token(run.text().await)) });
         Ok(Box::pin(text.chain(tail)))
     }
+}
+
+/// The simulator writes text and nothing else: a call that needs tools, a
+/// JSON answer or eyes is refused, naming the field, rather than answered
+/// with text that ignores it. Sampling extras (`seed`, `top_k`, ...) are
+/// ignored, as temperature is: a simulated answer does not sample.
+fn refuse_what_it_cannot_do(upstream: &str, req: &ChatRequest) -> Result<(), GatewayError> {
+    let unsupported = |field: &str| super::translate::unsupported(field, upstream, "the simulator");
+    if !req.extras.tools.is_empty() {
+        return Err(unsupported("tools"));
+    }
+    if !matches!(
+        req.extras.response_format,
+        None | Some(ResponseFormat::Text)
+    ) {
+        return Err(unsupported("response_format"));
+    }
+    for (i, message) in req.messages.iter().enumerate() {
+        if let Some(j) = message
+            .parts
+            .iter()
+            .position(|part| matches!(part, ContentPart::Image { .. }))
+        {
+            return Err(unsupported(&format!("messages[{i}].content[{j}].type")));
+        }
+    }
+    Ok(())
 }

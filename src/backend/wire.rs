@@ -13,6 +13,7 @@
 //! item already buffered before reading more, and makes sure a stream that
 //! breaks off is reported as an error, never as a complete answer.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -29,7 +30,7 @@ use serde::Deserialize;
 use super::http::HttpClient;
 use super::ndjson::NdjsonDecoder;
 use super::sse::{SseDecoder, SseEvent};
-use crate::chat::{ChatEvent, ChatRequest, ChatStream, Completion};
+use crate::chat::{ChatEvent, ChatRequest, ChatStream, Completion, ToolCallDelta};
 use crate::config::UpstreamConfig;
 use crate::error::{ErrorKind, GatewayError};
 use crate::telemetry::REQUEST_ID;
@@ -80,6 +81,16 @@ struct Answer {
     json: bool,
 }
 
+/// A whole (not streamed) answer: its text and the tool calls it made,
+/// each as one piece with its id, name and all its arguments.
+#[derive(Debug, Default)]
+pub(crate) struct Answered {
+    /// The answer's text (may be empty when it only called tools).
+    pub(crate) text: String,
+    /// Its tool calls, indexed 0, 1, ...
+    pub(crate) tool_calls: Vec<ToolCallDelta>,
+}
+
 /// How a stream's bytes are cut into items: SSE events or NDJSON lines.
 pub(crate) trait Framing: Default + Send + Unpin + 'static {
     /// The content type a streamed answer in this framing has (sent as
@@ -107,6 +118,10 @@ pub(crate) enum Step {
     /// A piece of text that is also the end (Ollama's final line may carry
     /// both).
     Last(String),
+    /// Several events from one item: text and pieces of tool calls (an
+    /// OpenAI chunk may carry several calls' pieces; an Ollama line, whole
+    /// calls). `last` when the item also ended the answer.
+    Many(Vec<ChatEvent>, bool),
     /// Generation finished; what was reported is in the completion.
     Done,
     /// The upstream failed; `what` completes "upstream 'x' ...".
@@ -142,6 +157,8 @@ pub(crate) struct UpstreamStream<D: Dialect> {
     dialect: D,
     /// What the final event will report, filled in as items arrive.
     completion: Completion,
+    /// Events of a `Many` item not yet handed out.
+    queued: VecDeque<ChatEvent>,
     /// A `Last` token went out; `Done` follows on the next poll.
     done_next: bool,
     /// Tokens forwarded so far, for error messages.
@@ -231,7 +248,7 @@ impl HttpUpstream {
         req: &ChatRequest,
         model: Arc<str>,
         dialect: D,
-        whole: impl FnOnce(&[u8], &mut Completion) -> Result<String, GatewayError>,
+        whole: impl FnOnce(&[u8], &mut Completion) -> Result<Answered, GatewayError>,
     ) -> Result<ChatStream, GatewayError> {
         let accept = <D::Framing as Framing>::CONTENT_TYPE;
         let answer = self.post(url, body, req, accept).await?;
@@ -239,6 +256,7 @@ impl HttpUpstream {
             finish_reason: None,
             usage: None,
             model,
+            logprobs: None,
         };
         if req.stream && !answer.json {
             return Ok(Box::pin(UpstreamStream {
@@ -247,6 +265,7 @@ impl HttpUpstream {
                 framing: D::Framing::default(),
                 dialect,
                 completion,
+                queued: VecDeque::new(),
                 done_next: false,
                 tokens: 0,
                 upstream: self.name.clone(),
@@ -260,8 +279,18 @@ impl HttpUpstream {
                 &format!("broke off its answer: {err}"),
             )
         })?;
-        let text = whole(&bytes, &mut completion)?;
-        let events = [Ok(ChatEvent::Token(text)), Ok(ChatEvent::Done(completion))];
+        let answered = whole(&bytes, &mut completion)?;
+        let mut events = Vec::with_capacity(answered.tool_calls.len() + 2);
+        if !answered.text.is_empty() || answered.tool_calls.is_empty() {
+            events.push(Ok(ChatEvent::Token(answered.text)));
+        }
+        events.extend(
+            answered
+                .tool_calls
+                .into_iter()
+                .map(|call| Ok(ChatEvent::ToolCall(call))),
+        );
+        events.push(Ok(ChatEvent::Done(completion)));
         Ok(Box::pin(futures_util::stream::iter(events)))
     }
 
@@ -380,6 +409,16 @@ impl<D: Dialect> UpstreamStream<D> {
                 self.done_next = true;
                 Some(Ok(ChatEvent::Token(text)))
             }
+            Step::Many(events, last) => {
+                self.tokens += events.len() as u64;
+                self.queued.extend(events);
+                self.done_next |= last;
+                match self.queued.pop_front() {
+                    Some(event) => Some(Ok(event)),
+                    None if last => Some(Ok(self.finish())),
+                    None => None,
+                }
+            }
             Step::Done => Some(Ok(self.finish())),
             Step::Fail(kind, what) => Some(Err(self.fail(kind, &what))),
         }
@@ -416,6 +455,9 @@ impl<D: Dialect> Stream for UpstreamStream<D> {
         loop {
             if this.finished {
                 return Poll::Ready(None);
+            }
+            if let Some(event) = this.queued.pop_front() {
+                return Poll::Ready(Some(Ok(event)));
             }
             if this.done_next {
                 return Poll::Ready(Some(Ok(this.finish())));

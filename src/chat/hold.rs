@@ -134,6 +134,14 @@ impl<G: OnEnd> Stream for HoldUntilEnd<G> {
                 }
                 return Poll::Ready(item);
             }
+            // A piece of a tool call is output like a token: it counts for
+            // the call's metrics and token estimates the same way.
+            Some(Ok(ChatEvent::ToolCall(delta))) => {
+                if let Some(guard) = this.guard.as_mut() {
+                    guard.on_token(&delta.arguments);
+                }
+                return Poll::Ready(item);
+            }
             Some(Ok(ChatEvent::Done(completion))) => End::Finished(completion),
             Some(Err(err)) => End::Failed(err),
             None => End::Cut,

@@ -11,22 +11,28 @@
 //! than in one stage: [`timed`] holds a token stream to its time limits,
 //! for the caller's deadline (stack) and an upstream's own limits alike;
 //! [`hold`] keeps what a call holds (permits, load, its record) until its
-//! stream ends.
+//! stream ends. What agent calls add to the vocabulary (tools, tool calls
+//! and their streamed pieces, content parts, the response format, fields
+//! passed through) is in [`tools`].
 
 pub mod admit;
 pub mod hold;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod timed;
+pub mod tools;
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::Stream;
-use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::error::GatewayError;
+pub use tools::{
+    ContentPart, JsonSchema, RequestExtras, ResponseFormat, ToolCall, ToolCallDelta,
+    ToolCallsBuilder, ToolChoice, ToolSpec,
+};
 
 /// One chat completion call, as every layer sees it.
 #[derive(Debug, Clone)]
@@ -37,6 +43,9 @@ pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
     /// Sampling parameters, passed through to the upstream.
     pub params: SamplingParams,
+    /// Tools, response format, seed and every other field the caller sent
+    /// for the upstream (see [`RequestExtras`]).
+    pub extras: RequestExtras,
     /// Whether the caller wants tokens as they come (`CompleteStream`) or the
     /// whole answer at once (`Complete`); adapters pick the matching upstream
     /// mode so a unary call never pays for a stream it does not read.
@@ -133,17 +142,25 @@ pub enum Caller {
 pub struct BearerKey(String);
 
 /// One message of the conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatMessage {
     /// Who said it.
     pub role: Role,
-    /// What was said.
+    /// What was said: the text, or the text parts of `parts` joined by
+    /// newlines (what limits count, and what a wire without parts gets).
     pub content: String,
+    /// The content as the caller sent it in parts (text and images), so a
+    /// wire that takes parts gets them unflattened; empty when the content
+    /// was plain text.
+    pub parts: Vec<ContentPart>,
+    /// The tools an assistant turn called.
+    pub tool_calls: Vec<ToolCall>,
+    /// For a [`Role::Tool`] message, the call whose result it is.
+    pub tool_call_id: Option<String>,
 }
 
-/// The speakers every supported upstream understands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// The speakers of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// Instructions that frame the conversation.
     System,
@@ -151,6 +168,8 @@ pub enum Role {
     User,
     /// The model's earlier answers.
     Assistant,
+    /// A tool's result, answering an assistant's tool call.
+    Tool,
 }
 
 /// Sampling parameters; `None` and empty mean "the upstream's default".
@@ -173,6 +192,8 @@ pub struct SamplingParams {
 pub enum ChatEvent {
     /// A piece of generated text.
     Token(String),
+    /// A piece of a tool call the model is making.
+    ToolCall(ToolCallDelta),
     /// Generation finished; nothing follows.
     Done(Completion),
 }
@@ -187,6 +208,11 @@ pub struct Completion {
     pub usage: Option<Usage>,
     /// The model that served the call, as the upstream named it.
     pub model: Arc<str>,
+    /// Token log probabilities in OpenAI's shape (`{"content": [...]}`),
+    /// when the caller asked for them and the upstream gave them. A
+    /// stream's are gathered here in order: they are the caller's data,
+    /// passed back whole at the end rather than re-shaped per token.
+    pub logprobs: Option<serde_json::Value>,
 }
 
 /// Why generation stopped, normalized across upstream kinds.
@@ -381,6 +407,7 @@ impl Role {
             Role::System => "system",
             Role::User => "user",
             Role::Assistant => "assistant",
+            Role::Tool => "tool",
         }
     }
 
@@ -390,6 +417,7 @@ impl Role {
             "system" => Some(Role::System),
             "user" => Some(Role::User),
             "assistant" => Some(Role::Assistant),
+            "tool" => Some(Role::Tool),
             _ => None,
         }
     }
@@ -423,9 +451,40 @@ impl FinishReason {
     }
 }
 
+// === impl ChatMessage ===
+
+impl ChatMessage {
+    /// A plain text message.
+    pub fn text(role: Role, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role,
+            content: content.into(),
+            parts: Vec::new(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
+}
+
 // === impl ChatRequest ===
 
 impl ChatRequest {
+    /// The conversation's size in bytes as limits and token estimates
+    /// count it: each message's text and the arguments of the tool calls
+    /// in it, which the upstream reads as prompt like any text.
+    pub fn content_len(&self) -> usize {
+        self.messages
+            .iter()
+            .map(|m| {
+                m.content.len()
+                    + m.tool_calls
+                        .iter()
+                        .map(|c| c.name.len() + c.arguments.len())
+                        .sum::<usize>()
+            })
+            .sum()
+    }
+
     /// Checks what every upstream needs before the call goes anywhere, so a
     /// bad request fails here with the field named instead of as an opaque
     /// upstream 400.
@@ -457,7 +516,38 @@ impl ChatRequest {
                 "must be between 0 and 1",
             ));
         }
-        self.validate_stop()
+        self.validate_stop()?;
+        self.validate_tools()
+    }
+
+    /// Tool turns that every upstream can place: a tool's result names the
+    /// call it answers, only an assistant calls tools, and no more tools
+    /// than OpenAI takes (each is a schema every upstream parses per call).
+    fn validate_tools(&self) -> Result<(), GatewayError> {
+        for (i, message) in self.messages.iter().enumerate() {
+            if message.role == Role::Tool
+                && message.tool_call_id.as_deref().is_none_or(str::is_empty)
+            {
+                return Err(GatewayError::invalid_argument(
+                    &format!("messages[{i}].tool_call_id"),
+                    "is missing; a tool message must name the tool call it answers",
+                ));
+            }
+            if message.role != Role::Assistant && !message.tool_calls.is_empty() {
+                return Err(GatewayError::invalid_argument(
+                    &format!("messages[{i}].tool_calls"),
+                    "may only be on an assistant message",
+                ));
+            }
+        }
+        let tools = &self.extras.tools;
+        if tools.len() > MAX_TOOLS {
+            return Err(GatewayError::invalid_argument(
+                "tools",
+                &format!("has {} tools; send at most {MAX_TOOLS}", tools.len()),
+            ));
+        }
+        Ok(())
     }
 
     /// Stop sequences within what engines take: each upstream copies and
@@ -492,6 +582,9 @@ impl ChatRequest {
 /// The most stop sequences a call may send (OpenAI takes 4, vLLM and
 /// Anthropic more; 16 leaves room without letting a call cost megabytes).
 pub const MAX_STOP_SEQUENCES: usize = 16;
+
+/// The most tools a call may offer (OpenAI's own limit).
+pub const MAX_TOOLS: usize = 128;
 
 /// The longest stop sequence, in bytes.
 pub const MAX_STOP_SEQUENCE_BYTES: usize = 1024;
@@ -530,6 +623,37 @@ mod tests {
             RequestId::from_caller(text).is_some(),
             "our own ids pass our check"
         );
+    }
+
+    #[test]
+    fn tool_calls_count_as_content_and_tool_turns_must_be_placeable() {
+        let mut req = testing::request("m");
+        let mut called = ChatMessage::text(Role::Assistant, "");
+        called.tool_calls.push(ToolCall {
+            id: "call_a".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city":"Paris"}"#.into(),
+        });
+        req.messages.push(called);
+        assert_eq!(req.content_len(), "hi".len() + 11 + 16);
+        assert!(req.validate().is_ok());
+
+        req.messages.push(ChatMessage::text(Role::Tool, "18C"));
+        let err = req
+            .validate()
+            .expect_err("a tool result must name its call");
+        assert!(
+            err.message().contains("messages[2].tool_call_id"),
+            "{err:?}"
+        );
+        if let Some(result) = req.messages.last_mut() {
+            result.tool_call_id = Some("call_a".into());
+        }
+        assert!(req.validate().is_ok());
+
+        req.messages[0].tool_calls = req.messages[1].tool_calls.clone();
+        let err = req.validate().expect_err("only an assistant calls tools");
+        assert!(err.message().contains("messages[0].tool_calls"), "{err:?}");
     }
 
     #[test]

@@ -14,11 +14,9 @@ use crate::error::GatewayError;
 pub(crate) fn request(model: &str) -> ChatRequest {
     ChatRequest {
         model: model.to_string(),
-        messages: vec![ChatMessage {
-            role: Role::User,
-            content: "hi".to_string(),
-        }],
+        messages: vec![ChatMessage::text(Role::User, "hi")],
         params: Default::default(),
+        extras: Default::default(),
         stream: true,
         deadline: None,
         call: Default::default(),
@@ -107,6 +105,7 @@ where
     while let Some(item) = stream.next().await {
         match item {
             Ok(ChatEvent::Token(text)) => tokens.push(text),
+            Ok(ChatEvent::ToolCall(delta)) => tokens.push(format!("<tool call {}>", delta.index)),
             Ok(ChatEvent::Done(completion)) => return (tokens, Some(Ok(completion))),
             Err(err) => return (tokens, Some(Err(err))),
         }

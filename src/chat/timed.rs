@@ -101,7 +101,8 @@ impl<M: TimeoutMessages> Stream for TimedStream<M> {
         // timer that fired in the same instant.
         if let Poll::Ready(item) = inner.as_mut().poll_next(cx) {
             match &item {
-                Some(Ok(ChatEvent::Token(_))) => {
+                // A piece of a tool call is output as much as a token.
+                Some(Ok(ChatEvent::Token(_) | ChatEvent::ToolCall(_))) => {
                     if !this.started {
                         this.started = true;
                         this.gap_limit = this.idle;

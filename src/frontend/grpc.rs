@@ -18,8 +18,9 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::chat::{
-    CallContext, Caller, ChatEvent, ChatMessage, ChatRequest, ChatStream, Completion, RequestId,
-    Role, SamplingParams,
+    CallContext, Caller, ChatEvent, ChatMessage, ChatRequest, ChatStream, Completion, JsonSchema,
+    RequestExtras, RequestId, ResponseFormat, Role, SamplingParams, ToolCall, ToolCallsBuilder,
+    ToolChoice, ToolSpec,
 };
 use crate::error::GatewayError;
 use crate::frontend::door::Admitted;
@@ -86,15 +87,26 @@ impl LlmService for GrpcFrontend {
         let answer = async {
             let mut stream = stream?;
             let mut text = String::new();
+            let mut calls = ToolCallsBuilder::default();
             while let Some(event) = std::future::poll_fn(|cx| poll_events(&mut stream, cx)).await {
                 match event? {
                     ChatEvent::Token(token) => text.push_str(&token),
+                    ChatEvent::ToolCall(delta) => calls.push(delta),
                     ChatEvent::Done(completion) => {
                         return Ok(proto::CompleteResponse {
                             text,
                             usage: usage(&completion),
                             finish_reason: finish_reason(&completion),
                             model: completion.model.to_string(),
+                            tool_calls: calls
+                                .finish()
+                                .into_iter()
+                                .map(|call| proto::ToolCall {
+                                    id: call.id,
+                                    name: call.name,
+                                    arguments: call.arguments,
+                                })
+                                .collect(),
                         });
                     }
                 }
@@ -178,12 +190,24 @@ impl Stream for TokenChunks {
                     ..Default::default()
                 })));
             }
+            Some(Ok(ChatEvent::ToolCall(delta))) => {
+                return Poll::Ready(Some(Ok(proto::TokenChunk {
+                    tool_calls: vec![proto::ToolCallDelta {
+                        index: delta.index,
+                        id: delta.id.unwrap_or_default(),
+                        name: delta.name.unwrap_or_default(),
+                        arguments: delta.arguments,
+                    }],
+                    ..Default::default()
+                })));
+            }
             Some(Ok(ChatEvent::Done(completion))) => Ok(proto::TokenChunk {
                 token: String::new(),
                 done: true,
                 usage: usage(&completion),
                 finish_reason: finish_reason(&completion),
                 model: completion.model.to_string(),
+                tool_calls: Vec::new(),
             }),
             Some(Err(err)) => Err(err.into()),
             None => Err(truncated().into()),
@@ -214,7 +238,7 @@ fn chat_request(
                 GatewayError::invalid_argument(
                     &format!("messages[{i}].role"),
                     &format!(
-                        "'{}' is not a role; use system, user or assistant",
+                        "'{}' is not a role; use system, user, assistant or tool",
                         message.role
                     ),
                 )
@@ -222,6 +246,17 @@ fn chat_request(
             Ok(ChatMessage {
                 role,
                 content: message.content,
+                parts: Vec::new(),
+                tool_calls: message
+                    .tool_calls
+                    .into_iter()
+                    .map(|call| ToolCall {
+                        id: call.id,
+                        name: call.name,
+                        arguments: call.arguments,
+                    })
+                    .collect(),
+                tool_call_id: Some(message.tool_call_id).filter(|id| !id.is_empty()),
             })
         })
         .collect::<Result<Vec<_>, GatewayError>>()
@@ -240,9 +275,19 @@ fn chat_request(
         }
         n => Some(n.unsigned_abs()),
     };
+    let extras = match extras(
+        wire.tools,
+        wire.tool_choice,
+        wire.response_format,
+        wire.seed,
+    ) {
+        Ok(extras) => extras,
+        Err(err) => return Err((model, err)),
+    };
     let req = ChatRequest {
         model,
         messages,
+        extras,
         params: SamplingParams {
             max_tokens,
             temperature: wire.temperature,
@@ -259,6 +304,90 @@ fn chat_request(
         Ok(()) => Ok(req),
         Err(err) => Err((req.model, err)),
     }
+}
+
+/// Tools, tool choice, response format and seed as the vocabulary's; JSON
+/// schemas travel as JSON text and are refused, naming the field, when
+/// they are not JSON.
+fn extras(
+    tools: Vec<proto::Tool>,
+    tool_choice: Option<proto::ToolChoice>,
+    response_format: Option<proto::ResponseFormat>,
+    seed: Option<i64>,
+) -> Result<RequestExtras, GatewayError> {
+    let schema = |field: &str, text: String| -> Result<Option<serde_json::Value>, GatewayError> {
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|err| GatewayError::invalid_argument(field, &format!("is not JSON: {err}")))
+    };
+    let tools = tools
+        .into_iter()
+        .enumerate()
+        .map(|(i, tool)| {
+            if tool.name.is_empty() {
+                return Err(GatewayError::invalid_argument(
+                    &format!("tools[{i}].name"),
+                    "is empty; every tool needs a name",
+                ));
+            }
+            Ok(ToolSpec {
+                parameters: schema(&format!("tools[{i}].parameters_json"), tool.parameters_json)?,
+                name: tool.name,
+                description: Some(tool.description).filter(|d| !d.is_empty()),
+                strict: None,
+            })
+        })
+        .collect::<Result<Vec<_>, GatewayError>>()?;
+    let tool_choice = match tool_choice {
+        None => None,
+        Some(choice) => Some(match (choice.mode.as_str(), choice.function) {
+            ("" | "auto", _) => ToolChoice::Auto,
+            ("none", _) => ToolChoice::None,
+            ("required", _) => ToolChoice::Required,
+            ("function", name) if !name.is_empty() => ToolChoice::Function(name),
+            ("function", _) => {
+                return Err(GatewayError::invalid_argument(
+                    "tool_choice.function",
+                    "is empty; name the tool the model must call",
+                ));
+            }
+            (mode, _) => {
+                return Err(GatewayError::invalid_argument(
+                    "tool_choice.mode",
+                    &format!("'{mode}' is not a mode; use auto, none, required or function"),
+                ));
+            }
+        }),
+    };
+    let response_format = match response_format {
+        None => None,
+        Some(format) => Some(match format.r#type.as_str() {
+            "" | "text" => ResponseFormat::Text,
+            "json_object" => ResponseFormat::JsonObject,
+            "json_schema" => ResponseFormat::JsonSchema(JsonSchema {
+                schema: schema("response_format.schema_json", format.schema_json)?,
+                name: format.name,
+                description: None,
+                strict: format.strict,
+            }),
+            other => {
+                return Err(GatewayError::invalid_argument(
+                    "response_format.type",
+                    &format!("'{other}' is not a format; use text, json_object or json_schema"),
+                ));
+            }
+        }),
+    };
+    Ok(RequestExtras {
+        tools,
+        tool_choice,
+        response_format,
+        seed,
+        passthrough: Default::default(),
+    })
 }
 
 /// The outcome as the caller gets it, with the request id in the response

@@ -46,10 +46,9 @@ pub struct SkipPrefix {
 /// The request that asks an upstream to continue `delivered` (prefill).
 pub fn prefill_request(req: &ChatRequest, delivered: &Delivered) -> ChatRequest {
     let mut continued = req.clone();
-    continued.messages.push(ChatMessage {
-        role: Role::Assistant,
-        content: delivered.text.clone(),
-    });
+    continued
+        .messages
+        .push(ChatMessage::text(Role::Assistant, delivered.text.clone()));
     continued.prefill = true;
     // What is left of the caller's cap, so the whole answer keeps to it.
     continued.params.max_tokens = req
@@ -124,8 +123,11 @@ impl Stream for SkipPrefix {
                         None => return Poll::Ready(Some(Err(this.differs()))),
                     }
                 }
-                // It ended before reaching where the first answer broke.
-                Some(Ok(ChatEvent::Done(_))) => return Poll::Ready(Some(Err(this.differs()))),
+                // It ended, or turned to calling tools, before reaching
+                // where the first answer broke.
+                Some(Ok(ChatEvent::Done(_) | ChatEvent::ToolCall(_))) => {
+                    return Poll::Ready(Some(Err(this.differs())));
+                }
                 other => return Poll::Ready(other),
             }
         }
@@ -163,6 +165,7 @@ mod tests {
         while let Some(event) = stream.next().await {
             match event? {
                 ChatEvent::Token(text) => out.push(text),
+                ChatEvent::ToolCall(_) => out.push("<tool call>".into()),
                 ChatEvent::Done(_) => out.push("<done>".into()),
             }
         }

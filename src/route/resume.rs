@@ -46,6 +46,9 @@ pub struct Resumable {
     rescues: u32,
     /// The error the stream broke with, while a continuation is sought.
     broke: Option<GatewayError>,
+    /// Pieces of a tool call reached the caller: neither prefill nor
+    /// replay can resume a call half made, so a break ends the answer.
+    tool_calls: bool,
 }
 
 enum State {
@@ -78,12 +81,14 @@ impl Resumable {
             how: How::Fresh,
             rescues: 0,
             broke: None,
+            tool_calls: false,
         }
     }
 
     /// Whether a stream that broke with `err` is worth continuing.
     fn can_rescue(&self, err: &GatewayError) -> bool {
         err.is_retryable()
+            && !self.tool_calls
             && self.rescues < self.max_rescues
             && !retry::out_of_time(&self.req, std::time::Duration::ZERO)
     }
@@ -153,6 +158,10 @@ impl Stream for Resumable {
                         this.delivered.tokens = this.delivered.tokens.saturating_add(1);
                         return Poll::Ready(Some(Ok(ChatEvent::Token(text))));
                     }
+                    Poll::Ready(Some(Ok(ChatEvent::ToolCall(delta)))) => {
+                        this.tool_calls = true;
+                        return Poll::Ready(Some(Ok(ChatEvent::ToolCall(delta))));
+                    }
                     Poll::Ready(Some(Ok(ChatEvent::Done(mut completion)))) => {
                         this.state = State::Ended;
                         this.settle(&mut completion);
@@ -167,9 +176,12 @@ impl Stream for Resumable {
                             this.state = State::Ended;
                             return Poll::Ready(Some(Err(err)));
                         }
-                        let spent = GatewayError::unavailable(
-                            "the call's deadline or its route's retry.attempts are spent",
-                        );
+                        let spent = GatewayError::unavailable(if this.tool_calls {
+                            "a tool call was already being streamed, and a half-made call \
+                             cannot be resumed; retry the request"
+                        } else {
+                            "the call's deadline or its route's retry.attempts are spent"
+                        });
                         return this.fail(could_not_continue(&err, &spent));
                     }
                     // Upstream streams end with `Done` or an error; an end

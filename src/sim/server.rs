@@ -236,7 +236,7 @@ fn chat_messages(
     let mut out = Vec::new();
     for (role, content) in messages {
         match Role::parse(&role).filter(|r| allowed.contains(r)) {
-            Some(role) => out.push(ChatMessage { role, content }),
+            Some(role) => out.push(ChatMessage::text(role, content)),
             None => return Err(format!("unknown role '{role}'")),
         }
     }

@@ -51,7 +51,7 @@ fn check(shape: &RequestShape, req: &ChatRequest) -> Result<(), GatewayError> {
         ));
     }
     if let Some(max) = shape.max_content_length {
-        let content: usize = req.messages.iter().map(|m| m.content.len()).sum();
+        let content = req.content_len();
         if content > max {
             return Err(GatewayError::invalid_argument(
                 "messages",

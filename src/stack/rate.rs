@@ -159,7 +159,7 @@ pub(super) fn over_limit(
 
 /// The tokens a request's prompt is likely to count.
 pub fn estimate_input(req: &ChatRequest) -> u32 {
-    let bytes: usize = req.messages.iter().map(|m| m.content.len()).sum();
+    let bytes = req.content_len();
     let tokens = bytes.div_ceil(BYTES_PER_TOKEN) + TOKENS_PER_MESSAGE * req.messages.len();
     u32::try_from(tokens).unwrap_or(u32::MAX)
 }
@@ -451,16 +451,11 @@ pub(crate) mod tests {
         let req = ChatRequest {
             model: "m".into(),
             messages: vec![
-                ChatMessage {
-                    role: Role::System,
-                    content: "x".repeat(40),
-                },
-                ChatMessage {
-                    role: Role::User,
-                    content: "y".repeat(2),
-                },
+                ChatMessage::text(Role::System, "x".repeat(40)),
+                ChatMessage::text(Role::User, "y".repeat(2)),
             ],
             params: Default::default(),
+            extras: Default::default(),
             stream: false,
             deadline: None,
             call: Default::default(),

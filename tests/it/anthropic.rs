@@ -35,6 +35,7 @@ fn message(role: &str, content: &str) -> Message {
     Message {
         role: role.into(),
         content: content.into(),
+        ..Default::default()
     }
 }
 

@@ -120,6 +120,7 @@ async fn malformed_requests_are_invalid_argument_naming_the_field() {
     bad_role.messages.push(Message {
         role: "wizard".into(),
         content: "x".into(),
+        ..Default::default()
     });
     let mut negative = request("demo", "hi");
     negative.max_tokens = -5;

@@ -652,7 +652,8 @@ upstreams:",
     many.messages = vec![
         Message {
             role: "user".into(),
-            content: "hi".into()
+            content: "hi".into(),
+            ..Default::default()
         };
         5
     ];

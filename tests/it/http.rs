@@ -292,10 +292,27 @@ async fn a_whole_answer_reads_as_an_openai_client_reads_it() {
         sent.body["messages"],
         json!([
             {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": "Capital of France?\nOne word."},
-        ])
+            {"role": "user", "content": [
+                {"type": "text", "text": "Capital of France?"},
+                {"type": "text", "text": "One word."},
+            ]},
+        ]),
+        "content parts go as parts, not flattened"
     );
+    for (field, value) in [
+        ("user", json!("user-1234")),
+        ("seed", json!(42)),
+        ("logit_bias", json!({"50256": -100})),
+        ("some_future_field", json!({"nested": [1, 2]})),
+    ] {
+        assert_eq!(sent.body[field], value, "{field} arrives as sent");
+    }
     assert_eq!(sent.body["max_tokens"], 7, "max_completion_tokens wins");
+    assert!(
+        sent.body.get("max_completion_tokens").is_none(),
+        "only the configured token field is sent: {}",
+        sent.body
+    );
     assert_eq!(sent.body["temperature"], 0.5);
     assert_eq!(sent.body["stop"], json!(["\n"]));
     assert_eq!(sent.body["stream"], false);
@@ -407,8 +424,32 @@ async fn malformed_requests_are_400_naming_the_field_in_param() {
     let gateway = Gateway::start(SIM_ROUTES).await;
     let cases = [
         (
-            json!({"model": "demo", "messages": [{"role": "tool", "content": "x"}]}),
+            json!({"model": "demo", "messages": [{"role": "wizard", "content": "x"}]}),
             "messages[0].role",
+        ),
+        (
+            json!({"model": "demo", "messages": [{"role": "tool", "content": "x"}]}),
+            "messages[0].tool_call_id",
+        ),
+        (
+            json!({"model": "demo", "messages": [{"role": "user", "content": "x"}],
+                   "tools": [{"type": "function", "function": {"name": ""}}]}),
+            "tools[0].function.name",
+        ),
+        (
+            json!({"model": "demo", "messages": [{"role": "user", "content": "x"}],
+                   "tool_choice": "sometimes"}),
+            "tool_choice",
+        ),
+        (
+            json!({"model": "demo", "messages": [{"role": "user", "content": "x"}],
+                   "response_format": {"type": "yaml"}}),
+            "response_format.type",
+        ),
+        (
+            json!({"model": "demo", "messages": [{"role": "user", "content": "x"}],
+                   "tools": [{"type": "function", "function": {"name": "f"}}]}),
+            "tools",
         ),
         (json!({"model": "demo", "messages": []}), "messages"),
         (

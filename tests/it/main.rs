@@ -26,3 +26,4 @@ mod resilience;
 mod serve_cli;
 mod shared;
 mod support;
+mod tools;

@@ -141,6 +141,7 @@ async fn sampling_parameters_go_in_options_with_keep_alive_and_the_key() {
         llmgate::proto::Message {
             role: "system".into(),
             content: "Be brief.".into(),
+            ..Default::default()
         },
     );
     let sent = &sent_for(&gateway, &upstream, req).await;

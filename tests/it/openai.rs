@@ -291,6 +291,7 @@ async fn sampling_parameters_and_the_api_key_reach_the_upstream() {
         llmgate::proto::Message {
             role: "system".into(),
             content: "Be brief.".into(),
+            ..Default::default()
         },
     );
     gateway

@@ -158,8 +158,9 @@ proptest! {
     ) {
         let req = ChatRequest {
             model: model.clone(),
-            messages: vec![ChatMessage { role: Role::User, content: "x".into() }; messages],
+            messages: vec![ChatMessage::text(Role::User, "x"); messages],
             params: SamplingParams { max_tokens: None, temperature, top_p, stop: vec![] },
+            extras: Default::default(),
             stream: false,
             deadline: None,
             call: Default::default(),

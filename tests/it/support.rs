@@ -363,6 +363,7 @@ pub fn request(model: &str, prompt: &str) -> CompleteRequest {
         messages: vec![Message {
             role: "user".into(),
             content: prompt.into(),
+            ..Default::default()
         }],
         ..Default::default()
     }

@@ -1,12 +1,15 @@
-//! A whole answer as one `chat.completion`, and what a streamed answer's
-//! chunks repeat: the call's id, its start time and the model to name.
+//! A whole answer as one `chat.completion` (with `message.tool_calls`
+//! when the model called tools), and what a streamed answer's chunks
+//! repeat: the call's id, its start time and the model to name.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::response::{IntoResponse, Json, Response};
 
-use super::wire::{AssistantMessage, ChatCompletion, Choice, WireUsage};
-use crate::chat::{ChatEvent, ChatStream, Completion, FinishReason};
+use super::wire::{
+    AssistantMessage, ChatCompletion, Choice, WireFunctionOut, WireToolCallOut, WireUsage,
+};
+use crate::chat::{ChatEvent, ChatStream, Completion, FinishReason, ToolCallsBuilder};
 use crate::error::GatewayError;
 use crate::frontend::edge::{poll_events, truncated};
 
@@ -41,10 +44,25 @@ pub(super) async fn whole_answer(
     call: CallInfo,
 ) -> Result<Response, GatewayError> {
     let mut text = String::new();
+    let mut calls = ToolCallsBuilder::default();
     while let Some(event) = std::future::poll_fn(|cx| poll_events(&mut events, cx)).await {
         match event? {
             ChatEvent::Token(token) => text.push_str(&token),
+            ChatEvent::ToolCall(delta) => calls.push(delta),
             ChatEvent::Done(completion) => {
+                let calls = calls.finish();
+                let tool_calls = calls
+                    .iter()
+                    .map(|call| WireToolCallOut {
+                        index: None,
+                        id: Some(&call.id),
+                        kind: Some("function"),
+                        function: WireFunctionOut {
+                            name: Some(&call.name),
+                            arguments: &call.arguments,
+                        },
+                    })
+                    .collect();
                 let answer = ChatCompletion {
                     id: &call.id,
                     object: "chat.completion",
@@ -54,9 +72,10 @@ pub(super) async fn whole_answer(
                         index: 0,
                         message: AssistantMessage {
                             role: "assistant",
-                            content: &text,
+                            content: (!text.is_empty() || calls.is_empty()).then_some(&text),
+                            tool_calls,
                         },
-                        logprobs: None,
+                        logprobs: completion.logprobs.as_ref(),
                         finish_reason: finish_reason(&completion),
                     }],
                     usage: completion.usage.map(WireUsage::from),

@@ -1,7 +1,8 @@
 //! OpenAI's chat completion request as the internal [`ChatRequest`]: the
-//! JSON body with a wrong field named by its path, the roles and content
-//! parts the gateway forwards, the token cap under either of its names,
-//! and the caller's `x-request-timeout`.
+//! JSON body with a wrong field named by its path, the roles, content
+//! parts and tool turns the gateway forwards, tools, tool choice and
+//! response format, every other field kept for the upstream, the token cap
+//! under either of its names, and the caller's `x-request-timeout`.
 
 use std::time::Duration;
 
@@ -9,26 +10,47 @@ use http::HeaderMap;
 use tokio::time::Instant;
 
 use super::REQUEST_TIMEOUT_HEADER;
-use super::wire::{ChatCompletionRequest, Content, Stop};
-use crate::chat::{CallContext, Caller, ChatMessage, ChatRequest, Role, SamplingParams};
+use serde_json::{Map, Value};
+
+use super::wire::{
+    ChatCompletionRequest, Content, KNOWN_FIELDS, Stop, WireMessage, WireResponseFormat, WireTool,
+};
+use crate::chat::{
+    CallContext, Caller, ChatMessage, ChatRequest, ContentPart, JsonSchema, RequestExtras,
+    ResponseFormat, Role, SamplingParams, ToolCall, ToolChoice, ToolSpec,
+};
 use crate::error::GatewayError;
 
 /// The request body as OpenAI's request, with a wrong field named by its
-/// path (`messages[0].content`).
+/// path (`messages[0].content`), and every field it does not read kept
+/// as sent in `passthrough`.
 pub(super) fn parse_request(body: &[u8]) -> Result<ChatCompletionRequest, GatewayError> {
-    let mut json = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut json).map_err(|err| {
-        let path = err.path().to_string();
-        let inner = err.into_inner();
-        if inner.is_syntax() || inner.is_eof() || path == "." {
-            GatewayError::invalid_argument(
-                "body",
-                &format!("is not a JSON chat completion request: {inner}"),
-            )
-        } else {
-            GatewayError::invalid_argument(&path, &format!("is not valid: {inner}"))
+    let not_a_request = |why: &dyn std::fmt::Display| {
+        GatewayError::invalid_argument(
+            "body",
+            &format!("is not a JSON chat completion request: {why}"),
+        )
+    };
+    let mut fields: Map<String, Value> =
+        serde_json::from_slice(body).map_err(|err| not_a_request(&err))?;
+    let mut known = Map::new();
+    for name in KNOWN_FIELDS {
+        if let Some(value) = fields.remove(*name) {
+            known.insert((*name).to_string(), value);
         }
-    })
+    }
+    let mut request: ChatCompletionRequest = serde_path_to_error::deserialize(Value::Object(known))
+        .map_err(|err| {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            if path == "." {
+                not_a_request(&inner)
+            } else {
+                GatewayError::invalid_argument(&path, &format!("is not valid: {inner}"))
+            }
+        })?;
+    request.passthrough = fields;
+    Ok(request)
 }
 
 /// The wire request as a validated [`ChatRequest`] of `caller`, tracked
@@ -49,26 +71,15 @@ pub(super) fn chat_request(
         .messages
         .into_iter()
         .enumerate()
-        .map(|(i, message)| {
-            let role = match message.role.as_str() {
-                // OpenAI's newer name for system instructions.
-                "developer" => Role::System,
-                name => Role::parse(name).ok_or_else(|| {
-                    GatewayError::invalid_argument(
-                        &format!("messages[{i}].role"),
-                        &format!(
-                            "'{name}' is not a role this gateway forwards; use system, \
-                             developer, user or assistant (tool calls are not supported)"
-                        ),
-                    )
-                })?,
-            };
-            Ok(ChatMessage {
-                role,
-                content: content_text(i, message.content)?,
-            })
-        })
+        .map(|(i, message)| chat_message(i, message))
         .collect::<Result<Vec<_>, GatewayError>>()?;
+    let extras = RequestExtras {
+        tools: tools(wire.tools.unwrap_or_default())?,
+        tool_choice: wire.tool_choice.map(tool_choice).transpose()?,
+        response_format: wire.response_format.map(response_format).transpose()?,
+        seed: wire.seed,
+        passthrough: wire.passthrough,
+    };
     let (field, cap) = match (wire.max_completion_tokens, wire.max_tokens) {
         (Some(cap), _) => ("max_completion_tokens", Some(cap)),
         (None, cap) => ("max_tokens", cap),
@@ -100,6 +111,7 @@ pub(super) fn chat_request(
             top_p: wire.top_p,
             stop,
         },
+        extras,
         stream: wire.stream.unwrap_or(false),
         deadline,
         call,
@@ -115,11 +127,118 @@ pub(super) fn chat_request(
 /// bounded too, since each part costs an allocation however small it is.
 const MAX_CONTENT_PARTS: usize = 256;
 
-/// A message's text: the string, or its text parts joined by newlines.
-fn content_text(message: usize, content: Option<Content>) -> Result<String, GatewayError> {
+/// One wire message as the vocabulary's.
+fn chat_message(i: usize, message: WireMessage) -> Result<ChatMessage, GatewayError> {
+    let role = match message.role.as_str() {
+        // OpenAI's newer name for system instructions.
+        "developer" => Role::System,
+        name => Role::parse(name).ok_or_else(|| {
+            GatewayError::invalid_argument(
+                &format!("messages[{i}].role"),
+                &format!(
+                    "'{name}' is not a role this gateway forwards; use system, \
+                     developer, user, assistant or tool"
+                ),
+            )
+        })?,
+    };
+    let (content, parts) = content(i, message.content)?;
+    let tool_calls = message
+        .tool_calls
+        .unwrap_or_default()
+        .into_iter()
+        .map(|call| ToolCall {
+            id: call.id,
+            name: call.function.name,
+            arguments: call.function.arguments,
+        })
+        .collect();
+    Ok(ChatMessage {
+        role,
+        content,
+        parts,
+        tool_calls,
+        tool_call_id: message.tool_call_id,
+    })
+}
+
+/// The tools offered, each a function with a name.
+fn tools(wire: Vec<WireTool>) -> Result<Vec<ToolSpec>, GatewayError> {
+    wire.into_iter()
+        .enumerate()
+        .map(|(i, tool)| {
+            if tool.kind.as_deref().is_some_and(|kind| kind != "function") {
+                return Err(GatewayError::invalid_argument(
+                    &format!("tools[{i}].type"),
+                    "must be function; other tool types are not supported",
+                ));
+            }
+            let Some(function) = tool.function.filter(|f| !f.name.is_empty()) else {
+                return Err(GatewayError::invalid_argument(
+                    &format!("tools[{i}].function.name"),
+                    "is missing; a tool is a function with a name",
+                ));
+            };
+            Ok(ToolSpec {
+                name: function.name,
+                description: function.description,
+                parameters: function.parameters,
+                strict: function.strict,
+            })
+        })
+        .collect()
+}
+
+/// `tool_choice` in any of its shapes.
+fn tool_choice(value: Value) -> Result<ToolChoice, GatewayError> {
+    let named = value
+        .get("function")
+        .and_then(|f| f.get("name"))
+        .and_then(Value::as_str)
+        .filter(|_| value.get("type").and_then(Value::as_str) == Some("function"));
+    match (value.as_str(), named) {
+        (Some("auto"), _) => Ok(ToolChoice::Auto),
+        (Some("none"), _) => Ok(ToolChoice::None),
+        (Some("required"), _) => Ok(ToolChoice::Required),
+        (_, Some(name)) => Ok(ToolChoice::Function(name.to_string())),
+        _ => Err(GatewayError::invalid_argument(
+            "tool_choice",
+            "must be auto, none, required or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+        )),
+    }
+}
+
+/// `response_format` by its type.
+fn response_format(wire: WireResponseFormat) -> Result<ResponseFormat, GatewayError> {
+    match (wire.kind.as_str(), wire.json_schema) {
+        ("text", _) => Ok(ResponseFormat::Text),
+        ("json_object", _) => Ok(ResponseFormat::JsonObject),
+        ("json_schema", Some(schema)) => Ok(ResponseFormat::JsonSchema(JsonSchema {
+            name: schema.name,
+            description: schema.description,
+            schema: schema.schema,
+            strict: schema.strict,
+        })),
+        ("json_schema", None) => Err(GatewayError::invalid_argument(
+            "response_format.json_schema",
+            "is missing; a json_schema format needs its schema",
+        )),
+        (kind, _) => Err(GatewayError::invalid_argument(
+            "response_format.type",
+            &format!("'{kind}' is not a format; use text, json_object or json_schema"),
+        )),
+    }
+}
+
+/// A message's text (the string, or its text parts joined by newlines)
+/// and, when it came as parts, the parts themselves.
+fn content(
+    message: usize,
+    content: Option<Content>,
+) -> Result<(String, Vec<ContentPart>), GatewayError> {
     match content {
-        None => Ok(String::new()),
-        Some(Content::Text(text)) => Ok(text),
+        None => Ok((String::new(), Vec::new())),
+        Some(Content::Text(text)) => Ok((text, Vec::new())),
         Some(Content::Parts(parts)) => {
             if parts.len() > MAX_CONTENT_PARTS {
                 return Err(GatewayError::invalid_argument(
@@ -131,24 +250,38 @@ fn content_text(message: usize, content: Option<Content>) -> Result<String, Gate
                 ));
             }
             let mut text = Vec::with_capacity(parts.len());
+            let mut out = Vec::with_capacity(parts.len());
             for (j, part) in parts.into_iter().enumerate() {
-                match (part.kind.as_str(), part.text) {
-                    ("text", Some(part)) => text.push(part),
-                    ("text", None) => {
+                match (part.kind.as_str(), part.text, part.image_url) {
+                    ("text", Some(part), _) => {
+                        text.push(part.clone());
+                        out.push(ContentPart::Text(part));
+                    }
+                    ("text", None, _) => {
                         return Err(GatewayError::invalid_argument(
                             &format!("messages[{message}].content[{j}].text"),
                             "is missing; a text part needs its text",
                         ));
                     }
-                    (kind, _) => {
+                    ("image_url", _, Some(image)) => out.push(ContentPart::Image {
+                        url: image.url,
+                        detail: image.detail,
+                    }),
+                    ("image_url", _, None) => {
+                        return Err(GatewayError::invalid_argument(
+                            &format!("messages[{message}].content[{j}].image_url"),
+                            "is missing; an image_url part needs its url",
+                        ));
+                    }
+                    (kind, _, _) => {
                         return Err(GatewayError::invalid_argument(
                             &format!("messages[{message}].content[{j}].type"),
-                            &format!("'{kind}' parts are not supported; send text"),
+                            &format!("'{kind}' parts are not supported; send text or image_url"),
                         ));
                     }
                 }
             }
-            Ok(text.join("\n"))
+            Ok((text.join("\n"), out))
         }
     }
 }

@@ -19,8 +19,10 @@ use serde::Serialize;
 
 use super::answer::{CallInfo, finish_reason, served_model};
 use super::error::error_body;
-use super::wire::{ChatCompletionChunk, ChunkChoice, Delta, WireUsage};
-use crate::chat::{ChatEvent, ChatStream, Completion};
+use super::wire::{
+    ChatCompletionChunk, ChunkChoice, Delta, WireFunctionOut, WireToolCallOut, WireUsage,
+};
+use crate::chat::{ChatEvent, ChatStream, Completion, ToolCallDelta};
 use crate::error::GatewayError;
 use crate::frontend::edge::{poll_events, truncated};
 
@@ -71,6 +73,10 @@ impl Stream for SseChunks {
                 this.token_chunk(&mut out, &token);
                 return Poll::Ready(Some(Ok(out.into())));
             }
+            Some(Ok(ChatEvent::ToolCall(delta))) => {
+                this.tool_call_chunk(&mut out, &delta);
+                return Poll::Ready(Some(Ok(out.into())));
+            }
             Some(Ok(ChatEvent::Done(completion))) => this.finish(&mut out, &completion),
             Some(Err(err)) => error_event(&mut out, &err),
             None => error_event(&mut out, &truncated()),
@@ -90,6 +96,34 @@ impl SseChunks {
             delta: Delta {
                 role,
                 content: Some(token),
+                tool_calls: &[],
+            },
+            logprobs: None,
+            finish_reason: None,
+        };
+        let model = &self.call.model;
+        self.chunk(out, model, std::slice::from_ref(&choice), None);
+    }
+
+    /// A chunk carrying a piece of a tool call; the first chunk of an
+    /// answer also says who speaks.
+    fn tool_call_chunk(&mut self, out: &mut Vec<u8>, delta: &ToolCallDelta) {
+        let role = std::mem::take(&mut self.first).then_some("assistant");
+        let call = WireToolCallOut {
+            index: Some(delta.index),
+            id: delta.id.as_deref(),
+            kind: delta.id.is_some().then_some("function"),
+            function: WireFunctionOut {
+                name: delta.name.as_deref(),
+                arguments: &delta.arguments,
+            },
+        };
+        let choice = ChunkChoice {
+            index: 0,
+            delta: Delta {
+                role,
+                content: None,
+                tool_calls: std::slice::from_ref(&call),
             },
             logprobs: None,
             finish_reason: None,
@@ -109,7 +143,7 @@ impl SseChunks {
         let choice = ChunkChoice {
             index: 0,
             delta: Delta::default(),
-            logprobs: None,
+            logprobs: completion.logprobs.as_ref(),
             finish_reason: Some(finish_reason(completion)),
         };
         self.chunk(out, model, std::slice::from_ref(&choice), None);

@@ -1,10 +1,10 @@
 //! OpenAI's chat completions wire, as the HTTP front speaks it.
 //!
-//! Requests keep every field the gateway acts on and ignore the rest, as
-//! OpenAI-compatible servers do: SDKs add request fields faster than any
-//! gateway learns them, and refusing them would break a client on its next
-//! upgrade. Responses borrow from the call's state, so writing a token costs
-//! one serialization into one buffer.
+//! Requests are read into the fields the gateway acts on, and every other
+//! field is kept as sent, for the upstream: SDKs and engines add request
+//! fields faster than any gateway learns them, and neither refusing nor
+//! dropping them serves the caller. Responses borrow from the call's
+//! state, so writing a token costs one serialization into one buffer.
 //!
 //! The shapes follow what the official SDKs parse: `chat.completion` and
 //! `chat.completion.chunk` objects with one choice, `usage` with
@@ -12,6 +12,7 @@
 //! `model` objects, and the `{"error": {message, type, param, code}}` body.
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::chat::Usage;
 
@@ -52,18 +53,134 @@ pub(crate) struct ChatCompletionRequest {
     /// second.
     #[serde(default)]
     pub(crate) n: Option<u32>,
-    // `user` (the end user's id) is accepted and ignored like any unknown
-    // field: the internal request has no caller field yet to carry it.
+    /// Functions the model may call.
+    #[serde(default)]
+    pub(crate) tools: Option<Vec<WireTool>>,
+    /// `auto`, `none`, `required`, or `{"type": "function", "function":
+    /// {"name"}}`; read by hand to name what is wrong with it.
+    #[serde(default)]
+    pub(crate) tool_choice: Option<Value>,
+    /// `text`, `json_object` or `json_schema` with its schema.
+    #[serde(default)]
+    pub(crate) response_format: Option<WireResponseFormat>,
+    /// Seed for reproducible sampling.
+    #[serde(default)]
+    pub(crate) seed: Option<i64>,
+    /// Every field not above (`user`, `logprobs`, penalties, vendor
+    /// extras), as sent; filled in by the parser, never from a field of
+    /// this name.
+    #[serde(skip)]
+    pub(crate) passthrough: Map<String, Value>,
+}
+
+/// The fields [`ChatCompletionRequest`] reads; every other one is
+/// passed through.
+pub(crate) const KNOWN_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "stream",
+    "stream_options",
+    "n",
+    "tools",
+    "tool_choice",
+    "response_format",
+    "seed",
+];
+
+/// A tool offered to the model.
+#[derive(Debug, Deserialize)]
+pub(crate) struct WireTool {
+    /// Only `function` tools exist in chat completions.
+    #[serde(rename = "type", default)]
+    pub(crate) kind: Option<String>,
+    /// The function.
+    #[serde(default)]
+    pub(crate) function: Option<WireFunctionDef>,
+}
+
+/// A function's definition.
+#[derive(Debug, Deserialize)]
+pub(crate) struct WireFunctionDef {
+    /// What the model calls it.
+    #[serde(default)]
+    pub(crate) name: String,
+    /// What it does.
+    #[serde(default)]
+    pub(crate) description: Option<String>,
+    /// Its arguments' JSON schema.
+    #[serde(default)]
+    pub(crate) parameters: Option<Value>,
+    /// Strict schema adherence.
+    #[serde(default)]
+    pub(crate) strict: Option<bool>,
+}
+
+/// `response_format`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct WireResponseFormat {
+    /// `text`, `json_object` or `json_schema`.
+    #[serde(rename = "type")]
+    pub(crate) kind: String,
+    /// The schema of `json_schema`.
+    #[serde(default)]
+    pub(crate) json_schema: Option<WireJsonSchema>,
+}
+
+/// A named JSON schema.
+#[derive(Debug, Deserialize)]
+pub(crate) struct WireJsonSchema {
+    /// Its name.
+    #[serde(default)]
+    pub(crate) name: String,
+    /// What it is for.
+    #[serde(default)]
+    pub(crate) description: Option<String>,
+    /// The schema.
+    #[serde(default)]
+    pub(crate) schema: Option<Value>,
+    /// Strict adherence.
+    #[serde(default)]
+    pub(crate) strict: Option<bool>,
 }
 
 /// One message of the conversation.
 #[derive(Debug, Deserialize)]
 pub(crate) struct WireMessage {
-    /// `system`, `developer`, `user` or `assistant`.
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
     pub(crate) role: String,
     /// Text, text parts, or null (an assistant turn that called tools).
     #[serde(default)]
     pub(crate) content: Option<Content>,
+    /// The tools an assistant turn called.
+    #[serde(default)]
+    pub(crate) tool_calls: Option<Vec<WireToolCallIn>>,
+    /// The call a tool message answers.
+    #[serde(default)]
+    pub(crate) tool_call_id: Option<String>,
+}
+
+/// A tool call in an assistant turn the caller sends back.
+#[derive(Debug, Deserialize)]
+pub(crate) struct WireToolCallIn {
+    /// The call's id.
+    pub(crate) id: String,
+    /// The function called.
+    pub(crate) function: WireFunctionCall,
+}
+
+/// The function of a tool call.
+#[derive(Debug, Deserialize)]
+pub(crate) struct WireFunctionCall {
+    /// Its name.
+    pub(crate) name: String,
+    /// Its arguments, as JSON text.
+    #[serde(default)]
+    pub(crate) arguments: String,
 }
 
 /// A message's content: a string, or an array of typed parts.
@@ -85,6 +202,19 @@ pub(crate) struct ContentPart {
     /// The text of a `text` part.
     #[serde(default)]
     pub(crate) text: Option<String>,
+    /// The image of an `image_url` part.
+    #[serde(default)]
+    pub(crate) image_url: Option<WireImageUrl>,
+}
+
+/// An image part's image.
+#[derive(Debug, Deserialize)]
+pub(crate) struct WireImageUrl {
+    /// An https URL or a data URL.
+    pub(crate) url: String,
+    /// `low`, `high` or `auto`.
+    #[serde(default)]
+    pub(crate) detail: Option<String>,
 }
 
 /// `stop`: one string or several.
@@ -123,7 +253,7 @@ pub(crate) struct ChatCompletion<'a> {
 pub(crate) struct Choice<'a> {
     pub(crate) index: u32,
     pub(crate) message: AssistantMessage<'a>,
-    pub(crate) logprobs: Option<()>,
+    pub(crate) logprobs: Option<&'a Value>,
     pub(crate) finish_reason: &'a str,
 }
 
@@ -131,7 +261,32 @@ pub(crate) struct Choice<'a> {
 #[derive(Debug, Serialize)]
 pub(crate) struct AssistantMessage<'a> {
     pub(crate) role: &'static str,
-    pub(crate) content: &'a str,
+    /// `null` when the answer only called tools.
+    pub(crate) content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) tool_calls: Vec<WireToolCallOut<'a>>,
+}
+
+/// A tool call of an answer, whole or in pieces (`delta.tool_calls`).
+#[derive(Debug, Serialize)]
+pub(crate) struct WireToolCallOut<'a> {
+    /// Which call of the answer (streamed pieces only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) index: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) id: Option<&'a str>,
+    /// `function`, whenever the id is sent.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub(crate) kind: Option<&'static str>,
+    pub(crate) function: WireFunctionOut<'a>,
+}
+
+/// The function of a tool call: its name (first piece) and arguments.
+#[derive(Debug, Serialize)]
+pub(crate) struct WireFunctionOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) name: Option<&'a str>,
+    pub(crate) arguments: &'a str,
 }
 
 /// One event of a stream.
@@ -154,7 +309,9 @@ pub(crate) struct ChatCompletionChunk<'a> {
 pub(crate) struct ChunkChoice<'a> {
     pub(crate) index: u32,
     pub(crate) delta: Delta<'a>,
-    pub(crate) logprobs: Option<()>,
+    /// `null`, except on the finish chunk of a stream whose caller asked
+    /// for logprobs: there, every token's (see `Completion::logprobs`).
+    pub(crate) logprobs: Option<&'a Value>,
     pub(crate) finish_reason: Option<&'a str>,
 }
 
@@ -167,6 +324,9 @@ pub(crate) struct Delta<'a> {
     /// The new text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) content: Option<&'a str>,
+    /// New pieces of tool calls.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub(crate) tool_calls: &'a [WireToolCallOut<'a>],
 }
 
 /// Token accounting in OpenAI's names.

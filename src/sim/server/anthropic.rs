@@ -105,13 +105,7 @@ async fn messages(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) 
     };
     if let Some(system) = request.system {
         // Counted as input like any other message.
-        conversation.insert(
-            0,
-            ChatMessage {
-                role: Role::System,
-                content: system.into_text(),
-            },
-        );
+        conversation.insert(0, ChatMessage::text(Role::System, system.into_text()));
     }
     let Some(run) = sim.settings.start(&conversation, Some(max_tokens)) else {
         return error(
