@@ -21,6 +21,9 @@
 //!
 //! Needs `redis-server` on the PATH (`apt-get install redis-server`).
 
+// Wall-clock time is what a benchmark measures.
+#![allow(clippy::disallowed_types)]
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 

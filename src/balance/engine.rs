@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::clock::epoch;
+
 /// The gauges read, by engine. Counts are summed over their series (an
 /// engine serving several models has one per model); KV-cache use is the
 /// highest.
@@ -91,7 +93,7 @@ impl EngineLoad {
         self.in_flight_then.store(in_flight, Ordering::Relaxed);
         self.interval_nanos
             .store(interval.as_nanos() as u64, Ordering::Relaxed);
-        let epoch = super::health::epoch();
+        let epoch = epoch();
         let offset = match at.checked_duration_since(epoch) {
             Some(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
             None => -i64::try_from(epoch.duration_since(at).as_nanos()).unwrap_or(i64::MAX),
@@ -107,7 +109,7 @@ impl EngineLoad {
         if offset == NEVER {
             return None;
         }
-        let epoch = super::health::epoch();
+        let epoch = epoch();
         let at = if offset >= 0 {
             epoch + Duration::from_nanos(offset.unsigned_abs())
         } else {

@@ -19,12 +19,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
+use super::clock::epoch;
 use super::engine::{EngineLoad, EngineSample};
 use crate::config::OutlierPolicy;
 use crate::telemetry::metrics::EndpointMetrics;
@@ -531,12 +532,6 @@ impl PoolHealth {
 
 /// How long a failure makes an endpoint less preferred than its peers.
 pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
-
-/// The instant ejection times are counted from.
-pub(super) fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
 
 #[cfg(test)]
 mod tests {

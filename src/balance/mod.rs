@@ -19,6 +19,7 @@
 //! and DNS names as change streams).
 
 mod affinity;
+mod clock;
 pub mod discover;
 pub mod endpoint;
 pub mod engine;

@@ -362,3 +362,77 @@ pub fn out_of_time(req: &ChatRequest, wait: Duration) -> bool {
             .is_none_or(|then| then >= deadline)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use tower::retry::budget::TpsBudget;
+
+    use super::*;
+    use crate::chat::testing::request;
+    use crate::config::RetryPolicy;
+
+    fn route(backoff: Duration) -> Route {
+        Route {
+            model: Arc::from("m"),
+            aliases: Vec::new(),
+            pools: Vec::new(),
+            retry: RetryPolicy {
+                attempts: 5,
+                backoff,
+                budget_percent: 20.0,
+            },
+            budget: TpsBudget::new(Duration::from_secs(10), 10, 0.2),
+            fallback: Vec::new(),
+            context_fallback: None,
+            continues: false,
+            prefix_affinity: None,
+        }
+    }
+
+    #[test]
+    fn back_off_doubles_with_jitter_and_is_capped() {
+        let route = route(Duration::from_millis(100));
+        let err = GatewayError::unavailable("down");
+        for _ in 0..50 {
+            let first = backoff(&route, 1, &err, Duration::from_secs(60));
+            assert!(first >= Duration::from_millis(50) && first < Duration::from_millis(100));
+            let third = backoff(&route, 3, &err, Duration::from_secs(60));
+            assert!(third >= Duration::from_millis(200) && third < Duration::from_millis(400));
+            let late = backoff(&route, 30, &err, Duration::from_secs(60));
+            assert!(late <= MAX_BACKOFF, "{late:?}");
+        }
+    }
+
+    #[test]
+    fn an_upstream_s_retry_after_is_obeyed_up_to_its_own_timeout() {
+        let route = route(Duration::from_millis(10));
+        let asked = GatewayError::unavailable("busy").with_retry_after(Duration::from_secs(3));
+        assert_eq!(
+            backoff(&route, 1, &asked, Duration::from_secs(60)),
+            Duration::from_secs(3)
+        );
+        let absurd = GatewayError::unavailable("busy").with_retry_after(Duration::MAX);
+        assert_eq!(
+            backoff(&route, 1, &absurd, Duration::from_secs(5)),
+            Duration::from_secs(5)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_wait_or_attempt_runs_past_the_caller_s_deadline() {
+        let mut req = request("m");
+        assert!(
+            !out_of_time(&req, Duration::MAX),
+            "no deadline: never out of time"
+        );
+        req.deadline = Some(Instant::now() + Duration::from_secs(1));
+        assert!(!out_of_time(&req, Duration::from_millis(900)));
+        assert!(out_of_time(&req, Duration::from_secs(1)));
+        assert!(
+            out_of_time(&req, Duration::MAX),
+            "an overflowing wait is out of time"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(out_of_time(&req, Duration::ZERO));
+    }
+}

@@ -390,7 +390,7 @@ mod tests {
         let url = format!("redis://127.0.0.1:{}/0", closed_port());
         let store = Store::connect(&config(&url, OnStoreError::Deny)).expect("lazy: no I/O yet");
         assert_eq!(store.on_error(), OnStoreError::Deny);
-        let start = std::time::Instant::now();
+        let start = tokio::time::Instant::now();
         // Failed, or already found down by the ping at start-up.
         let first = store.take("t:bucket", 60, 1, 1).await;
         assert!(first.is_err(), "{first:?}");

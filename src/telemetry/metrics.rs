@@ -407,6 +407,8 @@ pub fn install() -> Result<PrometheusHandle, InstallError> {
             .name("llmgate-metrics-upkeep".into())
             .spawn(move || {
                 loop {
+                    // Its own OS thread, not a runtime's: blocking is fine.
+                    #[allow(clippy::disallowed_methods)]
                     std::thread::sleep(UPKEEP_EVERY);
                     upkeep.run_upkeep();
                 }

@@ -260,10 +260,10 @@ routes:
         .status()
         .expect("send SIGHUP");
     assert!(hup.success());
-    let deadline = std::time::Instant::now() + PATIENCE;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
     while !served_by().contains("[model after,") {
         assert!(
-            std::time::Instant::now() < deadline,
+            tokio::time::Instant::now() < deadline,
             "SIGHUP did not reload"
         );
     }
