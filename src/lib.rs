@@ -17,11 +17,14 @@
 //!   per minute, and the caller's deadline; observation (metrics and the
 //!   access log) outermost.
 //! - [`route`]: the routing table and the router service (model → route →
-//!   pool by weight), with retries and fallbacks inside the deadline; it
+//!   pool by weight), with retries, fallbacks and the panic pick inside the
+//!   deadline, and the continuation of a stream that broke mid-answer; it
 //!   calls an upstream.
 //! - [`balance`]: the [`Upstream`](balance::Upstream) (its time limits and
-//!   its balancer), P2C over its endpoints per call, each endpoint's load,
-//!   discovery, outlier ejection and health-check probes.
+//!   its balancer), P2C over its endpoints per call (on the engines' own
+//!   load when scraped, by prompt prefix when a route asks), each
+//!   endpoint's load, discovery, outlier ejection per endpoint and per
+//!   model, health-check and reconnect probes.
 //! - [`backend`]: what an endpoint calls: the adapter contract
 //!   ([`Dispatch`](backend::Dispatch)), one `Adapter` trait for the HTTP
 //!   wires (`openai`, `ollama`, `anthropic`) plus the in-process `sim`,
