@@ -435,3 +435,37 @@ async fn an_embedding_is_retried_on_another_endpoint_and_metered() {
     assert_eq!(sum(llmgate::telemetry::metrics::CALLS_TOTAL), 4.0);
     assert_eq!(sum(llmgate::telemetry::metrics::INPUT_TOKENS_TOTAL), 20.0);
 }
+
+#[tokio::test]
+async fn embeddings_spread_over_the_endpoints_of_a_route_with_prefix_affinity() {
+    // Affinity keys calls by their conversation's opening; an embedding
+    // has none, so keyed alike every one would land on one endpoint.
+    let a = FakeUpstream::start(openai_vectors).await;
+    let b = FakeUpstream::start(openai_vectors).await;
+    let gateway = Gateway::start(&format!(
+        "upstreams:
+  fleet:
+    kind: openai
+    endpoints: [{}, {}]
+routes:
+  - model: affine
+    balance: {{ prefix_affinity: {{ chars: 16, max_load_factor: 1.25 }} }}
+    pools: [{{ upstream: fleet }}]
+",
+        a.url(),
+        b.url()
+    ))
+    .await;
+    for _ in 0..30 {
+        embed(&gateway, embed_request("affine", &["a", "b"]))
+            .await
+            .expect("embedded");
+    }
+    assert_eq!(a.count() + b.count(), 30);
+    assert!(
+        a.count() > 0 && b.count() > 0,
+        "a {} b {}",
+        a.count(),
+        b.count()
+    );
+}
