@@ -29,10 +29,7 @@ use crate::chat::{
     ChatEvent, ChatRequest, ChatStream, Completion, EmbedInput, EmbedRequest, Embeddings, Usage,
 };
 use crate::error::{ErrorKind, GatewayError};
-
-/// The dimensions the simulator answers with unless asked for fewer or
-/// more: the size of common small embedding models.
-pub(crate) const SIM_DIMENSIONS: u32 = 384;
+use crate::sim::embed as sim;
 
 /// An upstream wire's embeddings API.
 pub(crate) trait EmbedWire: Send + Sync {
@@ -312,67 +309,31 @@ impl EmbedWire for OllamaBackend {
 
 // === the simulator ===
 
-/// The simulator's answer to `embed`: for each input a unit vector drawn
-/// from a generator seeded by a hash of the input, so the same input gets
-/// the same vector in every run and on every replica. Tokens are counted
-/// as the simulator counts a prompt's: by words (token ids one each).
+/// The in-process simulator's answer to `embed`: its deterministic vectors
+/// (see [`crate::sim::embed`]), tokens counted by words (token ids one
+/// each).
 pub(crate) fn simulate(model: Arc<str>, embed: &EmbedRequest) -> ChatStream {
-    let dimensions = embed.dimensions.unwrap_or(SIM_DIMENSIONS) as usize;
-    let (vectors, tokens): (Vec<Vec<f32>>, usize) = match &embed.input {
+    let dimensions = embed.dimensions.unwrap_or(sim::DIMENSIONS) as usize;
+    let (vectors, tokens): (Vec<Vec<f32>>, u32) = match &embed.input {
         EmbedInput::Texts(texts) => (
             texts
                 .iter()
-                .map(|text| unit_vector(fnv1a(text.as_bytes()), dimensions))
+                .map(|text| sim::vector(text.as_bytes(), dimensions))
                 .collect(),
             texts
                 .iter()
-                .map(|text| text.split_whitespace().count().max(1))
-                .sum(),
+                .map(|text| sim::tokens(text))
+                .fold(0, u32::saturating_add),
         ),
         EmbedInput::Tokens(lists) => (
             lists
                 .iter()
-                .map(|ids| {
-                    let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
-                    unit_vector(fnv1a(&bytes), dimensions)
-                })
+                .map(|ids| sim::token_vector(ids, dimensions))
                 .collect(),
-            lists.iter().map(Vec::len).sum(),
+            u32::try_from(lists.iter().map(Vec::len).sum::<usize>()).unwrap_or(u32::MAX),
         ),
     };
-    answer(
-        model,
-        vectors,
-        Some(u32::try_from(tokens).unwrap_or(u32::MAX)),
-    )
-}
-
-/// FNV-1a, 64 bits: stable across Rust versions and platforms, unlike the
-/// standard library's hasher, so a simulated vector never changes.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// `dimensions` values from splitmix64 seeded by `seed`, each in [-1, 1),
-/// scaled to length 1 (cosine similarity is then a dot product, as with
-/// real embedding models).
-fn unit_vector(seed: u64, dimensions: usize) -> Vec<f32> {
-    let mut state = seed;
-    let mut next = move || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
-    let raw: Vec<f64> = (0..dimensions)
-        .map(|_| (next() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0)
-        .collect();
-    let norm = raw.iter().map(|v| v * v).sum::<f64>().sqrt();
-    let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
-    raw.into_iter().map(|v| (v * scale) as f32).collect()
+    answer(model, vectors, Some(tokens))
 }
 
 /// Little-endian f32s from base64, as OpenAI encodes them; `None` when the
@@ -395,17 +356,6 @@ fn floats_from_base64(text: &str) -> Option<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn simulated_vectors_are_unit_length_deterministic_and_differ_by_input() {
-        let a = unit_vector(fnv1a(b"hello"), 64);
-        let again = unit_vector(fnv1a(b"hello"), 64);
-        let b = unit_vector(fnv1a(b"world"), 64);
-        assert_eq!(a, again);
-        assert_ne!(a, b);
-        let norm: f32 = a.iter().map(|v| v * v).sum::<f32>().sqrt();
-        assert!((norm - 1.0).abs() < 1e-5, "{norm}");
-    }
 
     #[test]
     fn base64_floats_decode_little_endian_and_refuse_partial_floats() {

@@ -469,3 +469,46 @@ routes:
         b.count()
     );
 }
+
+#[tokio::test]
+async fn llmgate_sim_embeds_over_both_http_apis_with_the_in_process_vectors() {
+    let openai = SimProcess::start("openai", 3).await;
+    let ollama = SimProcess::start("ollama", 3).await;
+    let gateway = Gateway::start(&format!(
+        "upstreams:
+  local: {{ kind: sim }}
+  vllm: {{ kind: openai, endpoints: [{}] }}
+  box: {{ kind: ollama, endpoints: [{}] }}
+routes:
+  - model: in-process
+    pools: [{{ upstream: local }}]
+  - model: over-openai
+    pools: [{{ upstream: vllm }}]
+  - model: over-ollama
+    pools: [{{ upstream: box }}]
+",
+        openai.url(),
+        ollama.url()
+    ))
+    .await;
+    let vectors = |answer: llmgate::proto::EmbedResponse| -> (Vec<Vec<f32>>, Option<i32>) {
+        (
+            answer.embeddings.into_iter().map(|e| e.values).collect(),
+            answer.usage.map(|u| u.input_tokens),
+        )
+    };
+    let mut seen = Vec::new();
+    for model in ["in-process", "over-openai", "over-ollama"] {
+        let answer = embed(&gateway, embed_request(model, &["hello there", "bye"]))
+            .await
+            .unwrap_or_else(|status| panic!("{model}: {status:?}"));
+        seen.push(vectors(answer));
+    }
+    assert_eq!(seen[0].0.len(), 2);
+    assert_eq!(seen[0].0[0].len(), 384);
+    assert_eq!(
+        seen[0], seen[1],
+        "the same vectors and tokens over the OpenAI API"
+    );
+    assert_eq!(seen[0], seen[2], "and over Ollama's");
+}
