@@ -13,7 +13,8 @@
 //! [`hold`] keeps what a call holds (permits, load, its record) until its
 //! stream ends. What agent calls add to the vocabulary (tools, tool calls
 //! and their streamed pieces, content parts, the response format, fields
-//! passed through) is in [`tools`].
+//! passed through) is in [`tools`]; what an embedding call asks and
+//! answers, in [`embed`].
 
 pub mod admit;
 pub mod embed;
@@ -477,19 +478,20 @@ impl ChatRequest {
     /// count it: each message's text and the arguments of the tool calls
     /// in it, which the upstream reads as prompt like any text.
     pub fn content_len(&self) -> usize {
-        let embedded = self.extras.embed.as_ref().map_or(0, |e| e.content_len());
-        embedded
-            + self
-                .messages
-                .iter()
-                .map(|m| {
-                    m.content.len()
-                        + m.tool_calls
-                            .iter()
-                            .map(|c| c.name.len() + c.arguments.len())
-                            .sum::<usize>()
-                })
-                .sum::<usize>()
+        // An embedding call has no messages: its inputs are its content.
+        if let Some(embed) = &self.extras.embed {
+            return embed.content_len();
+        }
+        self.messages
+            .iter()
+            .map(|m| {
+                m.content.len()
+                    + m.tool_calls
+                        .iter()
+                        .map(|c| c.name.len() + c.arguments.len())
+                        .sum::<usize>()
+            })
+            .sum()
     }
 
     /// Checks what every upstream needs before the call goes anywhere, so a
