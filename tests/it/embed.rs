@@ -363,6 +363,13 @@ routes:
         &env,
     )
     .await;
+    let url = format!("http://{}/v1/embeddings", gateway.http_addr);
+    assert_eq!(http_post(&url).await.status, 401, "no key, over HTTP");
+    assert_eq!(
+        http_post_with_key(&url, "sk-gw-app-4f1c9a7e").await.status,
+        400,
+        "a known key gets as far as its (empty) body"
+    );
     let mut client = gateway.client().await;
     let status = client
         .embed(embed_request("demo", &["a"]))
