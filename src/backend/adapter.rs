@@ -16,6 +16,7 @@ use http::Uri;
 use serde::Serialize;
 
 use super::dispatch::{Bind, Binding, Dispatch, EndpointCall};
+use super::embed::{self, EmbedWire};
 use super::wire::{Answered, Dialect, HttpUpstream};
 use crate::chat::{ChatRequest, ChatStream, Completion};
 use crate::error::{ErrorKind, GatewayError};
@@ -50,6 +51,12 @@ pub(crate) trait Adapter: Send + Sync + 'static {
         bytes: &[u8],
         completion: &mut Completion,
     ) -> Result<Answered, GatewayError>;
+
+    /// The wire's embeddings API; `None` (the default) for a wire without
+    /// one, whose embedding calls are refused naming the upstream.
+    fn embeddings(&self) -> Option<&dyn EmbedWire> {
+        None
+    }
 }
 
 /// Sends `req` as `model` to `url` through `adapter` and answers with its
@@ -86,9 +93,20 @@ fn encode(body: &impl Serialize) -> Result<Vec<u8>, GatewayError> {
 impl<A: Adapter> Bind for A {
     fn bind(self: Arc<Self>, base: &Uri) -> Option<Binding> {
         let target = Arc::new(self.http().target(base)?);
+        let embed_target: Option<Arc<Uri>> = self
+            .embeddings()
+            .and_then(|wire| self.http().target_at(base, wire.path()))
+            .map(Arc::new);
         let label = Arc::from(base.to_string().trim_end_matches('/'));
         let dispatch: Dispatch = Arc::new(move |call: EndpointCall| {
             let adapter = self.clone();
+            if let Some(what) = call.req.extras.embed.clone() {
+                let url = embed_target.clone();
+                return async move {
+                    embed::send(&*adapter, url.as_deref(), call.model, &call.req, &what).await
+                }
+                .boxed();
+            }
             let target = target.clone();
             async move { send(&*adapter, &target, call.model, &call.req).await }.boxed()
         });

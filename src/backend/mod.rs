@@ -18,6 +18,7 @@
 mod adapter;
 mod anthropic;
 pub mod dispatch;
+mod embed;
 pub mod http;
 pub mod ndjson;
 mod ollama;

@@ -47,7 +47,7 @@ pub(crate) struct OllamaBackend {
     /// Where to send, with which headers.
     http: HttpUpstream,
     /// `keep_alive` as Ollama reads it; `None` leaves Ollama's default.
-    keep_alive: Option<WireKeepAlive>,
+    pub(super) keep_alive: Option<WireKeepAlive>,
 }
 
 /// The request body; borrows the conversation from the [`ChatRequest`].
@@ -218,6 +218,10 @@ impl Adapter for OllamaBackend {
             model_reported: false,
             tool_calls: 0,
         }
+    }
+
+    fn embeddings(&self) -> Option<&dyn super::embed::EmbedWire> {
+        Some(self)
     }
 
     fn parse_answer(

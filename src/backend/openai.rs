@@ -239,6 +239,10 @@ impl Adapter for OpenAiBackend {
         }
     }
 
+    fn embeddings(&self) -> Option<&dyn super::embed::EmbedWire> {
+        Some(self)
+    }
+
     fn parse_answer(
         &self,
         bytes: &[u8],

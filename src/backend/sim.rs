@@ -44,8 +44,11 @@ impl Bind for SimBackend {
     /// Every base is the one in-process endpoint: there is no address.
     fn bind(self: Arc<Self>, _base: &Uri) -> Option<Binding> {
         let dispatch: Dispatch = Arc::new(move |call: EndpointCall| {
-            futures_util::future::ready(call_sim(&self.settings, &self.name, call.model, &call.req))
-                .boxed()
+            let answer = match &call.req.extras.embed {
+                Some(embed) => Ok(super::embed::simulate(call.model, embed)),
+                None => call_sim(&self.settings, &self.name, call.model, &call.req),
+            };
+            futures_util::future::ready(answer).boxed()
         });
         Some(Binding {
             label: Arc::from(IN_PROCESS_ENDPOINT),
@@ -77,6 +80,7 @@ fn call_sim(
         usage: Some(run.usage()),
         model,
         logprobs: None,
+        embeddings: None,
     });
     let tail = futures_util::stream::iter([Ok(done)]);
     if req.stream {

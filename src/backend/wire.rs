@@ -231,6 +231,30 @@ impl HttpUpstream {
         endpoint_url(base, self.path)
     }
 
+    /// The URL of another API of the same upstream (`path` under `base`),
+    /// such as its embeddings.
+    pub(crate) fn target_at(&self, base: &Uri, path: &str) -> Option<Uri> {
+        endpoint_url(base, path)
+    }
+
+    /// POSTs `body` (JSON) for `req` to `url` and reads the whole JSON
+    /// answer: the unary exchange of an API that never streams
+    /// (embeddings), with the same headers and error mapping as a chat.
+    pub(crate) async fn fetch(
+        &self,
+        url: &Uri,
+        body: Vec<u8>,
+        req: &ChatRequest,
+    ) -> Result<Bytes, GatewayError> {
+        let answer = self.post(url, body, req, "application/json").await?;
+        read_body(answer.body).await.map_err(|err| {
+            self.error(
+                ErrorKind::Unavailable,
+                &format!("broke off its answer: {err}"),
+            )
+        })
+    }
+
     /// The upstream's name.
     pub(crate) fn name(&self) -> &Arc<str> {
         &self.name
@@ -257,6 +281,7 @@ impl HttpUpstream {
             usage: None,
             model,
             logprobs: None,
+            embeddings: None,
         };
         if req.stream && !answer.json {
             return Ok(Box::pin(UpstreamStream {

@@ -13,9 +13,11 @@
 //! [`hold`] keeps what a call holds (permits, load, its record) until its
 //! stream ends. What agent calls add to the vocabulary (tools, tool calls
 //! and their streamed pieces, content parts, the response format, fields
-//! passed through) is in [`tools`].
+//! passed through) is in [`tools`]; what an embedding call asks and
+//! answers, in [`embed`].
 
 pub mod admit;
+pub mod embed;
 pub mod hold;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -29,6 +31,7 @@ use futures_util::Stream;
 use tokio::time::Instant;
 
 use crate::error::GatewayError;
+pub use embed::{EmbedInput, EmbedRequest, Embeddings};
 pub use tools::{
     ContentPart, JsonSchema, RequestExtras, ResponseFormat, ToolCall, ToolCallDelta,
     ToolCallsBuilder, ToolChoice, ToolSpec,
@@ -213,6 +216,8 @@ pub struct Completion {
     /// stream's are gathered here in order: they are the caller's data,
     /// passed back whole at the end rather than re-shaped per token.
     pub logprobs: Option<serde_json::Value>,
+    /// The vectors of an embedding call (see [`embed`]); `None` for chat.
+    pub embeddings: Option<Arc<Embeddings>>,
 }
 
 /// Why generation stopped, normalized across upstream kinds.
@@ -473,6 +478,10 @@ impl ChatRequest {
     /// count it: each message's text and the arguments of the tool calls
     /// in it, which the upstream reads as prompt like any text.
     pub fn content_len(&self) -> usize {
+        // An embedding call has no messages: its inputs are its content.
+        if let Some(embed) = &self.extras.embed {
+            return embed.content_len();
+        }
         self.messages
             .iter()
             .map(|m| {
@@ -489,12 +498,7 @@ impl ChatRequest {
     /// bad request fails here with the field named instead of as an opaque
     /// upstream 400.
     pub fn validate(&self) -> Result<(), GatewayError> {
-        if self.model.is_empty() {
-            return Err(GatewayError::invalid_argument(
-                "model",
-                "is empty; name the model to use (ListModels shows the routed models)",
-            ));
-        }
+        self.validate_model()?;
         if self.messages.is_empty() {
             return Err(GatewayError::invalid_argument(
                 "messages",
@@ -518,6 +522,44 @@ impl ChatRequest {
         }
         self.validate_stop()?;
         self.validate_tools()
+    }
+
+    /// A model is named: the one check a call without messages (an
+    /// embedding) shares with chat.
+    pub fn validate_model(&self) -> Result<(), GatewayError> {
+        if self.model.is_empty() {
+            return Err(GatewayError::invalid_argument(
+                "model",
+                "is empty; name the model to use (ListModels shows the routed models)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// An embedding call of `model` for `embed`: no messages, unary, and
+    /// otherwise a call like any other, so every layer admits, limits,
+    /// routes, balances and records it as it does chat (see [`embed`]).
+    pub fn embedding(
+        model: String,
+        embed: EmbedRequest,
+        deadline: Option<Instant>,
+        call: CallContext,
+        caller: Caller,
+    ) -> Self {
+        ChatRequest {
+            model,
+            messages: Vec::new(),
+            params: SamplingParams::default(),
+            extras: RequestExtras {
+                embed: Some(Arc::new(embed)),
+                ..RequestExtras::default()
+            },
+            stream: false,
+            deadline,
+            call,
+            caller,
+            prefill: false,
+        }
     }
 
     /// Tool turns that every upstream can place: a tool's result names the

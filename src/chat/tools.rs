@@ -30,6 +30,9 @@ pub struct RequestExtras {
     /// unchanged; other wires say the ones they can and refuse the rest, so
     /// nothing a caller asked for is dropped in silence.
     pub passthrough: Map<String, Value>,
+    /// What to embed, for an embedding call (which has no messages); `None`
+    /// for chat. Shared, so the retries of a call do not copy its inputs.
+    pub embed: Option<std::sync::Arc<super::EmbedRequest>>,
 }
 
 /// A function the model may call.

@@ -4,7 +4,9 @@
 //! secret: keys appear as where they come from, headers by name only.
 
 use super::auth::exposed_without_client_certs;
-use super::{AuthConfig, Config, Discovery, KeySource, METRICS_OFF, human_size};
+use super::{
+    AuthConfig, Config, Discovery, KeySource, METRICS_OFF, RouteConfig, UpstreamKind, human_size,
+};
 
 /// A human summary of what a config routes, as `llmgate check` prints it.
 /// Secrets are never shown; only the variable they came from.
@@ -211,5 +213,47 @@ pub fn warnings(config: &Config) -> Vec<String> {
             ));
         }
     }
+    warnings.extend(
+        config
+            .routes
+            .iter()
+            .filter_map(|route| no_embeddings(config, route)),
+    );
     warnings
+}
+
+/// A route with pools whose wire has no embeddings API (Anthropic's): its
+/// embedding calls that land there are refused, and with other pools
+/// beside them, only some are, as the weights fall.
+fn no_embeddings(config: &Config, route: &RouteConfig) -> Option<String> {
+    let without: Vec<&str> = route
+        .pools
+        .iter()
+        .filter(|pool| {
+            config
+                .upstreams
+                .get(&pool.upstream)
+                .is_some_and(|up| up.kind == UpstreamKind::Anthropic)
+        })
+        .map(|pool| pool.upstream.as_str())
+        .collect();
+    if without.is_empty() {
+        return None;
+    }
+    let share = if without.len() == route.pools.len() {
+        "every embedding call (Embed, POST /v1/embeddings) to it is refused"
+    } else {
+        "embedding calls (Embed, POST /v1/embeddings) that its weights send there are refused \
+         while others succeed"
+    };
+    Some(format!(
+        "route '{}': upstream {} (kind: anthropic) has no embeddings API, so {share}; serve \
+         embeddings from a route of openai, ollama or sim upstreams",
+        route.model,
+        without
+            .iter()
+            .map(|name| format!("'{name}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
 }

@@ -96,7 +96,7 @@ impl<S> Door<S> {
         let request_id = edge::request_id(req.headers().get(REQUEST_ID).map(|v| v.as_bytes()));
         let path = req.uri().path();
         let stream = path.ends_with("/CompleteStream");
-        if stream || path.ends_with("/Complete") {
+        if stream || path.ends_with("/Complete") || path.ends_with("/Embed") {
             edge.refused(CallContext::new(request_id.clone()), "", stream, &err);
         }
         let mut status = Status::from(err);

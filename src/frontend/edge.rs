@@ -26,7 +26,7 @@ use futures_util::FutureExt;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
-use crate::chat::{CallContext, Caller, ChatEvent, ChatRequest, ChatStream, RequestId};
+use crate::chat::{CallContext, Caller, ChatEvent, ChatRequest, ChatStream, Completion, RequestId};
 use crate::error::{ErrorKind, GatewayError};
 use crate::route::SharedTable;
 use crate::route::table::Route;
@@ -175,6 +175,22 @@ pub fn poll_events(
         Ok(poll) => poll,
         Err(_) => Poll::Ready(Some(Err(panicked()))),
     }
+}
+
+/// The final event of an embedding call: its completion, which carries
+/// the vectors (the stream, and what it holds, ends with it). A stream
+/// without one, or whose final event has no vectors, is an incomplete
+/// answer.
+pub async fn embedded(mut events: ChatStream) -> Result<Completion, GatewayError> {
+    while let Some(event) = std::future::poll_fn(|cx| poll_events(&mut events, cx)).await {
+        if let ChatEvent::Done(completion) = event? {
+            return match completion.embeddings {
+                Some(_) => Ok(completion),
+                None => Err(truncated()),
+            };
+        }
+    }
+    Err(truncated())
 }
 
 /// Runs `future`, which a front awaits to answer, turning a panic into

@@ -18,9 +18,9 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::chat::{
-    CallContext, Caller, ChatEvent, ChatMessage, ChatRequest, ChatStream, Completion, JsonSchema,
-    RequestExtras, RequestId, ResponseFormat, Role, SamplingParams, ToolCall, ToolCallsBuilder,
-    ToolChoice, ToolSpec,
+    CallContext, Caller, ChatEvent, ChatMessage, ChatRequest, ChatStream, Completion, EmbedInput,
+    EmbedRequest, JsonSchema, RequestExtras, RequestId, ResponseFormat, Role, SamplingParams,
+    ToolCall, ToolCallsBuilder, ToolChoice, ToolSpec,
 };
 use crate::error::GatewayError;
 use crate::frontend::door::Admitted;
@@ -172,6 +172,46 @@ impl LlmService for GrpcFrontend {
             .collect();
         Ok(Response::new(proto::ListModelsResponse { models }))
     }
+
+    async fn embed(
+        &self,
+        request: Request<proto::EmbedRequest>,
+    ) -> Result<Response<proto::EmbedResponse>, Status> {
+        let request_id = edge::request_id(
+            request
+                .metadata()
+                .get(REQUEST_ID)
+                .map(|value| value.as_bytes()),
+        );
+        let call = CallContext::new(request_id.clone());
+        let deadline = edge::deadline(grpc_timeout(request.metadata()));
+        let caller = admitted(&request);
+        let req = match embed_request(request.into_inner(), deadline, call.clone(), caller) {
+            Ok(req) => req,
+            Err((model, err)) => {
+                self.edge.refused(call, &model, false, &err);
+                return respond(&request_id, Err(err));
+            }
+        };
+        let answer = async {
+            let completion = edge::embedded(self.edge.call(req).await?).await?;
+            Ok(proto::EmbedResponse {
+                embeddings: completion
+                    .embeddings
+                    .as_deref()
+                    .map(|e| e.vectors.as_slice())
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|values| proto::Embedding {
+                        values: values.clone(),
+                    })
+                    .collect(),
+                usage: usage(&completion),
+                model: completion.model.to_string(),
+            })
+        };
+        respond(&request_id, answer.await)
+    }
 }
 
 // === impl TokenChunks ===
@@ -306,6 +346,41 @@ fn chat_request(
     }
 }
 
+/// The wire embedding request as a validated [`ChatRequest`] carrying it
+/// (see [`crate::chat::embed`]); a refusal comes with the model name asked
+/// for, for the record.
+fn embed_request(
+    wire: proto::EmbedRequest,
+    deadline: Option<Instant>,
+    call: CallContext,
+    caller: Caller,
+) -> Result<ChatRequest, (String, GatewayError)> {
+    let model = wire.model;
+    let input = match (wire.input.is_empty(), wire.tokens.is_empty()) {
+        (false, false) => {
+            let err = GatewayError::invalid_argument(
+                "tokens",
+                "is set with input; send texts in input or token ids in tokens, not both",
+            );
+            return Err((model, err));
+        }
+        (true, false) => EmbedInput::Tokens(wire.tokens.into_iter().map(|t| t.ids).collect()),
+        _ => EmbedInput::Texts(wire.input),
+    };
+    let embed = EmbedRequest {
+        input,
+        dimensions: wire.dimensions,
+    };
+    if let Err(err) = embed.validate() {
+        return Err((model, err));
+    }
+    let req = ChatRequest::embedding(model, embed, deadline, call, caller);
+    match req.validate_model() {
+        Ok(()) => Ok(req),
+        Err(err) => Err((req.model, err)),
+    }
+}
+
 /// Tools, tool choice, response format and seed as the vocabulary's; JSON
 /// schemas travel as JSON text and are refused, naming the field, when
 /// they are not JSON.
@@ -387,6 +462,7 @@ fn extras(
         response_format,
         seed,
         passthrough: Default::default(),
+        embed: None,
     })
 }
 

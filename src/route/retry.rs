@@ -227,6 +227,9 @@ async fn try_route(
 /// route has affinity, else P2C.
 fn pick_for(route: &Route, req: &ChatRequest) -> Pick {
     match &route.prefix_affinity {
+        // An embedding has no conversation (every one would hash alike)
+        // and no KV cache to reuse: plain P2C spreads them.
+        Some(_) if req.extras.embed.is_some() => Pick::Ready,
         Some(affinity) => Pick::Affine(Affinity {
             key: prefix_key(
                 req.messages

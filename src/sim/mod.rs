@@ -5,6 +5,7 @@
 //! newcomer sees through the shipped routing file is what a benchmark
 //! measures over the real HTTP path.
 
+pub mod embed;
 pub mod server;
 
 use std::time::Duration;

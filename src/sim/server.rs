@@ -2,13 +2,15 @@
 //!
 //! By default it speaks the subset of vLLM's OpenAI-compatible wire the
 //! gateway's `openai` backend uses (`POST /v1/chat/completions` streamed as
-//! SSE or not, `GET /v1/models`, `GET /health`), with vLLM's JSON error
-//! shape. With [`SimApi::Ollama`] it speaks Ollama's native API (`ollama`
-//! module) and with [`SimApi::Anthropic`] the Messages API (`anthropic`
-//! module), so tests, benchmarks and users can try every pool kind over
+//! SSE or not, `POST /v1/embeddings`, `GET /v1/models`, `GET /health`),
+//! with vLLM's JSON error shape. With [`SimApi::Ollama`] it speaks
+//! Ollama's native API (`ollama` module) and with [`SimApi::Anthropic`]
+//! the Messages API (`anthropic` module); embeddings are in `embed`. So
+//! tests, benchmarks and users can try every pool kind over
 //! the real HTTP path with no GPU and no cloud account.
 
 mod anthropic;
+mod embed;
 mod ollama;
 
 use std::convert::Infallible;
@@ -106,6 +108,7 @@ pub async fn serve_api(
     let app = match api {
         SimApi::OpenAi => Router::new()
             .route("/v1/chat/completions", post(chat_completions))
+            .route("/v1/embeddings", post(embed::openai))
             .route("/v1/models", get(models))
             .route("/health", get(|| async { StatusCode::OK })),
         SimApi::Ollama => ollama::routes(),

@@ -361,3 +361,50 @@ async fn a_stream_continued_elsewhere_is_marked_in_its_access_line() {
         "the token delivered before the cut counts: {line}"
     );
 }
+
+#[tokio::test]
+async fn embedding_calls_leave_access_lines_like_chat_refusals_included() {
+    let capture = Capture::default();
+    let _logging = capture.install(LogFormat::Json);
+    let yaml = "auth:\n  keys:\n    - name: app\n      env: APP_KEY\n      models: [\"*\"]\n\
+                upstreams:\n  sim: { kind: sim }\nroutes:\n  - model: embed-log\n    pools: [{ upstream: sim }]\n";
+    let env = |name: &str| (name == "APP_KEY").then(|| SECRET.to_string());
+    let gateway = Gateway::start_with_env(yaml, &env).await;
+    let mut client = gateway.client().await;
+    let mut embed = keyed(
+        llmgate::proto::EmbedRequest {
+            model: "embed-log".into(),
+            input: vec!["three words here".into()],
+            ..Default::default()
+        },
+        SECRET,
+    );
+    embed
+        .metadata_mut()
+        .insert("x-request-id", "embed-id-1".parse().expect("ascii"));
+    client.embed(embed).await.expect("embedded");
+    let mut keyless = tonic::Request::new(llmgate::proto::EmbedRequest::default());
+    keyless
+        .metadata_mut()
+        .insert("x-request-id", "embed-no-key".parse().expect("ascii"));
+    let status = client.embed(keyless).await.expect_err("no key");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    drop(client);
+    gateway.shutdown().await.expect("clean exit");
+    let text = capture.text();
+    assert!(!text.contains(SECRET), "the key leaked:\n{text}");
+    let lines = access_lines(&text);
+    let line = |id: &str| {
+        lines
+            .iter()
+            .find(|line| line["request_id"] == id)
+            .unwrap_or_else(|| panic!("no access line for {id}:\n{text}"))
+    };
+    let served = line("embed-id-1");
+    assert_eq!(served["model"], "embed-log");
+    assert_eq!(served["upstream"], "sim");
+    assert_eq!(served["code"], "OK");
+    assert_eq!(served["tokens_in"], 3);
+    assert_eq!(served["tokens_out"], 0);
+    assert_eq!(line("embed-no-key")["code"], "UNAUTHENTICATED");
+}

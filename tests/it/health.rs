@@ -137,7 +137,8 @@ async fn reflection_lists_and_describes_the_llm_service() {
         [
             ("Complete", false),
             ("CompleteStream", true),
-            ("ListModels", false)
+            ("ListModels", false),
+            ("Embed", false)
         ]
     );
 }

@@ -856,6 +856,25 @@ async fn grpc_web_serves_unary_and_server_streaming_calls_over_http1() {
 }
 
 #[tokio::test]
+async fn grpc_web_serves_embed_to_browsers() {
+    let gateway = Gateway::start(SIM_ROUTES).await;
+    let req = llmgate::proto::EmbedRequest {
+        model: "demo".into(),
+        input: vec!["one two".into()],
+        dimensions: Some(4),
+        ..Default::default()
+    };
+    let call = grpc_web(&gateway, "Embed", &req).await;
+    assert_eq!(call.grpc_status, Some(0), "{}", call.grpc_message);
+    assert_eq!(call.messages.len(), 1);
+    let answer =
+        llmgate::proto::EmbedResponse::decode(call.messages[0].clone()).expect("an EmbedResponse");
+    assert_eq!(answer.embeddings.len(), 1);
+    assert_eq!(answer.embeddings[0].values.len(), 4);
+    assert_eq!(answer.usage.map(|u| u.input_tokens), Some(2));
+}
+
+#[tokio::test]
 async fn grpc_web_text_calls_are_served_and_oversized_browser_calls_are_resource_exhausted() {
     let gateway = Gateway::start(&format!("limits:\n  max_request_size: 2KiB\n{SIM_ROUTES}")).await;
     let mut req = request("demo", "one two three");

@@ -11,6 +11,7 @@ mod check;
 mod deadline;
 mod deploy;
 mod doors;
+mod embed;
 mod gateway;
 mod guard;
 mod health;

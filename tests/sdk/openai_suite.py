@@ -7,7 +7,8 @@ answering from a script and recording what it was sent), starts
 `llmgate serve` on port 0 routing to them, and drives the gateway's HTTP
 front with the SDK as an application would: streamed and whole tool calls,
 a tool-result turn, response_format, seed and vendor extras as they arrive
-upstream, and a tool call translated from Anthropic. Any failed check
+upstream, a tool call translated from Anthropic, and embeddings in both
+encodings (the SDK asks for base64 by default). Any failed check
 exits non-zero.
 """
 
@@ -108,6 +109,21 @@ def anthropic_answer(body):
     return "text/event-stream", text.encode()
 
 
+def embeddings_answer(body):
+    """What the scripted server answers to `/v1/embeddings`: a fixed vector
+    per input, listed as OpenAI lists them, as floats (what the gateway
+    asks for)."""
+    vectors = [[1.0, 0.125], [0.5, -0.25]]
+    answer = {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": vectors[i % 2]}
+                 for i in range(len(body["input"]))],
+        "model": "served-embedder",
+        "usage": {"prompt_tokens": 4, "total_tokens": 4},
+    }
+    return "application/json", json.dumps(answer).encode()
+
+
 RECEIVED = []
 
 
@@ -120,6 +136,8 @@ class Upstream(BaseHTTPRequestHandler):
         RECEIVED.append((self.path, body))
         if self.path == "/v1/messages":
             kind, payload = anthropic_answer(body)
+        elif self.path == "/v1/embeddings":
+            kind, payload = embeddings_answer(body)
         else:
             kind, payload = openai_answer(body)
         self.send_response(200)
@@ -289,6 +307,32 @@ def refused_field_is_a_400_naming_it(client):
         raise AssertionError("seed to an Anthropic upstream must be refused")
 
 
+def embeddings_in_both_encodings(client):
+    # The SDK asks for base64 unless told otherwise, and decodes it itself.
+    answer = client.embeddings.create(model="m", input=["a", "b"])
+    assert [d.embedding for d in answer.data] == [[1.0, 0.125], [0.5, -0.25]], answer
+    assert answer.usage.prompt_tokens == 4 and answer.usage.total_tokens == 4, answer
+    assert answer.model == "served-embedder", answer
+    sent = last_sent()
+    assert RECEIVED[-1][0] == "/v1/embeddings", RECEIVED[-1]
+    assert sent == {"model": "upstream-model", "input": ["a", "b"],
+                    "encoding_format": "float"}, sent
+    answer = client.embeddings.create(model="m", input="a", encoding_format="float",
+                                      dimensions=2)
+    assert answer.data[0].embedding == [1.0, 0.125], answer
+    assert last_sent()["dimensions"] == 2, last_sent()
+
+
+def embeddings_refused_where_the_upstream_has_none(client):
+    try:
+        client.embeddings.create(model="claude", input="a")
+    except openai.BadRequestError as err:
+        assert err.body and err.body.get("param") == "model", err.body
+        assert "no embeddings" in err.body.get("message", ""), err.body
+    else:
+        raise AssertionError("embeddings from an Anthropic upstream must be refused")
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit("usage: openai_suite.py path/to/llmgate")
@@ -300,7 +344,8 @@ def main():
                                timeout=20)
         for check in [streamed_tool_call, whole_tool_call, tool_result_turn,
                       extras_arrive_unchanged, anthropic_tool_call_translated,
-                      refused_field_is_a_400_naming_it]:
+                      refused_field_is_a_400_naming_it, embeddings_in_both_encodings,
+                      embeddings_refused_where_the_upstream_has_none]:
             check(client)
             print(f"ok {check.__name__}")
     finally:

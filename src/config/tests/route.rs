@@ -1,6 +1,7 @@
 //! `routes:`: pools, the upstreams they name, model names and weights.
 
 use super::*;
+use crate::config::warnings;
 
 #[test]
 fn typo_in_a_pool_field_is_refused() {
@@ -146,4 +147,46 @@ fn route_without_pools_is_refused() {
         &problem,
         &["'demo'", "pools: is empty", "add at least one pool"],
     );
+}
+
+#[test]
+fn a_route_with_an_anthropic_pool_is_warned_that_its_embeddings_are_refused() {
+    let config = parse_ok(&yaml(&[
+        "upstreams:",
+        "  local:",
+        "    kind: sim",
+        "  claude:",
+        "    kind: anthropic",
+        "    endpoints: [https://api.anthropic.com]",
+        "routes:",
+        "  - model: mixed",
+        "    pools:",
+        "      - upstream: local",
+        "      - upstream: claude",
+        "  - model: claude-only",
+        "    pools:",
+        "      - upstream: claude",
+        "  - model: embedder",
+        "    pools:",
+        "      - upstream: local",
+    ]));
+    let warned = warnings(&config);
+    assert_eq!(warned.len(), 2, "{warned:?}");
+    assert_mentions_all(
+        &warned[0],
+        &[
+            "route 'mixed'",
+            "'claude'",
+            "no embeddings",
+            "while others succeed",
+        ],
+    );
+    assert_mentions_all(&warned[1], &["route 'claude-only'", "every embedding call"]);
+}
+
+#[track_caller]
+fn assert_mentions_all(text: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(text.contains(needle), "{needle:?} in {text}");
+    }
 }

@@ -1,5 +1,6 @@
 //! The OpenAI-compatible HTTP front end: `POST /v1/chat/completions` (one
-//! JSON answer, or server-sent events) and `GET /v1/models`.
+//! JSON answer, or server-sent events), `POST /v1/embeddings` and
+//! `GET /v1/models`.
 //!
 //! Most application code already speaks OpenAI's API through an SDK; this
 //! front lets it call the gateway unchanged, through the same
@@ -14,7 +15,8 @@
 //! key is checked from the headers before the body is read, and the body
 //! is read through the same guard as gRPC's, held to the routing file's
 //! `limits.max_request_size` and `request_idle_timeout`. The rest is split
-//! by job: `request` (wire → [`ChatRequest`]), `answer` (a whole answer),
+//! by job: `request` (wire → [`ChatRequest`]), `embed` (embeddings, both
+//! ways), `answer` (a whole answer),
 //! `sse` (a streamed one), `error` (every failure as OpenAI's error body),
 //! and `wire` (the JSON shapes).
 //!
@@ -27,6 +29,7 @@
 //! the upstream request dropped.
 
 mod answer;
+mod embed;
 mod error;
 mod request;
 mod sse;
@@ -51,6 +54,7 @@ use crate::frontend::edge::{self, Edge};
 use crate::stack::guard::KeyPolicy;
 use crate::telemetry::REQUEST_ID;
 use answer::{CallInfo, unix_now, whole_answer};
+use embed::{embedding_answer, embedding_call, parse_embedding};
 pub use error::error_response;
 use error::openai_error;
 use request::{chat_request, parse_request, request_timeout};
@@ -83,6 +87,7 @@ pub fn router(edge: Edge, bodies: BodyRules, cors: Option<CorsLayer>) -> Router 
     });
     let router = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*model}", get(get_model))
         .fallback(unknown_path)
@@ -99,30 +104,27 @@ pub fn router(edge: Edge, bodies: BodyRules, cors: Option<CorsLayer>) -> Router 
 async fn chat_completions(State(front): State<Arc<HttpFrontend>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
-    let request_id = edge::request_id(headers.get(REQUEST_ID).map(|v| v.as_bytes()));
-    // The key first: a stranger's body is never read.
-    let caller = match front.edge.admit(caller(headers)) {
-        Ok(caller) => caller,
-        Err(err) => {
-            front
-                .edge
-                .refused(CallContext::new(request_id), "", false, &err);
-            return error_response(&err);
-        }
-    };
-    let (body, held) = match front.read_body(headers, body).await {
-        Ok(read) => read,
-        Err((err, response)) => {
-            front
-                .edge
-                .refused(CallContext::new(request_id), "", false, &err);
-            return response;
-        }
+    let (request_id, caller, body, held) = match front.admit(headers, body).await {
+        Ok(admitted) => admitted,
+        Err(response) => return response,
     };
     match front
         .complete(headers, request_id, caller, &body, held)
         .await
     {
+        Ok(response) => response,
+        Err(err) => error_response(&err),
+    }
+}
+
+async fn embeddings(State(front): State<Arc<HttpFrontend>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let (request_id, caller, body, held) = match front.admit(headers, body).await {
+        Ok(admitted) => admitted,
+        Err(response) => return response,
+    };
+    match front.embed(headers, request_id, caller, &body, held).await {
         Ok(response) => response,
         Err(err) => error_response(&err),
     }
@@ -169,8 +171,8 @@ async fn unknown_path(method: Method, uri: Uri) -> Response {
         StatusCode::NOT_FOUND,
         "invalid_request_error",
         &format!(
-            "no such endpoint: {method} {}; this gateway serves POST /v1/chat/completions \
-             and GET /v1/models",
+            "no such endpoint: {method} {}; this gateway serves POST /v1/chat/completions, \
+             POST /v1/embeddings and GET /v1/models",
             uri.path()
         ),
         None,
@@ -181,6 +183,34 @@ async fn unknown_path(method: Method, uri: Uri) -> Response {
 // === impl HttpFrontend ===
 
 impl HttpFrontend {
+    /// A call's request id, its admitted caller and its whole body (with
+    /// the body's share of the buffer budget): the key first, so a
+    /// stranger's body is never read. A refusal is recorded and comes back
+    /// as the answer to send.
+    async fn admit(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<(RequestId, Caller, Bytes, Option<OwnedSemaphorePermit>), Response> {
+        let request_id = edge::request_id(headers.get(REQUEST_ID).map(|v| v.as_bytes()));
+        let caller = match self.edge.admit(caller(headers)) {
+            Ok(caller) => caller,
+            Err(err) => {
+                self.edge
+                    .refused(CallContext::new(request_id), "", false, &err);
+                return Err(error_response(&err));
+            }
+        };
+        match self.read_body(headers, body).await {
+            Ok((body, held)) => Ok((request_id, caller, body, held)),
+            Err((err, response)) => {
+                self.edge
+                    .refused(CallContext::new(request_id), "", false, &err);
+                Err(response)
+            }
+        }
+    }
+
     /// The whole request body, read through the body guard: refused at
     /// once when its declared length is over the limit, and as soon as
     /// more than the limit arrives or it stalls, or when the gateway holds
@@ -252,6 +282,40 @@ impl HttpFrontend {
         } else {
             edge::unwinding(whole_answer(events, info)).await
         }
+    }
+
+    /// One embedding call: translate, call the stack, answer with the
+    /// vectors in the encoding asked for.
+    async fn embed(
+        &self,
+        headers: &HeaderMap,
+        request_id: RequestId,
+        caller: Caller,
+        body: &[u8],
+        held: Option<OwnedSemaphorePermit>,
+    ) -> Result<Response, GatewayError> {
+        let call = CallContext::new(request_id);
+        let translated = parse_embedding(body)
+            .map_err(|err| (String::new(), err))
+            .and_then(|wire| {
+                let model = wire.model.clone().unwrap_or_default();
+                let deadline = request_timeout(headers)
+                    .map(edge::deadline)
+                    .map_err(|err| (model.clone(), err))?;
+                embedding_call(wire, deadline, call.clone(), caller).map_err(|err| (model, err))
+            });
+        drop(held);
+        let (req, encoding) = match translated {
+            Ok(translated) => translated,
+            Err((model, err)) => {
+                self.edge.refused(call, &model, false, &err);
+                return Err(err);
+            }
+        };
+        let asked = req.model.clone();
+        let events = self.edge.call(req).await?;
+        let completion = edge::embedded(events).await?;
+        Ok(embedding_answer(&completion, &asked, encoding))
     }
 
     fn model_entry<'a>(&self, name: &'a str, route: &'a str) -> ModelEntry<'a> {

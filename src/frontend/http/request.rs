@@ -79,6 +79,7 @@ pub(super) fn chat_request(
         response_format: wire.response_format.map(response_format).transpose()?,
         seed: wire.seed,
         passthrough: wire.passthrough,
+        embed: None,
     };
     let (field, cap) = match (wire.max_completion_tokens, wire.max_tokens) {
         (Some(cap), _) => ("max_completion_tokens", Some(cap)),

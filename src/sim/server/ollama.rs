@@ -1,5 +1,6 @@
 //! The simulator behind Ollama's native API: `POST /api/chat` (an NDJSON
-//! stream, or one JSON object with `stream: false`), `GET /api/tags`,
+//! stream, or one JSON object with `stream: false`), `POST /api/embed`,
+//! `GET /api/tags`,
 //! `GET /api/version`, and `GET /` ("Ollama is running", which health
 //! checks probe). Errors use Ollama's `{"error": "..."}` shape; an overload
 //! is a 503, as Ollama answers when its queue is full.
@@ -55,6 +56,7 @@ struct Options {
 pub(super) fn routes() -> Router<Arc<Sim>> {
     Router::new()
         .route("/api/chat", post(chat))
+        .route("/api/embed", post(super::embed::ollama))
         .route("/api/tags", get(tags))
         .route("/api/version", get(version))
         .route("/", get(|| async { "Ollama is running" }))
