@@ -1,5 +1,7 @@
 //! The OpenAI-compatible HTTP front end: `POST /v1/chat/completions` (one
-//! JSON answer, or server-sent events) and `GET /v1/models`.
+//! JSON answer, or server-sent events) and `GET /v1/models`; and beside
+//! it, on the same port, Anthropic's Messages API (`POST /v1/messages`,
+//! in [`anthropic`]).
 //!
 //! Most application code already speaks OpenAI's API through an SDK; this
 //! front lets it call the gateway unchanged, through the same
@@ -27,6 +29,7 @@
 //! the upstream request dropped.
 
 mod answer;
+mod anthropic;
 mod error;
 mod request;
 mod sse;
@@ -83,6 +86,10 @@ pub fn router(edge: Edge, bodies: BodyRules, cors: Option<CorsLayer>) -> Router 
     });
     let router = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
+        .route(
+            "/v1/messages",
+            post(anthropic::messages).fallback(anthropic::wrong_method),
+        )
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*model}", get(get_model))
         .fallback(unknown_path)
@@ -169,8 +176,8 @@ async fn unknown_path(method: Method, uri: Uri) -> Response {
         StatusCode::NOT_FOUND,
         "invalid_request_error",
         &format!(
-            "no such endpoint: {method} {}; this gateway serves POST /v1/chat/completions \
-             and GET /v1/models",
+            "no such endpoint: {method} {}; this gateway serves POST /v1/chat/completions, \
+             POST /v1/messages and GET /v1/models",
             uri.path()
         ),
         None,
