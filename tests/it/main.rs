@@ -15,6 +15,7 @@ mod gateway;
 mod guard;
 mod health;
 mod http;
+mod messages;
 mod metrics;
 mod mixed;
 mod ollama;
