@@ -89,6 +89,11 @@ pub(super) fn chat_request(
         turn(i, message, &mut messages)?;
     }
     let mut passthrough = wire.passthrough;
+    // A prompt-caching hint, like the `cache_control` of blocks and tools
+    // (which the wire types skip): it changes what a call costs, never
+    // what it answers, and only Anthropic's own servers cache. Dropped so
+    // a caller that sets it is served by every pool kind.
+    passthrough.remove("cache_control");
     if let Some(top_k) = wire.top_k {
         passthrough.insert("top_k".into(), json!(top_k));
     }
@@ -497,7 +502,7 @@ mod tests {
             "model": "m", "max_tokens": 5, "top_k": 40, "metadata": {"user_id": "u-7"},
             "tool_choice": {"type": "any", "disable_parallel_tool_use": true},
             "tools": [{"name": "t", "input_schema": {"type": "object"}}],
-            "thinking": {"type": "disabled"},
+            "thinking": {"type": "disabled"}, "cache_control": {"type": "ephemeral"},
             "messages": [{"role": "user", "content": [
                 {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"}},
                 {"type": "text", "text": "What is this?"}]}],
@@ -519,6 +524,7 @@ mod tests {
         assert_eq!(extras["user"], json!("u-7"));
         assert_eq!(extras["parallel_tool_calls"], json!(false));
         assert_eq!(extras["thinking"], json!({"type": "disabled"}));
+        assert!(!extras.contains_key("cache_control"), "{extras:?}");
     }
 
     #[test]
