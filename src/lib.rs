@@ -10,7 +10,7 @@
 //! - [`frontend`]: the `llm.v1.LLMService` gRPC service (grpc-web too,
 //!   for browsers), the OpenAI-compatible HTTP API and Anthropic's Messages
 //!   API beside it; wire → [`chat`].
-//!   Both stand on one edge (request id, key checked before the body,
+//!   All stand on one edge (request id, key checked before the body,
 //!   deadline, refusals recorded, listings) and one body guard (size and
 //!   idle limits).
 //! - [`stack`]: tower layers every call passes: API keys and their models,
