@@ -604,3 +604,84 @@ routes:
     let too_large = post(&gateway, &big, &[("x-api-key", KEY)]).await;
     assert_error(&too_large, 413, "request_too_large", &[]);
 }
+
+#[tokio::test]
+async fn an_anthropic_client_lists_its_keys_models_in_anthropics_shape() {
+    const KEY: &str = "sk-messages-models-key-77e2";
+    let digest: String = ring::digest::digest(&ring::digest::SHA256, KEY.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let gateway = Gateway::start(&format!(
+        "auth:
+  keys: [{{ name: agent, sha256: {digest}, models: [demo] }}]
+upstreams:
+  sim: {{ kind: sim, sim: {{ ttft: 0s, tokens_per_second: 0, output_tokens: 2 }} }}
+routes:
+  - model: demo
+    aliases: [d]
+    pools: [{{ upstream: sim }}]
+  - model: secret-model
+    pools: [{{ upstream: sim }}]
+"
+    ))
+    .await;
+    let list = |path: &'static str, key: &'static str| {
+        let url = format!("http://{}{path}", gateway.http_addr);
+        async move {
+            let request = http::Request::get(url)
+                .header("x-api-key", key)
+                .header("anthropic-version", "2023-06-01")
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<Full<Bytes>>();
+            let response = client.request(request).await.expect("an answer");
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
+            Answer {
+                status,
+                headers,
+                text: String::from_utf8_lossy(&body).into_owned(),
+            }
+        }
+    };
+    let listed = list("/v1/models", KEY).await;
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    let page = listed.json();
+    let ids: Vec<&str> = page["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["demo", "d"], "only the key's models: {page}");
+    assert_eq!(page["has_more"], false);
+    assert_eq!(
+        (&page["first_id"], &page["last_id"]),
+        (&json!("demo"), &json!("d"))
+    );
+    let first = &page["data"][0];
+    assert_eq!(first["type"], "model");
+    assert_eq!(first["display_name"], "demo");
+    let created = first["created_at"].as_str().expect("a time");
+    assert!(
+        created.len() == 20 && created.ends_with('Z'),
+        "RFC 3339: {created}"
+    );
+
+    let one = list("/v1/models/d", KEY).await;
+    assert_eq!(one.json()["id"], "d", "{}", one.text);
+    let hidden = list("/v1/models/secret-model", KEY).await;
+    assert_error(&hidden, 404, "not_found_error", &["'secret-model'"]);
+    let stranger = list("/v1/models", "sk-nobody").await;
+    assert_error(&stranger, 401, "authentication_error", &[]);
+}

@@ -6,7 +6,8 @@ OpenAI-compatible upstream in this process (answering from a script and
 recording what it was sent), starts `llmgate serve` on port 0 routing to
 it, and drives the gateway's Messages front (`POST /v1/messages`) with the
 SDK as an application would: `messages.create` and `messages.stream`, text
-and tool use, a tool-result turn, and an error the SDK raises as its own.
+and tool use, a tool-result turn, `models.list`, and an error the SDK
+raises as its own.
 Any failed check exits non-zero.
 """
 
@@ -250,6 +251,11 @@ def stream_tool_use(client):
     assert message.stop_reason == "tool_use", message
 
 
+def models_are_listed(client):
+    ids = [model.id for model in client.models.list()]
+    assert ids == ["m"], ids
+
+
 def unknown_model_is_not_found(client):
     try:
         client.messages.create(
@@ -274,7 +280,7 @@ def main():
         client = anthropic.Anthropic(base_url=f"http://{addr}", api_key="any", max_retries=0,
                                      timeout=20)
         for check in [create_text, create_tool_use, tool_result_turn, stream_text,
-                      stream_tool_use, unknown_model_is_not_found]:
+                      stream_tool_use, models_are_listed, unknown_model_is_not_found]:
             check(client)
             print(f"ok {check.__name__}")
     finally:

@@ -136,6 +136,9 @@ async fn chat_completions(State(front): State<Arc<HttpFrontend>>, request: Reque
 }
 
 async fn list_models(State(front): State<Arc<HttpFrontend>>, headers: HeaderMap) -> Response {
+    if anthropic::models::wanted(&headers) {
+        return anthropic::models::list(&front, &headers);
+    }
     let key = match front.edge.authenticate(&caller(&headers)) {
         Ok(key) => key,
         Err(err) => return error_response(&err),
@@ -161,6 +164,9 @@ async fn get_model(
     headers: HeaderMap,
     Path(model): Path<String>,
 ) -> Response {
+    if anthropic::models::wanted(&headers) {
+        return anthropic::models::get(&front, &headers, &model);
+    }
     let key: Option<Arc<KeyPolicy>> = match front.edge.authenticate(&caller(&headers)) {
         Ok(key) => key,
         Err(err) => return error_response(&err),

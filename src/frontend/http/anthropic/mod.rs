@@ -13,6 +13,9 @@
 //! `wire`. The body is read by the OpenAI front's own reader, so both are
 //! held to the same `limits`.
 //!
+//! Listings (`GET /v1/models`) that carry `anthropic-version` are
+//! answered in Anthropic's shape (`models`).
+//!
 //! `anthropic-version` is accepted whatever it says: the gateway speaks the
 //! one version of the API there is (`2023-06-01`). The caller's deadline is
 //! `x-request-timeout`, as on the OpenAI front.
@@ -23,6 +26,7 @@
 
 mod answer;
 mod error;
+pub(super) mod models;
 mod request;
 mod stream;
 mod wire;
