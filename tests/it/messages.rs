@@ -593,6 +593,13 @@ routes:
     let none = http_post(&format!("http://{}/v1/messages", gateway.http_addr)).await;
     assert_eq!(none.status, 401, "{}", none.body);
     assert!(none.body.contains("x-api-key"), "{}", none.body);
+    let unreadable = post(&gateway, &body("demo"), &[("x-api-key", "two words")]).await;
+    assert_error(
+        &unreadable,
+        401,
+        "authentication_error",
+        &["x-api-key: <key>"],
+    );
     let other = post(&gateway, &body("secret-model"), &[("x-api-key", KEY)]).await;
     assert_error(&other, 403, "permission_error", &[]);
 

@@ -59,18 +59,23 @@ pub(super) async fn messages(State(front): State<Arc<HttpFrontend>>, request: Re
     let request_id = edge::request_id(headers.get(REQUEST_ID).map(|v| v.as_bytes()));
     // The key first: a stranger's body is never read.
     let presented = caller(headers);
-    let anonymous = presented == Caller::Anonymous;
+    // The shared messages speak of `authorization`; say this wire's words.
+    let in_our_words = match presented {
+        Caller::Anonymous => Some("this gateway needs an API key: send it as `x-api-key: <key>`"),
+        Caller::Unreadable => Some(
+            "the API key must be one printable word in `x-api-key: <key>` (or \
+             `authorization: Bearer <key>`)",
+        ),
+        _ => None,
+    };
     let caller = match front.edge.admit(presented) {
         Ok(caller) => caller,
         Err(err) => {
-            let err = if anonymous {
-                GatewayError::new(
-                    ErrorKind::Unauthenticated,
-                    "this gateway needs an API key: send it as `x-api-key: <key>` (or \
-                     `authorization: Bearer <key>`)",
-                )
-            } else {
-                err
+            let err = match in_our_words {
+                Some(message) if err.kind() == ErrorKind::Unauthenticated => {
+                    GatewayError::new(ErrorKind::Unauthenticated, message)
+                }
+                _ => err,
             };
             front
                 .edge
