@@ -13,16 +13,23 @@
 //! upstream request with it), events that are ready together leave in one
 //! write, and an answer that breaks ends with an `error` event, never
 //! `message_stop`, so no client mistakes a cut answer for a whole one.
+//!
+//! While the upstream is silent (a reasoning model thinking, whose thoughts
+//! are not text), a `ping` goes out every [`PING_EVERY`], as Anthropic's
+//! own streams do, so proxies and clients with idle timeouts keep the
+//! connection.
 
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use http::{HeaderValue, header};
 use serde_json::json;
+use tokio::time::{Instant, Sleep};
 
 use super::answer::{MessageInfo, stop_reason, tool_use_id, usage};
 use super::error::{error_body, status_and_type};
@@ -30,6 +37,10 @@ use super::wire::{OutBlock, OutDelta, OutEvent, OutMessage, OutStop, OutUsage};
 use crate::chat::{ChatEvent, ChatStream, Completion, ToolCallDelta};
 use crate::error::GatewayError;
 use crate::frontend::edge::{poll_events, truncated};
+
+/// How long a started stream may stay silent before a `ping` goes out:
+/// well under the 60 s idle timeout common in load balancers.
+const PING_EVERY: Duration = Duration::from_secs(15);
 
 /// The most events gathered into one write: a bound on the time one poll
 /// may take, far above what arrives together.
@@ -50,6 +61,8 @@ struct MessageEvents {
     /// Tool calls begun so far: a piece of a call below this that is not
     /// the open block's came after its block closed.
     calls_begun: u32,
+    /// When a silent stream sends its next `ping`; moved on by every write.
+    ping: Pin<Box<Sleep>>,
 }
 
 /// A block being streamed.
@@ -75,6 +88,7 @@ pub(super) fn event_response(events: ChatStream, info: MessageInfo) -> Response 
         open: None,
         next_block: 0,
         calls_begun: 0,
+        ping: Box::pin(tokio::time::sleep(PING_EVERY)),
     };
     let mut response = Body::from_stream(body).into_response();
     let headers = response.headers_mut();
@@ -124,11 +138,15 @@ impl Stream for MessageEvents {
                 this.inner = None;
             }
         }
-        if !out.is_empty() {
-            return Poll::Ready(Some(Ok(out.into())));
-        }
-        if this.inner.is_none() {
+        if this.inner.is_none() && out.is_empty() {
             return Poll::Ready(None);
+        }
+        if out.is_empty() && pending && this.started && this.ping.as_mut().poll(cx).is_ready() {
+            event(&mut out, &OutEvent::Ping);
+        }
+        if !out.is_empty() {
+            this.ping.as_mut().reset(Instant::now() + PING_EVERY);
+            return Poll::Ready(Some(Ok(out.into())));
         }
         if !pending {
             // The bound was hit by events that write nothing (empty
@@ -309,6 +327,7 @@ mod tests {
             open: None,
             next_block: 0,
             calls_begun: 0,
+            ping: Box::pin(tokio::time::sleep(PING_EVERY)),
         };
         let bytes: Vec<u8> = body
             .map(|chunk| chunk.map(|b| b.to_vec()).unwrap_or_default())
@@ -430,6 +449,40 @@ mod tests {
         assert_eq!(cut.last().map(|(name, _)| name.as_str()), Some("error"));
         let failed = streamed(vec![Ok(done(FinishReason::Error))]).await;
         assert_eq!(names(&failed), ["message_start", "ping", "error"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_stream_pings_every_interval_and_only_when_silent() {
+        let events = futures_util::stream::iter(vec![Ok(ChatEvent::Token("a".into()))])
+            .chain(futures_util::stream::pending());
+        let mut body = MessageEvents {
+            inner: Some(Box::pin(events)),
+            info: MessageInfo {
+                id: "msg_1".into(),
+                model: "m".into(),
+            },
+            started: false,
+            open: None,
+            next_block: 0,
+            calls_begun: 0,
+            ping: Box::pin(tokio::time::sleep(PING_EVERY)),
+        };
+        let first = body.next().await.expect("the start").expect("bytes");
+        assert!(String::from_utf8_lossy(&first).contains("text_delta"));
+        let began = tokio::time::Instant::now();
+        for _ in 0..2 {
+            let next = tokio::time::timeout(PING_EVERY * 2, body.next())
+                .await
+                .expect("a ping while silent")
+                .expect("a ping")
+                .expect("bytes");
+            assert_eq!(&next[..], b"event: ping\ndata: {\"type\":\"ping\"}\n\n");
+        }
+        assert_eq!(
+            began.elapsed(),
+            PING_EVERY * 2,
+            "one ping per interval of silence"
+        );
     }
 
     #[tokio::test]
