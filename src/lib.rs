@@ -8,8 +8,9 @@
 //! # Layout
 //! The modules follow the path of a call:
 //! - [`frontend`]: the `llm.v1.LLMService` gRPC service (grpc-web too,
-//!   for browsers) and the OpenAI-compatible HTTP API; wire → [`chat`].
-//!   Both stand on one edge (request id, key checked before the body,
+//!   for browsers), the OpenAI-compatible HTTP API and Anthropic's Messages
+//!   API beside it; wire → [`chat`].
+//!   All stand on one edge (request id, key checked before the body,
 //!   deadline, refusals recorded, listings) and one body guard (size and
 //!   idle limits).
 //! - [`stack`]: tower layers every call passes: API keys and their models,

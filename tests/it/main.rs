@@ -16,6 +16,7 @@ mod gateway;
 mod guard;
 mod health;
 mod http;
+mod messages;
 mod metrics;
 mod mixed;
 mod ollama;

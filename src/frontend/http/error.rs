@@ -55,7 +55,7 @@ pub(super) fn openai_error(
 /// Seconds a caller should wait before trying again. A 429 always says
 /// (the upstream's own wait, else one second), since SDKs retry it at once
 /// otherwise; a 503 says only when the upstream did.
-fn retry_after(err: &GatewayError) -> Option<u64> {
+pub(super) fn retry_after(err: &GatewayError) -> Option<u64> {
     let seconds = |wait: Duration| (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
     match err.kind() {
         ErrorKind::ResourceExhausted => Some(err.retry_after().map_or(1, seconds)),

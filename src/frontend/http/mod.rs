@@ -1,6 +1,7 @@
 //! The OpenAI-compatible HTTP front end: `POST /v1/chat/completions` (one
 //! JSON answer, or server-sent events), `POST /v1/embeddings` and
-//! `GET /v1/models`.
+//! `GET /v1/models`; and beside it, on the same port, Anthropic's Messages
+//! API (`POST /v1/messages`, in [`anthropic`]).
 //!
 //! Most application code already speaks OpenAI's API through an SDK; this
 //! front lets it call the gateway unchanged, through the same
@@ -29,6 +30,7 @@
 //! the upstream request dropped.
 
 mod answer;
+mod anthropic;
 mod embed;
 mod error;
 mod request;
@@ -88,6 +90,10 @@ pub fn router(edge: Edge, bodies: BodyRules, cors: Option<CorsLayer>) -> Router 
     let router = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/embeddings", post(embeddings))
+        .route(
+            "/v1/messages",
+            post(anthropic::messages).fallback(anthropic::wrong_method),
+        )
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*model}", get(get_model))
         .fallback(unknown_path)
@@ -131,6 +137,9 @@ async fn embeddings(State(front): State<Arc<HttpFrontend>>, request: Request) ->
 }
 
 async fn list_models(State(front): State<Arc<HttpFrontend>>, headers: HeaderMap) -> Response {
+    if anthropic::models::wanted(&headers) {
+        return anthropic::models::list(&front, &headers);
+    }
     let key = match front.edge.authenticate(&caller(&headers)) {
         Ok(key) => key,
         Err(err) => return error_response(&err),
@@ -156,6 +165,9 @@ async fn get_model(
     headers: HeaderMap,
     Path(model): Path<String>,
 ) -> Response {
+    if anthropic::models::wanted(&headers) {
+        return anthropic::models::get(&front, &headers, &model);
+    }
     let key: Option<Arc<KeyPolicy>> = match front.edge.authenticate(&caller(&headers)) {
         Ok(key) => key,
         Err(err) => return error_response(&err),
@@ -172,7 +184,7 @@ async fn unknown_path(method: Method, uri: Uri) -> Response {
         "invalid_request_error",
         &format!(
             "no such endpoint: {method} {}; this gateway serves POST /v1/chat/completions, \
-             POST /v1/embeddings and GET /v1/models",
+             POST /v1/embeddings, POST /v1/messages and GET /v1/models",
             uri.path()
         ),
         None,
