@@ -194,11 +194,21 @@ impl Balancer {
                 return response;
             }
         }
-        let err = GatewayError::unavailable(format!(
-            "upstream '{}' has no endpoint that can take a call for '{}' now (all are \
-             ejected, failing health checks or at max_in_flight); retry later",
-            self.name, call.model
-        ));
+        // Endpoints that could serve the model but are all at their cap are
+        // busy, not broken: a route's queue may wait for one of them.
+        let err = if self.pool.any_admissible(&call.model) {
+            GatewayError::unavailable(format!(
+                "upstream '{}' has every endpoint for '{}' at max_in_flight; retry later",
+                self.name, call.model
+            ))
+            .at_capacity()
+        } else {
+            GatewayError::unavailable(format!(
+                "upstream '{}' has no endpoint that can take a call for '{}' now (all are \
+                 ejected or failing health checks); retry later",
+                self.name, call.model
+            ))
+        };
         futures_util::future::ready(Err(err)).boxed()
     }
 
@@ -211,6 +221,11 @@ impl Balancer {
     /// Since when the endpoint out the longest for `model` has been out.
     pub fn oldest_out(&self, model: &str) -> Option<Instant> {
         self.pool.oldest_out(model)
+    }
+
+    /// Tells `listener` whenever a call on one of these endpoints ends.
+    pub fn listen_for_slots(&self, listener: std::sync::Weak<dyn super::health::SlotListener>) {
+        self.pool.listen_for_slots(listener);
     }
 
     /// Every endpoint's state for calls of `model`, for introspection.
