@@ -398,3 +398,247 @@ pub(super) async fn attempt_any(
         ))
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use super::*;
+
+    fn queue(max_len: u32, timeout: Duration) -> Arc<Queue> {
+        Queue::new(
+            Arc::from("m"),
+            QueueConfig {
+                max_len,
+                timeout,
+                promote_after: Duration::from_secs(2),
+            },
+        )
+    }
+
+    fn busy() -> GatewayError {
+        GatewayError::unavailable("every endpoint at max_in_flight").at_capacity()
+    }
+
+    fn waiting(queue: &Queue) -> usize {
+        queue.lock().waiting.len()
+    }
+
+    /// Lets spawned waiters run until they block.
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// A call that finds every endpoint busy, waits, and on its turn is
+    /// served, noting `name` in `served`.
+    fn waiter(
+        queue: &Arc<Queue>,
+        priority: Priority,
+        name: &'static str,
+        served: &Arc<StdMutex<Vec<&'static str>>>,
+    ) -> tokio::task::JoinHandle<Result<(), GatewayError>> {
+        let (queue, served) = (queue.clone(), served.clone());
+        tokio::spawn(async move {
+            let first = async { Err::<(), _>(busy()) };
+            let again = || {
+                let served = served.clone();
+                async move {
+                    served
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(name);
+                    Ok(())
+                }
+            };
+            queue.serve(priority, None, first, again).await
+        })
+    }
+
+    /// Frees `n` slots one at a time, letting each woken waiter run.
+    async fn free_slots(queue: &Queue, n: usize) {
+        for _ in 0..n {
+            queue.slot_freed();
+            settle().await;
+        }
+    }
+
+    fn served(log: &Arc<StdMutex<Vec<&'static str>>>) -> Vec<&'static str> {
+        log.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_are_served_by_class_then_by_arrival() {
+        let queue = queue(16, Duration::from_secs(10));
+        let log = Arc::default();
+        let calls = [
+            waiter(&queue, Priority::Low, "low", &log),
+            waiter(&queue, Priority::Normal, "normal-1", &log),
+            waiter(&queue, Priority::High, "high", &log),
+            waiter(&queue, Priority::Normal, "normal-2", &log),
+        ];
+        settle().await;
+        assert_eq!(waiting(&queue), 4);
+        free_slots(&queue, 4).await;
+        assert_eq!(served(&log), ["high", "normal-1", "normal-2", "low"]);
+        for call in calls {
+            assert!(matches!(call.await, Ok(Ok(()))));
+        }
+        assert_eq!(waiting(&queue), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_climbs_one_class_per_promote_after_so_low_is_not_starved() {
+        let queue = queue(16, Duration::from_secs(30));
+        let log = Arc::default();
+        let _low = waiter(&queue, Priority::Low, "low", &log);
+        settle().await;
+        // One step (2s) makes it normal: a fresh high still goes first.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let _high = waiter(&queue, Priority::High, "high-1", &log);
+        settle().await;
+        free_slots(&queue, 1).await;
+        assert_eq!(served(&log), ["high-1"]);
+        // Two steps (4s) make it high, and older than any new high call.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let _high = waiter(&queue, Priority::High, "high-2", &log);
+        settle().await;
+        free_slots(&queue, 2).await;
+        assert_eq!(served(&log), ["high-1", "low", "high-2"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_ends_at_the_queue_timeout_with_resource_exhausted_and_retry_after() {
+        let queue = queue(16, Duration::from_secs(10));
+        let start = Instant::now();
+        let first = async { Err::<(), _>(busy()) };
+        let err = match queue
+            .serve(Priority::Normal, None, first, || async { Ok(()) })
+            .await
+        {
+            Err(err) => err,
+            Ok(()) => panic!("no slot freed, yet the call was served"),
+        };
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+        assert_eq!(err.kind(), ErrorKind::ResourceExhausted);
+        assert_eq!(err.retry_after(), Some(RETRY_AFTER));
+        assert!(!err.is_retryable(), "{err}");
+        assert!(err.message().contains("route 'm' is at capacity"), "{err}");
+        assert_eq!(waiting(&queue), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_ends_short_of_the_callers_deadline() {
+        let queue = queue(16, Duration::from_secs(10));
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(3);
+        let first = async { Err::<(), _>(busy()) };
+        let result = queue
+            .serve(Priority::High, Some(deadline), first, || async { Ok(()) })
+            .await;
+        assert!(matches!(&result, Err(e) if e.kind() == ErrorKind::ResourceExhausted));
+        assert_eq!(start.elapsed(), Duration::from_secs(3) - DEADLINE_MARGIN);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_max_len_a_call_is_shed_at_once_with_the_balancers_error() {
+        let queue = queue(1, Duration::from_secs(10));
+        let log = Arc::default();
+        let _first = waiter(&queue, Priority::Normal, "first", &log);
+        settle().await;
+        let start = Instant::now();
+        let first = async { Err::<(), _>(busy()) };
+        let result = queue
+            .serve(Priority::High, None, first, || async { Ok(()) })
+            .await;
+        let Err(err) = result else {
+            panic!("a call past max_len was queued");
+        };
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        assert!(err.message().contains("queue.max_len"), "{err}");
+        assert_eq!(waiting(&queue), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_that_leaves_is_taken_out_of_line_and_the_slot_goes_to_the_next() {
+        let queue = queue(16, Duration::from_secs(10));
+        let log = Arc::default();
+        let leaving = waiter(&queue, Priority::High, "leaving", &log);
+        let staying = waiter(&queue, Priority::Low, "staying", &log);
+        settle().await;
+        assert_eq!(waiting(&queue), 2);
+        leaving.abort();
+        settle().await;
+        assert_eq!(waiting(&queue), 1);
+        free_slots(&queue, 1).await;
+        assert_eq!(served(&log), ["staying"]);
+        assert!(matches!(staying.await, Ok(Ok(()))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_freed_during_the_try_is_used_without_waiting() {
+        let queue = queue(16, Duration::from_secs(10));
+        let start = Instant::now();
+        let freeing = queue.clone();
+        let first = async move {
+            freeing.slot_freed();
+            Err::<(), _>(busy())
+        };
+        let result = queue
+            .serve(Priority::Normal, None, first, || async { Ok(()) })
+            .await;
+        assert!(result.is_ok());
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_loses_the_race_for_its_slot_keeps_its_place() {
+        let queue = queue(16, Duration::from_secs(10));
+        let log = Arc::default();
+        let tries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let unlucky = {
+            let (queue, tries) = (queue.clone(), tries.clone());
+            tokio::spawn(async move {
+                let first = async { Err::<(), _>(busy()) };
+                // The first wake finds the slot taken by someone else.
+                let again = || {
+                    let n = tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async move { if n == 0 { Err(busy()) } else { Ok(()) } }
+                };
+                queue.serve(Priority::Normal, None, first, again).await
+            })
+        };
+        settle().await;
+        let _later = waiter(&queue, Priority::Normal, "later", &log);
+        settle().await;
+        free_slots(&queue, 2).await;
+        assert!(matches!(unlucky.await, Ok(Ok(()))));
+        assert!(
+            served(&log).is_empty(),
+            "the later call overtook: {:?}",
+            served(&log)
+        );
+    }
+
+    #[test]
+    fn an_error_that_is_not_at_capacity_never_waits() {
+        let queue = queue(16, Duration::from_secs(10));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build();
+        let Ok(runtime) = runtime else {
+            panic!("no runtime");
+        };
+        let result = runtime.block_on(queue.serve(
+            Priority::Normal,
+            None,
+            async { Err::<(), _>(GatewayError::unavailable("every endpoint ejected")) },
+            || async { Ok(()) },
+        ));
+        assert!(matches!(result, Err(e) if !e.is_at_capacity()));
+        assert_eq!(waiting(&queue), 0);
+    }
+}
