@@ -32,7 +32,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::retry::{Answer, Ask, attempt_on};
-use super::table::Route;
+use super::table::{Pool, Route};
 use crate::balance::{Pick, SlotListener};
 use crate::chat::ChatRequest;
 use crate::config::{Priority, QueueConfig};
@@ -368,6 +368,24 @@ impl Drop for WaitRecord<'_> {
                 now_since(place.since),
             );
         }
+    }
+}
+
+/// A queued route's first attempt: on the pool the route picked, and when
+/// that pool is busy, on any other pool with room, before the call joins
+/// the queue (without a queue, a retry would have gone there).
+pub(super) async fn first_attempt(
+    route: &Route,
+    pool: &Pool,
+    req: &Arc<ChatRequest>,
+    ask: &Ask,
+    pick: &Pick,
+) -> Result<Answer, GatewayError> {
+    match attempt_on(pool, req, ask, pick.clone()).await {
+        Err(err) if err.is_at_capacity() && route.pools.len() > 1 => {
+            attempt_any(route, req, ask, pick).await
+        }
+        other => other,
     }
 }
 

@@ -214,8 +214,8 @@ async fn try_route(
         let result = match &route.queue {
             // Every endpoint busy: wait in the route's queue for a slot.
             Some(queue) => {
-                let first = attempt_on(pool, req, ask, pick.clone());
                 let pick = &pick;
+                let first = queue::first_attempt(route, pool, req, ask, pick);
                 let again = || queue::attempt_any(route, req, ask, pick);
                 (queue.serve(req.call.priority(), req.deadline, first, again)).await
             }

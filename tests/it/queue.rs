@@ -343,3 +343,61 @@ async fn past_max_len_a_call_is_shed_at_once_as_without_a_queue() {
 fn request_as(model: &str, prompt: &str, key: &str) -> tonic::Request<CompleteRequest> {
     call(model, prompt, key, None)
 }
+
+#[tokio::test]
+async fn a_queued_route_sends_a_call_to_a_pool_with_room_before_waiting() {
+    let (busy, gate) = held_upstream().await;
+    let free = FakeUpstream::start(|_| paris_reply()).await;
+    let model = "queue-spill";
+    let gateway = Gateway::start(&format!(
+        "upstreams:
+  busy: {{ kind: openai, endpoints: [{}], max_in_flight: 1 }}
+  free: {{ kind: openai, endpoints: [{}] }}
+routes:
+  - model: {model}
+    pools: [{{ upstream: busy }}, {{ upstream: free }}]
+    retry: {{ attempts: 1 }}
+    queue: {{ max_len: 8, timeout: 30s }}
+",
+        busy.url(),
+        free.url()
+    ))
+    .await;
+    // Calls land on either pool by weight; the first on `busy` stays there.
+    let mut holders = Vec::new();
+    for _ in 0..64 {
+        if busy.count() > 0 {
+            break;
+        }
+        let holder = spawn_call(&gateway, with_timeout(request(model, "holder"), PATIENCE));
+        tokio::time::timeout(PATIENCE, async {
+            while busy.count() + free.count() < holders.len() + 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the call reached a pool");
+        holders.push(holder);
+    }
+    assert_eq!(busy.count(), 1, "no call landed on the busy pool");
+    let before = free.count();
+    // Half of these pick the busy pool first; each must go to the free one
+    // at once rather than wait for the held slot.
+    for i in 0..10 {
+        let answer = gateway
+            .client()
+            .await
+            .complete(with_timeout(
+                request(model, "spill"),
+                Duration::from_secs(5),
+            ))
+            .await;
+        assert!(answer.is_ok(), "call {i}: {answer:?}");
+    }
+    assert_eq!(free.count(), before + 10);
+    assert_eq!(busy.count(), 1);
+    gate.add_permits(1);
+    for holder in holders {
+        assert!(holder.await.expect("task ran").is_ok());
+    }
+}
