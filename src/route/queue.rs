@@ -596,6 +596,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_wake_the_caller_left_before_using_goes_to_the_next_waiter() {
+        let queue = queue(16, Duration::from_secs(10));
+        let log = Arc::default();
+        let woken = waiter(&queue, Priority::High, "woken", &log);
+        let next = waiter(&queue, Priority::Low, "next", &log);
+        settle().await;
+        // The wake reaches the high call, which leaves before it runs.
+        queue.slot_freed();
+        woken.abort();
+        settle().await;
+        assert_eq!(served(&log), ["next"]);
+        assert!(matches!(next.await, Ok(Ok(()))));
+        assert_eq!(waiting(&queue), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_slot_freed_during_the_try_is_used_without_waiting() {
         let queue = queue(16, Duration::from_secs(10));
         let start = Instant::now();

@@ -188,10 +188,15 @@ async fn queued_calls_are_served_by_class_as_the_slot_frees_on_both_fronts() {
     // A low key asking for high without permission stays low.
     let sneaky = spawn_call(&gateway, call(model, "sneaky", "sk-low", Some("high")));
     until_queued(&gateway, model, "low", 3.0).await;
-    let high = spawn_call(&gateway, call(model, "high", "sk-high", None));
+    let picker_grpc = spawn_call(
+        &gateway,
+        call(model, "picker-grpc-high", "sk-picker", Some("high")),
+    );
     until_queued(&gateway, model, "high", 2.0).await;
+    let high = spawn_call(&gateway, call(model, "high", "sk-high", None));
+    until_queued(&gateway, model, "high", 3.0).await;
     gate.add_permits(16);
-    for handle in [holder, low, picker_low, sneaky, high] {
+    for handle in [holder, low, picker_low, sneaky, picker_grpc, high] {
         let answer = handle.await.expect("the call's task ran");
         assert_eq!(
             answer.as_deref().map_err(|s| s.message().to_string()),
@@ -205,6 +210,7 @@ async fn queued_calls_are_served_by_class_as_the_slot_frees_on_both_fronts() {
         [
             "holder",
             "picker-high",
+            "picker-grpc-high",
             "high",
             "low",
             "picker-default",
