@@ -407,3 +407,34 @@ routes:
         assert!(holder.await.expect("task ran").is_ok());
     }
 }
+
+#[tokio::test]
+async fn a_pool_that_is_down_fails_fast_rather_than_queueing() {
+    // Nothing listens on port 1: every connection is refused.
+    let model = "queue-down";
+    let gateway = Gateway::start(&format!(
+        "upstreams:
+  gone: {{ kind: openai, endpoints: ['http://127.0.0.1:1'], max_in_flight: 1 }}
+routes:
+  - model: {model}
+    pools: [{{ upstream: gone }}]
+    queue: {{ max_len: 8, timeout: 30s }}
+"
+    ))
+    .await;
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let status = gateway
+            .client()
+            .await
+            .complete(with_timeout(request(model, "hi"), Duration::from_secs(20)))
+            .await
+            .expect_err("nothing serves the model");
+        assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a broken pool held the call {:?}",
+            started.elapsed()
+        );
+    }
+}
