@@ -102,7 +102,7 @@ pub trait SlotListener: Send + Sync {
 /// The listeners of one pool, held weakly so a route (and its queue)
 /// replaced by a reload is forgotten rather than kept alive by the pool.
 #[derive(Default)]
-struct SlotListeners(std::sync::Mutex<Vec<Weak<dyn SlotListener>>>);
+struct SlotListeners(ArcSwap<Vec<Weak<dyn SlotListener>>>);
 
 impl std::fmt::Debug for SlotListeners {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -487,31 +487,25 @@ impl Record {
 impl PoolHealth {
     /// Tells `listener` of every slot freed from now on, while it lives.
     pub fn listen_for_slots(&self, listener: Weak<dyn SlotListener>) {
-        let mut listeners = self
-            .slot_listeners
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        listeners.retain(|l| l.strong_count() > 0);
-        listeners.push(listener);
+        self.slot_listeners.0.rcu(|listeners| {
+            let mut listeners: Vec<_> = listeners
+                .iter()
+                .filter(|l| l.strong_count() > 0)
+                .cloned()
+                .collect();
+            listeners.push(listener.clone());
+            listeners
+        });
     }
 
-    /// A call ended: each listener may wake a waiting call.
+    /// A call ended: each listener may wake a waiting call. Read on every
+    /// call's end, so swapped rather than locked; a pool no route queues
+    /// for pays one atomic load.
     fn slot_freed(&self) {
-        let live: Vec<Arc<dyn SlotListener>> = {
-            let listeners = self
-                .slot_listeners
-                .0
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if listeners.is_empty() {
-                return;
+        for listener in self.slot_listeners.0.load().iter() {
+            if let Some(listener) = listener.upgrade() {
+                listener.slot_freed();
             }
-            listeners.iter().filter_map(Weak::upgrade).collect()
-        };
-        // Outside the lock: a listener may register another.
-        for listener in live {
-            listener.slot_freed();
         }
     }
 

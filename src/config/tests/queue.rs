@@ -94,3 +94,25 @@ fn an_unknown_class_is_refused_with_the_classes_there_are() {
         &["key 'batch'", "priority 'urgent'", "high, normal or low"],
     );
 }
+
+#[test]
+fn llmgate_check_describes_the_queue_and_a_keys_class() {
+    let config = parse_ok(&yaml(&[
+        "auth:",
+        "  keys:",
+        &format!("    - {{ name: batch, sha256: {DIGEST}, models: ['*'], priority: low }}"),
+        "upstreams:",
+        "  local:",
+        "    kind: sim",
+        "routes:",
+        "  - model: demo",
+        "    pools: [{ upstream: local }]",
+        "    queue: { max_len: 8, timeout: 3s }",
+    ]));
+    let described = crate::config::describe(&config);
+    assert!(
+        described.contains("queue: up to 8 calls wait up to 3s for a slot"),
+        "{described}"
+    );
+    assert!(described.contains("queue class: low"), "{described}");
+}
