@@ -463,4 +463,68 @@ mod tests {
             Some(endpoints[2].state.url.to_string())
         );
     }
+
+    /// A balancer over `n` endpoints of at most `cap` calls each.
+    fn balancer(n: usize, cap: u32) -> Balancer {
+        let pool = Arc::new(PoolHealth::default());
+        let policy = OutlierPolicy {
+            consecutive_failures: 1,
+            max_ejected_share: 1.0,
+            ..OutlierPolicy::default()
+        };
+        let endpoints = (0..n)
+            .map(|i| {
+                let label: Arc<str> = Arc::from(format!("http://10.0.1.{i}:8000").as_str());
+                let state = EndpointState::new(
+                    label.parse().unwrap_or_default(),
+                    label.clone(),
+                    EndpointMetrics::new(&Arc::from("up"), &label),
+                    &pool,
+                    policy,
+                );
+                pool.insert(state.clone());
+                let dispatch: crate::backend::Dispatch = Arc::new(|_| {
+                    futures_util::future::ready(Err(GatewayError::unavailable("unused"))).boxed()
+                });
+                Arc::new(Endpoint::new(state, dispatch, Some(cap)))
+            })
+            .collect();
+        Balancer {
+            name: Arc::from("up"),
+            endpoints: Arc::new(ArcSwap::from_pointee(endpoints)),
+            pool,
+            _discovery: None,
+        }
+    }
+
+    fn call_for(model: &str) -> EndpointCall {
+        EndpointCall {
+            model: Arc::from(model),
+            req: Arc::new(crate::chat::testing::request(model)),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pool_at_capacity_says_so_and_an_ejected_one_does_not() {
+        let balancer = balancer(2, 1);
+        for endpoint in balancer.endpoints.load().iter() {
+            assert!(endpoint.state.try_start(Some(1)));
+        }
+        let busy = balancer.call(call_for("m"), Pick::Ready).await.err();
+        assert!(
+            busy.as_ref().is_some_and(GatewayError::is_at_capacity),
+            "{busy:?}"
+        );
+        for endpoint in balancer.endpoints.load().iter() {
+            endpoint
+                .state
+                .call_ended(&Arc::from("m"), Outcome::Failure(Scope::Endpoint));
+        }
+        let down = balancer.call(call_for("m"), Pick::Ready).await.err();
+        assert!(
+            down.as_ref()
+                .is_some_and(|e| !e.is_at_capacity() && e.message().contains("ejected")),
+            "{down:?}"
+        );
+    }
 }
