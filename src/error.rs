@@ -52,6 +52,10 @@ pub struct GatewayError {
     /// The endpoint could not be reached or dropped the connection: a fault
     /// of the endpoint itself, not of one model it serves.
     transport: bool,
+    /// Every endpoint that could take the call was at `max_in_flight`:
+    /// busy, not broken, so a route's queue may wait for a slot (an
+    /// ejected or failing pool is not worth waiting for).
+    at_capacity: bool,
 }
 
 // === impl ErrorKind ===
@@ -123,6 +127,7 @@ impl GatewayError {
             final_attempt: false,
             field: None,
             transport: false,
+            at_capacity: false,
         }
     }
 
@@ -167,6 +172,18 @@ impl GatewayError {
     pub fn in_transport(mut self) -> Self {
         self.transport = true;
         self
+    }
+
+    /// Marks the error as "every endpoint is at `max_in_flight`".
+    pub fn at_capacity(mut self) -> Self {
+        self.at_capacity = true;
+        self
+    }
+
+    /// Whether the balancer found endpoints, all of them busy: a slot will
+    /// free, so waiting can help.
+    pub fn is_at_capacity(&self) -> bool {
+        self.at_capacity
     }
 
     /// Whether the connection failed, rather than one model's answer.

@@ -87,6 +87,28 @@ pub struct PoolHealth {
     /// Current members, kept in step with discovery; read on every call, so
     /// swapped rather than locked.
     members: ArcSwap<Vec<Arc<EndpointState>>>,
+    /// Told whenever a call ends and frees a slot: the queues of the
+    /// routes this pool serves, so a waiting call is woken by the slot
+    /// itself rather than by polling.
+    slot_listeners: SlotListeners,
+}
+
+/// Something waiting for a free slot on a pool: a route's queue.
+pub trait SlotListener: Send + Sync {
+    /// A call on one of the pool's endpoints ended. Called from the end of
+    /// that call, so it must be quick and must not call back into the pool.
+    fn slot_freed(&self);
+}
+
+/// The listeners of one pool, held weakly so a route (and its queue)
+/// replaced by a reload is forgotten rather than kept alive by the pool.
+#[derive(Default)]
+struct SlotListeners(ArcSwap<Vec<Weak<dyn SlotListener>>>);
+
+impl std::fmt::Debug for SlotListeners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SlotListeners")
+    }
 }
 
 /// Who a failure is about.
@@ -256,6 +278,9 @@ impl EndpointState {
     pub fn call_ended(&self, model: &Arc<str>, outcome: Outcome) -> Option<Scope> {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.metrics.call_ended();
+        if let Some(pool) = self.pool.upgrade() {
+            pool.slot_freed();
+        }
         match outcome {
             Outcome::Success => {
                 if self.transport.succeeded() {
@@ -461,6 +486,30 @@ impl Record {
 // === impl PoolHealth ===
 
 impl PoolHealth {
+    /// Tells `listener` of every slot freed from now on, while it lives.
+    pub fn listen_for_slots(&self, listener: Weak<dyn SlotListener>) {
+        self.slot_listeners.0.rcu(|listeners| {
+            let mut listeners: Vec<_> = listeners
+                .iter()
+                .filter(|l| l.strong_count() > 0)
+                .cloned()
+                .collect();
+            listeners.push(listener.clone());
+            listeners
+        });
+    }
+
+    /// A call ended: each listener may wake a waiting call. Read on every
+    /// call's end, so swapped rather than locked; a pool no route queues
+    /// for pays one atomic load.
+    fn slot_freed(&self) {
+        for listener in self.slot_listeners.0.load().iter() {
+            if let Some(listener) = listener.upgrade() {
+                listener.slot_freed();
+            }
+        }
+    }
+
     /// Adds a member discovered.
     pub fn insert(&self, endpoint: Arc<EndpointState>) {
         self.members.rcu(|members| {

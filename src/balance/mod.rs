@@ -29,6 +29,7 @@ pub mod probe;
 pub mod upstream;
 
 pub use affinity::prefix_key;
+pub use health::SlotListener;
 pub(crate) use p2c::AbortOnDrop;
 pub use p2c::{Affinity, Balancer, Pick};
 pub use upstream::{Connectors, Upstream};

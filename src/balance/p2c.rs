@@ -194,11 +194,21 @@ impl Balancer {
                 return response;
             }
         }
-        let err = GatewayError::unavailable(format!(
-            "upstream '{}' has no endpoint that can take a call for '{}' now (all are \
-             ejected, failing health checks or at max_in_flight); retry later",
-            self.name, call.model
-        ));
+        // Endpoints that could serve the model but are all at their cap are
+        // busy, not broken: a route's queue may wait for one of them.
+        let err = if self.pool.any_admissible(&call.model) {
+            GatewayError::unavailable(format!(
+                "upstream '{}' has every endpoint for '{}' at max_in_flight; retry later",
+                self.name, call.model
+            ))
+            .at_capacity()
+        } else {
+            GatewayError::unavailable(format!(
+                "upstream '{}' has no endpoint that can take a call for '{}' now (all are \
+                 ejected or failing health checks); retry later",
+                self.name, call.model
+            ))
+        };
         futures_util::future::ready(Err(err)).boxed()
     }
 
@@ -211,6 +221,11 @@ impl Balancer {
     /// Since when the endpoint out the longest for `model` has been out.
     pub fn oldest_out(&self, model: &str) -> Option<Instant> {
         self.pool.oldest_out(model)
+    }
+
+    /// Tells `listener` whenever a call on one of these endpoints ends.
+    pub fn listen_for_slots(&self, listener: std::sync::Weak<dyn super::health::SlotListener>) {
+        self.pool.listen_for_slots(listener);
     }
 
     /// Every endpoint's state for calls of `model`, for introspection.
@@ -446,6 +461,70 @@ mod tests {
         assert_eq!(
             url(pick_panic(&endpoints, "m", now)),
             Some(endpoints[2].state.url.to_string())
+        );
+    }
+
+    /// A balancer over `n` endpoints of at most `cap` calls each.
+    fn balancer(n: usize, cap: u32) -> Balancer {
+        let pool = Arc::new(PoolHealth::default());
+        let policy = OutlierPolicy {
+            consecutive_failures: 1,
+            max_ejected_share: 1.0,
+            ..OutlierPolicy::default()
+        };
+        let endpoints = (0..n)
+            .map(|i| {
+                let label: Arc<str> = Arc::from(format!("http://10.0.1.{i}:8000").as_str());
+                let state = EndpointState::new(
+                    label.parse().unwrap_or_default(),
+                    label.clone(),
+                    EndpointMetrics::new(&Arc::from("up"), &label),
+                    &pool,
+                    policy,
+                );
+                pool.insert(state.clone());
+                let dispatch: crate::backend::Dispatch = Arc::new(|_| {
+                    futures_util::future::ready(Err(GatewayError::unavailable("unused"))).boxed()
+                });
+                Arc::new(Endpoint::new(state, dispatch, Some(cap)))
+            })
+            .collect();
+        Balancer {
+            name: Arc::from("up"),
+            endpoints: Arc::new(ArcSwap::from_pointee(endpoints)),
+            pool,
+            _discovery: None,
+        }
+    }
+
+    fn call_for(model: &str) -> EndpointCall {
+        EndpointCall {
+            model: Arc::from(model),
+            req: Arc::new(crate::chat::testing::request(model)),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pool_at_capacity_says_so_and_an_ejected_one_does_not() {
+        let balancer = balancer(2, 1);
+        for endpoint in balancer.endpoints.load().iter() {
+            assert!(endpoint.state.try_start(Some(1)));
+        }
+        let busy = balancer.call(call_for("m"), Pick::Ready).await.err();
+        assert!(
+            busy.as_ref().is_some_and(GatewayError::is_at_capacity),
+            "{busy:?}"
+        );
+        for endpoint in balancer.endpoints.load().iter() {
+            endpoint
+                .state
+                .call_ended(&Arc::from("m"), Outcome::Failure(Scope::Endpoint));
+        }
+        let down = balancer.call(call_for("m"), Pick::Ready).await.err();
+        assert!(
+            down.as_ref()
+                .is_some_and(|e| !e.is_at_capacity() && e.message().contains("ejected")),
+            "{down:?}"
         );
     }
 }

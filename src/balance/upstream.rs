@@ -130,6 +130,12 @@ impl Upstream {
         self.balancer.oldest_out(model)
     }
 
+    /// Tells `listener` whenever a call on this upstream ends and frees a
+    /// slot: how a route's queue learns to try again.
+    pub fn listen_for_slots(&self, listener: std::sync::Weak<dyn super::health::SlotListener>) {
+        self.balancer.listen_for_slots(listener);
+    }
+
     /// Every endpoint's state for calls of `model`, for introspection.
     pub fn endpoints(&self, model: &str) -> Vec<EndpointSnapshot> {
         self.balancer.endpoints(model)

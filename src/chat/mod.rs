@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use futures_util::Stream;
 use tokio::time::Instant;
 
+use crate::config::Priority;
 use crate::error::GatewayError;
 pub use embed::{EmbedInput, EmbedRequest, Embeddings};
 pub use tools::{
@@ -93,6 +94,19 @@ struct ContextInner {
     pins: Mutex<Vec<admit::Pinned>>,
     /// Admits the call to a fallback route (see [`admit`]).
     route_admission: Mutex<Option<Arc<dyn admit::AdmitRoute>>>,
+    /// The call's class in a route's queue (see [`CallContext::priority`]).
+    priority: Mutex<Priorities>,
+}
+
+/// What the caller asked for with `x-llmgate-priority`, and the class it
+/// was given.
+#[derive(Debug, Default, Clone, Copy)]
+struct Priorities {
+    /// The header's class, if it named one; honoured only for keys with
+    /// `priority_header: true`.
+    asked: Option<Priority>,
+    /// The class the call waits in.
+    granted: Priority,
 }
 
 /// Where a call went. Every value is a name from the routing table, never
@@ -293,6 +307,38 @@ impl CallContext {
     /// Records how a broken stream was rescued (or that it was not).
     pub fn mark_rescue(&self, outcome: &'static str) {
         self.lock().rescue = Some(outcome);
+    }
+
+    /// Records the class the caller asked for in its `x-llmgate-priority`
+    /// header; a value that names no class is ignored.
+    pub fn ask_priority(&self, header: &[u8]) {
+        let asked = std::str::from_utf8(header)
+            .ok()
+            .and_then(Priority::from_name);
+        self.priorities().asked = asked;
+    }
+
+    /// Gives the call its key's class, or the one it asked for when the
+    /// key lets its callers choose.
+    pub fn grant_priority(&self, key: Priority, header_allowed: bool) {
+        let mut priorities = self.priorities();
+        priorities.granted = match priorities.asked {
+            Some(asked) if header_allowed => asked,
+            _ => key,
+        };
+    }
+
+    /// The call's class in a route's queue: `normal` unless its key (or,
+    /// where the key allows, its header) says otherwise.
+    pub fn priority(&self) -> Priority {
+        self.priorities().granted
+    }
+
+    fn priorities(&self) -> std::sync::MutexGuard<'_, Priorities> {
+        self.inner
+            .priority
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Placement> {

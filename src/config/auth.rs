@@ -15,6 +15,7 @@ use serde_saphyr::Spanned;
 use super::check::{Checker, Problem};
 use super::limits::{CallerLimits, RawCallerLimits};
 use super::listen::{ListenConfig, RawListen};
+use super::queue::Priority;
 use super::{Config, RouteConfig};
 
 /// Largest API key file read.
@@ -54,6 +55,13 @@ pub(crate) struct RawKey {
     /// Its own limits.
     #[serde(default)]
     pub(crate) limits: Option<Spanned<RawCallerLimits>>,
+    /// Its class in route queues: `high`, `normal` or `low`.
+    #[serde(default)]
+    pub(crate) priority: Option<Spanned<String>>,
+    /// Whether its callers may pick their class per call with the
+    /// `x-llmgate-priority` header.
+    #[serde(default)]
+    pub(crate) priority_header: Option<Spanned<bool>>,
 }
 
 // === validated ===
@@ -85,6 +93,12 @@ pub struct ApiKeyConfig {
     pub models: ModelGrant,
     /// Its own limits.
     pub limits: CallerLimits,
+    /// Its calls' class in route queues.
+    pub priority: Priority,
+    /// Whether a call may set its own class with `x-llmgate-priority`;
+    /// without this the header is ignored, so a key cannot jump the queue
+    /// its operator placed it in.
+    pub priority_header: bool,
 }
 
 /// Where a key's secret came from.
@@ -360,6 +374,10 @@ impl Checker {
             .as_ref()
             .map(|l| self.caller_limits(&format!("auth: key '{name}'"), &l.value))
             .unwrap_or_default();
+        let priority = match &key.priority {
+            Some(raw) => self.priority(&name, raw)?,
+            None => Priority::default(),
+        };
         let (digest, source) = source?;
         if !valid_name {
             return None;
@@ -370,6 +388,8 @@ impl Checker {
             source,
             models: models?,
             limits,
+            priority,
+            priority_header: key.priority_header.as_ref().is_some_and(|p| p.value),
         })
     }
 

@@ -51,6 +51,14 @@ pub fn describe(config: &Config) -> String {
                     "  key {} ({source}): {}; {}",
                     key.name, key.models, key.limits
                 );
+                if key.priority != super::Priority::Normal || key.priority_header {
+                    let header = if key.priority_header {
+                        " (its calls may choose with x-llmgate-priority)"
+                    } else {
+                        ""
+                    };
+                    let _ = writeln!(out, "    queue class: {}{header}", key.priority.as_str());
+                }
             }
         }
     }
@@ -146,6 +154,16 @@ pub fn describe(config: &Config) -> String {
         }
         if let Some(bigger) = &route.context_fallback {
             let _ = writeln!(out, "  context_fallback: {bigger}");
+        }
+        if let Some(queue) = &route.queue {
+            let _ = writeln!(
+                out,
+                "  queue: up to {} calls wait up to {} for a slot when every endpoint is at \
+                 max_in_flight (one class up per {} waited)",
+                queue.max_len,
+                crate::error::human_duration(queue.timeout),
+                crate::error::human_duration(queue.promote_after)
+            );
         }
     }
     out

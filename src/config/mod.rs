@@ -35,6 +35,7 @@ mod headers;
 mod limits;
 mod listen;
 mod placement;
+mod queue;
 mod resilience;
 mod route;
 mod state;
@@ -63,6 +64,7 @@ pub use listen::{
     CorsConfig, DEFAULT_GRPC_LISTEN, DEFAULT_METRICS_LISTEN, ListenConfig, METRICS_OFF,
 };
 pub use placement::{EngineMetrics, MIN_LOAD_INTERVAL, PrefixAffinity};
+pub use queue::{MAX_QUEUE_LEN, Priority, QueueConfig};
 pub use resilience::{
     DEFAULT_DNS_INTERVAL, Discovery, EndpointPolicy, HealthCheck, OutlierPolicy, RetryPolicy,
 };

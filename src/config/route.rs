@@ -9,6 +9,7 @@ use serde_saphyr::{Location, Spanned};
 use super::check::{Checker, Problem};
 use super::limits::{CallerLimits, RawCallerLimits};
 use super::placement::{PrefixAffinity, RawBalance};
+use super::queue::{QueueConfig, RawQueue};
 use super::resilience::{RawRetry, RetryPolicy};
 
 // === raw (as written) ===
@@ -40,6 +41,9 @@ pub(crate) struct RawRoute {
     /// How its pools pick endpoints beyond load (prefix affinity).
     #[serde(default)]
     pub(crate) balance: Option<Spanned<RawBalance>>,
+    /// Where calls wait when every endpoint is at `max_in_flight`.
+    #[serde(default)]
+    pub(crate) queue: Option<Spanned<RawQueue>>,
 }
 
 /// One entry of a route's `pools:`.
@@ -77,6 +81,9 @@ pub struct RouteConfig {
     pub limits: CallerLimits,
     /// Prefix affinity for each of its pools, when set.
     pub prefix_affinity: Option<PrefixAffinity>,
+    /// Calls wait here for a slot when every endpoint is at
+    /// `max_in_flight`; without it they fail at once.
+    pub queue: Option<QueueConfig>,
 }
 
 /// One pool of a route.
@@ -198,6 +205,7 @@ impl Checker {
             .map(|l| self.caller_limits(&format!("route '{model}': limits"), &l.value))
             .unwrap_or_default();
         let prefix_affinity = route.balance.as_ref().and_then(|b| self.balance(&model, b));
+        let queue = route.queue.as_ref().and_then(|q| self.queue(&model, q));
         RouteConfig {
             model,
             aliases: route.aliases.into_iter().map(|a| a.value).collect(),
@@ -207,6 +215,7 @@ impl Checker {
             context_fallback: route.context_fallback.as_ref().map(|f| f.value.clone()),
             limits,
             prefix_affinity,
+            queue,
         }
     }
 

@@ -27,7 +27,7 @@ use crate::frontend::door::Admitted;
 use crate::frontend::edge::{self, Edge, poll_events, truncated};
 use crate::proto;
 use crate::proto::llm_service_server::LlmService;
-use crate::telemetry::REQUEST_ID;
+use crate::telemetry::{PRIORITY, REQUEST_ID};
 
 /// The gRPC service implementation.
 pub struct GrpcFrontend {
@@ -64,6 +64,9 @@ impl GrpcFrontend {
                 .map(|value| value.as_bytes()),
         );
         let call = CallContext::new(request_id.clone());
+        if let Some(asked) = request.metadata().get(PRIORITY) {
+            call.ask_priority(asked.as_bytes());
+        }
         let deadline = edge::deadline(grpc_timeout(request.metadata()));
         let caller = admitted(&request);
         let req = match chat_request(request.into_inner(), stream, deadline, call.clone()) {

@@ -9,10 +9,12 @@
 //! that broke mid-answer ([`resume`], with the requests of
 //! [`continuation`]).
 //!
-//! In call order: `Router` → [`resume`] → [`retry`] → [`continuation`] and
+//! In call order: `Router` → [`resume`] → [`retry`] (waiting in the
+//! route's [`queue`] when every endpoint is busy) → [`continuation`] and
 //! [`table`].
 
 pub mod continuation;
+pub mod queue;
 pub mod resume;
 pub mod retry;
 pub mod table;

@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use tower::retry::budget::Budget;
 
 use super::continuation::{self, Delivered, SkipPrefix};
+use super::queue;
 use super::table::{Pool, Route, RoutingTable};
 use crate::balance::{Affinity, Pick, prefix_key};
 use crate::chat::hold::{Hold, OnEnd};
@@ -210,7 +211,17 @@ async fn try_route(
         *tried = true;
         let pool = &route.pools[index];
         last_timeout = pool.upstream.config().timeouts.total;
-        match attempt_on(pool, req, ask, pick.clone()).await {
+        let result = match &route.queue {
+            // Every endpoint busy: wait in the route's queue for a slot.
+            Some(queue) => {
+                let pick = &pick;
+                let first = queue::first_attempt(route, pool, req, ask, pick);
+                let again = || queue::attempt_any(route, req, ask, pick);
+                (queue.serve(req.call.priority(), req.deadline, first, again)).await
+            }
+            None => attempt_on(pool, req, ask, pick.clone()).await,
+        };
+        match result {
             Ok(answer) => return Ok(answer),
             Err(err) => last = Some(err),
         }
@@ -280,7 +291,7 @@ async fn in_panic(
 
 /// One attempt on `pool`, shaped for what `ask` wants and the upstream's
 /// way of continuing, until the answer's first event.
-async fn attempt_on(
+pub(super) async fn attempt_on(
     pool: &Pool,
     req: &Arc<ChatRequest>,
     ask: &Ask,

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use tower::retry::budget::TpsBudget;
 
-use crate::balance::{Connectors, Upstream};
+use super::queue::Queue;
+use crate::balance::{Connectors, SlotListener, Upstream};
 use crate::config::{Config, Continuation, PrefixAffinity, RetryPolicy};
 use crate::error::GatewayError;
 
@@ -54,6 +55,9 @@ pub struct Route {
     pub continues: bool,
     /// Calls with the same prompt prefix go to the same endpoint of a pool.
     pub prefix_affinity: Option<PrefixAffinity>,
+    /// Where calls wait when every endpoint is at `max_in_flight`; told
+    /// by each pool's upstream when a slot frees.
+    pub queue: Option<Arc<Queue>>,
 }
 
 /// One weighted share of a route.
@@ -115,8 +119,17 @@ impl RoutingTable {
                     })
                 })
                 .collect();
+            let model: Arc<str> = Arc::from(route.model.as_str());
+            let queue = route.queue.map(|config| {
+                let queue = Queue::new(model.clone(), config);
+                for pool in &pools {
+                    let listener: Arc<dyn SlotListener> = queue.clone();
+                    pool.upstream.listen_for_slots(Arc::downgrade(&listener));
+                }
+                queue
+            });
             let route = Arc::new(Route {
-                model: Arc::from(route.model.as_str()),
+                model,
                 aliases: route.aliases.clone(),
                 retry: route.retry,
                 budget: TpsBudget::new(
@@ -132,6 +145,7 @@ impl RoutingTable {
                 fallback: route.fallback.clone(),
                 context_fallback: route.context_fallback.clone(),
                 prefix_affinity: route.prefix_affinity,
+                queue,
             });
             for name in
                 std::iter::once(&*route.model).chain(route.aliases.iter().map(String::as_str))

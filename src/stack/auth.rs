@@ -36,6 +36,7 @@ impl Admission for Authenticate {
         if let Some(key) = guard.authenticate(&req.caller)? {
             key.authorize(&req.model)?;
             req.caller = Caller::Key(key.name.clone());
+            req.call.grant_priority(key.priority, key.priority_header);
         }
         Ok(None)
     }

@@ -99,6 +99,10 @@ pub struct KeyPolicy {
     pub models: ModelGrant,
     /// Its own limits.
     pub quota: Arc<Quota>,
+    /// Its calls' class in route queues.
+    pub priority: crate::config::Priority,
+    /// Whether its callers may choose their class per call.
+    pub priority_header: bool,
 }
 
 /// The limits of one key or route, with the state that enforces them.
@@ -247,6 +251,8 @@ impl Guard {
                     name: Arc::from(key.name.as_str()),
                     models: key.models.clone(),
                     quota: keep(old.map(|k| &k.quota), key.limits),
+                    priority: key.priority,
+                    priority_header: key.priority_header,
                 });
                 keys.insert(key.digest, policy.clone());
                 by_name.insert(policy.name.clone(), policy);

@@ -49,6 +49,11 @@ pub const ENGINE_KV_CACHE_USAGE: &str = "llmgate_engine_kv_cache_usage";
 /// Calls of a route with prefix affinity, by whether they went to the
 /// preferred endpoint (`hit`) or elsewhere (`spill`).
 pub const PREFIX_AFFINITY_TOTAL: &str = "llmgate_prefix_affinity_total";
+/// Calls waiting in a route's queue for a free slot, by route and class.
+pub const QUEUE_LENGTH: &str = "llmgate_queue_length";
+/// How long calls waited in a route's queue, by route, class and how the
+/// wait ended (`served`, `timeout`, `cancelled`).
+pub const QUEUE_WAIT_SECONDS: &str = "llmgate_queue_wait_seconds";
 /// Ejections of an endpoint (scope `endpoint`) or of one model on it
 /// (scope `model`) after failures in a row.
 pub const EJECTIONS_TOTAL: &str = "llmgate_ejections_total";
@@ -98,6 +103,8 @@ pub mod label {
     pub const SCOPE: &str = "scope";
     /// How a broken stream ended: `prefill`, `replay` or `failed`.
     pub const OUTCOME: &str = "outcome";
+    /// A call's class in a route's queue: `high`, `normal` or `low`.
+    pub const PRIORITY: &str = "priority";
     /// Why a shared-store call failed: `timeout`, `error` or `down`.
     pub const REASON: &str = "reason";
 }
@@ -126,6 +133,12 @@ pub const TIME_TO_FIRST_TOKEN_BUCKETS: &[f64] = &[
 /// catch stalls (preemption, a saturated batch) before `idle_timeout` cuts.
 pub const INTER_TOKEN_LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Queue waits: most end within one generation's time, none past the
+/// route's `queue.timeout` (an hour at most).
+pub const QUEUE_WAIT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
 /// What kind of series a metric is.
@@ -274,6 +287,22 @@ pub const CATALOG: &[MetricDef] = &[
         help: "Calls of routes with prefix affinity: hit (the endpoint ranked first for the prompt's prefix) or spill (it was loaded past max_load_factor).",
         labels: &[label::ROUTE, label::OUTCOME],
         buckets: &[],
+    },
+    MetricDef {
+        name: QUEUE_LENGTH,
+        kind: MetricKind::Gauge,
+        unit: Unit::Count,
+        help: "Calls waiting in a route's queue for a free slot (every endpoint at max_in_flight), by route and priority class.",
+        labels: &[label::ROUTE, label::PRIORITY],
+        buckets: &[],
+    },
+    MetricDef {
+        name: QUEUE_WAIT_SECONDS,
+        kind: MetricKind::Histogram,
+        unit: Unit::Seconds,
+        help: "How long calls waited in a route's queue, by route, priority class and outcome (served, timeout, cancelled).",
+        labels: &[label::ROUTE, label::PRIORITY, label::OUTCOME],
+        buckets: QUEUE_WAIT_BUCKETS,
     },
     MetricDef {
         name: EJECTIONS_TOTAL,
@@ -540,6 +569,33 @@ pub fn prefix_affinity(route: &Arc<str>, outcome: &'static str) {
         label::OUTCOME => outcome,
     )
     .increment(1);
+}
+
+/// Sets how many calls of class `priority` wait in `route`'s queue.
+pub fn queue_length(route: &Arc<str>, priority: &'static str, waiting: usize) {
+    metrics::gauge!(
+        QUEUE_LENGTH,
+        label::ROUTE => route.clone(),
+        label::PRIORITY => priority,
+    )
+    .set(waiting as f64);
+}
+
+/// Records a wait in `route`'s queue and how it ended: `served`,
+/// `timeout` or `cancelled`.
+pub fn queue_wait(
+    route: &Arc<str>,
+    priority: &'static str,
+    outcome: &'static str,
+    waited: Duration,
+) {
+    metrics::histogram!(
+        QUEUE_WAIT_SECONDS,
+        label::ROUTE => route.clone(),
+        label::PRIORITY => priority,
+        label::OUTCOME => outcome,
+    )
+    .record(waited.as_secs_f64());
 }
 
 /// Counts a stream of `route` that broke mid-answer, by how it ended:

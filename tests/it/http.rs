@@ -20,10 +20,10 @@ const APP_ORIGIN: &str = "https://app.example.com";
 
 /// An HTTP answer, read whole.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: http::HeaderMap,
-    body: Bytes,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) body: Bytes,
 }
 
 impl Answer {
@@ -42,7 +42,7 @@ impl Answer {
 }
 
 /// Sends `request` on a new HTTP/1.1 connection and reads the answer.
-async fn send(request: http::Request<Full<Bytes>>) -> Answer {
+pub(crate) async fn send(request: http::Request<Full<Bytes>>) -> Answer {
     read(respond(request).await).await
 }
 

@@ -23,6 +23,7 @@ mod ollama;
 mod openai;
 mod placement;
 mod properties;
+mod queue;
 mod reload;
 mod resilience;
 mod serve_cli;

@@ -143,6 +143,7 @@ fn full_file_is_read_field_by_field() {
                 context_fallback: None,
                 limits: CallerLimits::default(),
                 prefix_affinity: None,
+                queue: None,
             },
             RouteConfig {
                 model: "demo".into(),
@@ -165,6 +166,7 @@ fn full_file_is_read_field_by_field() {
                 context_fallback: None,
                 limits: CallerLimits::default(),
                 prefix_affinity: None,
+                queue: None,
             },
         ],
         auth: AuthConfig::Off,

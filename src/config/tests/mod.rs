@@ -11,6 +11,7 @@
 mod access;
 mod file;
 mod listen;
+mod queue;
 mod route;
 mod state;
 mod upstream;

@@ -54,7 +54,7 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::frontend::body::{BodyRefusal, BodyRules, Framing};
 use crate::frontend::edge::{self, Edge};
 use crate::stack::guard::KeyPolicy;
-use crate::telemetry::REQUEST_ID;
+use crate::telemetry::{PRIORITY, REQUEST_ID};
 use answer::{CallInfo, unix_now, whole_answer};
 use embed::{embedding_answer, embedding_call, parse_embedding};
 pub use error::error_response;
@@ -276,6 +276,9 @@ impl HttpFrontend {
         held: Option<OwnedSemaphorePermit>,
     ) -> Result<Response, GatewayError> {
         let call = CallContext::new(request_id);
+        if let Some(asked) = headers.get(PRIORITY) {
+            call.ask_priority(asked.as_bytes());
+        }
         let translated = translate(headers, call.clone(), caller, body);
         // The raw bytes are done with: their share of the budget goes back.
         drop(held);
