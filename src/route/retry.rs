@@ -400,6 +400,7 @@ mod tests {
             context_fallback: None,
             continues: false,
             prefix_affinity: None,
+            queue: None,
         }
     }
 

@@ -236,7 +236,7 @@ async fn a_call_that_waits_past_queue_timeout_gets_resource_exhausted_with_retry
     .await;
     let holder = spawn_call(&gateway, call(model, "holder", "sk-high", None));
     until_received(&upstream, 1).await;
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let status = gateway
         .client()
         .await
@@ -322,7 +322,7 @@ async fn past_max_len_a_call_is_shed_at_once_as_without_a_queue() {
     until_received(&upstream, 1).await;
     let waiter = spawn_call(&gateway, call(model, "waiter", "sk-low", None));
     until_queued(&gateway, model, "low", 1.0).await;
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let status = gateway
         .client()
         .await
@@ -423,7 +423,7 @@ routes:
     ))
     .await;
     for _ in 0..3 {
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let status = gateway
             .client()
             .await
