@@ -43,8 +43,8 @@ pub struct GatewayError {
     /// The model refused the prompt as longer than its context window: no
     /// retry on the same model can help, a larger one might.
     context_length: bool,
-    /// Retrying would only repeat the failure or its cost (an upstream
-    /// that used its whole `timeout`).
+    /// Retrying would only repeat the failure (a replayed answer that
+    /// differs from what the caller already has).
     final_attempt: bool,
     /// The request field an `InvalidArgument` is about, for wires that
     /// report it apart from the message (OpenAI's `param`).
