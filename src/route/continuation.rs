@@ -26,7 +26,7 @@ use crate::error::GatewayError;
 
 /// The part of an answer the caller already has.
 #[derive(Debug, Clone, Default)]
-pub struct Delivered {
+pub(crate) struct Delivered {
     /// Every token's text, in order.
     pub text: String,
     /// How many token events carried it.
@@ -35,7 +35,7 @@ pub struct Delivered {
 
 /// Drops the start of a replayed answer that the caller already has,
 /// checking it matches, and passes on the rest.
-pub struct SkipPrefix {
+pub(crate) struct SkipPrefix {
     inner: ChatStream,
     /// The delivered text not yet matched by the replay.
     expected: Arc<str>,
@@ -44,7 +44,7 @@ pub struct SkipPrefix {
 }
 
 /// The request that asks an upstream to continue `delivered` (prefill).
-pub fn prefill_request(req: &ChatRequest, delivered: &Delivered) -> ChatRequest {
+pub(crate) fn prefill_request(req: &ChatRequest, delivered: &Delivered) -> ChatRequest {
     let mut continued = req.clone();
     continued
         .messages
@@ -60,12 +60,12 @@ pub fn prefill_request(req: &ChatRequest, delivered: &Delivered) -> ChatRequest 
 
 /// Whether sending `req` again to `upstream` would regenerate the same
 /// text: only a deterministic decode does.
-pub fn replayable(req: &ChatRequest, upstream: &UpstreamConfig) -> bool {
+pub(crate) fn replayable(req: &ChatRequest, upstream: &UpstreamConfig) -> bool {
     upstream.kind == UpstreamKind::Sim || req.params.temperature == Some(0.0)
 }
 
 /// The error a broken answer ends with when no upstream could continue it.
-pub fn could_not_continue(broke: &GatewayError, why: &GatewayError) -> GatewayError {
+pub(crate) fn could_not_continue(broke: &GatewayError, why: &GatewayError) -> GatewayError {
     GatewayError::unavailable(format!(
         "{}; it could not be continued elsewhere ({})",
         broke.message(),
@@ -77,7 +77,7 @@ pub fn could_not_continue(broke: &GatewayError, why: &GatewayError) -> GatewayEr
 
 impl SkipPrefix {
     /// Filters `replay`, the answer regenerated from the original request.
-    pub fn new(replay: ChatStream, delivered: &Delivered) -> Self {
+    pub(crate) fn new(replay: ChatStream, delivered: &Delivered) -> Self {
         SkipPrefix {
             inner: replay,
             expected: Arc::from(delivered.text.as_str()),

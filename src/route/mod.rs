@@ -13,11 +13,11 @@
 //! route's [`queue`] when every endpoint is busy) → [`continuation`] and
 //! [`table`].
 
-pub mod continuation;
-pub mod queue;
-pub mod resume;
-pub mod retry;
-pub mod table;
+pub(crate) mod continuation;
+pub(crate) mod queue;
+pub(crate) mod resume;
+pub(crate) mod retry;
+pub(crate) mod table;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -32,21 +32,21 @@ use crate::chat::{ChatRequest, ChatStream};
 use crate::error::GatewayError;
 use resume::Resumable;
 use retry::Ask;
-pub use table::RoutingTable;
+pub(crate) use table::RoutingTable;
 
 /// The live routing table, swapped whole on reload.
-pub type SharedTable = Arc<ArcSwap<RoutingTable>>;
+pub(crate) type SharedTable = Arc<ArcSwap<RoutingTable>>;
 
 /// Sends each call to an upstream of its model's route.
 #[derive(Clone)]
-pub struct Router {
+pub(crate) struct Router {
     /// The table in force; read once per call.
     table: SharedTable,
 }
 
 impl Router {
     /// A router over the live `table`.
-    pub fn new(table: SharedTable) -> Self {
+    pub(crate) fn new(table: SharedTable) -> Self {
         Router { table }
     }
 }

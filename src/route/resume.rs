@@ -25,7 +25,7 @@ use crate::error::GatewayError;
 use crate::telemetry::metrics;
 
 /// A streamed answer that continues elsewhere when its upstream breaks.
-pub struct Resumable {
+pub(crate) struct Resumable {
     /// The live table: a continuation is routed by the table in force when
     /// the stream broke, so a stream does not keep a replaced table (and
     /// its upstreams' background tasks) alive.
@@ -64,7 +64,7 @@ enum State {
 
 impl Resumable {
     /// Wraps `stream`, the first answer to `req` on `route`.
-    pub fn new(
+    pub(crate) fn new(
         stream: ChatStream,
         live: SharedTable,
         route: &Route,

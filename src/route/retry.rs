@@ -44,7 +44,7 @@ use crate::telemetry::metrics;
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// What the attempts of a call ask for.
-pub enum Ask {
+pub(crate) enum Ask {
     /// The caller's request.
     Fresh,
     /// The rest of an answer whose stream broke after this much reached
@@ -53,7 +53,7 @@ pub enum Ask {
 }
 
 /// A stream that produced its first event, and how it was asked for.
-pub struct Answer {
+pub(crate) struct Answer {
     /// The tokens, starting with the first.
     pub stream: ChatStream,
     /// How it was asked for.
@@ -72,7 +72,7 @@ impl Answer {
 
 /// How an answer was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum How {
+pub(crate) enum How {
     /// The caller's request as it came.
     Fresh,
     /// A continuation of the delivered text (prefill).
@@ -82,7 +82,10 @@ pub enum How {
 }
 
 /// The route for `req`, or NOT_FOUND saying where to look.
-pub fn route_of(table: &RoutingTable, req: &ChatRequest) -> Result<Arc<Route>, GatewayError> {
+pub(crate) fn route_of(
+    table: &RoutingTable,
+    req: &ChatRequest,
+) -> Result<Arc<Route>, GatewayError> {
     table.lookup(&req.model).cloned().ok_or_else(|| {
         GatewayError::new(
             ErrorKind::NotFound,
@@ -98,7 +101,7 @@ pub fn route_of(table: &RoutingTable, req: &ChatRequest) -> Result<Arc<Route>, G
 
 /// Answers `ask` for `req` from `route`, retrying and falling back as the
 /// route says, and in panic when everything is out.
-pub async fn answer(
+pub(crate) async fn answer(
     table: &RoutingTable,
     route: &Route,
     req: &Arc<ChatRequest>,
@@ -369,7 +372,7 @@ fn backoff(route: &Route, attempt: u32, err: &GatewayError, cap: Duration) -> Du
 
 /// Whether waiting `wait` and then starting an attempt would leave nothing
 /// of the caller's deadline.
-pub fn out_of_time(req: &ChatRequest, wait: Duration) -> bool {
+pub(crate) fn out_of_time(req: &ChatRequest, wait: Duration) -> bool {
     req.deadline.is_some_and(|deadline| {
         Instant::now()
             .checked_add(wait)

@@ -10,19 +10,17 @@
 
 use std::sync::Arc;
 
-use super::guard::{Admission, Guard, GuardLayer, Guarded};
+use super::guard::{Admission, Guard, GuardLayer};
 use crate::chat::{Caller, ChatRequest};
 use crate::error::GatewayError;
 
-/// Wraps a chat service in [`Auth`].
-pub type AuthLayer = GuardLayer<Authenticate>;
+/// Wraps a chat service in a guard that authenticates and authorizes each call before the inner
+/// service sees it.
+pub(crate) type AuthLayer = GuardLayer<Authenticate>;
 
-/// Authenticates and authorizes each call before the inner service sees it.
-pub type Auth<S> = Guarded<Authenticate, S>;
-
-/// Names the concern of [`Auth`].
+/// Names the concern of [`AuthLayer`].
 #[derive(Debug)]
-pub enum Authenticate {}
+pub(crate) enum Authenticate {}
 
 // === impl Authenticate ===
 

@@ -19,12 +19,12 @@ use crate::error::{GatewayError, human_duration};
 
 /// Wraps a chat service in [`Deadline`].
 #[derive(Debug, Clone, Copy, Default)]
-pub struct DeadlineLayer;
+pub(crate) struct DeadlineLayer;
 
 /// Enforces [`ChatRequest::deadline`] on the inner service's response and
 /// on its whole stream.
 #[derive(Debug, Clone)]
-pub struct Deadline<S> {
+pub(crate) struct Deadline<S> {
     inner: S,
 }
 

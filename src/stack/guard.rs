@@ -29,13 +29,13 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::route::RoutingTable;
 
 /// The policy in force, swapped whole on reload.
-pub type SharedGuard = Arc<ArcSwap<Guard>>;
+pub(crate) type SharedGuard = Arc<ArcSwap<Guard>>;
 
 /// The layer of each guarding concern: it gives the service it wraps the
 /// policy in force. `K` names the concern (`GuardLayer<Authenticate>` is
 /// the [`AuthLayer`](super::auth::AuthLayer)), so each concern is its own
 /// `Foo<S>` and `FooLayer` while the wiring is written once.
-pub struct GuardLayer<K> {
+pub(crate) struct GuardLayer<K> {
     /// The policy in force.
     guard: SharedGuard,
     _kind: PhantomData<fn() -> K>,
@@ -43,7 +43,7 @@ pub struct GuardLayer<K> {
 
 /// A service wrapped by a [`GuardLayer`]: it admits each call by `K`'s
 /// [`Admission`] before the rest of the stack sees it.
-pub struct Guarded<K, S> {
+pub(crate) struct Guarded<K, S> {
     /// The rest of the stack.
     inner: S,
     /// The policy in force; loaded once per call.
@@ -53,7 +53,7 @@ pub struct Guarded<K, S> {
 
 /// One guarding concern: whether a call may go on, and what it holds
 /// until its last token if it does.
-pub trait Admission: 'static {
+pub(crate) trait Admission: 'static {
     /// Held by an admitted call until its stream ends: permits, a pending
     /// settlement. Released with the stream's end (or with the error, when
     /// the call fails before streaming), by the one end-of-stream holder.
@@ -138,7 +138,7 @@ pub struct RequestShape {
 
 impl<K> GuardLayer<K> {
     /// Guards calls with the policy in `guard`.
-    pub fn new(guard: SharedGuard) -> Self {
+    pub(crate) fn new(guard: SharedGuard) -> Self {
         GuardLayer {
             guard,
             _kind: PhantomData,
@@ -210,7 +210,7 @@ where
 ///
 /// The router takes the table off the call (so a call in flight does not
 /// keep a replaced table alive); the policy stays pinned to the call's end.
-pub fn pin(call: &CallContext, shared: &SharedGuard) -> Arc<Guard> {
+pub(crate) fn pin(call: &CallContext, shared: &SharedGuard) -> Arc<Guard> {
     if let Some(guard) = call.pinned::<Guard>() {
         return guard;
     }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::guard::{Admission, Capacity, Guard, GuardLayer, Guarded};
+use super::guard::{Admission, Capacity, Guard, GuardLayer};
 use crate::chat::ChatRequest;
 use crate::chat::hold::OnEnd;
 use crate::error::{ErrorKind, GatewayError};
@@ -28,19 +28,17 @@ use crate::error::{ErrorKind, GatewayError};
 /// than the calls it waits for.
 const SHED_RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// Wraps a chat service in [`InFlight`].
-pub type InFlightLayer = GuardLayer<Admit>;
+/// Wraps a chat service in a guard that admits a call only if the gateway, its route and its key have room before the inner
+/// service sees it.
+pub(crate) type InFlightLayer = GuardLayer<Admit>;
 
-/// Admits a call only if the gateway, its route and its key have room.
-pub type InFlight<S> = Guarded<Admit, S>;
-
-/// Names the concern of [`InFlight`].
+/// Names the concern of [`InFlightLayer`].
 #[derive(Debug)]
-pub enum Admit {}
+pub(crate) enum Admit {}
 
 /// One permit from each cap that applies, held until the call's last
 /// token (released when the stream ends, fails or is dropped).
-pub struct Permits {
+pub(crate) struct Permits {
     /// Held for their drop, which gives the room back.
     _held: Vec<OwnedSemaphorePermit>,
 }

@@ -9,20 +9,18 @@
 
 use std::sync::Arc;
 
-use super::guard::{Admission, Guard, GuardLayer, Guarded, RequestShape};
+use super::guard::{Admission, Guard, GuardLayer, RequestShape};
 use crate::chat::ChatRequest;
 use crate::config::human_size;
 use crate::error::GatewayError;
 
-/// Wraps a chat service in [`RequestLimits`].
-pub type RequestLimitsLayer = GuardLayer<CheckShape>;
+/// Wraps a chat service in a guard that checks each request's message count and content length before the inner
+/// service sees it.
+pub(crate) type RequestLimitsLayer = GuardLayer<CheckShape>;
 
-/// Checks each request's message count and content length.
-pub type RequestLimits<S> = Guarded<CheckShape, S>;
-
-/// Names the concern of [`RequestLimits`].
+/// Names the concern of [`RequestLimitsLayer`].
 #[derive(Debug)]
-pub enum CheckShape {}
+pub(crate) enum CheckShape {}
 
 // === impl CheckShape ===
 

@@ -27,16 +27,16 @@
 //! is [`bucket`]. A call the router sends on to a fallback route is
 //! admitted there by the hook `fallback` installs on the call.
 
-pub mod auth;
-pub mod bucket;
-pub mod deadline;
+pub(crate) mod auth;
+pub(crate) mod bucket;
+pub(crate) mod deadline;
 mod fallback;
-pub mod guard;
-pub mod in_flight;
-pub mod limits;
-pub mod observe;
-pub mod rate;
-pub mod shared;
+pub(crate) mod guard;
+pub(crate) mod in_flight;
+pub(crate) mod limits;
+pub(crate) mod observe;
+pub(crate) mod rate;
+pub(crate) mod shared;
 
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
@@ -49,13 +49,17 @@ use guard::SharedGuard;
 use std::sync::Arc;
 
 /// The whole call path behind a front end, as one cloneable service.
-pub type ChatService = BoxCloneSyncService<ChatRequest, ChatStream, GatewayError>;
+pub(crate) type ChatService = BoxCloneSyncService<ChatRequest, ChatStream, GatewayError>;
 
 /// Assembles the layers around the router, outermost first, guarded by
 /// the policy in `guard`. Observation is outermost so it times the whole
 /// call and records the code the caller gets, refusals and the caller's
 /// deadline included. `shared` counts limits across replicas, when set.
-pub fn build(router: Router, guard: SharedGuard, shared: Option<Arc<SharedLimits>>) -> ChatService {
+pub(crate) fn build(
+    router: Router,
+    guard: SharedGuard,
+    shared: Option<Arc<SharedLimits>>,
+) -> ChatService {
     let stack = ServiceBuilder::new()
         .layer(observe::ObserveLayer)
         .layer(auth::AuthLayer::new(guard.clone()))

@@ -21,11 +21,11 @@ use crate::telemetry::call::CallRecord;
 
 /// Wraps a chat service in [`Observe`].
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ObserveLayer;
+pub(crate) struct ObserveLayer;
 
 /// Records each call's metrics and access log line when it ends.
 #[derive(Debug, Clone)]
-pub struct Observe<S> {
+pub(crate) struct Observe<S> {
     inner: S,
 }
 

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::fallback;
-use super::guard::{Admission, Guard, GuardLayer, Guarded, Quota};
+use super::guard::{Admission, Guard, GuardLayer, Quota};
 use crate::chat::hold::{End, OnEnd};
 use crate::chat::{CallContext, ChatRequest};
 use crate::error::{ErrorKind, GatewayError, whole_seconds};
@@ -41,20 +41,18 @@ const BYTES_PER_TOKEN: usize = 4;
 /// Tokens each message costs beyond its text (role and separators).
 const TOKENS_PER_MESSAGE: usize = 4;
 
-/// Wraps a chat service in [`RateLimit`].
-pub type RateLimitLayer = GuardLayer<Meter>;
+/// Wraps a chat service in a guard that admits a call only within its key's and its route's rates before the inner
+/// service sees it.
+pub(crate) type RateLimitLayer = GuardLayer<Meter>;
 
-/// Admits a call only within its key's and its route's rates.
-pub type RateLimit<S> = Guarded<Meter, S>;
-
-/// Names the concern of [`RateLimit`].
+/// Names the concern of [`RateLimitLayer`].
 #[derive(Debug)]
-pub enum Meter {}
+pub(crate) enum Meter {}
 
 /// A call's charges, settled once when its stream ends or is dropped: by
 /// what it used when it reached an upstream, refunded whole when it never
 /// did.
-pub struct Settlement {
+pub(crate) struct Settlement {
     /// The prompt estimate the call was admitted on.
     estimate: u32,
     /// Each quota charged, with what it was charged.
@@ -158,7 +156,7 @@ pub(super) fn over_limit(
 }
 
 /// The tokens a request's prompt is likely to count.
-pub fn estimate_input(req: &ChatRequest) -> u32 {
+pub(crate) fn estimate_input(req: &ChatRequest) -> u32 {
     let bytes = req.content_len();
     let tokens = bytes.div_ceil(BYTES_PER_TOKEN) + TOKENS_PER_MESSAGE * req.messages.len();
     u32::try_from(tokens).unwrap_or(u32::MAX)

@@ -23,14 +23,14 @@ use crate::state::{Reservation, SharedLimits};
 
 /// Wraps a chat service in [`Shared`].
 #[derive(Clone)]
-pub struct SharedLayer {
+pub(crate) struct SharedLayer {
     /// The shared limits, when `state.redis` is set.
     limits: Option<Arc<SharedLimits>>,
 }
 
 /// Admits a call only within its key's and route's shared limits.
 #[derive(Clone)]
-pub struct Shared<S> {
+pub(crate) struct Shared<S> {
     /// The rest of the stack.
     inner: S,
     /// The shared limits, when `state.redis` is set.
@@ -43,7 +43,7 @@ type Admitting<R> = Pin<Box<dyn Future<Output = Result<R, GatewayError>> + Send>
 
 impl SharedLayer {
     /// Guards calls with `limits` (none: passes them on).
-    pub fn new(limits: Option<Arc<SharedLimits>>) -> Self {
+    pub(crate) fn new(limits: Option<Arc<SharedLimits>>) -> Self {
         SharedLayer { limits }
     }
 }
