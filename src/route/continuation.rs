@@ -67,7 +67,8 @@ pub(crate) fn replayable(req: &ChatRequest, upstream: &UpstreamConfig) -> bool {
 /// The error a broken answer ends with when no upstream could continue it.
 pub(crate) fn could_not_continue(broke: &GatewayError, why: &GatewayError) -> GatewayError {
     GatewayError::unavailable(format!(
-        "{}; it could not be continued elsewhere ({})",
+        "{}; it could not be continued elsewhere ({}); the tokens already sent are \
+         a partial answer: retry the whole call",
         broke.message(),
         why.message()
     ))
