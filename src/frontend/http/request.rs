@@ -25,32 +25,42 @@ use crate::error::GatewayError;
 /// path (`messages[0].content`), and every field it does not read kept
 /// as sent in `passthrough`.
 pub(super) fn parse_request(body: &[u8]) -> Result<ChatCompletionRequest, GatewayError> {
+    let (mut request, passthrough): (ChatCompletionRequest, _) =
+        read_known_fields(body, KNOWN_FIELDS, "a JSON chat completion request")?;
+    request.passthrough = passthrough;
+    Ok(request)
+}
+
+/// A JSON body read as `T` from the fields named `known`, a wrong one named
+/// by its path (`messages[0].content`), and every other field, kept as sent:
+/// how each front on the HTTP port reads its wire. `what` names the body in
+/// the error when it is not that at all.
+pub(super) fn read_known_fields<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    known: &[&str],
+    what: &str,
+) -> Result<(T, Map<String, Value>), GatewayError> {
     let not_a_request = |why: &dyn std::fmt::Display| {
-        GatewayError::invalid_argument(
-            "body",
-            &format!("is not a JSON chat completion request: {why}"),
-        )
+        GatewayError::invalid_argument("body", &format!("is not {what}: {why}"))
     };
     let mut fields: Map<String, Value> =
         serde_json::from_slice(body).map_err(|err| not_a_request(&err))?;
-    let mut known = Map::new();
-    for name in KNOWN_FIELDS {
+    let mut read = Map::new();
+    for name in known {
         if let Some(value) = fields.remove(*name) {
-            known.insert((*name).to_string(), value);
+            read.insert((*name).to_string(), value);
         }
     }
-    let mut request: ChatCompletionRequest = serde_path_to_error::deserialize(Value::Object(known))
-        .map_err(|err| {
-            let path = err.path().to_string();
-            let inner = err.into_inner();
-            if path == "." {
-                not_a_request(&inner)
-            } else {
-                GatewayError::invalid_argument(&path, &format!("is not valid: {inner}"))
-            }
-        })?;
-    request.passthrough = fields;
-    Ok(request)
+    let request = serde_path_to_error::deserialize(Value::Object(read)).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if path == "." {
+            not_a_request(&inner)
+        } else {
+            GatewayError::invalid_argument(&path, &format!("is not valid: {inner}"))
+        }
+    })?;
+    Ok((request, fields))
 }
 
 /// The wire request as a validated [`ChatRequest`] of `caller`, tracked

@@ -20,6 +20,7 @@ use crate::chat::{
     SamplingParams, ToolCall, ToolChoice, ToolSpec,
 };
 use crate::error::GatewayError;
+use crate::frontend::http::request::read_known_fields;
 
 /// The most blocks one turn (or one tool result) may have: each costs an
 /// allocation however small it is, as the OpenAI front bounds its parts.
@@ -28,28 +29,9 @@ const MAX_BLOCKS: usize = 256;
 /// The body as a Messages request, with a wrong field named by its path,
 /// and every field it does not read kept as sent in `passthrough`.
 pub(super) fn parse_request(body: &[u8]) -> Result<MessagesRequest, GatewayError> {
-    let not_a_request = |why: &dyn std::fmt::Display| {
-        GatewayError::invalid_argument("body", &format!("is not a JSON Messages request: {why}"))
-    };
-    let mut fields: Map<String, Value> =
-        serde_json::from_slice(body).map_err(|err| not_a_request(&err))?;
-    let mut known = Map::new();
-    for name in KNOWN_FIELDS {
-        if let Some(value) = fields.remove(*name) {
-            known.insert((*name).to_string(), value);
-        }
-    }
-    let mut request: MessagesRequest = serde_path_to_error::deserialize(Value::Object(known))
-        .map_err(|err| {
-            let path = err.path().to_string();
-            let inner = err.into_inner();
-            if path == "." {
-                not_a_request(&inner)
-            } else {
-                GatewayError::invalid_argument(&path, &format!("is not valid: {inner}"))
-            }
-        })?;
-    request.passthrough = fields;
+    let (mut request, passthrough): (MessagesRequest, _) =
+        read_known_fields(body, KNOWN_FIELDS, "a JSON Messages request")?;
+    request.passthrough = passthrough;
     Ok(request)
 }
 
