@@ -19,7 +19,8 @@
 //! and with no id, so the gateway numbers them and makes up ids; since it
 //! still says `done_reason: stop`, an answer that called tools finishes
 //! with `tool_calls`. What Ollama cannot do (`tool_choice` other than
-//! `auto`/`none`, `user`, `logit_bias`, ...) is refused naming the field.
+//! `auto`/`none`, `logit_bias`, ...) is refused naming the field; `user`, an
+//! id for abuse monitoring that never changes the answer, is left out.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -440,6 +441,10 @@ impl OllamaBackend {
                         .insert("repeat_penalty".into(), value.clone());
                 }
                 ("parallel_tool_calls", Value::Bool(true)) | ("logprobs", Value::Bool(false)) => {}
+                // An end-user id for a provider's abuse monitoring: it
+                // never changes the answer, and Claude Code sends one
+                // (`metadata.user_id`) with every call. Ollama has none.
+                ("user", Value::String(_)) => {}
                 (field, _) => return Err(unsupported(field)),
             }
         }

@@ -327,10 +327,14 @@ async fn every_pool_kind_serves_the_messages_front() {
         }
     })
     .await;
-    let answer = message(&gateway, &ask("hi")).await;
+    // With the end-user id Claude Code sends on every call.
+    let mut body = ask("hi");
+    body["metadata"] = json!({"user_id": "user_abc_account_1"});
+    let answer = message(&gateway, &body).await;
     assert_eq!(answer["content"][0]["text"], "Hello! How are you today?");
     assert_eq!(answer["model"], "llama3.2");
     assert_eq!(upstream.received()[0].path, "/api/chat");
+    assert_eq!(upstream.received()[0].body.get("user"), None);
     let streamed = stream(&gateway, &ask("why is the sky blue?")).await;
     assert_eq!(
         streamed.text(),

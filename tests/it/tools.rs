@@ -579,7 +579,6 @@ async fn what_ollama_cannot_say_is_refused_naming_the_field() {
             json!({"tools": openai_tools(), "tool_choice": "required"}),
             "tool_choice",
         ),
-        (json!({"user": "u-1"}), "user"),
         (json!({"logit_bias": {"1": 5}}), "logit_bias"),
         (
             json!({"messages": [{"role": "user", "content": [
