@@ -85,7 +85,23 @@ pub(crate) struct WireRequest<'a> {
     top_k: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     metadata: Option<Value>,
+    /// Anthropic's own request fields a caller of the Messages front sent
+    /// (extended `thinking`, `service_tier`, ...), forwarded as they came.
+    #[serde(flatten)]
+    native: serde_json::Map<String, Value>,
 }
+
+/// Request fields of Anthropic's own API that a caller (the Messages
+/// front: Claude Code, the SDKs) may send and this wire forwards as they
+/// came. Blocks they add to the answer that the gateway's vocabulary has no
+/// place for (thinking) are skipped when the answer is read.
+const NATIVE_FIELDS: &[&str] = &[
+    "thinking",
+    "service_tier",
+    "context_management",
+    "mcp_servers",
+    "container",
+];
 
 /// One turn of the conversation on this wire.
 #[derive(Serialize)]
@@ -314,6 +330,7 @@ impl Adapter for AnthropicBackend {
             tool_choice: None,
             top_k: None,
             metadata: None,
+            native: serde_json::Map::new(),
         };
         self.extras(req, &mut body)?;
         Ok(body)
@@ -551,6 +568,9 @@ impl AnthropicBackend {
                     }
                 }
                 ("logprobs", Value::Bool(false)) => {}
+                (field, _) if NATIVE_FIELDS.contains(&field) => {
+                    body.native.insert(field.to_string(), value.clone());
+                }
                 (field, _) => return Err(unsupported(field)),
             }
         }

@@ -696,3 +696,23 @@ routes:
     let stranger = list("/v1/models", "sk-nobody").await;
     assert_error(&stranger, 401, "authentication_error", &[]);
 }
+
+#[tokio::test]
+async fn anthropics_own_fields_reach_an_anthropic_pool_as_they_came() {
+    let (upstream, gateway) = gateway_to("anthropic", "", &no_env, |_| {
+        json_reply(200, &json_fixture("anthropic/message.json"))
+    })
+    .await;
+    // What Claude Code sends beside the conversation.
+    let mut body = ask("hi");
+    body["max_tokens"] = json!(4096);
+    body["thinking"] = json!({"type": "enabled", "budget_tokens": 1024});
+    body["service_tier"] = json!("auto");
+    body["metadata"] = json!({"user_id": "user_abc_account_1"});
+    let answer = message(&gateway, &body).await;
+    assert_eq!(answer["type"], "message", "{answer}");
+    let sent = &upstream.received()[0].body;
+    assert_eq!(sent["thinking"], body["thinking"], "{sent}");
+    assert_eq!(sent["service_tier"], "auto", "{sent}");
+    assert_eq!(sent["metadata"], json!({"user_id": "user_abc_account_1"}));
+}
