@@ -44,11 +44,18 @@ pub(crate) struct SkipPrefix {
 }
 
 /// The request that asks an upstream to continue `delivered` (prefill).
+///
+/// Trailing whitespace is left out of the prefill: Anthropic refuses a final
+/// assistant turn that ends with it, and tokenizers start words with their
+/// space, so a model continues best from the last word. The continuation
+/// then starts with that whitespace again, which [`SkipLeadingSpace`]
+/// drops.
 pub(crate) fn prefill_request(req: &ChatRequest, delivered: &Delivered) -> ChatRequest {
     let mut continued = req.clone();
-    continued
-        .messages
-        .push(ChatMessage::text(Role::Assistant, delivered.text.clone()));
+    continued.messages.push(ChatMessage::text(
+        Role::Assistant,
+        delivered.text.trim_end().to_string(),
+    ));
     continued.prefill = true;
     // What is left of the caller's cap, so the whole answer keeps to it.
     continued.params.max_tokens = req
@@ -56,6 +63,61 @@ pub(crate) fn prefill_request(req: &ChatRequest, delivered: &Delivered) -> ChatR
         .max_tokens
         .map(|cap| cap.saturating_sub(delivered.tokens).max(1));
     continued
+}
+
+/// Drops from the start of a prefill's continuation the whitespace
+/// [`prefill_request`] left out of the prefill (the caller already has it),
+/// as far as the continuation repeats it.
+pub(crate) struct SkipLeadingSpace {
+    inner: ChatStream,
+    /// Bytes of whitespace that may still be dropped.
+    left: usize,
+}
+
+impl SkipLeadingSpace {
+    /// Filters `continuation`, the answer to a prefill of `delivered`.
+    pub(crate) fn new(continuation: ChatStream, delivered: &Delivered) -> Self {
+        let text = &delivered.text;
+        SkipLeadingSpace {
+            inner: continuation,
+            left: text.len() - text.trim_end().len(),
+        }
+    }
+}
+
+impl Stream for SkipLeadingSpace {
+    type Item = Result<ChatEvent, GatewayError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            let event = ready!(this.inner.as_mut().poll_next(cx));
+            if this.left == 0 {
+                return Poll::Ready(event);
+            }
+            let Some(Ok(ChatEvent::Token(text))) = event else {
+                this.left = 0;
+                return Poll::Ready(event);
+            };
+            let space = text.len() - text.trim_start().len();
+            let dropped = space.min(this.left);
+            // Whitespace is ASCII or whole multi-byte chars; cut only at a
+            // char boundary.
+            let dropped = (0..=dropped)
+                .rev()
+                .find(|&i| text.is_char_boundary(i))
+                .unwrap_or(0);
+            this.left = if dropped < text.len() {
+                0
+            } else {
+                this.left - dropped
+            };
+            match text.get(dropped..) {
+                Some("") | None => continue,
+                Some(rest) => return Poll::Ready(Some(Ok(ChatEvent::Token(rest.to_string())))),
+            }
+        }
+    }
 }
 
 /// Whether sending `req` again to `upstream` would regenerate the same
@@ -208,6 +270,28 @@ mod tests {
     async fn a_replay_that_ends_before_the_break_is_an_error() {
         let stream = SkipPrefix::new(replay(&["The"]), &delivered("The sky"));
         assert!(texts(stream).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_whitespace_left_out_of_a_prefill_is_dropped_once_from_its_continuation() {
+        let continuation = replay(&["\n", "\nSecond", " paragraph"]);
+        let delivered = Delivered {
+            text: "First.\n\n".into(),
+            tokens: 2,
+        };
+        let mut stream = std::pin::pin!(SkipLeadingSpace::new(continuation, &delivered));
+        let mut out = Vec::new();
+        while let Some(Ok(event)) = stream.next().await {
+            if let ChatEvent::Token(text) = event {
+                out.push(text);
+            }
+        }
+        assert_eq!(out, ["Second", " paragraph"]);
+        // A continuation that does not repeat the space is passed on whole.
+        let continuation = replay(&["Second"]);
+        let mut stream = std::pin::pin!(SkipLeadingSpace::new(continuation, &delivered));
+        let first = stream.next().await;
+        assert!(matches!(first, Some(Ok(ChatEvent::Token(t))) if t == "Second"));
     }
 
     #[test]

@@ -30,7 +30,7 @@ use futures_util::StreamExt;
 use tokio::time::Instant;
 use tower::retry::budget::Budget;
 
-use super::continuation::{self, Delivered, SkipPrefix};
+use super::continuation::{self, Delivered, SkipLeadingSpace, SkipPrefix};
 use super::queue;
 use super::table::{Pool, Route, RoutingTable};
 use crate::balance::{Affinity, Pick, prefix_key};
@@ -311,7 +311,10 @@ pub(super) async fn attempt_on(
         Continuation::Prefill => {
             let continued = Arc::new(continuation::prefill_request(req, delivered));
             match call(continued).await {
-                Ok(stream) => first_event(stream, How::Prefill).await,
+                Ok(stream) => {
+                    let stream = SkipLeadingSpace::new(stream, delivered);
+                    first_event(Box::pin(stream), How::Prefill).await
+                }
                 // The server does not take a prefill: a replay may do.
                 Err(err) if err.kind() == ErrorKind::InvalidArgument && replayable => {
                     tracing::debug!(upstream = %upstream.name(), %err, "prefill refused; replaying");
