@@ -26,7 +26,10 @@ use futures_util::FutureExt;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
-use crate::chat::{CallContext, Caller, ChatEvent, ChatRequest, ChatStream, Completion, RequestId};
+use crate::chat::{
+    CallContext, Caller, ChatEvent, ChatRequest, ChatStream, Completion, RequestId, ToolCall,
+    ToolCallsBuilder,
+};
 use crate::error::{ErrorKind, GatewayError};
 use crate::route::SharedTable;
 use crate::route::table::Route;
@@ -175,6 +178,38 @@ pub fn poll_events(
         Ok(poll) => poll,
         Err(_) => Poll::Ready(Some(Err(panicked()))),
     }
+}
+
+/// A whole answer, gathered from its stream: what every front's unary
+/// answer is built from.
+pub struct WholeAnswer {
+    /// The text, every token joined.
+    pub text: String,
+    /// The tool calls, their pieces joined.
+    pub tool_calls: Vec<ToolCall>,
+    /// How it ended.
+    pub completion: Completion,
+}
+
+/// Reads `events` to their end into one [`WholeAnswer`]; a stream that ends
+/// without its final event is [`truncated`].
+pub async fn gather(mut events: ChatStream) -> Result<WholeAnswer, GatewayError> {
+    let mut text = String::new();
+    let mut calls = ToolCallsBuilder::default();
+    while let Some(event) = std::future::poll_fn(|cx| poll_events(&mut events, cx)).await {
+        match event? {
+            ChatEvent::Token(token) => text.push_str(&token),
+            ChatEvent::ToolCall(delta) => calls.push(delta),
+            ChatEvent::Done(completion) => {
+                return Ok(WholeAnswer {
+                    text,
+                    tool_calls: calls.finish(),
+                    completion,
+                });
+            }
+        }
+    }
+    Err(truncated())
 }
 
 /// The final event of an embedding call: its completion, which carries

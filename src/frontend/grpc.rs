@@ -20,11 +20,11 @@ use tonic::{Request, Response, Status};
 use crate::chat::{
     CallContext, Caller, ChatEvent, ChatMessage, ChatRequest, ChatStream, Completion, EmbedInput,
     EmbedRequest, JsonSchema, RequestExtras, RequestId, ResponseFormat, Role, SamplingParams,
-    ToolCall, ToolCallsBuilder, ToolChoice, ToolSpec,
+    ToolCall, ToolChoice, ToolSpec,
 };
 use crate::error::GatewayError;
 use crate::frontend::door::Admitted;
-use crate::frontend::edge::{self, Edge, poll_events, truncated};
+use crate::frontend::edge::{self, Edge, WholeAnswer, poll_events, truncated};
 use crate::proto;
 use crate::proto::llm_service_server::LlmService;
 use crate::telemetry::{PRIORITY, REQUEST_ID};
@@ -88,33 +88,25 @@ impl LlmService for GrpcFrontend {
     ) -> Result<Response<proto::CompleteResponse>, Status> {
         let (request_id, stream) = self.start(request, false).await;
         let answer = async {
-            let mut stream = stream?;
-            let mut text = String::new();
-            let mut calls = ToolCallsBuilder::default();
-            while let Some(event) = std::future::poll_fn(|cx| poll_events(&mut stream, cx)).await {
-                match event? {
-                    ChatEvent::Token(token) => text.push_str(&token),
-                    ChatEvent::ToolCall(delta) => calls.push(delta),
-                    ChatEvent::Done(completion) => {
-                        return Ok(proto::CompleteResponse {
-                            text,
-                            usage: usage(&completion),
-                            finish_reason: finish_reason(&completion),
-                            model: completion.model.to_string(),
-                            tool_calls: calls
-                                .finish()
-                                .into_iter()
-                                .map(|call| proto::ToolCall {
-                                    id: call.id,
-                                    name: call.name,
-                                    arguments: call.arguments,
-                                })
-                                .collect(),
-                        });
-                    }
-                }
-            }
-            Err(truncated())
+            let WholeAnswer {
+                text,
+                tool_calls,
+                completion,
+            } = edge::gather(stream?).await?;
+            Ok::<_, GatewayError>(proto::CompleteResponse {
+                text,
+                usage: usage(&completion),
+                finish_reason: finish_reason(&completion),
+                model: completion.model.to_string(),
+                tool_calls: tool_calls
+                    .into_iter()
+                    .map(|call| proto::ToolCall {
+                        id: call.id,
+                        name: call.name,
+                        arguments: call.arguments,
+                    })
+                    .collect(),
+            })
         };
         respond(&request_id, answer.await)
     }

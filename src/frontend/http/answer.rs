@@ -9,9 +9,9 @@ use axum::response::{IntoResponse, Json, Response};
 use super::wire::{
     AssistantMessage, ChatCompletion, Choice, WireFunctionOut, WireToolCallOut, WireUsage,
 };
-use crate::chat::{ChatEvent, ChatStream, Completion, FinishReason, ToolCallsBuilder};
+use crate::chat::{ChatStream, Completion, FinishReason};
 use crate::error::GatewayError;
-use crate::frontend::edge::{poll_events, truncated};
+use crate::frontend::edge::{WholeAnswer, gather};
 
 /// What every chunk (or the whole answer) of one call repeats.
 pub(super) struct CallInfo {
@@ -40,51 +40,44 @@ impl CallInfo {
 
 /// Gathers a whole answer into one `chat.completion`.
 pub(super) async fn whole_answer(
-    mut events: ChatStream,
+    events: ChatStream,
     call: CallInfo,
 ) -> Result<Response, GatewayError> {
-    let mut text = String::new();
-    let mut calls = ToolCallsBuilder::default();
-    while let Some(event) = std::future::poll_fn(|cx| poll_events(&mut events, cx)).await {
-        match event? {
-            ChatEvent::Token(token) => text.push_str(&token),
-            ChatEvent::ToolCall(delta) => calls.push(delta),
-            ChatEvent::Done(completion) => {
-                let calls = calls.finish();
-                let tool_calls = calls
-                    .iter()
-                    .map(|call| WireToolCallOut {
-                        index: None,
-                        id: Some(&call.id),
-                        kind: Some("function"),
-                        function: WireFunctionOut {
-                            name: Some(&call.name),
-                            arguments: &call.arguments,
-                        },
-                    })
-                    .collect();
-                let answer = ChatCompletion {
-                    id: &call.id,
-                    object: "chat.completion",
-                    created: call.created,
-                    model: served_model(&completion, &call),
-                    choices: [Choice {
-                        index: 0,
-                        message: AssistantMessage {
-                            role: "assistant",
-                            content: (!text.is_empty() || calls.is_empty()).then_some(&text),
-                            tool_calls,
-                        },
-                        logprobs: completion.logprobs.as_ref(),
-                        finish_reason: finish_reason(&completion),
-                    }],
-                    usage: completion.usage.map(WireUsage::from),
-                };
-                return Ok(Json(answer).into_response());
-            }
-        }
-    }
-    Err(truncated())
+    let WholeAnswer {
+        text,
+        tool_calls: calls,
+        completion,
+    } = gather(events).await?;
+    let tool_calls = calls
+        .iter()
+        .map(|call| WireToolCallOut {
+            index: None,
+            id: Some(&call.id),
+            kind: Some("function"),
+            function: WireFunctionOut {
+                name: Some(&call.name),
+                arguments: &call.arguments,
+            },
+        })
+        .collect();
+    let answer = ChatCompletion {
+        id: &call.id,
+        object: "chat.completion",
+        created: call.created,
+        model: served_model(&completion, &call),
+        choices: [Choice {
+            index: 0,
+            message: AssistantMessage {
+                role: "assistant",
+                content: (!text.is_empty() || calls.is_empty()).then_some(&text),
+                tool_calls,
+            },
+            logprobs: completion.logprobs.as_ref(),
+            finish_reason: finish_reason(&completion),
+        }],
+        usage: completion.usage.map(WireUsage::from),
+    };
+    Ok(Json(answer).into_response())
 }
 
 /// The model to name in an answer: the one the upstream says served it,

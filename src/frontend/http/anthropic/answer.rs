@@ -6,9 +6,9 @@ use axum::response::{IntoResponse, Json, Response};
 use serde_json::{Value, json};
 
 use super::wire::{OutBlock, OutMessage, OutUsage};
-use crate::chat::{ChatEvent, ChatStream, Completion, FinishReason, ToolCallsBuilder};
+use crate::chat::{ChatStream, Completion, FinishReason};
 use crate::error::GatewayError;
-use crate::frontend::edge::{poll_events, truncated};
+use crate::frontend::edge::{WholeAnswer, gather};
 
 /// What the message (or every streamed event) of one call repeats.
 pub(super) struct MessageInfo {
@@ -32,45 +32,38 @@ impl MessageInfo {
 /// Gathers a whole answer into one `message`: its text as one text block,
 /// then one `tool_use` block per call.
 pub(super) async fn whole_message(
-    mut events: ChatStream,
+    events: ChatStream,
     info: MessageInfo,
 ) -> Result<Response, GatewayError> {
-    let mut text = String::new();
-    let mut calls = ToolCallsBuilder::default();
-    while let Some(event) = std::future::poll_fn(|cx| poll_events(&mut events, cx)).await {
-        match event? {
-            ChatEvent::Token(token) => text.push_str(&token),
-            ChatEvent::ToolCall(delta) => calls.push(delta),
-            ChatEvent::Done(completion) => {
-                let stop_reason = stop_reason(&completion)?;
-                let calls = calls.finish();
-                let ids: Vec<String> = calls.iter().map(|call| tool_use_id(&call.id)).collect();
-                let mut content = Vec::with_capacity(calls.len() + 1);
-                if !text.is_empty() {
-                    content.push(OutBlock::Text { text: &text });
-                }
-                for (call, id) in calls.iter().zip(&ids) {
-                    content.push(OutBlock::ToolUse {
-                        id,
-                        name: &call.name,
-                        input: tool_input(&call.arguments),
-                    });
-                }
-                let message = OutMessage {
-                    id: &info.id,
-                    kind: "message",
-                    role: "assistant",
-                    model: served_model(&completion, &info),
-                    content,
-                    stop_reason: Some(stop_reason),
-                    stop_sequence: None,
-                    usage: usage(&completion),
-                };
-                return Ok(Json(message).into_response());
-            }
-        }
+    let WholeAnswer {
+        text,
+        tool_calls: calls,
+        completion,
+    } = gather(events).await?;
+    let stop_reason = stop_reason(&completion)?;
+    let ids: Vec<String> = calls.iter().map(|call| tool_use_id(&call.id)).collect();
+    let mut content = Vec::with_capacity(calls.len() + 1);
+    if !text.is_empty() {
+        content.push(OutBlock::Text { text: &text });
     }
-    Err(truncated())
+    for (call, id) in calls.iter().zip(&ids) {
+        content.push(OutBlock::ToolUse {
+            id,
+            name: &call.name,
+            input: tool_input(&call.arguments),
+        });
+    }
+    let message = OutMessage {
+        id: &info.id,
+        kind: "message",
+        role: "assistant",
+        model: served_model(&completion, &info),
+        content,
+        stop_reason: Some(stop_reason),
+        stop_sequence: None,
+        usage: usage(&completion),
+    };
+    Ok(Json(message).into_response())
 }
 
 /// The stop reason in Anthropic's words. The vocabulary says `stop` for
