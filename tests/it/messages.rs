@@ -47,26 +47,14 @@ async fn post(gateway: &Gateway, body: &str, headers: &[(&str, &str)]) -> Answer
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
     let request = request
         .body(Full::new(Bytes::from(body.to_string())))
         .expect("request");
-    let response = tokio::time::timeout(PATIENCE, client.request(request))
-        .await
-        .expect("the gateway answers in time")
-        .expect("an HTTP response");
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = tokio::time::timeout(PATIENCE, response.into_body().collect())
-        .await
-        .expect("the body ends in time")
-        .expect("a body")
-        .to_bytes();
+    let answer = send_whole(request).await;
     Answer {
-        status,
-        headers,
-        text: String::from_utf8_lossy(&body).into_owned(),
+        status: answer.status,
+        headers: answer.headers,
+        text: answer.body,
     }
 }
 

@@ -106,13 +106,21 @@ pub async fn raw_http(addr: SocketAddr, bytes: &[u8]) -> Option<(u16, String)> {
 /// `POST url` with a JSON body over HTTP/1.1, read whole: for calls to the
 /// OpenAI front whose streamed answer a test parses as an SDK would.
 pub async fn http_post_json(url: &str, body: &serde_json::Value) -> HttpAnswer {
+    let request = http::Request::post(url)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .expect("request");
+    send_whole(request).await
+}
+
+/// Sends `request` over HTTP/1.1 and reads the answer whole, each step
+/// bounded by `PATIENCE`.
+pub async fn send_whole(request: http::Request<http_body_util::Full<bytes::Bytes>>) -> HttpAnswer {
     use http_body_util::{BodyExt, Full};
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<bytes::Bytes>>();
-    let request = http::Request::post(url)
-        .header("content-type", "application/json")
-        .body(Full::new(bytes::Bytes::from(body.to_string())))
-        .expect("request");
     let response = tokio::time::timeout(PATIENCE, client.request(request))
         .await
         .expect("answer in time")
