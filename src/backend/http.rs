@@ -11,17 +11,49 @@
 //! its own that trusts that CA only ([`client_trusting`]); every other
 //! upstream keeps sharing the one default client and its connection pool.
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-/// The client type upstream adapters send requests with.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+use super::inline::{InlineBody, InlineError, InlinePool};
+
+/// What upstream adapters send requests with: plain `http://` endpoints
+/// over connections each call drives itself ([`InlinePool`]), everything
+/// else (TLS, HTTP/2) through hyper-util's pooled client.
+#[derive(Clone)]
+pub struct HttpClient {
+    pooled: PooledClient,
+    inline: Arc<InlinePool>,
+}
+
+/// hyper-util's client: a task per connection, TLS and HTTP/2 by ALPN.
+type PooledClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// An upstream's answer body, from whichever client carried it.
+pub(crate) enum UpstreamBody {
+    /// Read through a pooled connection's task.
+    Pooled(Incoming),
+    /// Read off a connection this body drives.
+    Inline(InlineBody),
+}
+
+/// Why a request got no answer, from whichever client carried it.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    Pooled(hyper_util::client::legacy::Error),
+    Inline(InlineError),
+}
 
 /// How long to wait for a TCP connection before calling an endpoint down.
 /// Short on purpose: a healthy server in the same cluster accepts in
@@ -37,6 +69,37 @@ pub fn client() -> HttpClient {
         .enable_http2()
         .wrap_connector(tcp());
     pooled(https)
+}
+
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient").finish_non_exhaustive()
+    }
+}
+
+impl HttpClient {
+    /// Sends `request` (absolute URI) and answers with the response head;
+    /// its body is read as it comes.
+    pub(crate) async fn request(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        if request.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
+            let response = self
+                .inline
+                .request(request)
+                .await
+                .map_err(SendError::Inline)?;
+            Ok(response.map(UpstreamBody::Inline))
+        } else {
+            let response = self
+                .pooled
+                .request(request)
+                .await
+                .map_err(SendError::Pooled)?;
+            Ok(response.map(UpstreamBody::Pooled))
+        }
+    }
 }
 
 /// A client that trusts only the CA certificates in `ca_pem`, for an
@@ -62,9 +125,12 @@ fn tcp() -> HttpConnector {
 }
 
 fn pooled(https: HttpsConnector<HttpConnector>) -> HttpClient {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(https)
+    HttpClient {
+        pooled: Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(https),
+        inline: Arc::default(),
+    }
 }
 
 /// The text of a `GET` of `url`, up to `limit` bytes: how the balancer
@@ -75,7 +141,7 @@ pub fn fetch_text(
     limit: usize,
 ) -> impl Future<Output = Result<String, String>> + Send + use<> {
     use http_body_util::BodyExt;
-    let response = client.get(url);
+    let response = client.pooled.get(url);
     async move {
         let response = response.await.map_err(|err| err.to_string())?;
         if !response.status().is_success() {
@@ -94,6 +160,57 @@ pub fn fetch_text(
 /// health check sends. How often, and how long to wait, is the balancer's
 /// business.
 pub fn probe(client: &HttpClient, url: http::Uri) -> impl Future<Output = bool> + Send + use<> {
-    let response = client.get(url);
+    let response = client.pooled.get(url);
     async move { matches!(response.await, Ok(response) if response.status().is_success()) }
+}
+
+// === impl UpstreamBody ===
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Pooled(body) => Pin::new(body).poll_frame(cx),
+            UpstreamBody::Inline(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Pooled(body) => body.is_end_stream(),
+            UpstreamBody::Inline(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Pooled(body) => body.size_hint(),
+            UpstreamBody::Inline(body) => body.size_hint(),
+        }
+    }
+}
+
+// === impl SendError ===
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Pooled(err) => err.fmt(f),
+            SendError::Inline(err) => err.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SendError::Pooled(err) => err.source(),
+            SendError::Inline(err) => err.source(),
+        }
+    }
 }

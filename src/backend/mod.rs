@@ -20,6 +20,7 @@ mod anthropic;
 pub mod dispatch;
 mod embed;
 pub mod http;
+mod inline;
 pub mod ndjson;
 mod ollama;
 mod openai;

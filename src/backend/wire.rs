@@ -24,10 +24,9 @@ use http::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::http::HttpClient;
+use super::http::{HttpClient, UpstreamBody};
 use super::ndjson::NdjsonDecoder;
 use super::sse::{SseDecoder, SseEvent};
 use crate::chat::{ChatEvent, ChatRequest, ChatStream, Completion, ToolCallDelta};
@@ -74,7 +73,7 @@ pub(crate) enum Credential {
 /// comes or a whole JSON document.
 struct Answer {
     /// The body, not yet read.
-    body: Incoming,
+    body: UpstreamBody,
     /// The upstream answered with JSON: read it whole even if a stream was
     /// asked for (servers that ignore `stream: true`, or report an error as
     /// a 200 JSON body, do this).
@@ -148,7 +147,7 @@ pub(crate) trait Dialect: Send + Unpin + 'static {
 /// The token stream of one streamed call, whatever the wire.
 pub(crate) struct UpstreamStream<D: Dialect> {
     /// The upstream's response body, polled in the caller's task.
-    body: Incoming,
+    body: UpstreamBody,
     /// The body has ended; only buffered items remain.
     body_done: bool,
     /// Cuts bytes into items.
@@ -397,7 +396,7 @@ impl HttpUpstream {
 
     /// Turns a non-2xx answer into the matching canonical error, keeping the
     /// upstream's own message.
-    async fn status_error(&self, status: StatusCode, body: Incoming) -> GatewayError {
+    async fn status_error(&self, status: StatusCode, body: UpstreamBody) -> GatewayError {
         let detail = match read_body(body).await {
             Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
                 Ok(json) => error_message(&json),
@@ -477,6 +476,40 @@ impl<D: Dialect> Stream for UpstreamStream<D> {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        let event = ready!(this.poll_event(cx));
+        if let Some(Ok(ChatEvent::Done(_))) = &event {
+            this.read_to_end(cx);
+        }
+        Poll::Ready(event)
+    }
+}
+
+impl<D: Dialect> UpstreamStream<D> {
+    /// Reads what is left of a finished answer's body when it has already
+    /// arrived (the end of the chunked body after `[DONE]`), so the
+    /// connection can serve another call instead of being closed. Never
+    /// waits: whatever has not arrived yet is dropped with the stream.
+    fn read_to_end(&mut self, cx: &mut Context<'_>) {
+        // A finished answer is followed by its body's end, at most a few
+        // frames of trailing keep-alives away.
+        for _ in 0..4 {
+            match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(_))) => {}
+                Poll::Ready(None) => {
+                    self.body_done = true;
+                    return;
+                }
+                Poll::Ready(Some(Err(_))) | Poll::Pending => return,
+            }
+        }
+    }
+
+    /// The next event: the stream's logic, over items as they arrive.
+    fn poll_event(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<ChatEvent, GatewayError>>> {
+        let this = self;
         loop {
             if this.finished {
                 return Poll::Ready(None);
@@ -639,7 +672,7 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("application/json"))
 }
 
-async fn read_body(body: Incoming) -> Result<Bytes, String> {
+async fn read_body(body: UpstreamBody) -> Result<Bytes, String> {
     Limited::new(body, MAX_BODY_BYTES)
         .collect()
         .await

@@ -53,7 +53,7 @@ async fn respond(request: http::Request<Full<Bytes>>) -> http::Response<hyper::b
     tokio::time::timeout(PATIENCE, client.request(request))
         .await
         .expect("the gateway answers in time")
-        .expect("an HTTP response")
+        .unwrap_or_else(|err| panic!("no HTTP response: {err:?}"))
 }
 
 /// Reads the rest of an answer.

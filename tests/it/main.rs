@@ -8,6 +8,7 @@ mod access_log;
 mod anthropic;
 mod balance;
 mod check;
+mod connections;
 mod deadline;
 mod deploy;
 mod doors;

@@ -146,6 +146,8 @@ type Script = Arc<dyn Fn(&Received) -> Vec<Step> + Send + Sync>;
 pub struct FakeUpstream {
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
+    /// Connections accepted so far.
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
     closed: mpsc::UnboundedReceiver<()>,
     /// The accept loop and every connection: aborted together, so dropping
     /// the server kills it the way a crashed process would.
@@ -172,11 +174,14 @@ impl FakeUpstream {
         let log = received.clone();
         let tasks = Arc::new(Mutex::new(Vec::new()));
         let connections = tasks.clone();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = accepted.clone();
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((socket, _)) = listener.accept().await else {
                     return;
                 };
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let _ = socket.set_nodelay(true);
                 let connection = tokio::spawn(serve_connection(
                     socket,
@@ -194,6 +199,7 @@ impl FakeUpstream {
         FakeUpstream {
             addr,
             received,
+            accepted,
             closed,
             tasks,
         }
@@ -202,6 +208,11 @@ impl FakeUpstream {
     /// How many requests it has received.
     pub fn count(&self) -> usize {
         self.received.lock().expect("lock").len()
+    }
+
+    /// How many connections it has accepted.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Its base URL.
