@@ -162,6 +162,8 @@ fn main() {
         // Let the gateway finish starting before calling it idle.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let idle = rss_mib(procs.gateway.pid);
+        let nginx_idle = procs.nginx.as_ref().and_then(|n| rss_mib(n.process.pid));
+        let slow_sim_idle = rss_mib(procs.slow_sim.pid);
         let scenarios = run_load(&procs, scale).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let mut memory = Memory {
@@ -169,6 +171,8 @@ fn main() {
             after_load: rss_mib(procs.gateway.pid),
             sim_after_load: rss_mib(procs.sim.pid),
             nginx_after_load: procs.nginx.as_ref().and_then(|n| rss_mib(n.process.pid)),
+            nginx_idle,
+            slow_sim_idle,
             streams: Err("BENCH_STREAMS=0".to_string()),
         };
         if streams > 0 {

@@ -208,6 +208,10 @@ pub(crate) struct Memory {
     pub(crate) sim_after_load: Option<f64>,
     /// nginx's RSS after the load scenarios, MiB.
     pub(crate) nginx_after_load: Option<f64>,
+    /// nginx's RSS before any call, MiB.
+    pub(crate) nginx_idle: Option<f64>,
+    /// The slow sim's RSS before any stream, MiB.
+    pub(crate) slow_sim_idle: Option<f64>,
     /// The open-streams phase, or why it did not run.
     pub(crate) streams: Result<OpenStreams, String>,
 }
@@ -217,7 +221,11 @@ pub(crate) fn print_memory(memory: &Memory) {
     let mib = |value: Option<f64>| value.map_or("?".to_string(), |v| format!("{v:.1} MiB"));
     println!();
     println!("memory (VmRSS from /proc/<pid>/status)");
-    println!("  gateway idle after start:      {}", mib(memory.idle));
+    println!(
+        "  gateway idle after start:      {} (nginx {})",
+        mib(memory.idle),
+        mib(memory.nginx_idle)
+    );
     println!(
         "  gateway after the load above:  {} (sim {}, nginx {})",
         mib(memory.after_load),
@@ -245,6 +253,26 @@ pub(crate) fn print_memory(memory: &Memory) {
                 s.ramp.as_secs_f64(),
                 s.live_at_reading,
                 s.gateway_cpu_pct
+            );
+            let per_stream = |with: Option<f64>, without: Option<f64>| {
+                with.zip(without).filter(|_| s.opened > 0).map_or(
+                    "?".to_string(),
+                    |(with, without)| {
+                        format!("{:.1} KiB", (with - without) * 1024.0 / s.opened as f64)
+                    },
+                )
+            };
+            println!(
+                "    per open stream: gateway {} over its RSS after the load, slow sim {} over \
+                 its idle RSS; holding CPU: {:.1} µs of gateway per token ({} tokens/s)",
+                per_stream(s.gateway_rss, memory.after_load),
+                per_stream(s.sim_rss, memory.slow_sim_idle),
+                if s.live_at_reading > 0 {
+                    s.gateway_cpu_pct / 100.0 * 1e6 / s.live_at_reading as f64
+                } else {
+                    0.0
+                },
+                s.live_at_reading
             );
             if let Some(failure) = &s.failure {
                 println!("    FEWER THAN {} STREAMS: {failure}", s.wanted);
@@ -290,7 +318,11 @@ pub(crate) fn print_summary<'a>(
                 (Some(m), Some(l)) if m <= l => "met",
                 _ => "NOT MET",
             };
-            let measured = measured.map_or("-".to_string(), |m| format!("{m:.2} {unit}"));
+            let measured = measured.map_or("-".to_string(), |m| match m.abs() {
+                m if m >= 100.0 => format!("{m:.0} {unit}"),
+                m if m >= 10.0 => format!("{m:.1} {unit}"),
+                _ => format!("{m:.2} {unit}"),
+            });
             println!("{what:<48} {measured:>12} {shown:>16}  {verdict}");
         };
     let stream8 = figures(Mode::Stream, 8);
