@@ -66,9 +66,10 @@
 //! `BENCH_CALLS=0.1` is a quick smoke run, `BENCH_CALLS=3` a steadier one. At
 //! 1 the measured calls per target are 2,000 unary at c=1, 20,000 unary at
 //! c=64, 1,000 streams at c=1, 3,000 at c=8 and 4,000 at c=64 (plus a
-//! warm-up of a tenth of that, at least four calls per task), about a
-//! minute and a half in all on two cores: long enough that the 10 ms
-//! CPU-tick granularity of `/proc/<pid>/stat` stays within a few percent.
+//! warm-up of a tenth of that, at least four calls per task), and the open
+//! streams take 20 to 30 seconds more: under two minutes in all on two
+//! cores, long enough that the 10 ms CPU-tick granularity of
+//! `/proc/<pid>/stat` stays within a few percent.
 //! `BENCH_STREAMS` sets how many streams are held open (default 10,000; 0
 //! skips that phase).
 //!

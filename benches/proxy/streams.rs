@@ -17,16 +17,20 @@ use llmgate::config::DEFAULT_MAX_STREAMS_PER_CONNECTION;
 use llmgate::proto::llm_service_client::LlmServiceClient;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tonic::transport::Channel;
 
 use crate::SLOW_MODEL;
 use crate::load::{grpc_channel, grpc_request};
 use crate::procs::{CpuSnapshot, Processes, open_fds, rss_mib, status_mib};
 
-/// Streams opened before waiting for their first tokens: small enough that
-/// the gateway's connects to the sim never overflow its accept backlog.
-const WAVE: u64 = 500;
-/// The longest the whole ramp-up may take.
-const RAMP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Streams waiting for their first token at once during the ramp-up: few
+/// enough that the gateway's connects to the sim never overflow its accept
+/// backlog (1,024), enough to keep every process busy.
+const PENDING: u64 = 500;
+/// The longest the whole ramp-up may take: 10,000 streams open in 15 to 20
+/// seconds on two cores shared with other builds, but a concurrent
+/// compile has slowed it past 60.
+const RAMP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Time given to the gateway after the last stream opened (or after the
 /// cancel), before memory is read.
 const SETTLE: Duration = Duration::from_secs(1);
@@ -93,62 +97,33 @@ pub(crate) async fn hold_open_streams(
     let deadline = tokio::time::Instant::now() + RAMP_TIMEOUT;
     let mut opened = 0u64;
     let mut failure = None;
-    'ramp: while (tasks.len() as u64) < wanted {
-        let wave = WAVE.min(wanted - tasks.len() as u64);
-        for _ in 0..wave {
-            let mut client = clients[tasks.len() % clients.len()].clone();
-            let opened_tx = opened_tx.clone();
-            let live = live.clone();
-            tasks.push(tokio::spawn(async move {
-                let request = grpc_request(SLOW_MODEL);
-                let mut stream = match client.complete_stream(request).await {
-                    Ok(response) => response.into_inner(),
-                    Err(status) => {
-                        let _ = opened_tx.send(Err(format!("CompleteStream: {status}")));
-                        return;
-                    }
-                };
-                loop {
-                    match stream.message().await {
-                        Ok(Some(chunk)) if !chunk.token.is_empty() => break,
-                        Ok(Some(_)) => {}
-                        Ok(None) => {
-                            let _ = opened_tx.send(Err("ended before its first token".into()));
-                            return;
-                        }
-                        Err(status) => {
-                            let _ =
-                                opened_tx.send(Err(format!("before its first token: {status}")));
-                            return;
-                        }
-                    }
-                }
-                live.fetch_add(1, Ordering::Relaxed);
-                let _ = opened_tx.send(Ok(()));
-                // Keep reading, as a caller does, until cancelled.
-                while let Ok(Some(_)) = stream.message().await {}
-                live.fetch_sub(1, Ordering::Relaxed);
-            }));
+    while opened < wanted {
+        // Keep up to PENDING streams waiting for their first token.
+        while (tasks.len() as u64) < wanted && tasks.len() as u64 - opened < PENDING {
+            let client = clients[tasks.len() % clients.len()].clone();
+            tasks.push(tokio::spawn(open_one(
+                client,
+                opened_tx.clone(),
+                live.clone(),
+            )));
         }
-        while opened < tasks.len() as u64 {
-            match tokio::time::timeout_at(deadline, opened_rx.recv()).await {
-                Ok(Some(Ok(()))) => opened += 1,
-                Ok(Some(Err(err))) => {
-                    failure = Some(format!(
-                        "stream {} of {wanted} failed {err}; open-file limits: {}",
-                        opened + 1,
-                        fd_note(procs)
-                    ));
-                    break 'ramp;
-                }
-                Ok(None) => unreachable!("the bench holds a sender"),
-                Err(_) => {
-                    failure = Some(format!(
-                        "only {opened} of {wanted} streams had their first token after {}s",
-                        RAMP_TIMEOUT.as_secs()
-                    ));
-                    break 'ramp;
-                }
+        match tokio::time::timeout_at(deadline, opened_rx.recv()).await {
+            Ok(Some(Ok(()))) => opened += 1,
+            Ok(Some(Err(err))) => {
+                failure = Some(format!(
+                    "stream {} of {wanted} failed {err}; open-file limits: {}",
+                    opened + 1,
+                    fd_note(procs)
+                ));
+                break;
+            }
+            Ok(None) => unreachable!("the bench holds a sender"),
+            Err(_) => {
+                failure = Some(format!(
+                    "only {opened} of {wanted} streams had their first token after {}s",
+                    RAMP_TIMEOUT.as_secs()
+                ));
+                break;
             }
         }
     }
@@ -202,6 +177,43 @@ pub(crate) async fn hold_open_streams(
         fds_after_cancel: open_fds(gateway),
         release,
     }
+}
+
+/// One slow stream through `client`: says on `opened` when its first token
+/// came (or why it failed), then reads tokens until it is aborted, counted
+/// in `live` meanwhile.
+async fn open_one(
+    mut client: LlmServiceClient<Channel>,
+    opened: mpsc::UnboundedSender<Result<(), String>>,
+    live: Arc<AtomicU64>,
+) {
+    let request = grpc_request(SLOW_MODEL);
+    let mut stream = match client.complete_stream(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            let _ = opened.send(Err(format!("CompleteStream: {status}")));
+            return;
+        }
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(chunk)) if !chunk.token.is_empty() => break,
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let _ = opened.send(Err("ended before its first token".into()));
+                return;
+            }
+            Err(status) => {
+                let _ = opened.send(Err(format!("before its first token: {status}")));
+                return;
+            }
+        }
+    }
+    live.fetch_add(1, Ordering::Relaxed);
+    let _ = opened.send(Ok(()));
+    // Keep reading, as a caller does, until aborted.
+    while let Ok(Some(_)) = stream.message().await {}
+    live.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// The open-file limits of the gateway and the slow sim, for a failure
