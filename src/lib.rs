@@ -42,22 +42,96 @@
 //! the listener and upstreams), [`server`] (`run`, and each connection's
 //! handshake and limits),
 //! [`client`] (the `llmgate chat` client) and [`proto`] (generated code).
+//!
+//! # Public API
+//! Deliberately small: what an embedder (and the `llmgate` binary, which
+//! is a separate crate) needs to serve, check and call the gateway.
+//! - [`proto`]: the `llm.v1` contract, for clients;
+//! - [`config`]: load and check a routing file ([`config::Config`],
+//!   [`config::describe`], [`config::warnings`]);
+//! - [`run`], [`run_with`], [`Server`] and [`Listeners`]: serve it (the
+//!   caller binds), with [`Connectors`] and [`Resolve`] for the outside
+//!   world, [`AdminKey`] for `POST /-/reload`, and the [`Reloader`] a
+//!   server watching its routing file exposes;
+//! - [`logging`], [`client`] and [`sim`]: the log formats, the
+//!   `llmgate chat` client and the simulated model behind `llmgate sim`.
+//!
+//! Every other module is `pub(crate)`, and the `unreachable_pub` lint keeps
+//! `pub` for what is reachable from here. `internals` (hidden from the
+//! docs) lends a few internals to the integration tests and benchmarks.
 
-pub mod backend;
-pub mod balance;
-pub mod chat;
+pub(crate) mod backend;
+pub(crate) mod balance;
+pub(crate) mod chat;
 pub mod client;
 pub mod config;
-pub mod error;
-pub mod frontend;
+pub(crate) mod error;
+pub(crate) mod frontend;
 pub mod proto;
-pub mod reload;
+pub(crate) mod reload;
 pub(crate) mod route;
-pub mod server;
+pub(crate) mod server;
 pub mod sim;
 pub(crate) mod stack;
-pub mod state;
-pub mod telemetry;
-pub mod tls;
+pub(crate) mod state;
+pub(crate) mod telemetry;
+pub(crate) mod tls;
 
-pub use server::{Listeners, run};
+pub use balance::discover::Resolve;
+pub use balance::upstream::Connectors;
+pub use reload::{ReloadOutcome, Reloader};
+pub use server::admin::AdminKey;
+pub use server::{Listeners, ServeError, Server, run, run_with};
+pub use telemetry::logging;
+
+/// Internals lent to the integration tests (`tests/it`) and benchmarks
+/// (`benches/`): they are separate crates, so they see only `pub` items,
+/// and what they check (stream decoders, the body guard, metric names,
+/// the shared limit store) is not part of the public API.
+///
+/// Not a stable API: anything here may change or go without notice.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::backend::{ndjson, sse};
+    pub use crate::chat::{Caller, ChatMessage, ChatRequest, Role, SamplingParams};
+    pub use crate::config::resilience::Discovery;
+    pub use crate::frontend::body::{BodyLimits, GuardedBody};
+    pub use crate::server::admin::{HEALTHZ_PATH, METRICS_PATH, READYZ_PATH};
+    pub use crate::state::SharedLimits;
+    pub use crate::telemetry::call::ACCESS_LOG_TARGET;
+    pub use crate::tls::{client_config_trusting, server_config};
+
+    use std::sync::Arc;
+
+    use crate::Reloader;
+    use crate::balance::Upstream;
+    use crate::config::{Config, RedisConfig};
+
+    /// Metric names and the catalog `/metrics` is described from.
+    pub mod metrics {
+        pub use crate::telemetry::metrics::{
+            CALL_DURATION_SECONDS, CALLS_IN_FLIGHT, CALLS_TOTAL, CATALOG, INPUT_TOKENS_TOTAL,
+            INTER_TOKEN_LATENCY_SECONDS, MetricKind, OUTPUT_TOKENS_TOTAL,
+            TIME_TO_FIRST_TOKEN_BUCKETS, TIME_TO_FIRST_TOKEN_SECONDS, UNKNOWN, install,
+        };
+    }
+
+    /// Each upstream of `config` by name, with how its endpoints are found.
+    pub fn discovery(config: &Config) -> impl Iterator<Item = (&str, &Discovery)> {
+        config
+            .upstreams
+            .iter()
+            .map(|(name, upstream)| (name.as_str(), &upstream.discovery))
+    }
+
+    /// The upstream `name` in the table `reloader` keeps, to see what a
+    /// reload kept, rebuilt or let go.
+    pub fn upstream(reloader: &Reloader, name: &str) -> Option<Arc<Upstream>> {
+        reloader.table().upstream(name).cloned()
+    }
+
+    /// `state.redis` of `config`, when set.
+    pub fn redis(config: &Config) -> Option<&RedisConfig> {
+        config.state.redis.as_ref()
+    }
+}

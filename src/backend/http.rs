@@ -21,15 +21,15 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 /// The client type upstream adapters send requests with.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// How long to wait for a TCP connection before calling an endpoint down.
 /// Short on purpose: a healthy server in the same cluster accepts in
 /// milliseconds, and the caller's deadline is better spent elsewhere.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Builds the shared client, which trusts the web PKI roots.
-pub fn client() -> HttpClient {
+pub(crate) fn client() -> HttpClient {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http()
@@ -42,7 +42,7 @@ pub fn client() -> HttpClient {
 /// A client that trusts only the CA certificates in `ca_pem`, for an
 /// upstream whose servers a private CA certified. The error says what is
 /// wrong with the file.
-pub fn client_trusting(ca_pem: &[u8]) -> Result<HttpClient, String> {
+pub(crate) fn client_trusting(ca_pem: &[u8]) -> Result<HttpClient, String> {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(crate::tls::client_config_trusting(ca_pem)?)
         .https_or_http()
@@ -69,7 +69,7 @@ fn pooled(https: HttpsConnector<HttpConnector>) -> HttpClient {
 
 /// The text of a `GET` of `url`, up to `limit` bytes: how the balancer
 /// reads an engine's metrics page. The error says what went wrong.
-pub fn fetch_text(
+pub(crate) fn fetch_text(
     client: &HttpClient,
     url: http::Uri,
     limit: usize,
@@ -93,7 +93,10 @@ pub fn fetch_text(
 /// Whether the server at `url` answers a `GET` with a 2xx: the request a
 /// health check sends. How often, and how long to wait, is the balancer's
 /// business.
-pub fn probe(client: &HttpClient, url: http::Uri) -> impl Future<Output = bool> + Send + use<> {
+pub(crate) fn probe(
+    client: &HttpClient,
+    url: http::Uri,
+) -> impl Future<Output = bool> + Send + use<> {
     let response = client.get(url);
     async move { matches!(response.await, Ok(response) if response.status().is_success()) }
 }

@@ -16,11 +16,11 @@
 use crate::error::GatewayError;
 
 /// The most inputs one call may embed (OpenAI's own limit).
-pub const MAX_EMBED_INPUTS: usize = 2048;
+pub(crate) const MAX_EMBED_INPUTS: usize = 2048;
 
 /// The most dimensions a caller may ask for: larger than any model's, and
 /// a bound on what the simulator allocates per vector.
-pub const MAX_DIMENSIONS: u32 = 65_536;
+pub(crate) const MAX_DIMENSIONS: u32 = 65_536;
 
 /// Bytes a token id counts for in limits and token estimates: the bytes
 /// of text a token stands for in those estimates.

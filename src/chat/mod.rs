@@ -16,13 +16,13 @@
 //! passed through) is in [`tools`]; what an embedding call asks and
 //! answers, in [`embed`].
 
-pub mod admit;
-pub mod embed;
-pub mod hold;
+pub(crate) mod admit;
+pub(crate) mod embed;
+pub(crate) mod hold;
 #[cfg(test)]
 pub(crate) mod testing;
-pub mod timed;
-pub mod tools;
+pub(crate) mod timed;
+pub(crate) mod tools;
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -32,8 +32,8 @@ use tokio::time::Instant;
 
 use crate::config::Priority;
 use crate::error::GatewayError;
-pub use embed::{EmbedInput, EmbedRequest, Embeddings};
-pub use tools::{
+pub(crate) use embed::{EmbedInput, EmbedRequest, Embeddings};
+pub(crate) use tools::{
     ContentPart, JsonSchema, RequestExtras, ResponseFormat, ToolCall, ToolCallDelta,
     ToolCallsBuilder, ToolChoice, ToolSpec,
 };
@@ -206,7 +206,7 @@ pub struct SamplingParams {
 /// one [`ChatEvent::Done`]. A stream that ends without `Done` was cut short,
 /// and front ends must report it as an error rather than a complete answer.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ChatEvent {
+pub(crate) enum ChatEvent {
     /// A piece of generated text.
     Token(String),
     /// A piece of a tool call the model is making.
@@ -261,7 +261,7 @@ pub struct Usage {
 /// The stream every backend returns and every layer passes along. It is
 /// polled by the task that serves the call, so dropping it (the caller left,
 /// or a deadline passed) drops the upstream request with it.
-pub type ChatStream = Pin<Box<dyn Stream<Item = Result<ChatEvent, GatewayError>> + Send>>;
+pub(crate) type ChatStream = Pin<Box<dyn Stream<Item = Result<ChatEvent, GatewayError>> + Send>>;
 
 // === impl CallContext ===
 
@@ -669,13 +669,13 @@ impl ChatRequest {
 
 /// The most stop sequences a call may send (OpenAI takes 4, vLLM and
 /// Anthropic more; 16 leaves room without letting a call cost megabytes).
-pub const MAX_STOP_SEQUENCES: usize = 16;
+pub(crate) const MAX_STOP_SEQUENCES: usize = 16;
 
 /// The most tools a call may offer (OpenAI's own limit).
-pub const MAX_TOOLS: usize = 128;
+pub(crate) const MAX_TOOLS: usize = 128;
 
 /// The longest stop sequence, in bytes.
-pub const MAX_STOP_SEQUENCE_BYTES: usize = 1024;
+pub(crate) const MAX_STOP_SEQUENCE_BYTES: usize = 1024;
 
 #[cfg(test)]
 mod tests {

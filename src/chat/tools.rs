@@ -101,7 +101,7 @@ pub struct ToolCall {
 /// carries its id and name, later ones more of its arguments. A whole
 /// answer's call is one piece with everything.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ToolCallDelta {
+pub(crate) struct ToolCallDelta {
     /// Which call of the answer (0, 1, ...) this piece belongs to.
     pub index: u32,
     /// The call's id, on its first piece.
@@ -129,7 +129,7 @@ pub enum ContentPart {
 /// Joins the pieces of an answer's tool calls into whole calls, for fronts
 /// that answer at once (and for anything that needs the calls whole).
 #[derive(Debug, Default)]
-pub struct ToolCallsBuilder {
+pub(crate) struct ToolCallsBuilder {
     /// The calls so far, in index order.
     calls: Vec<ToolCall>,
 }
@@ -148,11 +148,11 @@ impl RequestExtras {
 impl ToolCallsBuilder {
     /// The most calls one answer may make: a bound on what an upstream can
     /// make the gateway hold, far above what any model emits.
-    pub const MAX_CALLS: u32 = 1024;
+    pub(crate) const MAX_CALLS: u32 = 1024;
 
     /// Adds one piece. Pieces of a call with an index past [`Self::MAX_CALLS`]
     /// are dropped rather than allocating room for them.
-    pub fn push(&mut self, delta: ToolCallDelta) {
+    pub(crate) fn push(&mut self, delta: ToolCallDelta) {
         if delta.index >= Self::MAX_CALLS {
             return;
         }
@@ -175,7 +175,7 @@ impl ToolCallsBuilder {
     }
 
     /// The whole calls, in order.
-    pub fn finish(self) -> Vec<ToolCall> {
+    pub(crate) fn finish(self) -> Vec<ToolCall> {
         self.calls
     }
 }

@@ -11,7 +11,7 @@ use super::check::Checker;
 
 /// Most calls one route's queue may hold: past this a queue is no longer
 /// smoothing a burst but hiding an outage, and its scans grow.
-pub const MAX_QUEUE_LEN: u32 = 100_000;
+pub(crate) const MAX_QUEUE_LEN: u32 = 100_000;
 
 // === raw (as written) ===
 
@@ -35,7 +35,7 @@ pub(crate) struct RawQueue {
 /// A route's queue: calls that find every endpoint at `max_in_flight`
 /// wait here for a slot rather than failing with UNAVAILABLE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueConfig {
+pub(crate) struct QueueConfig {
     /// Most calls waiting at once; one more is shed at once, as without a
     /// queue.
     pub max_len: u32,

@@ -16,9 +16,9 @@ use super::check::Checker;
 /// How long a store call may take by default: Redis on the same network
 /// answers in well under a millisecond, and a call waits at most this long
 /// before the gateway decides without it.
-pub const DEFAULT_STATE_TIMEOUT: Duration = Duration::from_millis(5);
+pub(crate) const DEFAULT_STATE_TIMEOUT: Duration = Duration::from_millis(5);
 /// The prefix of every key the gateway writes, by default.
-pub const DEFAULT_KEY_PREFIX: &str = "llmgate:";
+pub(crate) const DEFAULT_KEY_PREFIX: &str = "llmgate:";
 /// Longest store timeout: a limit check must never be what a caller waits
 /// for, so anything longer is a mistake.
 const MAX_STATE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -63,7 +63,7 @@ pub(crate) struct RawRedis {
 
 /// Where limits are counted.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct StateConfig {
+pub(crate) struct StateConfig {
     /// The store the replicas share; `None` counts in each replica alone.
     pub redis: Option<RedisConfig>,
 }

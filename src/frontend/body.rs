@@ -29,11 +29,11 @@ use crate::config::human_size;
 /// Errors a guarded body yields: the inner body's, or its refusal: a
 /// `tonic::Status` (which tonic sends to the caller as it is) for gRPC,
 /// a [`BodyRefusal`] for a whole HTTP body.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a body was refused while it was read.
 #[derive(Debug, thiserror::Error)]
-pub enum BodyRefusal {
+pub(crate) enum BodyRefusal {
     /// More than the limit arrived, or was announced.
     #[error(
         "the request body is {size} long; this gateway takes at most {limit}. Send a shorter \
@@ -111,7 +111,7 @@ pub enum Framing {
 /// Everything a front holds its request bodies to: each body's limits,
 /// and the budget all of them share.
 #[derive(Debug, Clone)]
-pub struct BodyRules {
+pub(crate) struct BodyRules {
     /// Size and idle limits of each body.
     pub limits: BodyLimits,
     /// The bytes all bodies arriving at once may hold.
@@ -120,7 +120,7 @@ pub struct BodyRules {
 
 impl BodyRules {
     /// `body` held to these rules, counted as `framing` says.
-    pub fn guard<B>(&self, body: B, framing: Framing) -> GuardedBody<B> {
+    pub(crate) fn guard<B>(&self, body: B, framing: Framing) -> GuardedBody<B> {
         GuardedBody::framed(body, self.limits, framing).within(self.budget.clone())
     }
 }

@@ -21,8 +21,8 @@
 //!   across reloads, the admission of a call and the [`Reservation`] it
 //!   holds to its last token.
 
-pub mod lease;
-pub mod redis;
+pub(crate) mod lease;
+pub(crate) mod redis;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -72,7 +72,7 @@ struct Scopes {
 }
 
 /// One key's or route's shared limits.
-pub struct Scope {
+pub(crate) struct Scope {
     /// Who, for messages: `key 'a'` or `model 'demo'`.
     whose: String,
     /// What was configured; a reload keeps the scope while it is equal.

@@ -234,7 +234,7 @@ async fn endpoint_state(gateway: &Gateway, url: &str) -> String {
 #[derive(Clone, Default)]
 struct TestResolver(Arc<Mutex<Vec<SocketAddr>>>);
 
-impl llmgate::balance::discover::Resolve for TestResolver {
+impl llmgate::Resolve for TestResolver {
     fn resolve(
         &self,
         _host: &str,
@@ -265,7 +265,7 @@ routes:
         &|_| None,
     )
     .expect("valid");
-    let connectors = llmgate::balance::Connectors {
+    let connectors = llmgate::Connectors {
         resolver: Arc::new(resolver.clone()),
         ..Default::default()
     };

@@ -5,11 +5,11 @@
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http_body_util::BodyExt;
-use llmgate::backend::ndjson::{NdjsonDecoder, NdjsonError};
-use llmgate::backend::sse::{SseDecoder, SseError, SseEvent};
-use llmgate::chat::{Caller, ChatMessage, ChatRequest, Role, SamplingParams};
 use llmgate::config::Config;
-use llmgate::frontend::body::{BodyLimits, GuardedBody};
+use llmgate::internals::ndjson::{NdjsonDecoder, NdjsonError};
+use llmgate::internals::sse::{SseDecoder, SseError, SseEvent};
+use llmgate::internals::{BodyLimits, GuardedBody};
+use llmgate::internals::{Caller, ChatMessage, ChatRequest, Role, SamplingParams};
 use proptest::prelude::*;
 
 /// Decodes `chunks` pushed one after another: the events, or the first error.
