@@ -7,39 +7,40 @@
 //!
 //! # Layout
 //! The modules follow the path of a call:
-//! - [`frontend`]: the `llm.v1.LLMService` gRPC service (grpc-web too,
+//! - `frontend`: the `llm.v1.LLMService` gRPC service (grpc-web too,
 //!   for browsers), the OpenAI-compatible HTTP API and Anthropic's Messages
-//!   API beside it; wire → [`chat`].
+//!   API beside it; wire → `chat`.
 //!   All stand on one edge (request id, key checked before the body,
 //!   deadline, refusals recorded, listings) and one body guard (size and
 //!   idle limits).
-//! - [`stack`]: tower layers every call passes: API keys and their models,
+//! - `stack`: tower layers every call passes: API keys and their models,
 //!   request limits, calls in flight (shed when full), requests and tokens
 //!   per minute, and the caller's deadline; observation (metrics and the
 //!   access log) outermost.
-//! - [`route`]: the routing table and the router service (model → route →
+//! - `route`: the routing table and the router service (model → route →
 //!   pool by weight), with retries, fallbacks and the panic pick inside the
 //!   deadline, and the continuation of a stream that broke mid-answer; it
 //!   calls an upstream.
-//! - [`balance`]: the [`Upstream`](balance::Upstream) (its time limits and
-//!   its balancer), P2C over its endpoints per call (on the engines' own
-//!   load when scraped, by prompt prefix when a route asks), each
-//!   endpoint's load, discovery, outlier ejection per endpoint and per
-//!   model, health-check and reconnect probes.
-//! - [`backend`]: what an endpoint calls: the adapter contract
-//!   ([`Dispatch`](backend::Dispatch)), one `Adapter` trait for the HTTP
-//!   wires (`openai`, `ollama`, `anthropic`) plus the in-process `sim`,
-//!   each mapping its wire into [`chat`], and SSE/NDJSON decoding.
+//! - `balance`: the `Upstream` (its time limits and its balancer), P2C
+//!   over its endpoints per call (on the engines' own load when scraped,
+//!   by prompt prefix when a route asks), each endpoint's load, discovery,
+//!   outlier ejection per endpoint and per model, health-check and
+//!   reconnect probes.
+//! - `backend`: what an endpoint calls: the adapter contract (`Dispatch`),
+//!   one `Adapter` trait for the HTTP wires (`openai`, `ollama`,
+//!   `anthropic`) plus the in-process `sim`, each mapping its wire into
+//!   `chat`, and SSE/NDJSON decoding.
 //!
 //! Each of these imports only modules to its right (and those beside
-//! them), never one to its left.
+//! them), never one to its left. They are crate-private (see
+//! `cargo doc --document-private-items`).
 //!
-//! Beside them: [`chat`] (the internal vocabulary), [`error`] (the one error
-//! type), [`config`] (the routing file), [`reload`] (live reloads of it),
-//! [`telemetry`] (metrics, health, access logs and the admin listener),
-//! [`state`] (limits shared by every replica through Redis),
-//! [`sim`] (the simulated model and its HTTP server), [`tls`] (rustls for
-//! the listener and upstreams), [`server`] (`run`, and each connection's
+//! Beside them: `chat` (the internal vocabulary), `error` (the one error
+//! type), [`config`] (the routing file), `reload` (live reloads of it),
+//! `telemetry` (metrics, health, access logs and the admin listener),
+//! `state` (limits shared by every replica through Redis),
+//! [`sim`] (the simulated model and its HTTP server), `tls` (rustls for
+//! the listener and upstreams), `server` (`run`, and each connection's
 //! handshake and limits),
 //! [`client`] (the `llmgate chat` client) and [`proto`] (generated code).
 //!

@@ -1,6 +1,6 @@
 //! The generated `llm.v1` gRPC code. Only the gRPC front end and clients
 //! (`llmgate chat`, tests, benchmarks) use these types; the rest of the
-//! gateway speaks [`crate::chat`].
+//! gateway speaks `crate::chat`.
 
 #![allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 

@@ -48,7 +48,7 @@ pub struct ChatRequest {
     /// Sampling parameters, passed through to the upstream.
     pub params: SamplingParams,
     /// Tools, response format, seed and every other field the caller sent
-    /// for the upstream (see [`RequestExtras`]).
+    /// for the upstream (see `RequestExtras`).
     pub extras: RequestExtras,
     /// Whether the caller wants tokens as they come (`CompleteStream`) or the
     /// whole answer at once (`Complete`); adapters pick the matching upstream

@@ -17,7 +17,7 @@
 //!   and their discovery, ejection and health checks (and routes' retries).
 //! - `route`: `routes:`, pools and fallbacks.
 //! - `state`: `state:`, the store replicas share limits through.
-//! - `check`: the [`Checker`](check) driver, the problem types, and the
+//! - `check`: the `Checker` driver, the problem types, and the
 //!   checks every topic shares (durations).
 //! - `describe`: the summary `llmgate check` prints.
 //!
@@ -25,7 +25,7 @@
 //! serde types (as written, `Raw*`, `deny_unknown_fields`, with positions),
 //! its validated types (what the gateway uses), and its `impl Checker`
 //! block that turns one into the other. Only the whole file's
-//! [`RawConfig`] and [`Config`] live here. The rest of the crate names
+//! `RawConfig` and [`Config`] live here. The rest of the crate names
 //! everything as `crate::config::X`; the re-exports below keep it so.
 
 mod auth;
