@@ -94,7 +94,6 @@ pub use telemetry::logging;
 #[doc(hidden)]
 pub mod internals {
     pub use crate::backend::{ndjson, sse};
-    pub use crate::chat::{Caller, ChatMessage, ChatRequest, Role, SamplingParams};
     pub use crate::config::resilience::Discovery;
     pub use crate::frontend::body::{BodyLimits, GuardedBody};
     pub use crate::server::admin::{HEALTHZ_PATH, METRICS_PATH, READYZ_PATH};

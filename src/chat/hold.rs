@@ -49,7 +49,7 @@ use crate::error::GatewayError;
 
 /// How a held stream ended, as its guard learns it.
 #[derive(Debug, Clone, Copy)]
-pub enum End<'a> {
+pub(crate) enum End<'a> {
     /// With its final event.
     Finished(&'a Completion),
     /// With this error, which the caller sees.

@@ -50,7 +50,7 @@ pub(crate) struct QueueConfig {
 /// A caller's class in a route's queue; only the order of waiters depends
 /// on it, never whether a call is admitted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Priority {
+pub(crate) enum Priority {
     /// Served first (interactive traffic).
     High,
     /// The default.
@@ -64,18 +64,18 @@ pub enum Priority {
 
 impl Priority {
     /// Every class, highest first.
-    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+    pub(crate) const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
 
     /// The class named `name` (`high`, `normal`, `low`, any case), as a
     /// key's `priority:` or an `x-llmgate-priority` header gives it.
-    pub fn from_name(name: &str) -> Option<Self> {
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
         Self::ALL
             .into_iter()
             .find(|p| p.as_str().eq_ignore_ascii_case(name.trim()))
     }
 
     /// Its name, for the file, headers and metric labels.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Priority::High => "high",
             Priority::Normal => "normal",
@@ -84,7 +84,7 @@ impl Priority {
     }
 
     /// Its rank: 0 is served first.
-    pub fn rank(self) -> u8 {
+    pub(crate) fn rank(self) -> u8 {
         self as u8
     }
 }
