@@ -217,7 +217,7 @@ pub(crate) struct UpstreamTimeouts {
 /// A credential. Its `Debug` never prints the value, so it cannot leak
 /// through a log line or an error.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub(crate) struct Secret(String);
 
 // === impl UpstreamKind ===
 
@@ -245,12 +245,12 @@ impl UpstreamKind {
 
 impl Secret {
     /// Wraps a credential.
-    pub fn new(value: String) -> Self {
+    pub(crate) fn new(value: String) -> Self {
         Secret(value)
     }
 
     /// The credential itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }

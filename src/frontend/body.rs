@@ -64,7 +64,7 @@ pub(crate) enum BodyRefusal {
 /// own, but a thousand slow bodies under that cap would still fill memory;
 /// past the budget, a body is refused (RESOURCE_EXHAUSTED, 429) instead.
 #[derive(Debug, Clone)]
-pub struct BufferBudget {
+pub(crate) struct BufferBudget {
     /// One permit per byte held.
     bytes: Arc<Semaphore>,
     /// The budget, for messages.
@@ -73,7 +73,7 @@ pub struct BufferBudget {
 
 impl BufferBudget {
     /// A budget of `bytes`.
-    pub fn new(bytes: usize) -> Self {
+    pub(crate) fn new(bytes: usize) -> Self {
         let total = bytes.min(Semaphore::MAX_PERMITS);
         BufferBudget {
             bytes: Arc::new(Semaphore::new(total)),
@@ -88,7 +88,8 @@ impl BufferBudget {
     }
 
     /// Bytes of the budget free now.
-    pub fn available(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn available(&self) -> usize {
         self.bytes.available_permits()
     }
 
@@ -99,7 +100,7 @@ impl BufferBudget {
 
 /// How the guarded body is framed, which decides what the size limit counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
+pub(crate) enum Framing {
     /// Length-prefixed gRPC messages: each message is held to the limit,
     /// checked from its prefix before it is read.
     GrpcMessages,
@@ -174,7 +175,7 @@ impl<B> GuardedBody<B> {
     }
 
     /// `inner` held to `limits`, counted as `framing` says.
-    pub fn framed(inner: B, limits: BodyLimits, framing: Framing) -> Self {
+    pub(crate) fn framed(inner: B, limits: BodyLimits, framing: Framing) -> Self {
         GuardedBody {
             inner,
             limits,
@@ -191,14 +192,14 @@ impl<B> GuardedBody<B> {
     }
 
     /// Counts this body's bytes against `budget` while it is held.
-    pub fn within(mut self, budget: BufferBudget) -> Self {
+    pub(crate) fn within(mut self, budget: BufferBudget) -> Self {
         self.budget = Some(budget);
         self
     }
 
     /// The share of the budget the body's bytes hold, for a caller that
     /// keeps the bytes after the body is read.
-    pub fn into_held(self) -> Option<OwnedSemaphorePermit> {
+    pub(crate) fn into_held(self) -> Option<OwnedSemaphorePermit> {
         self.held
     }
 
