@@ -1,5 +1,5 @@
 //! What sharing limits through Redis adds to a call: the admission of
-//! `state.redis` ([`llmgate::state::SharedLimits::admit`]) and the
+//! `state.redis` ([`llmgate::internals::SharedLimits::admit`]) and the
 //! settlement when the call's reservation is dropped, against a real
 //! `redis-server` started on a free port.
 //!
@@ -28,7 +28,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use llmgate::config::Config;
-use llmgate::state::SharedLimits;
+use llmgate::internals::SharedLimits;
 
 /// Calls per case.
 const CALLS: u32 = 200_000;
@@ -123,7 +123,7 @@ routes:
         "0".repeat(64),
     );
     let config = Config::parse(&yaml, "bench.yaml", &|_| None).expect("a valid file");
-    let redis = config.state.redis.as_ref().expect("state.redis");
+    let redis = llmgate::internals::redis(&config).expect("state.redis");
     SharedLimits::connect(redis, &config).expect("a store")
 }
 

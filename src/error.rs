@@ -62,7 +62,7 @@ pub struct GatewayError {
 
 impl ErrorKind {
     /// The gRPC status code for this kind.
-    pub fn grpc_code(self) -> tonic::Code {
+    pub(crate) fn grpc_code(self) -> tonic::Code {
         match self {
             ErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
             ErrorKind::NotFound => tonic::Code::NotFound,
@@ -77,7 +77,7 @@ impl ErrorKind {
     }
 
     /// The HTTP status an HTTP front end answers with for this kind.
-    pub fn http_status(self) -> http::StatusCode {
+    pub(crate) fn http_status(self) -> http::StatusCode {
         use http::StatusCode as S;
         match self {
             ErrorKind::InvalidArgument => S::BAD_REQUEST,
@@ -93,7 +93,7 @@ impl ErrorKind {
     }
 
     /// The kind an upstream HTTP status means for our caller.
-    pub fn from_upstream_status(status: http::StatusCode) -> ErrorKind {
+    pub(crate) fn from_upstream_status(status: http::StatusCode) -> ErrorKind {
         match status.as_u16() {
             400 | 413 | 422 => ErrorKind::InvalidArgument,
             401 => ErrorKind::Unauthenticated,
@@ -118,7 +118,7 @@ impl fmt::Display for ErrorKind {
 
 impl GatewayError {
     /// An error of `kind` with a caller-facing message.
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         GatewayError {
             kind,
             message: message.into(),
@@ -132,79 +132,79 @@ impl GatewayError {
     }
 
     /// A request field is wrong: the message names the field.
-    pub fn invalid_argument(field: &str, problem: &str) -> Self {
+    pub(crate) fn invalid_argument(field: &str, problem: &str) -> Self {
         let mut err = Self::new(ErrorKind::InvalidArgument, format!("{field} {problem}"));
         err.field = Some(field.to_string());
         err
     }
 
     /// No upstream could take the call.
-    pub fn unavailable(message: impl Into<String>) -> Self {
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Unavailable, message)
     }
 
     /// A deadline or timeout passed.
-    pub fn deadline_exceeded(message: impl Into<String>) -> Self {
+    pub(crate) fn deadline_exceeded(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::DeadlineExceeded, message)
     }
 
     /// Notes how long the caller should wait before trying again: an
     /// upstream's `Retry-After`, or when a local limit will have room.
-    pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+    pub(crate) fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
         self.retry_after = Some(wait);
         self
     }
 
     /// Marks the error as "prompt longer than the model's context window".
-    pub fn with_context_length_exceeded(mut self) -> Self {
+    pub(crate) fn with_context_length_exceeded(mut self) -> Self {
         self.context_length = true;
         self
     }
 
     /// Marks the error as one no retry should follow.
-    pub fn not_retryable(mut self) -> Self {
+    pub(crate) fn not_retryable(mut self) -> Self {
         self.final_attempt = true;
         self
     }
 
     /// Marks the error as the connection's (refused, reset, TLS, connect
     /// timeout): it counts against the endpoint for every model it serves.
-    pub fn in_transport(mut self) -> Self {
+    pub(crate) fn in_transport(mut self) -> Self {
         self.transport = true;
         self
     }
 
     /// Marks the error as "every endpoint is at `max_in_flight`".
-    pub fn at_capacity(mut self) -> Self {
+    pub(crate) fn at_capacity(mut self) -> Self {
         self.at_capacity = true;
         self
     }
 
     /// Whether the balancer found endpoints, all of them busy: a slot will
     /// free, so waiting can help.
-    pub fn is_at_capacity(&self) -> bool {
+    pub(crate) fn is_at_capacity(&self) -> bool {
         self.at_capacity
     }
 
     /// Whether the connection failed, rather than one model's answer.
-    pub fn is_transport(&self) -> bool {
+    pub(crate) fn is_transport(&self) -> bool {
         self.transport
     }
 
     /// How long the upstream asked callers to wait before trying again.
-    pub fn retry_after(&self) -> Option<std::time::Duration> {
+    pub(crate) fn retry_after(&self) -> Option<std::time::Duration> {
         self.retry_after
     }
 
     /// Whether the prompt was too long for the model.
-    pub fn is_context_length_exceeded(&self) -> bool {
+    pub(crate) fn is_context_length_exceeded(&self) -> bool {
         self.context_length
     }
 
     /// Whether another endpoint, pool or fallback model could succeed where
     /// this attempt failed: the upstream was down, overloaded or too slow,
     /// not the request wrong.
-    pub fn is_retryable(&self) -> bool {
+    pub(crate) fn is_retryable(&self) -> bool {
         !self.final_attempt
             && matches!(
                 self.kind,
@@ -213,13 +213,13 @@ impl GatewayError {
     }
 
     /// The same error with `context` put before its message.
-    pub fn context(mut self, context: &str) -> Self {
+    pub(crate) fn context(mut self, context: &str) -> Self {
         self.message = format!("{context}: {}", self.message);
         self
     }
 
     /// The request field an invalid argument is about, when one is.
-    pub fn field(&self) -> Option<&str> {
+    pub(crate) fn field(&self) -> Option<&str> {
         self.field.as_deref()
     }
 
@@ -236,7 +236,7 @@ impl GatewayError {
 
 /// A duration as people write it in config files and timeouts (`250ms`,
 /// `1.5s`), for error messages.
-pub fn human_duration(d: std::time::Duration) -> String {
+pub(crate) fn human_duration(d: std::time::Duration) -> String {
     if d < std::time::Duration::from_secs(1) {
         format!("{}ms", d.as_millis())
     } else {
@@ -251,7 +251,7 @@ pub fn human_duration(d: std::time::Duration) -> String {
 
 /// A wait in whole seconds, rounded up and at least one: what a
 /// `retry-after` can say without telling a client to retry at once.
-pub fn whole_seconds(wait: std::time::Duration) -> u64 {
+pub(crate) fn whole_seconds(wait: std::time::Duration) -> u64 {
     (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 

@@ -6,13 +6,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use llmgate::AdminKey;
+use llmgate::Connectors;
 use llmgate::Listeners;
-use llmgate::balance::Connectors;
 use llmgate::config::Config;
-use llmgate::server::admin::AdminKey;
+use llmgate::logging::{self, LogFormat};
+use llmgate::sim::SimApi;
 use llmgate::sim::SimSettings;
-use llmgate::sim::server::SimApi;
-use llmgate::telemetry::logging::{self, LogFormat};
 use tokio::net::TcpListener;
 
 /// A cluster-wide LLM gateway: one gRPC endpoint (llm.v1.LLMService) in
@@ -182,7 +182,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 Some(key) => key,
                 None => None,
             };
-            let server = llmgate::server::Server::new(config, Connectors::default())?
+            let server = llmgate::Server::new(config, Connectors::default())?
                 .reload_from(path)
                 .admin_key(admin_key);
             announce(&format!("gRPC listening on {}", grpc.local_addr()?));
@@ -255,7 +255,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 "llmgate: sim ({name} API) listening on {}",
                 listener.local_addr()?
             );
-            llmgate::sim::server::serve_api(listener, settings, api, shutdown).await?;
+            llmgate::sim::serve_api(listener, settings, api, shutdown).await?;
             Ok(())
         }
         Command::Check { file } => match check(&file) {

@@ -29,7 +29,7 @@ use crate::telemetry::metrics;
 
 /// Quiet time after the last file event before reloading: editors and
 /// Kubernetes touch several files for one change.
-pub const DEBOUNCE: Duration = Duration::from_millis(100);
+pub(crate) const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// Applies the routing file to the live table on demand.
 pub struct Reloader {
@@ -78,7 +78,12 @@ pub enum ReloadOutcome {
 
 impl Reloader {
     /// A reloader for the table built from `config`, read from `path`.
-    pub fn new(path: PathBuf, config: Config, table: SharedTable, connectors: Connectors) -> Self {
+    pub(crate) fn new(
+        path: PathBuf,
+        config: Config,
+        table: SharedTable,
+        connectors: Connectors,
+    ) -> Self {
         Reloader {
             path,
             table,
@@ -92,7 +97,7 @@ impl Reloader {
 
     /// Also applies each new file's keys and limits to `guard`, keeping the
     /// quotas of keys and routes whose limits did not change.
-    pub fn guarding(mut self, guard: SharedGuard) -> Self {
+    pub(crate) fn guarding(mut self, guard: SharedGuard) -> Self {
         self.guard = Some(guard);
         self
     }
@@ -100,7 +105,7 @@ impl Reloader {
     /// Also applies each new file's limits to the limits shared across
     /// replicas, keeping the store's connection and the leases of keys and
     /// routes whose limits did not change (the counts live in the store).
-    pub fn sharing(mut self, shared: Option<Arc<SharedLimits>>) -> Self {
+    pub(crate) fn sharing(mut self, shared: Option<Arc<SharedLimits>>) -> Self {
         self.shared = shared;
         self
     }
@@ -111,7 +116,7 @@ impl Reloader {
     }
 
     /// The table in force.
-    pub fn table(&self) -> Arc<RoutingTable> {
+    pub(crate) fn table(&self) -> Arc<RoutingTable> {
         self.table.load_full()
     }
 
@@ -232,7 +237,7 @@ impl Reloader {
     /// returned guard is dropped. The directory, not the file, is watched:
     /// editors replace the file by renaming, and Kubernetes swaps a symlink
     /// to a new directory, and both leave a watch on the old file blind.
-    pub fn watch(self: &Arc<Self>) -> Result<impl Drop + Send + use<>, notify::Error> {
+    pub(crate) fn watch(self: &Arc<Self>) -> Result<impl Drop + Send + use<>, notify::Error> {
         use notify::Watcher;
 
         let dir = match self.path.parent() {
@@ -269,7 +274,7 @@ impl Reloader {
 
     /// Reloads on every SIGHUP until the returned guard is dropped.
     #[cfg(unix)]
-    pub fn reload_on_sighup(self: &Arc<Self>) -> std::io::Result<impl Drop + Send + use<>> {
+    pub(crate) fn reload_on_sighup(self: &Arc<Self>) -> std::io::Result<impl Drop + Send + use<>> {
         let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let reloader = self.clone();
         Ok(AbortOnDrop(tokio::spawn(async move {

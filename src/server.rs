@@ -25,7 +25,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub mod admin;
+pub(crate) mod admin;
 mod conn;
 
 use arc_swap::ArcSwap;

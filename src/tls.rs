@@ -26,13 +26,13 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 const SERVER_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// The one crypto provider the gateway uses.
-pub fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Every certificate in a PEM file, in file order; an error names what is
 /// wrong with the file (never its content).
-pub fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| format!("is not a PEM certificate file ({err})"))?;
@@ -44,14 +44,14 @@ pub fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> 
 
 /// The private key in a PEM file (PKCS#8, PKCS#1 or SEC1). The error never
 /// quotes the file: it is a secret.
-pub fn private_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
+pub(crate) fn private_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|_| {
         "holds no PEM private key (PKCS#8, RSA or EC: -----BEGIN PRIVATE KEY-----)".to_string()
     })
 }
 
 /// A root store holding every certificate of a PEM file.
-pub fn root_store(pem: &[u8]) -> Result<RootCertStore, String> {
+pub(crate) fn root_store(pem: &[u8]) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
     for cert in certificates(pem)? {
         roots

@@ -18,7 +18,7 @@ use crate::error::GatewayError;
 
 /// A call on its way to an endpoint.
 #[derive(Debug, Clone)]
-pub struct EndpointCall {
+pub(crate) struct EndpointCall {
     /// The model name the upstream knows.
     pub model: Arc<str>,
     /// The request, shared by every attempt of the call.
@@ -28,12 +28,12 @@ pub struct EndpointCall {
 /// Sends one call to one endpoint (the backend adapter, bound to the
 /// endpoint's address). One box per call, none per token: the stream it
 /// answers with is the adapter's own, boxed once.
-pub type Dispatch =
+pub(crate) type Dispatch =
     Arc<dyn Fn(EndpointCall) -> BoxFuture<'static, Result<ChatStream, GatewayError>> + Send + Sync>;
 
 /// An endpoint as a backend bound it: what metrics and logs call it, and
 /// how to send it a call.
-pub struct Binding {
+pub(crate) struct Binding {
     /// The endpoint's label (its base URL, or `in-process`).
     pub label: Arc<str>,
     /// Sends calls to it.

@@ -32,7 +32,7 @@ use super::inline::{InlineBody, InlineError, InlinePool};
 /// over connections each call drives itself ([`InlinePool`]), everything
 /// else (TLS, HTTP/2) through hyper-util's pooled client.
 #[derive(Clone)]
-pub struct HttpClient {
+pub(crate) struct HttpClient {
     pooled: PooledClient,
     inline: Arc<InlinePool>,
 }
@@ -58,10 +58,10 @@ pub(crate) enum SendError {
 /// How long to wait for a TCP connection before calling an endpoint down.
 /// Short on purpose: a healthy server in the same cluster accepts in
 /// milliseconds, and the caller's deadline is better spent elsewhere.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Builds the shared client, which trusts the web PKI roots.
-pub fn client() -> HttpClient {
+pub(crate) fn client() -> HttpClient {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http()
@@ -105,7 +105,7 @@ impl HttpClient {
 /// A client that trusts only the CA certificates in `ca_pem`, for an
 /// upstream whose servers a private CA certified. The error says what is
 /// wrong with the file.
-pub fn client_trusting(ca_pem: &[u8]) -> Result<HttpClient, String> {
+pub(crate) fn client_trusting(ca_pem: &[u8]) -> Result<HttpClient, String> {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(crate::tls::client_config_trusting(ca_pem)?)
         .https_or_http()
@@ -135,7 +135,7 @@ fn pooled(https: HttpsConnector<HttpConnector>) -> HttpClient {
 
 /// The text of a `GET` of `url`, up to `limit` bytes: how the balancer
 /// reads an engine's metrics page. The error says what went wrong.
-pub fn fetch_text(
+pub(crate) fn fetch_text(
     client: &HttpClient,
     url: http::Uri,
     limit: usize,
@@ -159,7 +159,10 @@ pub fn fetch_text(
 /// Whether the server at `url` answers a `GET` with a 2xx: the request a
 /// health check sends. How often, and how long to wait, is the balancer's
 /// business.
-pub fn probe(client: &HttpClient, url: http::Uri) -> impl Future<Output = bool> + Send + use<> {
+pub(crate) fn probe(
+    client: &HttpClient,
+    url: http::Uri,
+) -> impl Future<Output = bool> + Send + use<> {
     let response = client.pooled.get(url);
     async move { matches!(response.await, Ok(response) if response.status().is_success()) }
 }

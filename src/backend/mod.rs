@@ -17,9 +17,9 @@
 
 mod adapter;
 mod anthropic;
-pub mod dispatch;
+pub(crate) mod dispatch;
 mod embed;
-pub mod http;
+pub(crate) mod http;
 mod inline;
 pub mod ndjson;
 mod ollama;
@@ -36,18 +36,17 @@ use ::http::Uri;
 use crate::config::{Discovery, UpstreamConfig, UpstreamKind};
 use anthropic::AnthropicBackend;
 use dispatch::Bind;
-pub use dispatch::{Binding, Dispatch, EndpointCall};
+pub(crate) use dispatch::{Binding, Dispatch, EndpointCall};
 use http::HttpClient;
 use ollama::OllamaBackend;
 use openai::OpenAiBackend;
-pub use sim::IN_PROCESS_ENDPOINT;
 use sim::SimBackend;
 
 /// The wire of one upstream, shared by its endpoints: the one place the
 /// kind of an upstream is looked at, so that adding a wire means adding an
 /// adapter and one line here.
 #[derive(Clone)]
-pub struct Backend {
+pub(crate) struct Backend {
     /// The adapter, behind the one `dyn` of the backend: it is used when an
     /// endpoint is added, never per call or per token.
     adapter: Arc<dyn Bind>,
@@ -57,7 +56,7 @@ pub struct Backend {
 
 impl Backend {
     /// The adapter for `config`'s `kind`, sending through `client`.
-    pub fn new(config: &UpstreamConfig, client: HttpClient) -> Self {
+    pub(crate) fn new(config: &UpstreamConfig, client: HttpClient) -> Self {
         let adapter: Arc<dyn Bind> = match config.kind {
             UpstreamKind::OpenAi => Arc::new(OpenAiBackend::new(config, client)),
             UpstreamKind::Ollama => Arc::new(OllamaBackend::new(config, client)),
@@ -69,7 +68,7 @@ impl Backend {
 
     /// Where the upstream's endpoints come from: `configured`, unless the
     /// adapter has endpoints of its own (the in-process simulator).
-    pub fn discovery(&self, configured: &Discovery) -> Discovery {
+    pub(crate) fn discovery(&self, configured: &Discovery) -> Discovery {
         match self.adapter.fixed_endpoints() {
             Some(urls) => Discovery::Static(urls),
             None => configured.clone(),
@@ -78,7 +77,7 @@ impl Backend {
 
     /// Binds the adapter to the endpoint at `base`; `None` when `base`
     /// cannot be used as a base URL for this wire.
-    pub fn bind(&self, base: &Uri) -> Option<Binding> {
+    pub(crate) fn bind(&self, base: &Uri) -> Option<Binding> {
         self.adapter.clone().bind(base)
     }
 }

@@ -14,7 +14,7 @@ use crate::error::GatewayError;
 use crate::sim::SimSettings;
 
 /// The endpoint label of a simulator running inside the gateway.
-pub const IN_PROCESS_ENDPOINT: &str = "in-process";
+pub(crate) const IN_PROCESS_ENDPOINT: &str = "in-process";
 
 /// The pseudo-address of an in-process simulator's one endpoint.
 const SIM_ENDPOINT: &str = "sim://in-process";

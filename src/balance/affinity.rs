@@ -6,7 +6,10 @@
 
 /// The hash of a prompt's leading `chars` characters (role and text of the
 /// messages from the first), the same in every replica and every build.
-pub fn prefix_key<'a>(messages: impl IntoIterator<Item = (&'a str, &'a str)>, chars: u32) -> u64 {
+pub(crate) fn prefix_key<'a>(
+    messages: impl IntoIterator<Item = (&'a str, &'a str)>,
+    chars: u32,
+) -> u64 {
     let mut left = chars as usize;
     let mut hash = FNV_OFFSET;
     for (role, text) in messages {

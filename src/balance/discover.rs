@@ -24,7 +24,7 @@ pub trait Resolve: Send + Sync + 'static {
 
 /// The system resolver (getaddrinfo through tokio).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct SystemResolver;
+pub(crate) struct SystemResolver;
 
 impl Resolve for SystemResolver {
     fn resolve(
@@ -41,7 +41,7 @@ impl Resolve for SystemResolver {
 /// that appeared and those that went away. Ends when `apply` says the pool
 /// is gone. A failed resolution keeps the endpoints it had: a DNS hiccup
 /// must not empty a pool.
-pub async fn watch_dns(
+pub(crate) async fn watch_dns(
     resolver: Arc<dyn Resolve>,
     host: String,
     port: u16,

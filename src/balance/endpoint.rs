@@ -22,7 +22,7 @@ use crate::chat::hold::{End, Hold, OnEnd};
 use crate::error::{ErrorKind, GatewayError};
 
 /// The balancer's view of one endpoint.
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// Shared record: load, failures, ejections, health.
     pub(super) state: Arc<EndpointState>,
     /// Sends calls to it.
@@ -47,7 +47,11 @@ struct CallGuard {
 
 impl Endpoint {
     /// The endpoint behind `state`, sending through `dispatch`.
-    pub fn new(state: Arc<EndpointState>, dispatch: Dispatch, max_in_flight: Option<u32>) -> Self {
+    pub(crate) fn new(
+        state: Arc<EndpointState>,
+        dispatch: Dispatch,
+        max_in_flight: Option<u32>,
+    ) -> Self {
         Endpoint {
             key: super::affinity::endpoint_key(&state.url),
             state,
@@ -58,13 +62,13 @@ impl Endpoint {
 
     /// Whether a call for `model` could go here now: admitted, and under
     /// its cap.
-    pub fn is_ready(&self, model: &str, now: Instant) -> bool {
+    pub(crate) fn is_ready(&self, model: &str, now: Instant) -> bool {
         self.state.is_admissible(model, now) && !self.state.at_cap(self.max_in_flight)
     }
 
     /// What P2C compares for `model`: a recent failure first, then the
     /// engine's own load when scraped, else calls in flight.
-    pub fn load(&self, model: &str, now: Instant) -> LoadRank {
+    pub(crate) fn load(&self, model: &str, now: Instant) -> LoadRank {
         self.state.engine.rank(
             self.state.failed_recently(model, now),
             self.state.in_flight(),
@@ -74,7 +78,7 @@ impl Endpoint {
 
     /// Sends `call` here; `None` when the endpoint reached its cap since it
     /// was picked.
-    pub fn call(
+    pub(crate) fn call(
         &self,
         call: EndpointCall,
     ) -> Option<BoxFuture<'static, Result<ChatStream, GatewayError>>> {

@@ -33,7 +33,7 @@ const KV_CACHE: &[&str] = &[
 
 /// One scrape's reading.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct EngineSample {
+pub(crate) struct EngineSample {
     /// Requests queued in the engine, not yet running.
     pub waiting: u32,
     /// Requests the engine is generating for.
@@ -44,7 +44,7 @@ pub struct EngineSample {
 
 /// The last reading of one endpoint's engine, shared with every call.
 #[derive(Debug)]
-pub struct EngineLoad {
+pub(crate) struct EngineLoad {
     waiting: AtomicU32,
     running: AtomicU32,
     /// KV-cache use in thousandths.
@@ -62,7 +62,7 @@ pub struct EngineLoad {
 /// How an endpoint ranks for P2C, lowest first: a recent failure, then the
 /// engine's queue, its running requests, its KV-cache use. Without a fresh
 /// reading, running is this replica's calls in flight.
-pub type LoadRank = (bool, u32, usize, u32);
+pub(crate) type LoadRank = (bool, u32, usize, u32);
 
 // === impl EngineLoad ===
 
@@ -85,7 +85,13 @@ const NEVER: i64 = i64::MIN;
 impl EngineLoad {
     /// Records a reading taken when this replica had `in_flight` calls on
     /// the endpoint.
-    pub fn record(&self, sample: EngineSample, in_flight: usize, interval: Duration, at: Instant) {
+    pub(crate) fn record(
+        &self,
+        sample: EngineSample,
+        in_flight: usize,
+        interval: Duration,
+        at: Instant,
+    ) {
         self.waiting.store(sample.waiting, Ordering::Relaxed);
         self.running.store(sample.running, Ordering::Relaxed);
         let kv = (sample.kv_cache_usage.clamp(0.0, 1.0) * 1000.0).round() as u32;
@@ -104,7 +110,7 @@ impl EngineLoad {
 
     /// The last reading, if it is fresh at `now` (younger than three
     /// intervals).
-    pub fn fresh(&self, now: Instant) -> Option<EngineSample> {
+    pub(crate) fn fresh(&self, now: Instant) -> Option<EngineSample> {
         let offset = self.scraped_at.load(Ordering::Acquire);
         if offset == NEVER {
             return None;
@@ -128,7 +134,7 @@ impl EngineLoad {
 
     /// The P2C rank of an endpoint with `in_flight` calls of this replica
     /// and a recent failure or not.
-    pub fn rank(&self, failed_recently: bool, in_flight: usize, now: Instant) -> LoadRank {
+    pub(crate) fn rank(&self, failed_recently: bool, in_flight: usize, now: Instant) -> LoadRank {
         match self.fresh(now) {
             Some(sample) => {
                 let started_since =
@@ -147,7 +153,7 @@ impl EngineLoad {
 
 /// Reads the engine gauges out of a Prometheus text page; `None` when the
 /// page has none of them (not an engine we know).
-pub fn parse(page: &str) -> Option<EngineSample> {
+pub(crate) fn parse(page: &str) -> Option<EngineSample> {
     let lines = page.lines().map(|line| Ok(plain_name(line)));
     let scrape = prometheus_parse::Scrape::parse(lines).ok()?;
     let mut sample = EngineSample::default();

@@ -33,7 +33,7 @@ use crate::telemetry::metrics::EndpointMetrics;
 /// The shared record of one endpoint. Held by its balancer, by every call
 /// in flight on it, and weakly by its background tasks.
 #[derive(Debug)]
-pub struct EndpointState {
+pub(crate) struct EndpointState {
     /// The endpoint's base URL, for introspection and probes.
     pub url: http::Uri,
     /// What metrics and logs call it.
@@ -83,7 +83,7 @@ struct Record {
 /// The endpoints of one pool, for decisions that need them all: the cap on
 /// ejections, whether the pool can take a call at all, introspection.
 #[derive(Debug, Default)]
-pub struct PoolHealth {
+pub(crate) struct PoolHealth {
     /// Current members, kept in step with discovery; read on every call, so
     /// swapped rather than locked.
     members: ArcSwap<Vec<Arc<EndpointState>>>,
@@ -94,7 +94,7 @@ pub struct PoolHealth {
 }
 
 /// Something waiting for a free slot on a pool: a route's queue.
-pub trait SlotListener: Send + Sync {
+pub(crate) trait SlotListener: Send + Sync {
     /// A call on one of the pool's endpoints ended. Called from the end of
     /// that call, so it must be quick and must not call back into the pool.
     fn slot_freed(&self);
@@ -113,7 +113,7 @@ impl std::fmt::Debug for SlotListeners {
 
 /// Who a failure is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
+pub(crate) enum Scope {
     /// The endpoint itself (its connection): every model it serves.
     Endpoint,
     /// One model on the endpoint.
@@ -122,7 +122,7 @@ pub enum Scope {
 
 /// How one call ended, as evidence about its endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The endpoint answered (even if the answer was a refusal of the
     /// request itself): it works.
     Success,
@@ -142,24 +142,24 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq)]
 pub struct EndpointSnapshot {
     /// Base URL.
-    pub url: String,
+    pub(crate) url: String,
     /// `up`, `ejected` or `unhealthy`.
     pub state: &'static str,
     /// What an ejection is about: `endpoint`, `model`, or empty when none.
-    pub ejected_for: &'static str,
+    pub(crate) ejected_for: &'static str,
     /// Calls in flight.
-    pub in_flight: usize,
+    pub(crate) in_flight: usize,
     /// Failures since the last success (the connection's and the model's).
-    pub consecutive_failures: u32,
+    pub(crate) consecutive_failures: u32,
     /// The engine's own load, when scraped and fresh.
-    pub engine: Option<EngineSample>,
+    pub(crate) engine: Option<EngineSample>,
 }
 
 // === impl EndpointState ===
 
 impl EndpointState {
     /// A fresh, healthy endpoint of `pool`.
-    pub fn new(
+    pub(crate) fn new(
         url: http::Uri,
         label: Arc<str>,
         metrics: EndpointMetrics,
@@ -187,17 +187,17 @@ impl EndpointState {
 
     /// Completes (with an error) when this endpoint is dropped, for the
     /// tasks that serve it.
-    pub fn gone(&self) -> tokio::sync::watch::Receiver<()> {
+    pub(crate) fn gone(&self) -> tokio::sync::watch::Receiver<()> {
         self.gone.subscribe()
     }
 
     /// Calls in flight.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Failures since the last success, of the connection and of `model`.
-    pub fn consecutive_failures(&self, model: &str) -> u32 {
+    pub(crate) fn consecutive_failures(&self, model: &str) -> u32 {
         let of_model = self
             .model_record(model)
             .map_or(0, |r| r.consecutive_failures.load(Ordering::Relaxed));
@@ -209,7 +209,7 @@ impl EndpointState {
     /// any endpoint without a recent failure, so a retry moves elsewhere at
     /// once; the penalty fades so a recovered endpoint gets calls again and
     /// can prove itself.
-    pub fn failed_recently(&self, model: &str, now: Instant) -> bool {
+    pub(crate) fn failed_recently(&self, model: &str, now: Instant) -> bool {
         self.transport.failed_recently(now)
             || self
                 .model_record(model)
@@ -217,17 +217,17 @@ impl EndpointState {
     }
 
     /// Whether the last active health verdict was good.
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
     }
 
     /// Whether the connection itself is ejected now.
-    pub fn is_ejected(&self, now: Instant) -> bool {
+    pub(crate) fn is_ejected(&self, now: Instant) -> bool {
         self.transport.ejected_until(now).is_some()
     }
 
     /// Whether a call for `model` could be sent here now (caps aside).
-    pub fn is_admissible(&self, model: &str, now: Instant) -> bool {
+    pub(crate) fn is_admissible(&self, model: &str, now: Instant) -> bool {
         self.is_healthy()
             && self.transport.ejected_until(now).is_none()
             && self
@@ -238,7 +238,7 @@ impl EndpointState {
     /// Since when `model` on this endpoint has been out, when it is: the
     /// panic pick sends a call to the endpoint out the longest. An endpoint
     /// failing its health check counts as out since now.
-    pub fn out_since(&self, model: &str, now: Instant) -> Option<Instant> {
+    pub(crate) fn out_since(&self, model: &str, now: Instant) -> Option<Instant> {
         let ejected = [Some(&self.transport), self.model_record(model).as_deref()]
             .into_iter()
             .flatten()
@@ -249,7 +249,7 @@ impl EndpointState {
     }
 
     /// Counts a call as started, unless `cap` calls are already in flight.
-    pub fn try_start(&self, cap: Option<usize>) -> bool {
+    pub(crate) fn try_start(&self, cap: Option<usize>) -> bool {
         let started = match cap {
             None => {
                 self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -269,13 +269,13 @@ impl EndpointState {
     }
 
     /// Whether `cap` calls are in flight.
-    pub fn at_cap(&self, cap: Option<usize>) -> bool {
+    pub(crate) fn at_cap(&self, cap: Option<usize>) -> bool {
         cap.is_some_and(|cap| self.in_flight() >= cap)
     }
 
     /// Counts a call for `model` as ended and learns from how it ended.
     /// Returns the scope the call's failure ejected, if it did.
-    pub fn call_ended(&self, model: &Arc<str>, outcome: Outcome) -> Option<Scope> {
+    pub(crate) fn call_ended(&self, model: &Arc<str>, outcome: Outcome) -> Option<Scope> {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.metrics.call_ended();
         if let Some(pool) = self.pool.upgrade() {
@@ -313,14 +313,14 @@ impl EndpointState {
     }
 
     /// Sets the active health verdict.
-    pub fn set_healthy(&self, healthy: bool) {
+    pub(crate) fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::Release);
         self.metrics
             .set_up(healthy && !self.is_ejected(Instant::now()));
     }
 
     /// Publishes an engine reading as this endpoint's gauges.
-    pub fn set_engine_metrics(&self, sample: &EngineSample) {
+    pub(crate) fn set_engine_metrics(&self, sample: &EngineSample) {
         self.metrics
             .set_engine(sample.waiting, sample.running, sample.kv_cache_usage);
     }
@@ -328,7 +328,7 @@ impl EndpointState {
     /// Takes the endpoint back after a probe reached it: its connection's
     /// ejection ends now. Its failure count stays, so the next failure
     /// ejects it again at once, for longer.
-    pub fn readmit(&self) {
+    pub(crate) fn readmit(&self) {
         self.transport.ejected_until.store(0, Ordering::Release);
         self.metrics.set_up(self.is_healthy());
         tracing::info!(endpoint = %self.url, "endpoint reachable again; readmitted");
@@ -336,12 +336,12 @@ impl EndpointState {
 
     /// Claims the one reconnect probe of this endpoint; `false` when one
     /// already runs.
-    pub fn start_probing(&self) -> bool {
+    pub(crate) fn start_probing(&self) -> bool {
         !self.probing.swap(true, Ordering::AcqRel)
     }
 
     /// Releases the claim of [`start_probing`](Self::start_probing).
-    pub fn stop_probing(&self) {
+    pub(crate) fn stop_probing(&self) {
         self.probing.store(false, Ordering::Release);
     }
 
@@ -399,7 +399,7 @@ impl EndpointState {
     }
 
     /// A point-in-time view for calls of `model`.
-    pub fn snapshot(&self, model: &str, now: Instant) -> EndpointSnapshot {
+    pub(crate) fn snapshot(&self, model: &str, now: Instant) -> EndpointSnapshot {
         let model_ejected = self
             .model_record(model)
             .is_some_and(|r| r.ejected_until(now).is_some());
@@ -487,7 +487,7 @@ impl Record {
 
 impl PoolHealth {
     /// Tells `listener` of every slot freed from now on, while it lives.
-    pub fn listen_for_slots(&self, listener: Weak<dyn SlotListener>) {
+    pub(crate) fn listen_for_slots(&self, listener: Weak<dyn SlotListener>) {
         self.slot_listeners.0.rcu(|listeners| {
             let mut listeners: Vec<_> = listeners
                 .iter()
@@ -511,7 +511,7 @@ impl PoolHealth {
     }
 
     /// Adds a member discovered.
-    pub fn insert(&self, endpoint: Arc<EndpointState>) {
+    pub(crate) fn insert(&self, endpoint: Arc<EndpointState>) {
         self.members.rcu(|members| {
             let mut members = Vec::clone(members);
             members.push(endpoint.clone());
@@ -520,7 +520,7 @@ impl PoolHealth {
     }
 
     /// Drops a member no longer discovered.
-    pub fn remove(&self, url: &http::Uri) {
+    pub(crate) fn remove(&self, url: &http::Uri) {
         self.members.rcu(|members| {
             let mut members = Vec::clone(members);
             members.retain(|e| &e.url != url);
@@ -531,7 +531,7 @@ impl PoolHealth {
     /// Whether any member could take a call for `model` now: a pool with
     /// none is down, and calls go to other pools or fall back at once
     /// instead of waiting.
-    pub fn any_admissible(&self, model: &str) -> bool {
+    pub(crate) fn any_admissible(&self, model: &str) -> bool {
         let now = Instant::now();
         self.members
             .load()
@@ -540,7 +540,7 @@ impl PoolHealth {
     }
 
     /// Since when the member out the longest for `model` has been out.
-    pub fn oldest_out(&self, model: &str) -> Option<Instant> {
+    pub(crate) fn oldest_out(&self, model: &str) -> Option<Instant> {
         let now = Instant::now();
         self.members
             .load()
@@ -550,7 +550,7 @@ impl PoolHealth {
     }
 
     /// Every member's state for calls of `model`.
-    pub fn snapshot(&self, model: &str) -> Vec<EndpointSnapshot> {
+    pub(crate) fn snapshot(&self, model: &str) -> Vec<EndpointSnapshot> {
         let now = Instant::now();
         self.members
             .load()
@@ -580,7 +580,7 @@ impl PoolHealth {
 }
 
 /// How long a failure makes an endpoint less preferred than its peers.
-pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
+pub(crate) const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {

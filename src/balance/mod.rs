@@ -4,7 +4,7 @@
 //! In call order:
 //! - [`upstream`]: what route calls; one upstream of the routing file, its
 //!   time limits, and the balancer over its endpoints.
-//! - [`p2c`]: the [`Balancer`], P2C over the endpoints ready for the
+//! - [`p2c`]: the [`Balancer`](p2c::Balancer), P2C over the endpoints ready for the
 //!   call's model, failing fast when none is (or, in panic, the one out
 //!   the longest).
 //! - [`endpoint`]: one endpoint; its load is calls in flight until the
@@ -20,16 +20,16 @@
 
 mod affinity;
 mod clock;
-pub mod discover;
-pub mod endpoint;
-pub mod engine;
-pub mod health;
-pub mod p2c;
-pub mod probe;
-pub mod upstream;
+pub(crate) mod discover;
+pub(crate) mod endpoint;
+pub(crate) mod engine;
+pub(crate) mod health;
+pub(crate) mod p2c;
+pub(crate) mod probe;
+pub(crate) mod upstream;
 
-pub use affinity::prefix_key;
-pub use health::SlotListener;
+pub(crate) use affinity::prefix_key;
+pub(crate) use health::SlotListener;
 pub(crate) use p2c::AbortOnDrop;
-pub use p2c::{Affinity, Balancer, Pick};
-pub use upstream::{Connectors, Upstream};
+pub(crate) use p2c::{Affinity, Pick};
+pub(crate) use upstream::{Connectors, Upstream};

@@ -35,7 +35,7 @@ use crate::error::GatewayError;
 use crate::telemetry::metrics::{self, EndpointMetrics};
 
 /// The endpoints of one upstream and the balancer over them.
-pub struct Balancer {
+pub(crate) struct Balancer {
     /// The upstream's name, for errors.
     name: Arc<str>,
     /// The endpoints calls can go to, kept in step with discovery; read on
@@ -49,7 +49,7 @@ pub struct Balancer {
 
 /// How a call picks its endpoint.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Pick {
+pub(crate) enum Pick {
     /// P2C among the endpoints ready for the call's model.
     Ready,
     /// The endpoint ranked first for the prompt's prefix, unless it is
@@ -65,7 +65,7 @@ pub enum Pick {
 /// What prefix affinity needs of a call: the hash of its prompt's leading
 /// part, the load bound, and the route to count the outcome under.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Affinity {
+pub(crate) struct Affinity {
     /// [`prefix_key`](super::prefix_key) of the prompt.
     pub key: u64,
     /// The preferred endpoint takes the call while its calls in flight,
@@ -107,7 +107,7 @@ impl std::fmt::Debug for Balancer {
 impl Balancer {
     /// Starts balancing over the endpoints `discovery` names, each bound
     /// to `backend`.
-    pub fn new(
+    pub(crate) fn new(
         name: &str,
         discovery: &Discovery,
         policy: &EndpointPolicy,
@@ -172,7 +172,7 @@ impl Balancer {
 
     /// Sends `call` to an endpoint chosen by `pick`: the less loaded of two
     /// ready ones, or in panic the one out the longest.
-    pub fn call(
+    pub(crate) fn call(
         &self,
         call: EndpointCall,
         pick: Pick,
@@ -214,22 +214,25 @@ impl Balancer {
 
     /// Whether any endpoint could take a call for `model` now; a pool
     /// without one is down, and calls go elsewhere at once.
-    pub fn is_available(&self, model: &str) -> bool {
+    pub(crate) fn is_available(&self, model: &str) -> bool {
         self.pool.any_admissible(model)
     }
 
     /// Since when the endpoint out the longest for `model` has been out.
-    pub fn oldest_out(&self, model: &str) -> Option<Instant> {
+    pub(crate) fn oldest_out(&self, model: &str) -> Option<Instant> {
         self.pool.oldest_out(model)
     }
 
     /// Tells `listener` whenever a call on one of these endpoints ends.
-    pub fn listen_for_slots(&self, listener: std::sync::Weak<dyn super::health::SlotListener>) {
+    pub(crate) fn listen_for_slots(
+        &self,
+        listener: std::sync::Weak<dyn super::health::SlotListener>,
+    ) {
         self.pool.listen_for_slots(listener);
     }
 
     /// Every endpoint's state for calls of `model`, for introspection.
-    pub fn endpoints(&self, model: &str) -> Vec<EndpointSnapshot> {
+    pub(crate) fn endpoints(&self, model: &str) -> Vec<EndpointSnapshot> {
         self.pool.snapshot(model)
     }
 }

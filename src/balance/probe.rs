@@ -22,7 +22,7 @@ use crate::backend::http::{self, HttpClient};
 use crate::config::{EngineMetrics, HealthCheck};
 
 /// How often an endpoint ejected for its connection is tried again.
-pub const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Starts probing `state`, ejected for its connection, until a TCP connect
 /// succeeds (then readmits it), its ejection ends, or it is dropped. At most

@@ -29,8 +29,8 @@ use crate::error::{GatewayError, human_duration};
 /// a DNS resolver (replaceable in tests).
 #[derive(Clone)]
 pub struct Connectors {
-    /// The pooled client every HTTP upstream sends through.
-    pub http: HttpClient,
+    /// The client every HTTP upstream sends through.
+    pub(crate) http: HttpClient,
     /// Resolves `discover: { dns: ... }` names.
     pub resolver: Arc<dyn Resolve>,
 }
@@ -60,6 +60,17 @@ struct UpstreamLimits {
 
 // === impl Connectors ===
 
+impl Connectors {
+    /// The default client with `resolver` for `discover: { dns }` names:
+    /// how tests stand in for DNS.
+    pub fn with_resolver(resolver: Arc<dyn Resolve>) -> Self {
+        Connectors {
+            resolver,
+            ..Connectors::default()
+        }
+    }
+}
+
 impl Default for Connectors {
     fn default() -> Self {
         Connectors {
@@ -74,7 +85,10 @@ impl Default for Connectors {
 impl Upstream {
     /// Builds an upstream from its validated config and starts discovering
     /// its endpoints (so it needs a Tokio runtime).
-    pub fn new(config: &UpstreamConfig, connectors: &Connectors) -> Result<Self, GatewayError> {
+    pub(crate) fn new(
+        config: &UpstreamConfig,
+        connectors: &Connectors,
+    ) -> Result<Self, GatewayError> {
         let name: Arc<str> = Arc::from(config.name.as_str());
         // Only an upstream behind a private CA pays for a client (and a
         // connection pool) of its own.
@@ -110,29 +124,32 @@ impl Upstream {
     }
 
     /// The upstream's name in the routing file.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// The definition it was built from.
-    pub fn config(&self) -> &UpstreamConfig {
+    pub(crate) fn config(&self) -> &UpstreamConfig {
         &self.config
     }
 
     /// Whether any endpoint could take a call for `model` now.
-    pub fn is_available(&self, model: &str) -> bool {
+    pub(crate) fn is_available(&self, model: &str) -> bool {
         self.balancer.is_available(model)
     }
 
     /// Since when the endpoint out the longest for `model` has been out,
     /// when one is: the panic pick's measure.
-    pub fn oldest_out(&self, model: &str) -> Option<Instant> {
+    pub(crate) fn oldest_out(&self, model: &str) -> Option<Instant> {
         self.balancer.oldest_out(model)
     }
 
     /// Tells `listener` whenever a call on this upstream ends and frees a
     /// slot: how a route's queue learns to try again.
-    pub fn listen_for_slots(&self, listener: std::sync::Weak<dyn super::health::SlotListener>) {
+    pub(crate) fn listen_for_slots(
+        &self,
+        listener: std::sync::Weak<dyn super::health::SlotListener>,
+    ) {
         self.balancer.listen_for_slots(listener);
     }
 
@@ -143,7 +160,7 @@ impl Upstream {
 
     /// Sends `req` to this upstream as `model`, on an endpoint chosen by
     /// `pick`, held to the upstream's time limits from this moment on.
-    pub fn call(
+    pub(crate) fn call(
         self: &Arc<Self>,
         model: Arc<str>,
         req: Arc<ChatRequest>,

@@ -30,7 +30,7 @@ use crate::error::GatewayError;
 
 /// The stack's side of [`CallContext::admit_route`], installed once per
 /// call by the layer that admitted it.
-pub trait AdmitRoute: std::fmt::Debug + Send + Sync {
+pub(crate) trait AdmitRoute: std::fmt::Debug + Send + Sync {
     /// Admits `call` to the route `model` names (the route's own model
     /// name, as the table lists it), or refuses it with the error its
     /// caller should see. The call is passed in, not held: the context
@@ -43,13 +43,13 @@ pub trait AdmitRoute: std::fmt::Debug + Send + Sync {
 /// against that route's limits) when its stream ends. Hold it with
 /// [`Hold::hold`](super::hold::Hold::hold) on the stream the route serves.
 #[derive(Default)]
-pub struct RoutePermit {
+pub(crate) struct RoutePermit {
     /// The stack's holding; `None` when nothing applies.
     held: Option<Box<dyn RouteHeld>>,
 }
 
 /// What a [`RoutePermit`] holds: [`OnEnd`] in a form that can be boxed.
-pub trait RouteHeld: Send + 'static {
+pub(crate) trait RouteHeld: Send + 'static {
     /// A token passed.
     fn on_token(&mut self, text: &str);
 
@@ -64,14 +64,14 @@ pub(super) type Pinned = Arc<dyn Any + Send + Sync>;
 
 impl CallContext {
     /// Pins `value` to the call, replacing an earlier pin of its type.
-    pub fn pin<T: Any + Send + Sync>(&self, value: Arc<T>) {
+    pub(crate) fn pin<T: Any + Send + Sync>(&self, value: Arc<T>) {
         let mut pins = self.pins();
         pins.retain(|pin| !pin.is::<T>());
         pins.push(value);
     }
 
     /// The value of type `T` pinned to the call, if any.
-    pub fn pinned<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+    pub(crate) fn pinned<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
         self.pins()
             .iter()
             .find_map(|pin| pin.clone().downcast::<T>().ok())
@@ -79,14 +79,14 @@ impl CallContext {
 
     /// Takes the value of type `T` off the call, for its one reader: the
     /// call then no longer keeps it alive.
-    pub fn take_pinned<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+    pub(crate) fn take_pinned<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
         let mut pins = self.pins();
         let at = pins.iter().position(|pin| pin.is::<T>())?;
         pins.swap_remove(at).downcast::<T>().ok()
     }
 
     /// Installs the stack's route admission for this call.
-    pub fn set_route_admission(&self, admission: Arc<dyn AdmitRoute>) {
+    pub(crate) fn set_route_admission(&self, admission: Arc<dyn AdmitRoute>) {
         *self
             .inner
             .route_admission
@@ -100,7 +100,7 @@ impl CallContext {
     /// route's own limits are full. The permit charges that route for the
     /// call; hold it until the stream ends. Without a stack (a router on
     /// its own) nothing applies and the permit is empty.
-    pub fn admit_route(&self, model: &str) -> Result<RoutePermit, GatewayError> {
+    pub(crate) fn admit_route(&self, model: &str) -> Result<RoutePermit, GatewayError> {
         let admission = self
             .inner
             .route_admission
@@ -127,7 +127,7 @@ impl CallContext {
 
 impl RoutePermit {
     /// A permit holding `held` until the stream ends.
-    pub fn new(held: Box<dyn RouteHeld>) -> Self {
+    pub(crate) fn new(held: Box<dyn RouteHeld>) -> Self {
         RoutePermit { held: Some(held) }
     }
 }

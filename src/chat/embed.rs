@@ -16,11 +16,11 @@
 use crate::error::GatewayError;
 
 /// The most inputs one call may embed (OpenAI's own limit).
-pub const MAX_EMBED_INPUTS: usize = 2048;
+pub(crate) const MAX_EMBED_INPUTS: usize = 2048;
 
 /// The most dimensions a caller may ask for: larger than any model's, and
 /// a bound on what the simulator allocates per vector.
-pub const MAX_DIMENSIONS: u32 = 65_536;
+pub(crate) const MAX_DIMENSIONS: u32 = 65_536;
 
 /// Bytes a token id counts for in limits and token estimates: the bytes
 /// of text a token stands for in those estimates.
@@ -28,7 +28,7 @@ const BYTES_PER_TOKEN_ID: usize = 4;
 
 /// What one embedding call asks for.
 #[derive(Debug, Clone, PartialEq)]
-pub struct EmbedRequest {
+pub(crate) struct EmbedRequest {
     /// The inputs, one vector each, in order.
     pub input: EmbedInput,
     /// The vectors' length, for models that can shorten them (OpenAI's
@@ -40,7 +40,7 @@ pub struct EmbedRequest {
 /// The inputs of an embedding call: texts, or texts already tokenized
 /// for the model.
 #[derive(Debug, Clone, PartialEq)]
-pub enum EmbedInput {
+pub(crate) enum EmbedInput {
     /// Texts.
     Texts(Vec<String>),
     /// Token ids, one list per input.
@@ -49,7 +49,7 @@ pub enum EmbedInput {
 
 /// The vectors an upstream answered with, one per input in input order.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Embeddings {
+pub(crate) struct Embeddings {
     /// The vectors.
     pub vectors: Vec<Vec<f32>>,
 }
@@ -58,7 +58,7 @@ pub struct Embeddings {
 
 impl EmbedRequest {
     /// How many inputs the call embeds.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match &self.input {
             EmbedInput::Texts(texts) => texts.len(),
             EmbedInput::Tokens(lists) => lists.len(),
@@ -66,13 +66,13 @@ impl EmbedRequest {
     }
 
     /// Whether there is nothing to embed.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The input's size in bytes as limits and token estimates count it:
     /// texts by their bytes, token ids as the text they stand for.
-    pub fn content_len(&self) -> usize {
+    pub(crate) fn content_len(&self) -> usize {
         match &self.input {
             EmbedInput::Texts(texts) => texts.iter().map(String::len).sum(),
             EmbedInput::Tokens(lists) => lists
@@ -84,7 +84,7 @@ impl EmbedRequest {
 
     /// What every upstream needs, checked before the call goes anywhere,
     /// naming the field (`input`, `input[3]`, `dimensions`).
-    pub fn validate(&self) -> Result<(), GatewayError> {
+    pub(crate) fn validate(&self) -> Result<(), GatewayError> {
         if self.is_empty() {
             return Err(GatewayError::invalid_argument(
                 "input",

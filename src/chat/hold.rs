@@ -49,7 +49,7 @@ use crate::error::GatewayError;
 
 /// How a held stream ended, as its guard learns it.
 #[derive(Debug, Clone, Copy)]
-pub enum End<'a> {
+pub(crate) enum End<'a> {
     /// With its final event.
     Finished(&'a Completion),
     /// With this error, which the caller sees.
@@ -65,7 +65,7 @@ pub enum End<'a> {
 /// What a held stream keeps alive until it ends, told what passes and how
 /// it ended. Dropping the guard is its release: implement [`OnEnd::on_end`]
 /// only to learn something from the end first.
-pub trait OnEnd: Send + Unpin + 'static {
+pub(crate) trait OnEnd: Send + Unpin + 'static {
     /// A token passed (rate metering counts the text, a call's record
     /// times it).
     fn on_token(&mut self, _text: &str) {}
@@ -79,7 +79,7 @@ pub trait OnEnd: Send + Unpin + 'static {
 }
 
 /// A [`ChatStream`] that holds `G` until it ends. See the module docs.
-pub struct HoldUntilEnd<G: OnEnd> {
+pub(crate) struct HoldUntilEnd<G: OnEnd> {
     /// The tokens; `None` once the stream ended.
     inner: Option<ChatStream>,
     /// Released when the stream ends; `None` once it was.
@@ -87,7 +87,7 @@ pub struct HoldUntilEnd<G: OnEnd> {
 }
 
 /// A token stream that can take one more guard to hold until its end.
-pub trait Hold {
+pub(crate) trait Hold {
     /// The stream holding `G` as well.
     type Holding<G: OnEnd>: Stream<Item = Result<ChatEvent, GatewayError>> + Send + 'static;
 
@@ -99,7 +99,7 @@ pin_project! {
     /// A response future whose stream, once it arrives, holds `H` (or
     /// nothing, when `None`). A failed response drops `H` at once: the
     /// call is over.
-    pub struct HoldOnReady<F, H> {
+    pub(crate) struct HoldOnReady<F, H> {
         #[pin]
         response: F,
         held: Option<H>,
@@ -110,7 +110,7 @@ pin_project! {
 
 impl<G: OnEnd> HoldUntilEnd<G> {
     /// `inner`, holding `guard` until it ends.
-    pub fn new(inner: ChatStream, guard: G) -> Self {
+    pub(crate) fn new(inner: ChatStream, guard: G) -> Self {
         HoldUntilEnd {
             inner: Some(inner),
             guard: Some(guard),
@@ -195,7 +195,7 @@ impl<H: OnEnd> Hold for HoldUntilEnd<H> {
 
 impl<F, H> HoldOnReady<F, H> {
     /// `response`'s stream will hold `held`.
-    pub fn new(response: F, held: Option<H>) -> Self {
+    pub(crate) fn new(response: F, held: Option<H>) -> Self {
         HoldOnReady { response, held }
     }
 }

@@ -16,13 +16,15 @@
 //! passed through) is in [`tools`]; what an embedding call asks and
 //! answers, in [`embed`].
 
-pub mod admit;
-pub mod embed;
-pub mod hold;
+pub(crate) mod admit;
+pub(crate) mod embed;
+pub(crate) mod hold;
+#[cfg(test)]
+mod properties;
 #[cfg(test)]
 pub(crate) mod testing;
-pub mod timed;
-pub mod tools;
+pub(crate) mod timed;
+pub(crate) mod tools;
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -32,15 +34,15 @@ use tokio::time::Instant;
 
 use crate::config::Priority;
 use crate::error::GatewayError;
-pub use embed::{EmbedInput, EmbedRequest, Embeddings};
-pub use tools::{
+pub(crate) use embed::{EmbedInput, EmbedRequest, Embeddings};
+pub(crate) use tools::{
     ContentPart, JsonSchema, RequestExtras, ResponseFormat, ToolCall, ToolCallDelta,
     ToolCallsBuilder, ToolChoice, ToolSpec,
 };
 
 /// One chat completion call, as every layer sees it.
 #[derive(Debug, Clone)]
-pub struct ChatRequest {
+pub(crate) struct ChatRequest {
     /// The model name the caller asked for; the router maps it to a route.
     pub model: String,
     /// The conversation so far, oldest first. Never empty once validated.
@@ -48,7 +50,7 @@ pub struct ChatRequest {
     /// Sampling parameters, passed through to the upstream.
     pub params: SamplingParams,
     /// Tools, response format, seed and every other field the caller sent
-    /// for the upstream (see [`RequestExtras`]).
+    /// for the upstream (see `RequestExtras`).
     pub extras: RequestExtras,
     /// Whether the caller wants tokens as they come (`CompleteStream`) or the
     /// whole answer at once (`Complete`); adapters pick the matching upstream
@@ -79,7 +81,7 @@ pub struct ChatRequest {
 /// it failed too, and a failed call returns nothing but its error. When a
 /// call is retried elsewhere, the last placement is the one reported.
 #[derive(Debug, Clone, Default)]
-pub struct CallContext {
+pub(crate) struct CallContext {
     /// Shared by every clone of the request.
     inner: Arc<ContextInner>,
 }
@@ -112,7 +114,7 @@ struct Priorities {
 /// Where a call went. Every value is a name from the routing table, never
 /// something the caller sent, so it is safe as a metric label.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Placement {
+pub(crate) struct Placement {
     /// The route's model name (not the alias the caller used).
     pub route: Option<Arc<str>>,
     /// The upstream's name in the routing file.
@@ -131,7 +133,7 @@ pub struct Placement {
 /// cannot break a log line or a header; anything else is replaced by a new
 /// id, which the caller gets back in the response.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(Arc<str>);
+pub(crate) struct RequestId(Arc<str>);
 
 /// Who is calling, as far as the gateway knows.
 ///
@@ -140,7 +142,7 @@ pub struct RequestId(Arc<str>);
 /// limits, concurrency caps) count calls per key without ever holding the
 /// key itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum Caller {
+pub(crate) enum Caller {
     /// The call carried no credential.
     #[default]
     Anonymous,
@@ -156,11 +158,11 @@ pub enum Caller {
 /// An API key as a caller presented it. `Debug` never prints it, so a
 /// request can be logged whole.
 #[derive(Clone, PartialEq, Eq)]
-pub struct BearerKey(String);
+pub(crate) struct BearerKey(String);
 
 /// One message of the conversation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChatMessage {
+pub(crate) struct ChatMessage {
     /// Who said it.
     pub role: Role,
     /// What was said: the text, or the text parts of `parts` joined by
@@ -178,7 +180,7 @@ pub struct ChatMessage {
 
 /// The speakers of a conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     /// Instructions that frame the conversation.
     System,
     /// The human (or calling service).
@@ -191,7 +193,7 @@ pub enum Role {
 
 /// Sampling parameters; `None` and empty mean "the upstream's default".
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct SamplingParams {
+pub(crate) struct SamplingParams {
     /// Upper bound on generated tokens.
     pub max_tokens: Option<u32>,
     /// Sampling temperature.
@@ -206,7 +208,7 @@ pub struct SamplingParams {
 /// one [`ChatEvent::Done`]. A stream that ends without `Done` was cut short,
 /// and front ends must report it as an error rather than a complete answer.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ChatEvent {
+pub(crate) enum ChatEvent {
     /// A piece of generated text.
     Token(String),
     /// A piece of a tool call the model is making.
@@ -217,7 +219,7 @@ pub enum ChatEvent {
 
 /// How a generation ended.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Completion {
+pub(crate) struct Completion {
     /// Why it ended, in the normalized vocabulary; `None` when the upstream
     /// did not say.
     pub finish_reason: Option<FinishReason>,
@@ -236,7 +238,7 @@ pub struct Completion {
 
 /// Why generation stopped, normalized across upstream kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
+pub(crate) enum FinishReason {
     /// The model ended its answer or hit a stop string.
     Stop,
     /// `max_tokens` (or the context window) cut the answer.
@@ -251,7 +253,7 @@ pub enum FinishReason {
 
 /// Token accounting for one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Usage {
+pub(crate) struct Usage {
     /// Prompt tokens.
     pub input_tokens: u32,
     /// Generated tokens.
@@ -261,13 +263,13 @@ pub struct Usage {
 /// The stream every backend returns and every layer passes along. It is
 /// polled by the task that serves the call, so dropping it (the caller left,
 /// or a deadline passed) drops the upstream request with it.
-pub type ChatStream = Pin<Box<dyn Stream<Item = Result<ChatEvent, GatewayError>> + Send>>;
+pub(crate) type ChatStream = Pin<Box<dyn Stream<Item = Result<ChatEvent, GatewayError>> + Send>>;
 
 // === impl CallContext ===
 
 impl CallContext {
     /// A context for the call known as `request_id`.
-    pub fn new(request_id: RequestId) -> Self {
+    pub(crate) fn new(request_id: RequestId) -> Self {
         CallContext {
             inner: Arc::new(ContextInner {
                 request_id,
@@ -277,41 +279,41 @@ impl CallContext {
     }
 
     /// The call's request id.
-    pub fn request_id(&self) -> &RequestId {
+    pub(crate) fn request_id(&self) -> &RequestId {
         &self.inner.request_id
     }
 
     /// Where the call has gone so far.
-    pub fn placement(&self) -> Placement {
+    pub(crate) fn placement(&self) -> Placement {
         self.lock().clone()
     }
 
     /// Records the route the call was matched to.
-    pub fn place_route(&self, route: Arc<str>) {
+    pub(crate) fn place_route(&self, route: Arc<str>) {
         self.lock().route = Some(route);
     }
 
     /// Records the upstream about to serve the call; the endpoint is
     /// recorded once one is chosen.
-    pub fn place_upstream(&self, upstream: Arc<str>) {
+    pub(crate) fn place_upstream(&self, upstream: Arc<str>) {
         let mut placement = self.lock();
         placement.upstream = Some(upstream);
         placement.endpoint = None;
     }
 
     /// Records the endpoint the call was sent to.
-    pub fn place_endpoint(&self, endpoint: Arc<str>) {
+    pub(crate) fn place_endpoint(&self, endpoint: Arc<str>) {
         self.lock().endpoint = Some(endpoint);
     }
 
     /// Records how a broken stream was rescued (or that it was not).
-    pub fn mark_rescue(&self, outcome: &'static str) {
+    pub(crate) fn mark_rescue(&self, outcome: &'static str) {
         self.lock().rescue = Some(outcome);
     }
 
     /// Records the class the caller asked for in its `x-llmgate-priority`
     /// header; a value that names no class is ignored.
-    pub fn ask_priority(&self, header: &[u8]) {
+    pub(crate) fn ask_priority(&self, header: &[u8]) {
         let asked = std::str::from_utf8(header)
             .ok()
             .and_then(Priority::from_name);
@@ -320,7 +322,7 @@ impl CallContext {
 
     /// Gives the call its key's class, or the one it asked for when the
     /// key lets its callers choose.
-    pub fn grant_priority(&self, key: Priority, header_allowed: bool) {
+    pub(crate) fn grant_priority(&self, key: Priority, header_allowed: bool) {
         let mut priorities = self.priorities();
         priorities.granted = match priorities.asked {
             Some(asked) if header_allowed => asked,
@@ -330,7 +332,7 @@ impl CallContext {
 
     /// The call's class in a route's queue: `normal` unless its key (or,
     /// where the key allows, its header) says otherwise.
-    pub fn priority(&self) -> Priority {
+    pub(crate) fn priority(&self) -> Priority {
         self.priorities().granted
     }
 
@@ -354,17 +356,17 @@ impl CallContext {
 
 impl RequestId {
     /// The longest caller-chosen id kept.
-    pub const MAX_LEN: usize = 128;
+    pub(crate) const MAX_LEN: usize = 128;
 
     /// The caller's id, if it is safe to log and to forward.
-    pub fn from_caller(value: &str) -> Option<Self> {
+    pub(crate) fn from_caller(value: &str) -> Option<Self> {
         let safe = |c: char| c.is_ascii_alphanumeric() || "-_.:/+=@".contains(c);
         (!value.is_empty() && value.len() <= Self::MAX_LEN && value.chars().all(safe))
             .then(|| RequestId(Arc::from(value)))
     }
 
     /// A new random id, shaped like a version 4 UUID.
-    pub fn generate() -> Self {
+    pub(crate) fn generate() -> Self {
         // Version 4 (random) in the version nibble, RFC 4122 variant bits.
         let bits =
             (rand::random::<u128>() & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
@@ -380,7 +382,7 @@ impl RequestId {
     }
 
     /// The id as text.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -393,7 +395,7 @@ impl Caller {
     /// any case (RFC 7235). No header is [`Caller::Anonymous`]; a header in
     /// any other shape is [`Caller::Unreadable`], so the auth layer can say
     /// what was wrong with it.
-    pub fn from_authorization(value: Option<&[u8]>) -> Caller {
+    pub(crate) fn from_authorization(value: Option<&[u8]>) -> Caller {
         let Some(value) = value else {
             return Caller::Anonymous;
         };
@@ -414,7 +416,7 @@ impl Caller {
     }
 
     /// The name of the key the auth layer recognised, if any.
-    pub fn key_name(&self) -> Option<&Arc<str>> {
+    pub(crate) fn key_name(&self) -> Option<&Arc<str>> {
         match self {
             Caller::Key(name) => Some(name),
             _ => None,
@@ -426,7 +428,7 @@ impl Caller {
 
 impl BearerKey {
     /// The key, for the one place that checks it.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -453,7 +455,7 @@ impl std::fmt::Debug for BearerKey {
 
 impl Role {
     /// The role's name on every wire we speak.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Role::System => "system",
             Role::User => "user",
@@ -463,7 +465,7 @@ impl Role {
     }
 
     /// Parses a wire role name; `None` for anything we cannot forward.
-    pub fn parse(name: &str) -> Option<Role> {
+    pub(crate) fn parse(name: &str) -> Option<Role> {
         match name {
             "system" => Some(Role::System),
             "user" => Some(Role::User),
@@ -479,7 +481,7 @@ impl Role {
 impl FinishReason {
     /// Maps an upstream's finish reason onto the normalized set; reasons we do
     /// not know are kept as `None` rather than guessed.
-    pub fn parse(name: &str) -> Option<FinishReason> {
+    pub(crate) fn parse(name: &str) -> Option<FinishReason> {
         match name {
             "stop" | "end_turn" | "stop_sequence" | "eos" => Some(FinishReason::Stop),
             "length" | "max_tokens" | "model_context_window_exceeded" => Some(FinishReason::Length),
@@ -491,7 +493,7 @@ impl FinishReason {
     }
 
     /// The normalized name callers see.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
@@ -506,7 +508,7 @@ impl FinishReason {
 
 impl ChatMessage {
     /// A plain text message.
-    pub fn text(role: Role, content: impl Into<String>) -> Self {
+    pub(crate) fn text(role: Role, content: impl Into<String>) -> Self {
         ChatMessage {
             role,
             content: content.into(),
@@ -523,7 +525,7 @@ impl ChatRequest {
     /// The conversation's size in bytes as limits and token estimates
     /// count it: each message's text and the arguments of the tool calls
     /// in it, which the upstream reads as prompt like any text.
-    pub fn content_len(&self) -> usize {
+    pub(crate) fn content_len(&self) -> usize {
         // An embedding call has no messages: its inputs are its content.
         if let Some(embed) = &self.extras.embed {
             return embed.content_len();
@@ -543,7 +545,7 @@ impl ChatRequest {
     /// Checks what every upstream needs before the call goes anywhere, so a
     /// bad request fails here with the field named instead of as an opaque
     /// upstream 400.
-    pub fn validate(&self) -> Result<(), GatewayError> {
+    pub(crate) fn validate(&self) -> Result<(), GatewayError> {
         self.validate_model()?;
         if self.messages.is_empty() {
             return Err(GatewayError::invalid_argument(
@@ -572,7 +574,7 @@ impl ChatRequest {
 
     /// A model is named: the one check a call without messages (an
     /// embedding) shares with chat.
-    pub fn validate_model(&self) -> Result<(), GatewayError> {
+    pub(crate) fn validate_model(&self) -> Result<(), GatewayError> {
         if self.model.is_empty() {
             return Err(GatewayError::invalid_argument(
                 "model",
@@ -585,7 +587,7 @@ impl ChatRequest {
     /// An embedding call of `model` for `embed`: no messages, unary, and
     /// otherwise a call like any other, so every layer admits, limits,
     /// routes, balances and records it as it does chat (see [`embed`]).
-    pub fn embedding(
+    pub(crate) fn embedding(
         model: String,
         embed: EmbedRequest,
         deadline: Option<Instant>,
@@ -669,13 +671,13 @@ impl ChatRequest {
 
 /// The most stop sequences a call may send (OpenAI takes 4, vLLM and
 /// Anthropic more; 16 leaves room without letting a call cost megabytes).
-pub const MAX_STOP_SEQUENCES: usize = 16;
+pub(crate) const MAX_STOP_SEQUENCES: usize = 16;
 
 /// The most tools a call may offer (OpenAI's own limit).
-pub const MAX_TOOLS: usize = 128;
+pub(crate) const MAX_TOOLS: usize = 128;
 
 /// The longest stop sequence, in bytes.
-pub const MAX_STOP_SEQUENCE_BYTES: usize = 1024;
+pub(crate) const MAX_STOP_SEQUENCE_BYTES: usize = 1024;
 
 #[cfg(test)]
 mod tests {

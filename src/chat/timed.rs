@@ -22,7 +22,7 @@ use crate::error::GatewayError;
 
 /// The limits on one stream; `None` means no limit of that kind.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct StreamLimits {
+pub(crate) struct StreamLimits {
     /// The instant by which the whole stream must be done.
     pub deadline: Option<Instant>,
     /// Longest wait from the start for the first token.
@@ -32,7 +32,7 @@ pub struct StreamLimits {
 }
 
 /// Says, in the caller's terms, which limit passed.
-pub trait TimeoutMessages: Send + Unpin + 'static {
+pub(crate) trait TimeoutMessages: Send + Unpin + 'static {
     /// The deadline passed.
     fn deadline(&self) -> GatewayError;
     /// No first token in time.
@@ -42,7 +42,7 @@ pub trait TimeoutMessages: Send + Unpin + 'static {
 }
 
 /// A [`ChatStream`] held to [`StreamLimits`].
-pub struct TimedStream<M> {
+pub(crate) struct TimedStream<M> {
     /// The stream being timed; `None` once it ended or was cut.
     inner: Option<ChatStream>,
     /// Fires at the total deadline.
@@ -65,7 +65,12 @@ pub struct TimedStream<M> {
 impl<M: TimeoutMessages> TimedStream<M> {
     /// Holds `inner` to `limits`, timing the first token from `start` (the
     /// moment the call began, before the upstream's headers arrived).
-    pub fn new(inner: ChatStream, limits: StreamLimits, start: Instant, messages: M) -> Self {
+    pub(crate) fn new(
+        inner: ChatStream,
+        limits: StreamLimits,
+        start: Instant,
+        messages: M,
+    ) -> Self {
         let gap_limit = limits.first_token.or(limits.idle);
         TimedStream {
             inner: Some(inner),

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 /// Everything a call may carry beyond messages and sampling. Empty (the
 /// default) for a plain chat call.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct RequestExtras {
+pub(crate) struct RequestExtras {
     /// Functions the model may call.
     pub tools: Vec<ToolSpec>,
     /// Whether and which tool the model must call; `None` is the upstream's
@@ -37,7 +37,7 @@ pub struct RequestExtras {
 
 /// A function the model may call.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ToolSpec {
+pub(crate) struct ToolSpec {
     /// The name the model calls it by.
     pub name: String,
     /// What it does, for the model.
@@ -50,7 +50,7 @@ pub struct ToolSpec {
 
 /// How the model must use the tools.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ToolChoice {
+pub(crate) enum ToolChoice {
     /// It decides.
     Auto,
     /// It must not call any.
@@ -63,7 +63,7 @@ pub enum ToolChoice {
 
 /// The shape of the answer.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ResponseFormat {
+pub(crate) enum ResponseFormat {
     /// Free text (the default, said explicitly).
     Text,
     /// Any JSON object.
@@ -74,7 +74,7 @@ pub enum ResponseFormat {
 
 /// A named JSON schema the answer must match.
 #[derive(Debug, Clone, PartialEq)]
-pub struct JsonSchema {
+pub(crate) struct JsonSchema {
     /// Its name (OpenAI requires one).
     pub name: String,
     /// What it is for.
@@ -88,7 +88,7 @@ pub struct JsonSchema {
 /// A tool call the model made, as it sits in the conversation (an earlier
 /// assistant turn the caller sends back).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ToolCall {
+pub(crate) struct ToolCall {
     /// The id the tool's result refers to.
     pub id: String,
     /// The function called.
@@ -101,7 +101,7 @@ pub struct ToolCall {
 /// carries its id and name, later ones more of its arguments. A whole
 /// answer's call is one piece with everything.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ToolCallDelta {
+pub(crate) struct ToolCallDelta {
     /// Which call of the answer (0, 1, ...) this piece belongs to.
     pub index: u32,
     /// The call's id, on its first piece.
@@ -114,7 +114,7 @@ pub struct ToolCallDelta {
 
 /// One part of a message's content beyond plain text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ContentPart {
+pub(crate) enum ContentPart {
     /// Text.
     Text(String),
     /// An image, by URL (`https:` or a `data:` URL).
@@ -129,18 +129,9 @@ pub enum ContentPart {
 /// Joins the pieces of an answer's tool calls into whole calls, for fronts
 /// that answer at once (and for anything that needs the calls whole).
 #[derive(Debug, Default)]
-pub struct ToolCallsBuilder {
+pub(crate) struct ToolCallsBuilder {
     /// The calls so far, in index order.
     calls: Vec<ToolCall>,
-}
-
-// === impl RequestExtras ===
-
-impl RequestExtras {
-    /// Whether the call carries anything beyond a plain chat request.
-    pub fn is_empty(&self) -> bool {
-        *self == RequestExtras::default()
-    }
 }
 
 // === impl ToolCallsBuilder ===
@@ -148,11 +139,11 @@ impl RequestExtras {
 impl ToolCallsBuilder {
     /// The most calls one answer may make: a bound on what an upstream can
     /// make the gateway hold, far above what any model emits.
-    pub const MAX_CALLS: u32 = 1024;
+    pub(crate) const MAX_CALLS: u32 = 1024;
 
     /// Adds one piece. Pieces of a call with an index past [`Self::MAX_CALLS`]
     /// are dropped rather than allocating room for them.
-    pub fn push(&mut self, delta: ToolCallDelta) {
+    pub(crate) fn push(&mut self, delta: ToolCallDelta) {
         if delta.index >= Self::MAX_CALLS {
             return;
         }
@@ -175,7 +166,7 @@ impl ToolCallsBuilder {
     }
 
     /// The whole calls, in order.
-    pub fn finish(self) -> Vec<ToolCall> {
+    pub(crate) fn finish(self) -> Vec<ToolCall> {
         self.calls
     }
 }

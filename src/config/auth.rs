@@ -68,7 +68,7 @@ pub(crate) struct RawKey {
 
 /// `auth:`: whether callers must present an API key, and which.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum AuthConfig {
+pub(crate) enum AuthConfig {
     /// The file has no `auth:`. Allowed only while every listener is on
     /// loopback (or requires client certificates): the way Redis's protected
     /// mode lets an unconfigured server answer local clients only.
@@ -82,7 +82,7 @@ pub enum AuthConfig {
 
 /// One API key of `auth.keys`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiKeyConfig {
+pub(crate) struct ApiKeyConfig {
     /// Its name: in errors, logs and limits, never the key itself.
     pub name: String,
     /// SHA-256 of the key, which is all the gateway keeps of it.
@@ -103,7 +103,7 @@ pub struct ApiKeyConfig {
 
 /// Where a key's secret came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
+pub(crate) enum KeySource {
     /// `sha256:` gave the digest itself.
     Digest,
     /// `env:` named this environment variable.
@@ -114,7 +114,7 @@ pub enum KeySource {
 
 /// The models a key may call.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ModelGrant {
+pub(crate) enum ModelGrant {
     /// `models: ["*"]`: every routed model, today's and tomorrow's.
     All,
     /// These models only.
@@ -130,13 +130,13 @@ pub enum ModelGrant {
 /// A SHA-256 digest of an API key. `Debug` does not print it: it is not
 /// the key, but nothing about a key belongs in a log.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct KeyDigest([u8; 32]);
+pub(crate) struct KeyDigest([u8; 32]);
 
 // === impl KeyDigest ===
 
 impl KeyDigest {
     /// The digest of `key` as a caller sends it.
-    pub fn of(key: &[u8]) -> Self {
+    pub(crate) fn of(key: &[u8]) -> Self {
         let digest = ring::digest::digest(&ring::digest::SHA256, key);
         let mut bytes = [0u8; 32];
         bytes.copy_from_slice(digest.as_ref());
@@ -144,7 +144,7 @@ impl KeyDigest {
     }
 
     /// Parses 64 hex digits.
-    pub fn from_hex(text: &str) -> Option<Self> {
+    pub(crate) fn from_hex(text: &str) -> Option<Self> {
         let text = text.as_bytes();
         if text.len() != 64 {
             return None;
@@ -169,7 +169,7 @@ impl fmt::Debug for KeyDigest {
 
 impl ModelGrant {
     /// Whether a call for `model` (a route's name or alias) is allowed.
-    pub fn allows(&self, model: &str) -> bool {
+    pub(crate) fn allows(&self, model: &str) -> bool {
         match self {
             ModelGrant::All => true,
             ModelGrant::Only { names, .. } => names.contains(model),

@@ -36,12 +36,12 @@ pub struct Problem {
 
 impl ConfigError {
     /// The file could not be read at all.
-    pub fn unreadable(source: &str, err: &std::io::Error) -> Self {
+    pub(crate) fn unreadable(source: &str, err: &std::io::Error) -> Self {
         Self::whole_file(source, format!("cannot read the file: {err}"))
     }
 
     /// The file is valid but the gateway cannot build a table from it.
-    pub fn unusable(source: &str, why: &str) -> Self {
+    pub(crate) fn unusable(source: &str, why: &str) -> Self {
         Self::whole_file(source, why.to_string())
     }
 
@@ -87,7 +87,7 @@ impl std::error::Error for ConfigError {}
 /// back-offs, grace periods, ejections, keep-alives): a week is beyond any
 /// sane setting, and far enough below what a clock can add that no
 /// deadline computed from it can overflow (and panic) mid-call.
-pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 /// The message for a duration over [`MAX_DURATION`].
 pub(super) fn too_long(value: &str) -> String {

@@ -13,22 +13,22 @@ use super::check::Checker;
 
 /// Largest request the gateway reads when the file sets none: gRPC's own
 /// default receive limit, so clients tuned for gRPC servers fit.
-pub const DEFAULT_MAX_REQUEST_SIZE: usize = 4 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_REQUEST_SIZE: usize = 4 * 1024 * 1024;
 /// Most messages in one request by default: far beyond any real
 /// conversation, low enough that a request cannot be a million tiny ones.
-pub const DEFAULT_MAX_MESSAGES: u32 = 1024;
+pub(crate) const DEFAULT_MAX_MESSAGES: u32 = 1024;
 /// Calls the whole gateway serves at once by default; past it, new calls
 /// are shed at once instead of queueing behind the ones already streaming.
-pub const DEFAULT_MAX_IN_FLIGHT: u32 = 4096;
+pub(crate) const DEFAULT_MAX_IN_FLIGHT: u32 = 4096;
 /// How often an idle HTTP/2 connection is pinged, by default.
-pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a ping may go unanswered before the connection is closed.
-pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a new connection may take to finish its TLS handshake (or, in
 /// plain text, to send its first bytes).
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest silence while a request body is being received.
-pub const DEFAULT_REQUEST_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_REQUEST_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Concurrent streams one HTTP/2 connection may open by default.
 pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 256;
 /// Request bytes held at once while bodies arrive, by default: sixteen
@@ -112,7 +112,7 @@ pub(crate) enum RawSize {
 /// Rate and concurrency limits of one caller (a key) or one route; `None`
 /// is no limit of that kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct CallerLimits {
+pub(crate) struct CallerLimits {
     /// Calls admitted per minute.
     pub requests_per_minute: Option<NonZeroU32>,
     /// Tokens (in and out) per minute: the prompt is estimated when the
@@ -124,7 +124,7 @@ pub struct CallerLimits {
 
 /// `limits:`: what one request may hold and how much the gateway takes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Largest request message in bytes, as received.
     pub max_request_size: usize,
     /// Most messages in one request.
@@ -145,7 +145,7 @@ pub struct Limits {
 /// Limits on each client connection, applied when it is accepted (so they
 /// change on restart, not on reload).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionLimits {
+pub(crate) struct ConnectionLimits {
     /// How often an idle HTTP/2 connection is pinged.
     pub keepalive_interval: Duration,
     /// How long a ping may go unanswered before the connection is closed.
@@ -165,7 +165,7 @@ pub struct ConnectionLimits {
 
 impl CallerLimits {
     /// Whether it limits anything.
-    pub fn is_unlimited(&self) -> bool {
+    pub(crate) fn is_unlimited(&self) -> bool {
         *self == CallerLimits::default()
     }
 }
@@ -264,7 +264,7 @@ fn parse_size(text: &str) -> Option<u64> {
 }
 
 /// A size for people: `4 MiB`, `1536 KiB`, `100 bytes`.
-pub fn human_size(bytes: usize) -> String {
+pub(crate) fn human_size(bytes: usize) -> String {
     const MIB: usize = 1024 * 1024;
     if bytes >= MIB && bytes.is_multiple_of(MIB) {
         format!("{} MiB", bytes / MIB)

@@ -10,13 +10,13 @@ use super::check::Checker;
 use super::tls::{RawTls, TlsConfig};
 
 /// Where the gRPC front end listens when the file does not say.
-pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:50051";
+pub(crate) const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:50051";
 /// Where `/metrics`, `/healthz` and `/readyz` are served when the file does
 /// not say: loopback, so nothing is exposed by accident; a pod sets
 /// `0.0.0.0:9090` so Prometheus and the kubelet can reach it.
-pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9090";
+pub(crate) const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9090";
 /// The `listen.metrics` value that turns the admin listener off.
-pub const METRICS_OFF: &str = "off";
+pub(crate) const METRICS_OFF: &str = "off";
 
 // === raw (as written) ===
 
@@ -58,7 +58,7 @@ pub struct ListenConfig {
     /// file says `off`.
     pub metrics: Option<SocketAddr>,
     /// TLS on the front listener, when set.
-    pub tls: Option<TlsConfig>,
+    pub(crate) tls: Option<TlsConfig>,
     /// The OpenAI-compatible HTTP front end's address; `None` (the default)
     /// serves no HTTP front, so a routing file opens no port it did not ask
     /// for.
@@ -69,7 +69,7 @@ pub struct ListenConfig {
 /// (grpc-web on the gRPC port, and the HTTP front). Without it no cross-origin
 /// page may call; non-browser clients never need it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct CorsConfig {
+pub(crate) struct CorsConfig {
     /// Origins as browsers send them (`https://app.example.com`, lowercase,
     /// no path), or `*` alone for any origin.
     pub allowed_origins: Vec<String>,
@@ -96,7 +96,7 @@ impl ListenConfig {
     /// the rules about who may call apply to each of them alike. The admin
     /// port is not one (it serves metrics and probes, and reload behind
     /// its own key).
-    pub fn serving(&self) -> impl Iterator<Item = (&'static str, SocketAddr)> {
+    pub(crate) fn serving(&self) -> impl Iterator<Item = (&'static str, SocketAddr)> {
         std::iter::once(("grpc", self.grpc)).chain(self.http.map(|addr| ("http", addr)))
     }
 }

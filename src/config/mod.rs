@@ -17,7 +17,7 @@
 //!   and their discovery, ejection and health checks (and routes' retries).
 //! - `route`: `routes:`, pools and fallbacks.
 //! - `state`: `state:`, the store replicas share limits through.
-//! - `check`: the [`Checker`](check) driver, the problem types, and the
+//! - `check`: the `Checker` driver, the problem types, and the
 //!   checks every topic shares (durations).
 //! - `describe`: the summary `llmgate check` prints.
 //!
@@ -25,7 +25,7 @@
 //! serde types (as written, `Raw*`, `deny_unknown_fields`, with positions),
 //! its validated types (what the gateway uses), and its `impl Checker`
 //! block that turns one into the other. Only the whole file's
-//! [`RawConfig`] and [`Config`] live here. The rest of the crate names
+//! `RawConfig` and [`Config`] live here. The rest of the crate names
 //! everything as `crate::config::X`; the re-exports below keep it so.
 
 mod auth;
@@ -36,7 +36,7 @@ mod limits;
 mod listen;
 mod placement;
 mod queue;
-mod resilience;
+pub(crate) mod resilience;
 mod route;
 mod state;
 #[cfg(test)]
@@ -51,32 +51,30 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_saphyr::{MessageFormatter as _, Spanned, UserMessageFormatter};
 
-pub use auth::{ApiKeyConfig, AuthConfig, KeyDigest, KeySource, ModelGrant};
-pub use check::{ConfigError, MAX_DURATION, Problem};
+pub(crate) use auth::{AuthConfig, KeyDigest, KeySource, ModelGrant};
+pub use check::{ConfigError, Problem};
 pub use describe::{describe, warnings};
-pub use limits::{
-    CallerLimits, ConnectionLimits, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
-    DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_MESSAGES,
-    DEFAULT_MAX_REQUEST_SIZE, DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_REQUEST_IDLE_TIMEOUT,
-    Limits, human_size,
+pub use limits::DEFAULT_MAX_STREAMS_PER_CONNECTION;
+pub(crate) use limits::{CallerLimits, ConnectionLimits, Limits, human_size};
+pub use listen::ListenConfig;
+pub(crate) use listen::{CorsConfig, METRICS_OFF};
+pub(crate) use placement::{EngineMetrics, PrefixAffinity};
+pub(crate) use queue::{Priority, QueueConfig};
+pub(crate) use resilience::{Discovery, EndpointPolicy, HealthCheck, OutlierPolicy, RetryPolicy};
+pub(crate) use route::RouteConfig;
+pub(crate) use state::{OnStoreError, RedisConfig, StateConfig};
+pub(crate) use upstream::{
+    Continuation, KeepAlive, MaxTokensField, Secret, UpstreamConfig, UpstreamKind, UpstreamTimeouts,
 };
-pub use listen::{
-    CorsConfig, DEFAULT_GRPC_LISTEN, DEFAULT_METRICS_LISTEN, ListenConfig, METRICS_OFF,
-};
-pub use placement::{EngineMetrics, MIN_LOAD_INTERVAL, PrefixAffinity};
-pub use queue::{MAX_QUEUE_LEN, Priority, QueueConfig};
-pub use resilience::{
-    DEFAULT_DNS_INTERVAL, Discovery, EndpointPolicy, HealthCheck, OutlierPolicy, RetryPolicy,
-};
-pub use route::{PoolConfig, RouteConfig};
-pub use state::{
-    DEFAULT_KEY_PREFIX, DEFAULT_STATE_TIMEOUT, OnStoreError, RedisConfig, StateConfig,
-};
-pub use tls::{PemFile, TlsConfig};
-pub use upstream::{
-    Continuation, DEFAULT_ANTHROPIC_MAX_TOKENS, DEFAULT_UPSTREAM_TIMEOUT, KeepAlive,
-    MIN_SIM_TOKENS_PER_SECOND, MaxTokensField, Secret, UpstreamConfig, UpstreamKind,
-    UpstreamTimeouts,
+// Named by this module's tests only.
+#[cfg(test)]
+use {
+    check::MAX_DURATION,
+    limits::{DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_MESSAGES},
+    listen::{DEFAULT_GRPC_LISTEN, DEFAULT_METRICS_LISTEN},
+    route::PoolConfig,
+    tls::PemFile,
+    upstream::{DEFAULT_ANTHROPIC_MAX_TOKENS, DEFAULT_UPSTREAM_TIMEOUT},
 };
 
 use auth::RawAuth;
@@ -88,7 +86,7 @@ use state::RawState;
 use upstream::RawUpstream;
 
 /// How long in-flight calls may finish after a shutdown signal, by default.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 // === raw (as written) ===
 
@@ -130,19 +128,19 @@ pub struct Config {
     /// How long in-flight calls may run on after SIGTERM before they are cut.
     pub shutdown_grace: Duration,
     /// Which browser pages may call the gateway.
-    pub cors: CorsConfig,
+    pub(crate) cors: CorsConfig,
     /// Upstreams by name.
-    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    pub(crate) upstreams: BTreeMap<String, UpstreamConfig>,
     /// Routes in file order.
-    pub routes: Vec<RouteConfig>,
+    pub(crate) routes: Vec<RouteConfig>,
     /// Who may call (`auth:`).
-    pub auth: AuthConfig,
+    pub(crate) auth: AuthConfig,
     /// What a request may hold and how much the gateway takes on
     /// (`limits:`).
-    pub limits: Limits,
+    pub(crate) limits: Limits,
     /// Where the limits of keys and routes are counted (`state:`): in each
     /// replica alone, or shared through Redis.
-    pub state: StateConfig,
+    pub(crate) state: StateConfig,
 }
 
 // === impl Config ===
@@ -190,7 +188,8 @@ impl Config {
     }
 
     /// Every name a caller can send, with the route it belongs to.
-    pub fn model_names(&self) -> impl Iterator<Item = (&str, &RouteConfig)> {
+    #[cfg(test)]
+    pub(crate) fn model_names(&self) -> impl Iterator<Item = (&str, &RouteConfig)> {
         self.routes.iter().flat_map(|route| {
             std::iter::once(route.model.as_str())
                 .chain(route.aliases.iter().map(String::as_str))

@@ -10,7 +10,7 @@ use serde_saphyr::Spanned;
 use super::check::Checker;
 
 /// Scrapes faster than this would cost the engine more than it tells us.
-pub const MIN_LOAD_INTERVAL: Duration = Duration::from_millis(50);
+pub(crate) const MIN_LOAD_INTERVAL: Duration = Duration::from_millis(50);
 
 // === raw (as written) ===
 
@@ -61,7 +61,7 @@ pub(crate) struct RawPrefixAffinity {
 /// SGLang's Prometheus gauges of waiting and running requests and KV-cache
 /// use, which count every caller of the engine, not only this replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EngineMetrics {
+pub(crate) struct EngineMetrics {
     /// Path on each endpoint, `/metrics` by default.
     pub path: String,
     /// Time between scrapes; a scrape older than three is not trusted.
@@ -72,7 +72,7 @@ pub struct EngineMetrics {
 /// start the same go to the same endpoint, which holds their prefix in its
 /// cache, unless it is loaded past `max_load_factor` × the pool's mean.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PrefixAffinity {
+pub(crate) struct PrefixAffinity {
     /// Leading characters of the prompt hashed (system message and the
     /// earliest turns).
     pub chars: u32,

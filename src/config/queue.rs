@@ -11,7 +11,7 @@ use super::check::Checker;
 
 /// Most calls one route's queue may hold: past this a queue is no longer
 /// smoothing a burst but hiding an outage, and its scans grow.
-pub const MAX_QUEUE_LEN: u32 = 100_000;
+pub(crate) const MAX_QUEUE_LEN: u32 = 100_000;
 
 // === raw (as written) ===
 
@@ -35,7 +35,7 @@ pub(crate) struct RawQueue {
 /// A route's queue: calls that find every endpoint at `max_in_flight`
 /// wait here for a slot rather than failing with UNAVAILABLE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueConfig {
+pub(crate) struct QueueConfig {
     /// Most calls waiting at once; one more is shed at once, as without a
     /// queue.
     pub max_len: u32,
@@ -50,7 +50,7 @@ pub struct QueueConfig {
 /// A caller's class in a route's queue; only the order of waiters depends
 /// on it, never whether a call is admitted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Priority {
+pub(crate) enum Priority {
     /// Served first (interactive traffic).
     High,
     /// The default.
@@ -64,18 +64,18 @@ pub enum Priority {
 
 impl Priority {
     /// Every class, highest first.
-    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+    pub(crate) const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
 
     /// The class named `name` (`high`, `normal`, `low`, any case), as a
     /// key's `priority:` or an `x-llmgate-priority` header gives it.
-    pub fn from_name(name: &str) -> Option<Self> {
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
         Self::ALL
             .into_iter()
             .find(|p| p.as_str().eq_ignore_ascii_case(name.trim()))
     }
 
     /// Its name, for the file, headers and metric labels.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Priority::High => "high",
             Priority::Normal => "normal",
@@ -84,7 +84,7 @@ impl Priority {
     }
 
     /// Its rank: 0 is served first.
-    pub fn rank(self) -> u8 {
+    pub(crate) fn rank(self) -> u8 {
         self as u8
     }
 }

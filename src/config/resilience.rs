@@ -13,7 +13,7 @@ use super::UpstreamKind;
 use super::check::Checker;
 
 /// How often a DNS name is re-resolved when the file does not say.
-pub const DEFAULT_DNS_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_DNS_INTERVAL: Duration = Duration::from_secs(5);
 
 // === raw (as written) ===
 
@@ -108,7 +108,7 @@ pub enum Discovery {
 
 /// Per-endpoint health and admission settings of one upstream.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct EndpointPolicy {
+pub(crate) struct EndpointPolicy {
     /// Most calls one endpoint serves at once; `None` is no cap.
     pub max_in_flight: Option<u32>,
     /// Passive ejection of failing endpoints.
@@ -121,7 +121,7 @@ pub struct EndpointPolicy {
 
 /// When an endpoint that keeps failing is taken out, and for how long.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct OutlierPolicy {
+pub(crate) struct OutlierPolicy {
     /// Failures in a row (connect errors, resets, 5xx, 429) that eject it.
     pub consecutive_failures: u32,
     /// Length of the first ejection; each repeat doubles it.
@@ -136,7 +136,7 @@ pub struct OutlierPolicy {
 
 /// An active health probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthCheck {
+pub(crate) struct HealthCheck {
     /// Path requested with GET on each endpoint.
     pub path: String,
     /// Time between probes.
@@ -151,7 +151,7 @@ pub struct HealthCheck {
 
 /// How a route retries a failed call.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     /// Attempts in all, the first included; 1 disables retries.
     pub attempts: u32,
     /// Back-off before the first retry; doubled each time, with jitter.
@@ -186,7 +186,7 @@ impl Default for RetryPolicy {
 
 impl HealthCheck {
     /// The probe path each kind of server answers cheaply.
-    pub fn default_path(kind: UpstreamKind) -> &'static str {
+    pub(crate) fn default_path(kind: UpstreamKind) -> &'static str {
         match kind {
             // vLLM's `/health`; other OpenAI-compatible servers that lack it
             // can set `path: /v1/models`.

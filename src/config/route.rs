@@ -64,7 +64,7 @@ pub(crate) struct RawPool {
 
 /// One route: a model name and the pools that serve it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RouteConfig {
+pub(crate) struct RouteConfig {
     /// The name clients send.
     pub model: String,
     /// Other names for the same route.
@@ -88,7 +88,7 @@ pub struct RouteConfig {
 
 /// One pool of a route.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PoolConfig {
+pub(crate) struct PoolConfig {
     /// The upstream's name.
     pub upstream: String,
     /// Share of the route's calls.

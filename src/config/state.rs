@@ -16,9 +16,9 @@ use super::check::Checker;
 /// How long a store call may take by default: Redis on the same network
 /// answers in well under a millisecond, and a call waits at most this long
 /// before the gateway decides without it.
-pub const DEFAULT_STATE_TIMEOUT: Duration = Duration::from_millis(5);
+pub(crate) const DEFAULT_STATE_TIMEOUT: Duration = Duration::from_millis(5);
 /// The prefix of every key the gateway writes, by default.
-pub const DEFAULT_KEY_PREFIX: &str = "llmgate:";
+pub(crate) const DEFAULT_KEY_PREFIX: &str = "llmgate:";
 /// Longest store timeout: a limit check must never be what a caller waits
 /// for, so anything longer is a mistake.
 const MAX_STATE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -63,7 +63,7 @@ pub(crate) struct RawRedis {
 
 /// Where limits are counted.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct StateConfig {
+pub(crate) struct StateConfig {
     /// The store the replicas share; `None` counts in each replica alone.
     pub redis: Option<RedisConfig>,
 }
@@ -75,21 +75,21 @@ pub struct RedisConfig {
     pub url: String,
     /// Prefix of every key the gateway writes, so several gateways (or
     /// other tenants) can share one Redis.
-    pub key_prefix: String,
+    pub(crate) key_prefix: String,
     /// Bound on every store call; past it the call is decided without the
     /// store, as `on_error` says.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// What calls meet while the store cannot answer.
-    pub on_error: OnStoreError,
+    pub(crate) on_error: OnStoreError,
     /// The password, read from the environment or a file.
-    pub password: Option<Secret>,
+    pub(crate) password: Option<Secret>,
     /// Where the password came from, for `llmgate check`.
-    pub password_source: Option<String>,
+    pub(crate) password_source: Option<String>,
 }
 
 /// What a call meets while the shared store cannot answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OnStoreError {
+pub(crate) enum OnStoreError {
     /// Served under each replica's local limits: an outage of Redis is no
     /// outage of the gateway, at the price of counting per replica
     /// meanwhile.
@@ -103,7 +103,7 @@ pub enum OnStoreError {
 
 impl RedisConfig {
     /// The connection settings for the client, password included.
-    pub fn connection_info(&self) -> redis::RedisResult<redis::ConnectionInfo> {
+    pub(crate) fn connection_info(&self) -> redis::RedisResult<redis::ConnectionInfo> {
         let info = self.url.as_str().into_connection_info()?;
         Ok(match &self.password {
             Some(password) => {

@@ -46,7 +46,7 @@ pub(crate) struct RawUpstreamTls {
 /// A file the routing file names, read when the file was loaded. `Debug`
 /// shows the path only: the contents may be a private key.
 #[derive(Clone, PartialEq, Eq)]
-pub struct PemFile {
+pub(crate) struct PemFile {
     /// The path as written in the routing file.
     pub path: PathBuf,
     /// What the file held.
@@ -55,7 +55,7 @@ pub struct PemFile {
 
 /// `listen.tls:`: the front listener serves TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsConfig {
+pub(crate) struct TlsConfig {
     /// The server's certificate chain, leaf first (PEM).
     pub cert: PemFile,
     /// The server's private key (PEM).
@@ -68,7 +68,7 @@ pub struct TlsConfig {
 
 impl PemFile {
     /// A file's contents as read from `path`.
-    pub fn new(path: PathBuf, contents: Vec<u8>) -> Self {
+    pub(crate) fn new(path: PathBuf, contents: Vec<u8>) -> Self {
         PemFile {
             path,
             contents: contents.into(),
@@ -76,7 +76,7 @@ impl PemFile {
     }
 
     /// What the file held.
-    pub fn contents(&self) -> &[u8] {
+    pub(crate) fn contents(&self) -> &[u8] {
         &self.contents
     }
 }

@@ -18,16 +18,16 @@ use crate::sim::SimSettings;
 /// Cap on one upstream call when the file sets none: long enough for any
 /// real generation, short enough that a hung upstream cannot hold a call
 /// (and its caller) forever when the caller sent no deadline.
-pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(600);
+pub(crate) const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(600);
 /// `max_tokens` sent to an Anthropic upstream when neither the caller nor
 /// the file sets one: every current Claude model can write this many, and
 /// it is long enough for an ordinary answer.
-pub const DEFAULT_ANTHROPIC_MAX_TOKENS: u32 = 4096;
+pub(crate) const DEFAULT_ANTHROPIC_MAX_TOKENS: u32 = 4096;
 
 /// Slowest simulated generation, in tokens per second: one token every
 /// ~17 minutes. Slower rates put a token's due time past what a clock can
 /// hold.
-pub const MIN_SIM_TOKENS_PER_SECOND: f64 = 0.001;
+pub(crate) const MIN_SIM_TOKENS_PER_SECOND: f64 = 0.001;
 
 // === raw (as written) ===
 
@@ -113,7 +113,7 @@ pub(crate) struct RawSim {
 
 /// One upstream: a set of servers speaking one wire format.
 #[derive(Debug, Clone, PartialEq)]
-pub struct UpstreamConfig {
+pub(crate) struct UpstreamConfig {
     /// Its name in the file, used in logs and errors.
     pub name: String,
     /// The wire it speaks.
@@ -154,7 +154,7 @@ pub struct UpstreamConfig {
 /// How an upstream can continue an answer whose stream broke after tokens
 /// reached the caller (`continuation:`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Continuation {
+pub(crate) enum Continuation {
     /// Send the text already delivered as the start of the assistant's
     /// message, and stream only the rest: vLLM (`continue_final_message`),
     /// Anthropic and Ollama continue a final assistant message.
@@ -170,7 +170,7 @@ pub enum Continuation {
 
 /// The wire formats an upstream can speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamKind {
+pub(crate) enum UpstreamKind {
     /// OpenAI's chat completions API: vLLM, OpenAI and compatible servers.
     OpenAi,
     /// Ollama's native chat API (`/api/chat`, NDJSON streams).
@@ -185,7 +185,7 @@ pub enum UpstreamKind {
 /// reasoning models refuse `max_tokens`; vLLM and most compatible servers
 /// only know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum MaxTokensField {
+pub(crate) enum MaxTokensField {
     /// `max_tokens`: vLLM, llama.cpp and most compatible servers.
     #[default]
     MaxTokens,
@@ -195,7 +195,7 @@ pub enum MaxTokensField {
 
 /// How long Ollama keeps a model in memory after a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeepAlive {
+pub(crate) enum KeepAlive {
     /// Unload it this long after the call (zero: at once).
     For(Duration),
     /// Never unload it.
@@ -205,7 +205,7 @@ pub enum KeepAlive {
 /// Time limits on one upstream's calls; together with the caller's deadline
 /// they make sure no call can hang.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UpstreamTimeouts {
+pub(crate) struct UpstreamTimeouts {
     /// Cap on one whole call.
     pub total: Duration,
     /// Longest wait for the first token of a stream.
@@ -217,13 +217,13 @@ pub struct UpstreamTimeouts {
 /// A credential. Its `Debug` never prints the value, so it cannot leak
 /// through a log line or an error.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub(crate) struct Secret(String);
 
 // === impl UpstreamKind ===
 
 impl UpstreamKind {
     /// The kind's name in the routing file.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             UpstreamKind::OpenAi => "openai",
             UpstreamKind::Ollama => "ollama",
@@ -245,12 +245,12 @@ impl UpstreamKind {
 
 impl Secret {
     /// Wraps a credential.
-    pub fn new(value: String) -> Self {
+    pub(crate) fn new(value: String) -> Self {
         Secret(value)
     }
 
     /// The credential itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }

@@ -29,11 +29,11 @@ use crate::config::human_size;
 /// Errors a guarded body yields: the inner body's, or its refusal: a
 /// `tonic::Status` (which tonic sends to the caller as it is) for gRPC,
 /// a [`BodyRefusal`] for a whole HTTP body.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a body was refused while it was read.
 #[derive(Debug, thiserror::Error)]
-pub enum BodyRefusal {
+pub(crate) enum BodyRefusal {
     /// More than the limit arrived, or was announced.
     #[error(
         "the request body is {size} long; this gateway takes at most {limit}. Send a shorter \
@@ -64,7 +64,7 @@ pub enum BodyRefusal {
 /// own, but a thousand slow bodies under that cap would still fill memory;
 /// past the budget, a body is refused (RESOURCE_EXHAUSTED, 429) instead.
 #[derive(Debug, Clone)]
-pub struct BufferBudget {
+pub(crate) struct BufferBudget {
     /// One permit per byte held.
     bytes: Arc<Semaphore>,
     /// The budget, for messages.
@@ -73,7 +73,7 @@ pub struct BufferBudget {
 
 impl BufferBudget {
     /// A budget of `bytes`.
-    pub fn new(bytes: usize) -> Self {
+    pub(crate) fn new(bytes: usize) -> Self {
         let total = bytes.min(Semaphore::MAX_PERMITS);
         BufferBudget {
             bytes: Arc::new(Semaphore::new(total)),
@@ -88,7 +88,8 @@ impl BufferBudget {
     }
 
     /// Bytes of the budget free now.
-    pub fn available(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn available(&self) -> usize {
         self.bytes.available_permits()
     }
 
@@ -99,7 +100,7 @@ impl BufferBudget {
 
 /// How the guarded body is framed, which decides what the size limit counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
+pub(crate) enum Framing {
     /// Length-prefixed gRPC messages: each message is held to the limit,
     /// checked from its prefix before it is read.
     GrpcMessages,
@@ -111,7 +112,7 @@ pub enum Framing {
 /// Everything a front holds its request bodies to: each body's limits,
 /// and the budget all of them share.
 #[derive(Debug, Clone)]
-pub struct BodyRules {
+pub(crate) struct BodyRules {
     /// Size and idle limits of each body.
     pub limits: BodyLimits,
     /// The bytes all bodies arriving at once may hold.
@@ -120,7 +121,7 @@ pub struct BodyRules {
 
 impl BodyRules {
     /// `body` held to these rules, counted as `framing` says.
-    pub fn guard<B>(&self, body: B, framing: Framing) -> GuardedBody<B> {
+    pub(crate) fn guard<B>(&self, body: B, framing: Framing) -> GuardedBody<B> {
         GuardedBody::framed(body, self.limits, framing).within(self.budget.clone())
     }
 }
@@ -174,7 +175,7 @@ impl<B> GuardedBody<B> {
     }
 
     /// `inner` held to `limits`, counted as `framing` says.
-    pub fn framed(inner: B, limits: BodyLimits, framing: Framing) -> Self {
+    pub(crate) fn framed(inner: B, limits: BodyLimits, framing: Framing) -> Self {
         GuardedBody {
             inner,
             limits,
@@ -191,14 +192,14 @@ impl<B> GuardedBody<B> {
     }
 
     /// Counts this body's bytes against `budget` while it is held.
-    pub fn within(mut self, budget: BufferBudget) -> Self {
+    pub(crate) fn within(mut self, budget: BufferBudget) -> Self {
         self.budget = Some(budget);
         self
     }
 
     /// The share of the budget the body's bytes hold, for a caller that
     /// keeps the bytes after the body is read.
-    pub fn into_held(self) -> Option<OwnedSemaphorePermit> {
+    pub(crate) fn into_held(self) -> Option<OwnedSemaphorePermit> {
         self.held
     }
 

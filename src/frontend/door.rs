@@ -32,12 +32,12 @@ use crate::telemetry::REQUEST_ID;
 /// The caller as the door admitted it, handed to the service in the
 /// request's extensions so the key is not checked from scratch again.
 #[derive(Clone)]
-pub struct Admitted(pub Caller);
+pub(crate) struct Admitted(pub Caller);
 
 /// A gRPC service behind its door: bodies held to the body rules, and callers
 /// checked by `keys` when the service needs a key.
 #[derive(Clone)]
-pub struct Door<S> {
+pub(crate) struct Door<S> {
     /// The service behind the door.
     inner: S,
     /// What each request body is held to.
@@ -50,7 +50,7 @@ pub struct Door<S> {
 
 impl<S> Door<S> {
     /// `inner` open to anyone, its bodies held to `bodies`.
-    pub fn open(inner: S, bodies: BodyRules) -> Self {
+    pub(crate) fn open(inner: S, bodies: BodyRules) -> Self {
         Door {
             inner,
             bodies,
@@ -59,7 +59,7 @@ impl<S> Door<S> {
     }
 
     /// `inner` for callers `edge` admits, its bodies held to `bodies`.
-    pub fn keyed(inner: S, bodies: BodyRules, edge: Edge) -> Self {
+    pub(crate) fn keyed(inner: S, bodies: BodyRules, edge: Edge) -> Self {
         Door {
             inner,
             bodies,

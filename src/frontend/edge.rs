@@ -39,7 +39,7 @@ use crate::telemetry::call::CallRecord;
 
 /// What every front holds: the call path, the live table, and who may call.
 #[derive(Clone)]
-pub struct Edge {
+pub(crate) struct Edge {
     /// The call path behind every front.
     stack: ChatService,
     /// The live table, for listings and for naming the route of a refusal.
@@ -52,7 +52,7 @@ pub struct Edge {
 
 impl Edge {
     /// The edge over `stack`, listing from `table`, admitting by `guard`.
-    pub fn new(stack: ChatService, table: SharedTable, guard: SharedGuard) -> Self {
+    pub(crate) fn new(stack: ChatService, table: SharedTable, guard: SharedGuard) -> Self {
         Edge {
             stack,
             table,
@@ -62,14 +62,17 @@ impl Edge {
 
     /// The caller's key, when the gateway needs one: an error for a caller
     /// without a valid one. Checked from headers alone, before any body.
-    pub fn authenticate(&self, caller: &Caller) -> Result<Option<Arc<KeyPolicy>>, GatewayError> {
+    pub(crate) fn authenticate(
+        &self,
+        caller: &Caller,
+    ) -> Result<Option<Arc<KeyPolicy>>, GatewayError> {
         self.guard.load().authenticate(caller)
     }
 
     /// The caller, admitted: known by its key's name from here on, so the
     /// stack's auth layer finds the key by name instead of hashing the
     /// secret a second time. An error for a caller without a valid key.
-    pub fn admit(&self, caller: Caller) -> Result<Caller, GatewayError> {
+    pub(crate) fn admit(&self, caller: Caller) -> Result<Caller, GatewayError> {
         Ok(match self.authenticate(&caller)? {
             Some(key) => Caller::Key(key.name.clone()),
             None => caller,
@@ -83,7 +86,7 @@ impl Edge {
     /// The call is pinned here to one snapshot of keys, limits and routes,
     /// which every layer and the router read, so a reload while it passes
     /// the stack cannot mix two files in one call.
-    pub async fn call(&self, req: ChatRequest) -> Result<ChatStream, GatewayError> {
+    pub(crate) async fn call(&self, req: ChatRequest) -> Result<ChatStream, GatewayError> {
         stack::guard::pin(&req.call, &self.guard);
         unwinding(self.stack.clone().oneshot(req)).await
     }
@@ -91,7 +94,7 @@ impl Edge {
     /// Records a call refused before it reached the stack, so it counts in
     /// metrics and the access log like any other. `model` is what the
     /// caller asked for; empty when the body was never read.
-    pub fn refused(&self, call: CallContext, model: &str, stream: bool, err: &GatewayError) {
+    pub(crate) fn refused(&self, call: CallContext, model: &str, stream: bool, err: &GatewayError) {
         if let Some(route) = self.table.load().lookup(model) {
             call.place_route(route.model.clone());
         }
@@ -100,7 +103,7 @@ impl Edge {
 
     /// The routes `key` may call, in the table's order: a listing names
     /// internal upstreams, so nobody sees more than they may use.
-    pub fn visible_routes(&self, key: Option<&KeyPolicy>) -> Vec<Arc<Route>> {
+    pub(crate) fn visible_routes(&self, key: Option<&KeyPolicy>) -> Vec<Arc<Route>> {
         self.table
             .load()
             .routes()
@@ -112,7 +115,7 @@ impl Edge {
 
     /// The route `model` names, if `key` may call it. A route the key may
     /// not call is reported as not routed, so a listing confirms nothing.
-    pub fn visible_route(&self, key: Option<&KeyPolicy>, model: &str) -> Option<Arc<Route>> {
+    pub(crate) fn visible_route(&self, key: Option<&KeyPolicy>, model: &str) -> Option<Arc<Route>> {
         self.table
             .load()
             .lookup(model)
@@ -123,7 +126,7 @@ impl Edge {
 
 /// The caller's request id from the header's value, when it is safe to
 /// log and forward; a new one otherwise.
-pub fn request_id(value: Option<&[u8]>) -> RequestId {
+pub(crate) fn request_id(value: Option<&[u8]>) -> RequestId {
     value
         .and_then(|value| std::str::from_utf8(value).ok())
         .and_then(RequestId::from_caller)
@@ -133,7 +136,7 @@ pub fn request_id(value: Option<&[u8]>) -> RequestId {
 /// When the gateway answers a call with `budget` at the latest: now plus
 /// [`answer_by`]. A budget too large to add to the clock (centuries) is no
 /// limit.
-pub fn deadline(budget: Option<Duration>) -> Option<Instant> {
+pub(crate) fn deadline(budget: Option<Duration>) -> Option<Instant> {
     budget.and_then(|budget| Instant::now().checked_add(answer_by(budget)))
 }
 
@@ -145,12 +148,12 @@ pub fn deadline(budget: Option<Duration>) -> Option<Instant> {
 /// CANCELLED) instead of our status and the reason in it. Keeping a tenth of
 /// the budget, at most 10 ms, for the trip back lets the gateway's
 /// DEADLINE_EXCEEDED arrive first.
-pub fn answer_by(budget: Duration) -> Duration {
+pub(crate) fn answer_by(budget: Duration) -> Duration {
     budget - (budget / 10).min(Duration::from_millis(10))
 }
 
 /// The error for a stream that stopped without its final event.
-pub fn truncated() -> GatewayError {
+pub(crate) fn truncated() -> GatewayError {
     GatewayError::unavailable(
         "the upstream stream ended before its final chunk; the answer is incomplete",
     )
@@ -170,7 +173,7 @@ fn panicked() -> GatewayError {
 /// ending the stream with INTERNAL. Catching costs nothing until something
 /// panics, and needs no wrapper (nor its box) around the stream; the front
 /// must not poll the stream again after an error, which it never does.
-pub fn poll_events(
+pub(crate) fn poll_events(
     events: &mut ChatStream,
     cx: &mut Context<'_>,
 ) -> Poll<Option<Result<ChatEvent, GatewayError>>> {
@@ -182,7 +185,7 @@ pub fn poll_events(
 
 /// A whole answer, gathered from its stream: what every front's unary
 /// answer is built from.
-pub struct WholeAnswer {
+pub(crate) struct WholeAnswer {
     /// The text, every token joined.
     pub text: String,
     /// The tool calls, their pieces joined.
@@ -193,7 +196,7 @@ pub struct WholeAnswer {
 
 /// Reads `events` to their end into one [`WholeAnswer`]; a stream that ends
 /// without its final event is [`truncated`].
-pub async fn gather(mut events: ChatStream) -> Result<WholeAnswer, GatewayError> {
+pub(crate) async fn gather(mut events: ChatStream) -> Result<WholeAnswer, GatewayError> {
     let mut text = String::new();
     let mut calls = ToolCallsBuilder::default();
     while let Some(event) = std::future::poll_fn(|cx| poll_events(&mut events, cx)).await {
@@ -216,7 +219,7 @@ pub async fn gather(mut events: ChatStream) -> Result<WholeAnswer, GatewayError>
 /// the vectors (the stream, and what it holds, ends with it). A stream
 /// without one, or whose final event has no vectors, is an incomplete
 /// answer.
-pub async fn embedded(mut events: ChatStream) -> Result<Completion, GatewayError> {
+pub(crate) async fn embedded(mut events: ChatStream) -> Result<Completion, GatewayError> {
     while let Some(event) = std::future::poll_fn(|cx| poll_events(&mut events, cx)).await {
         if let ChatEvent::Done(completion) = event? {
             return match completion.embeddings {
@@ -230,7 +233,7 @@ pub async fn embedded(mut events: ChatStream) -> Result<Completion, GatewayError
 
 /// Runs `future`, which a front awaits to answer, turning a panic into
 /// INTERNAL.
-pub async fn unwinding<T>(
+pub(crate) async fn unwinding<T>(
     future: impl Future<Output = Result<T, GatewayError>>,
 ) -> Result<T, GatewayError> {
     AssertUnwindSafe(future)

@@ -30,7 +30,7 @@ use crate::proto::llm_service_server::LlmService;
 use crate::telemetry::{PRIORITY, REQUEST_ID};
 
 /// The gRPC service implementation.
-pub struct GrpcFrontend {
+pub(crate) struct GrpcFrontend {
     /// What every front shares: the call path, the table, the keys.
     edge: Edge,
 }
@@ -38,14 +38,14 @@ pub struct GrpcFrontend {
 /// A [`ChatStream`] as `TokenChunk`s. It insists on a final `Done`: a
 /// stream that stops without one was cut short, and the caller gets an
 /// error instead of a truncated answer that looks complete.
-pub struct TokenChunks {
+pub(crate) struct TokenChunks {
     /// The tokens; `None` once finished.
     inner: Option<ChatStream>,
 }
 
 impl GrpcFrontend {
     /// The gRPC front over the shared `edge`.
-    pub fn new(edge: Edge) -> Self {
+    pub(crate) fn new(edge: Edge) -> Self {
         GrpcFrontend { edge }
     }
 
@@ -517,7 +517,7 @@ fn finish_reason(completion: &Completion) -> String {
 /// The caller's time budget from the `grpc-timeout` header: up to eight
 /// digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`). A malformed header is
 /// ignored, as gRPC servers do, rather than failing the call.
-pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+pub(crate) fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
     let value = metadata.get("grpc-timeout")?.to_str().ok()?;
     if value.len() < 2 || value.len() > 9 {
         return None;

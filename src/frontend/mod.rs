@@ -6,9 +6,9 @@
 //! refusals, listings) and the [`body`] guard; the gRPC port's services sit
 //! behind a [`door`] that applies both before tonic reads a body.
 
-pub mod body;
-pub mod door;
-pub mod edge;
-pub mod grpc;
-pub mod http;
-pub mod web;
+pub(crate) mod body;
+pub(crate) mod door;
+pub(crate) mod edge;
+pub(crate) mod grpc;
+pub(crate) mod http;
+pub(crate) mod web;

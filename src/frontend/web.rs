@@ -39,7 +39,7 @@ type WebRoutes = tower::util::Either<Cors<GrpcWebService<Routes>>, GrpcWebServic
 /// Everything the gRPC port serves: native gRPC straight to the services,
 /// grpc-web and CORS preflights through the translation layer.
 #[derive(Clone)]
-pub struct GrpcPort {
+pub(crate) struct GrpcPort {
     /// The services, for native gRPC.
     native: Routes,
     /// The same services behind grpc-web translation (and CORS).
@@ -62,7 +62,7 @@ const EXPOSED: [&str; 4] = [
 
 /// `routes` as the gRPC port serves them: native gRPC as it is, grpc-web
 /// translated, with `cors` in front of the latter when browsers may call.
-pub fn grpc_port(routes: Routes, cors: Option<CorsLayer>) -> GrpcPort {
+pub(crate) fn grpc_port(routes: Routes, cors: Option<CorsLayer>) -> GrpcPort {
     let web = ServiceBuilder::new()
         .option_layer(cors)
         .layer(GrpcWebLayer::new())
@@ -81,7 +81,7 @@ pub fn grpc_port(routes: Routes, cors: Option<CorsLayer>) -> GrpcPort {
 /// `x-request-timeout`), and the origin list is what decides who may call.
 /// Credentials (cookies) are never allowed: callers authenticate with
 /// headers.
-pub fn cors_layer(config: &CorsConfig) -> Option<CorsLayer> {
+pub(crate) fn cors_layer(config: &CorsConfig) -> Option<CorsLayer> {
     let origins = match config.allowed_origins.as_slice() {
         [] => return None,
         [any] if any == "*" => AllowOrigin::any(),

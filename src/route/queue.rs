@@ -50,7 +50,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 const MAX_TURNS: usize = 64;
 
 /// The queue of one route.
-pub struct Queue {
+pub(crate) struct Queue {
     /// The route's model name, for messages and metric labels.
     route: Arc<str>,
     /// Its limits and aging.
@@ -133,7 +133,7 @@ impl std::fmt::Debug for Queue {
 
 impl Queue {
     /// An empty queue for `route`.
-    pub fn new(route: Arc<str>, config: QueueConfig) -> Arc<Self> {
+    pub(crate) fn new(route: Arc<str>, config: QueueConfig) -> Arc<Self> {
         Arc::new(Queue {
             route,
             config,

@@ -23,7 +23,7 @@ const RETRY_BUDGET_FLOOR: u32 = 10;
 
 /// An immutable snapshot of where each model is served.
 #[derive(Debug)]
-pub struct RoutingTable {
+pub(crate) struct RoutingTable {
     /// Every routable name (route models and aliases) to its route.
     routes: HashMap<String, Arc<Route>>,
     /// Routes in file order, for listing.
@@ -34,7 +34,7 @@ pub struct RoutingTable {
 
 /// Where calls for one model go, and what to do when they fail.
 #[derive(Debug)]
-pub struct Route {
+pub(crate) struct Route {
     /// The name clients send; shared, because every call carries it on as
     /// its route label.
     pub model: Arc<str>,
@@ -62,7 +62,7 @@ pub struct Route {
 
 /// One weighted share of a route.
 #[derive(Debug)]
-pub struct Pool {
+pub(crate) struct Pool {
     /// Who serves it.
     pub upstream: Arc<Upstream>,
     /// Its share of the route's calls.
@@ -76,7 +76,7 @@ pub struct Pool {
 impl RoutingTable {
     /// Builds the table for a validated config, starting each upstream's
     /// endpoint discovery.
-    pub fn build(config: &Config, connectors: &Connectors) -> Result<Self, GatewayError> {
+    pub(crate) fn build(config: &Config, connectors: &Connectors) -> Result<Self, GatewayError> {
         Self::rebuild(config, connectors, None)
     }
 
@@ -84,7 +84,7 @@ impl RoutingTable {
     /// upstream whose definition did not change, with its endpoints,
     /// connections, load and health. Upstreams that changed are built anew;
     /// those that are gone live on only in the calls still using them.
-    pub fn rebuild(
+    pub(crate) fn rebuild(
         config: &Config,
         connectors: &Connectors,
         previous: Option<&RoutingTable>,
@@ -162,17 +162,17 @@ impl RoutingTable {
     }
 
     /// The route for a model name or alias.
-    pub fn lookup(&self, model: &str) -> Option<&Arc<Route>> {
+    pub(crate) fn lookup(&self, model: &str) -> Option<&Arc<Route>> {
         self.routes.get(model)
     }
 
     /// Every route, in file order.
-    pub fn routes(&self) -> &[Arc<Route>] {
+    pub(crate) fn routes(&self) -> &[Arc<Route>] {
         &self.listing
     }
 
     /// An upstream by name.
-    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+    pub(crate) fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
         self.upstreams.get(name)
     }
 }
@@ -184,7 +184,7 @@ impl Route {
     /// upstream has an endpoint that can take a call, avoiding those whose
     /// bit is set in `tried` while another is available. `None` when every
     /// pool is down.
-    pub fn pick_pool(&self, tried: u64) -> Option<usize> {
+    pub(crate) fn pick_pool(&self, tried: u64) -> Option<usize> {
         if let [only] = self.pools.as_slice() {
             return only.upstream.is_available(&only.model).then_some(0);
         }

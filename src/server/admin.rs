@@ -45,7 +45,7 @@ pub const HEALTHZ_PATH: &str = "/healthz";
 /// began.
 pub const READYZ_PATH: &str = "/readyz";
 /// Applies the routing file now.
-pub const RELOAD_PATH: &str = "/-/reload";
+pub(crate) const RELOAD_PATH: &str = "/-/reload";
 
 /// The content type of the Prometheus text exposition format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";

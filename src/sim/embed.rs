@@ -6,12 +6,12 @@
 
 /// The dimensions of a simulated vector unless a call asks for others:
 /// the size of common small embedding models.
-pub const DIMENSIONS: u32 = 384;
+pub(crate) const DIMENSIONS: u32 = 384;
 
 /// The vector for `input` (a text's bytes, or token ids as little-endian
 /// bytes), `dimensions` long, scaled to length 1 so cosine similarity is
 /// a dot product, as with real embedding models.
-pub fn vector(input: &[u8], dimensions: usize) -> Vec<f32> {
+pub(crate) fn vector(input: &[u8], dimensions: usize) -> Vec<f32> {
     let mut state = fnv1a(input);
     let mut next = move || {
         // splitmix64: tiny, and the same on every platform.
@@ -30,14 +30,14 @@ pub fn vector(input: &[u8], dimensions: usize) -> Vec<f32> {
 }
 
 /// The vector for token ids, hashed as their little-endian bytes.
-pub fn token_vector(ids: &[u32], dimensions: usize) -> Vec<f32> {
+pub(crate) fn token_vector(ids: &[u32], dimensions: usize) -> Vec<f32> {
     let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
     vector(&bytes, dimensions)
 }
 
 /// The tokens a text counts for: its words, at least one, as the
 /// simulator counts a prompt.
-pub fn tokens(text: &str) -> u32 {
+pub(crate) fn tokens(text: &str) -> u32 {
     u32::try_from(text.split_whitespace().count().max(1)).unwrap_or(u32::MAX)
 }
 

@@ -5,8 +5,10 @@
 //! newcomer sees through the shipped routing file is what a benchmark
 //! measures over the real HTTP path.
 
-pub mod embed;
-pub mod server;
+pub(crate) mod embed;
+mod server;
+
+pub use server::{SimApi, serve, serve_api};
 
 use std::time::Duration;
 
@@ -30,7 +32,7 @@ pub struct SimSettings {
 
 /// One simulated generation: what it will say and when.
 #[derive(Debug, Clone)]
-pub struct SimRun {
+pub(crate) struct SimRun {
     settings: SimSettings,
     tokens: u32,
     finish_reason: FinishReason,
@@ -78,7 +80,11 @@ impl Default for SimSettings {
 impl SimSettings {
     /// Plans one generation for these messages, or `None` when this call is
     /// one of the `error_rate` share that fails.
-    pub fn start(&self, messages: &[ChatMessage], max_tokens: Option<u32>) -> Option<SimRun> {
+    pub(crate) fn start(
+        &self,
+        messages: &[ChatMessage],
+        max_tokens: Option<u32>,
+    ) -> Option<SimRun> {
         if self.error_rate > 0.0 && rand::random::<f64>() < self.error_rate {
             return None;
         }
@@ -109,22 +115,22 @@ impl SimSettings {
 
 impl SimRun {
     /// The text of token `index`.
-    pub fn token(index: u32) -> &'static str {
+    pub(crate) fn token(index: u32) -> &'static str {
         WORDS[index as usize % WORDS.len()]
     }
 
     /// Why the generation ends.
-    pub fn finish_reason(&self) -> FinishReason {
+    pub(crate) fn finish_reason(&self) -> FinishReason {
         self.finish_reason
     }
 
     /// Tokens in and out.
-    pub fn usage(&self) -> Usage {
+    pub(crate) fn usage(&self) -> Usage {
         self.usage
     }
 
     /// The whole answer at once, after the time the stream would take.
-    pub async fn text(&self) -> String {
+    pub(crate) async fn text(&self) -> String {
         // No timer at all for an instant answer: tokio rounds every sleep up
         // to the next millisecond, which would floor a benchmark's baseline.
         if let Some(last) = self.tokens.checked_sub(1)
@@ -137,7 +143,7 @@ impl SimRun {
 
     /// The tokens, each released at its scheduled time. Times are measured
     /// from the start, so pacing does not drift with scheduling delays.
-    pub fn tokens(&self) -> impl Stream<Item = &'static str> + Send + 'static {
+    pub(crate) fn tokens(&self) -> impl Stream<Item = &'static str> + Send + 'static {
         let start = Instant::now();
         let run = self.clone();
         futures_util::stream::unfold(0u32, move |index| {

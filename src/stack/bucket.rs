@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// A limit of so many units (requests or tokens) per minute.
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     /// The theoretical arrival time: when the bucket is full again.
     tat: Mutex<Instant>,
     /// A minute over the rate: how much later one unit moves the TAT.
@@ -38,7 +38,7 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     /// A full bucket of `n` units a minute.
-    pub fn per_minute(n: NonZeroU32) -> Self {
+    pub(crate) fn per_minute(n: NonZeroU32) -> Self {
         TokenBucket {
             tat: Mutex::new(Instant::now()),
             // At least a nanosecond, so each unit costs something.

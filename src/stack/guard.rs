@@ -66,7 +66,7 @@ pub(crate) trait Admission: 'static {
 }
 
 /// An immutable snapshot of who may call and how much.
-pub struct Guard {
+pub(crate) struct Guard {
     /// Whether callers must present a known key.
     keys_required: bool,
     /// Keys by the digest of their secret: a presented key is hashed and
@@ -92,7 +92,7 @@ pub struct Guard {
 }
 
 /// One declared key.
-pub struct KeyPolicy {
+pub(crate) struct KeyPolicy {
     /// Its name in the routing file; stands in for it everywhere.
     pub name: Arc<str>,
     /// The models it may call.
@@ -106,7 +106,7 @@ pub struct KeyPolicy {
 }
 
 /// The limits of one key or route, with the state that enforces them.
-pub struct Quota {
+pub(crate) struct Quota {
     /// What was configured; a reload keeps this quota while it is equal.
     limits: CallerLimits,
     /// Calls per minute.
@@ -118,7 +118,7 @@ pub struct Quota {
 }
 
 /// A cap on calls in flight: permits held until each call's last token.
-pub struct Capacity {
+pub(crate) struct Capacity {
     /// The cap, for messages and for carrying it over a reload.
     pub max: u32,
     /// One permit per call in flight.
@@ -127,7 +127,7 @@ pub struct Capacity {
 
 /// Limits on the content of one request.
 #[derive(Debug, Clone, Copy)]
-pub struct RequestShape {
+pub(crate) struct RequestShape {
     /// Most messages.
     pub max_messages: u32,
     /// Most bytes of message content, when limited.
@@ -237,7 +237,7 @@ pub(crate) fn pin(call: &CallContext, shared: &SharedGuard) -> Arc<Guard> {
 impl Guard {
     /// Builds the policy for `config`, keeping the limiters and in-flight
     /// counts of `previous` wherever their limits did not change.
-    pub fn build(config: &Config, previous: Option<&Guard>) -> Guard {
+    pub(crate) fn build(config: &Config, previous: Option<&Guard>) -> Guard {
         let keep = |old: Option<&Arc<Quota>>, limits: CallerLimits| match old {
             Some(old) if old.limits == limits => old.clone(),
             _ => Arc::new(Quota::new(limits)),
@@ -288,20 +288,24 @@ impl Guard {
 
     /// The policy, published with the routing table it goes with: a call
     /// pinned to it routes by `table` (see [`pin`]).
-    pub fn serving(mut self, table: &Arc<RoutingTable>) -> Guard {
+    pub(crate) fn serving(mut self, table: &Arc<RoutingTable>) -> Guard {
         self.table = Some(Arc::downgrade(table));
         self
     }
 
     /// A shared handle on the policy for `config`.
-    pub fn shared(config: &Config) -> SharedGuard {
+    #[cfg(test)]
+    pub(crate) fn shared(config: &Config) -> SharedGuard {
         Arc::new(ArcSwap::from_pointee(Guard::build(config, None)))
     }
 
     /// Who `caller` is: `Ok(None)` when keys are not required, the key's
     /// policy when it presented a known key, UNAUTHENTICATED otherwise.
     /// Messages never repeat what the caller sent.
-    pub fn authenticate(&self, caller: &Caller) -> Result<Option<Arc<KeyPolicy>>, GatewayError> {
+    pub(crate) fn authenticate(
+        &self,
+        caller: &Caller,
+    ) -> Result<Option<Arc<KeyPolicy>>, GatewayError> {
         if !self.keys_required {
             return Ok(None);
         }
@@ -337,17 +341,17 @@ impl Guard {
     }
 
     /// The policy of the key a call was authenticated with.
-    pub fn key(&self, caller: &Caller) -> Option<&Arc<KeyPolicy>> {
+    pub(crate) fn key(&self, caller: &Caller) -> Option<&Arc<KeyPolicy>> {
         self.by_name.get(caller.key_name()?)
     }
 
     /// Whether any route has limits of its own.
-    pub fn limits_routes(&self) -> bool {
+    pub(crate) fn limits_routes(&self) -> bool {
         !self.routes.is_empty()
     }
 
     /// The quota of the route `model` names, if the route has limits.
-    pub fn route(&self, model: &str) -> Option<&Arc<Quota>> {
+    pub(crate) fn route(&self, model: &str) -> Option<&Arc<Quota>> {
         self.routes.get(model)
     }
 }
@@ -356,7 +360,7 @@ impl Guard {
 
 impl KeyPolicy {
     /// PERMISSION_DENIED unless the key may call `model`.
-    pub fn authorize(&self, model: &str) -> Result<(), GatewayError> {
+    pub(crate) fn authorize(&self, model: &str) -> Result<(), GatewayError> {
         if self.models.allows(model) {
             return Ok(());
         }
@@ -375,7 +379,7 @@ impl KeyPolicy {
 
 impl Quota {
     /// Fresh limiters for `limits`.
-    pub fn new(limits: CallerLimits) -> Quota {
+    pub(crate) fn new(limits: CallerLimits) -> Quota {
         Quota {
             limits,
             requests: limits.requests_per_minute.map(TokenBucket::per_minute),
@@ -389,7 +393,7 @@ impl Quota {
 
 impl Capacity {
     /// Room for `max` calls.
-    pub fn new(max: NonZeroU32) -> Capacity {
+    pub(crate) fn new(max: NonZeroU32) -> Capacity {
         Capacity {
             max: max.get(),
             permits: Arc::new(Semaphore::new(max.get() as usize)),

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 /// How long a lease may sit unused before what is left goes back to the
 /// shared bucket: short enough that idle replicas do not hoard capacity,
 /// long enough that a replica serving a steady trickle keeps its lease.
-pub const LEASE_IDLE: Duration = Duration::from_secs(2);
+pub(crate) const LEASE_IDLE: Duration = Duration::from_secs(2);
 /// The share of a minute's limit one lease takes: 1%.
 const LEASE_DIVISOR: u32 = 100;
 /// The largest lease, whatever the limit.
@@ -39,7 +39,7 @@ const MAX_LEASE: u32 = 10_000;
 
 /// One replica's lease on one shared limit.
 #[derive(Debug)]
-pub struct Lease {
+pub(crate) struct Lease {
     /// The minute's limit, the shared bucket's size.
     limit: NonZeroU32,
     /// How many units one refill asks for.
@@ -62,7 +62,7 @@ struct Held {
 
 /// What taking from a lease found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Take {
+pub(crate) enum Take {
     /// Taken from the lease. `refill` asks the caller to top the lease up
     /// in the background, as it is running low.
     Taken {
@@ -83,7 +83,7 @@ pub enum Take {
 
 impl Lease {
     /// An empty lease on a limit of `limit` a minute.
-    pub fn new(limit: NonZeroU32) -> Lease {
+    pub(crate) fn new(limit: NonZeroU32) -> Lease {
         Lease {
             limit,
             size: (limit.get() / LEASE_DIVISOR).clamp(1, MAX_LEASE),
@@ -92,21 +92,21 @@ impl Lease {
     }
 
     /// The minute's limit.
-    pub fn limit(&self) -> NonZeroU32 {
+    pub(crate) fn limit(&self) -> NonZeroU32 {
         self.limit
     }
 
     /// How many units one refill takes: the most this replica holds
     /// unspent beyond what calls asked for, and so its share of the
     /// overshoot bound.
-    pub fn size(&self) -> u32 {
+    pub(crate) fn size(&self) -> u32 {
         self.size
     }
 
     /// Takes `n` units (clamped to the limit, so a call larger than a
     /// minute's budget can still run once the bucket is full) if the lease
     /// holds them.
-    pub fn take(&self, n: u32, now: Instant) -> Take {
+    pub(crate) fn take(&self, n: u32, now: Instant) -> Take {
         let n = i64::from(n.clamp(1, self.limit.get()));
         let mut held = self.lock();
         if held.balance >= n {
@@ -129,7 +129,7 @@ impl Lease {
 
     /// Adds `granted` units from the shared bucket, and ends the
     /// background refill if one was on its way.
-    pub fn credit(&self, granted: u32, now: Instant) {
+    pub(crate) fn credit(&self, granted: u32, now: Instant) {
         let mut held = self.lock();
         held.balance += i64::from(granted);
         held.touched = Some(now);
@@ -137,13 +137,13 @@ impl Lease {
     }
 
     /// A background refill failed or was refused: the next call may try.
-    pub fn refill_failed(&self) {
+    pub(crate) fn refill_failed(&self) {
         self.lock().refilling = false;
     }
 
     /// Settles a call: `reserved` units were taken at admission, `used`
     /// were spent. The difference is credited, or owed.
-    pub fn settle(&self, reserved: u32, used: u32, now: Instant) {
+    pub(crate) fn settle(&self, reserved: u32, used: u32, now: Instant) {
         let mut held = self.lock();
         held.balance += i64::from(reserved) - i64::from(used);
         held.touched = Some(now);
@@ -151,14 +151,14 @@ impl Lease {
 
     /// Gives back a call's reservation untouched (a later check refused
     /// the call).
-    pub fn refund(&self, n: u32, now: Instant) {
+    pub(crate) fn refund(&self, n: u32, now: Instant) {
         self.settle(n, 0, now);
     }
 
     /// When the lease has sat unchanged for [`LEASE_IDLE`], empties it and
     /// returns its balance for the shared bucket: positive is given back,
     /// negative is a debt to charge. `None` when there is nothing to do.
-    pub fn expire(&self, now: Instant) -> Option<i64> {
+    pub(crate) fn expire(&self, now: Instant) -> Option<i64> {
         let mut held = self.lock();
         let idle = held
             .touched
@@ -172,12 +172,13 @@ impl Lease {
 
     /// Puts back what [`Lease::expire`] took when the shared bucket could
     /// not be told, so nothing is lost while the store is away.
-    pub fn restore(&self, balance: i64) {
+    pub(crate) fn restore(&self, balance: i64) {
         self.lock().balance += balance;
     }
 
     /// What the lease holds now (negative: owed).
-    pub fn balance(&self) -> i64 {
+    #[cfg(test)]
+    pub(crate) fn balance(&self) -> i64 {
         self.lock().balance
     }
 

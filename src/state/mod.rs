@@ -21,8 +21,8 @@
 //!   across reloads, the admission of a call and the [`Reservation`] it
 //!   holds to its last token.
 
-pub mod lease;
-pub mod redis;
+pub(crate) mod lease;
+pub(crate) mod redis;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -49,7 +49,7 @@ const STORE_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The shared limits of every key and route, and the store they are
 /// counted in. Lives as long as the server: a reload swaps the limits
-/// ([`SharedLimits::apply`]) and keeps the connection and the leases.
+/// (`SharedLimits::apply`) and keeps the connection and the leases.
 pub struct SharedLimits {
     /// The store.
     store: Arc<Store>,
@@ -72,7 +72,7 @@ struct Scopes {
 }
 
 /// One key's or route's shared limits.
-pub struct Scope {
+pub(crate) struct Scope {
     /// Who, for messages: `key 'a'` or `model 'demo'`.
     whose: String,
     /// What was configured; a reload keeps the scope while it is equal.
@@ -135,7 +135,7 @@ impl SharedLimits {
     /// Takes the limits of a new routing file, keeping every scope (its
     /// lease and in-flight count) whose limits did not change; counts in
     /// Redis are named by key and route, so they carry over too.
-    pub fn apply(&self, config: &Config) {
+    pub(crate) fn apply(&self, config: &Config) {
         let old = self.scopes.load_full();
         let prefix = |s: &str| self.store.key(s);
         let keep =

@@ -31,7 +31,7 @@ const PROBE_MAX: Duration = Duration::from_secs(1);
 const BUCKET_TTL_MS: u64 = 120_000;
 /// How long a replica's in-flight leases outlive its last heartbeat: a
 /// replica that dies holds its calls' slots this long at most.
-pub const REPLICA_TTL: Duration = Duration::from_secs(10);
+pub(crate) const REPLICA_TTL: Duration = Duration::from_secs(10);
 /// How long a connection attempt may take. Connecting happens in the
 /// background (calls meanwhile see the store as down), so this may be
 /// longer than a call's timeout: a TLS handshake to a Redis in another
@@ -107,7 +107,7 @@ return 1
 ";
 
 /// The shared store, as the limits see it.
-pub struct Store {
+pub(crate) struct Store {
     /// One multiplexed connection, reconnected by the manager.
     conn: ConnectionManager,
     /// Prefix of every key.
@@ -130,7 +130,7 @@ pub struct Store {
 
 /// Why a store call failed, for the error counter's `reason` label.
 #[derive(Debug, Clone, Copy)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     /// It did not answer within the timeout.
     Timeout,
     /// It answered with an error, or the connection failed.
@@ -141,7 +141,7 @@ pub enum StoreError {
 
 /// What the bucket answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Grant {
+pub(crate) struct Grant {
     /// Units granted.
     pub granted: u32,
     /// When none: how long until the units needed would fit.
@@ -154,7 +154,7 @@ impl Store {
     /// A store for `config`; connects in the background, so a Redis that is
     /// away at start-up delays nothing (calls meet `on_error` once it is
     /// found away, until it answers). Needs a Tokio runtime.
-    pub fn connect(config: &RedisConfig) -> redis::RedisResult<Arc<Store>> {
+    pub(crate) fn connect(config: &RedisConfig) -> redis::RedisResult<Arc<Store>> {
         let client = redis::Client::open(config.connection_info()?)?;
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -194,24 +194,24 @@ impl Store {
     }
 
     /// What calls meet while the store is down.
-    pub fn on_error(&self) -> OnStoreError {
+    pub(crate) fn on_error(&self) -> OnStoreError {
         self.on_error
     }
 
     /// Whether calls should use the store now.
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
 
     /// The key of `name` under the prefix.
-    pub fn key(&self, name: &str) -> String {
+    pub(crate) fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
 
     /// Takes up to `want` units (at least `need`) from the bucket `key` of
     /// `limit` a minute; `need` 0 charges (or, negative, returns) `want`
     /// whatever the level.
-    pub async fn take(
+    pub(crate) async fn take(
         self: &Arc<Self>,
         key: &str,
         limit: u32,
@@ -231,7 +231,11 @@ impl Store {
     }
 
     /// Takes one in-flight slot of `max` under `key` for this replica.
-    pub async fn take_in_flight(self: &Arc<Self>, key: &str, max: u32) -> Result<bool, StoreError> {
+    pub(crate) async fn take_in_flight(
+        self: &Arc<Self>,
+        key: &str,
+        max: u32,
+    ) -> Result<bool, StoreError> {
         let mut invocation = self.in_flight_take.key(key);
         invocation
             .arg(&self.replica)
@@ -246,7 +250,11 @@ impl Store {
     }
 
     /// Sets this replica's in-flight count under `key` to `count`.
-    pub async fn set_in_flight(self: &Arc<Self>, key: &str, count: u32) -> Result<(), StoreError> {
+    pub(crate) async fn set_in_flight(
+        self: &Arc<Self>,
+        key: &str,
+        count: u32,
+    ) -> Result<(), StoreError> {
         let mut invocation = self.in_flight_set.key(key);
         invocation
             .arg(&self.replica)
@@ -260,7 +268,7 @@ impl Store {
     }
 
     /// Gives back one in-flight slot this replica took under `key`.
-    pub async fn release_in_flight(self: &Arc<Self>, key: &str) -> Result<(), StoreError> {
+    pub(crate) async fn release_in_flight(self: &Arc<Self>, key: &str) -> Result<(), StoreError> {
         let mut cmd = redis::cmd("HINCRBY");
         cmd.arg(key).arg(&self.replica).arg(-1);
         let mut conn = self.conn.clone();
@@ -272,7 +280,7 @@ impl Store {
 
     /// Renews this replica's heartbeat, which keeps its in-flight counts
     /// counted.
-    pub async fn heartbeat(self: &Arc<Self>) -> Result<(), StoreError> {
+    pub(crate) async fn heartbeat(self: &Arc<Self>) -> Result<(), StoreError> {
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.key(&format!("replica:{}", self.replica)))
             .arg(1)
@@ -353,7 +361,7 @@ fn ttl_ms(d: Duration) -> u64 {
 
 impl StoreError {
     /// The `reason` label.
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             StoreError::Timeout => "timeout",
             StoreError::Failed => "error",

@@ -24,7 +24,7 @@ pub const ACCESS_LOG_TARGET: &str = "llmgate::access";
 
 /// One call, from arrival to its end.
 #[derive(Debug)]
-pub struct CallRecord {
+pub(crate) struct CallRecord {
     /// Who the call is and where it went.
     call: CallContext,
     /// The model name the caller sent; a label only if the table routes it.
@@ -61,7 +61,7 @@ struct TokenTiming {
 
 impl CallRecord {
     /// A call for `model` has arrived.
-    pub fn start(call: CallContext, model: &str, stream: bool) -> Self {
+    pub(crate) fn start(call: CallContext, model: &str, stream: bool) -> Self {
         metrics::gauge!(m::CALLS_IN_FLIGHT).increment(1.0);
         CallRecord {
             call,
@@ -79,7 +79,7 @@ impl CallRecord {
 
     /// The call was placed and its answer is about to stream: resolve the
     /// token timing handles now, while the labels are known.
-    pub fn answering(&mut self) {
+    pub(crate) fn answering(&mut self) {
         if self.stream {
             let labels = labels(&self.model, &self.call.placement());
             self.timing = Some(TokenTiming {
@@ -90,7 +90,7 @@ impl CallRecord {
     }
 
     /// A token passed to the caller.
-    pub fn token(&mut self) {
+    pub(crate) fn token(&mut self) {
         self.chunks += 1;
         let Some(timing) = &self.timing else {
             return;
@@ -108,18 +108,18 @@ impl CallRecord {
     }
 
     /// The call finished with its final event.
-    pub fn done(&mut self, completion: &Completion) {
+    pub(crate) fn done(&mut self, completion: &Completion) {
         self.usage = completion.usage;
         self.finish(Code::Ok, None);
     }
 
     /// The call failed with `err`.
-    pub fn failed(&mut self, err: &GatewayError) {
+    pub(crate) fn failed(&mut self, err: &GatewayError) {
         self.finish(err.kind().grpc_code(), Some(err.message()));
     }
 
     /// Records the end of the call, once.
-    pub fn finish(&mut self, code: Code, error: Option<&str>) {
+    pub(crate) fn finish(&mut self, code: Code, error: Option<&str>) {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }

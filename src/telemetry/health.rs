@@ -16,12 +16,12 @@ use tonic_health::server::HealthReporter;
 use crate::proto::llm_service_server::SERVICE_NAME;
 
 /// The gRPC health service as served on the gRPC port.
-pub type HealthService =
+pub(crate) type HealthService =
     tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>;
 
 /// The gateway's health, reported through gRPC and `/readyz`.
 #[derive(Debug, Clone)]
-pub struct Health {
+pub(crate) struct Health {
     /// Statuses for the gRPC health service.
     reporter: HealthReporter,
     /// Whether `/readyz` answers 200.
@@ -32,7 +32,7 @@ impl Health {
     /// A health state that is not ready yet, and the gRPC service that
     /// reports it. (tonic's `health_reporter()` would start the whole
     /// server as SERVING before any table is loaded.)
-    pub async fn new() -> (Self, HealthService) {
+    pub(crate) async fn new() -> (Self, HealthService) {
         let reporter = HealthReporter::new();
         let service = tonic_health::pb::health_server::HealthServer::new(
             tonic_health::server::HealthService::from_health_reporter(reporter.clone()),
@@ -47,19 +47,19 @@ impl Health {
     }
 
     /// A routing table is loaded: calls can be served.
-    pub async fn serving(&self) {
+    pub(crate) async fn serving(&self) {
         self.set(ServingStatus::Serving).await;
         self.ready.store(true, Ordering::Release);
     }
 
     /// Shutdown began: take no new calls (those in flight drain).
-    pub async fn shutting_down(&self) {
+    pub(crate) async fn shutting_down(&self) {
         self.ready.store(false, Ordering::Release);
         self.set(ServingStatus::NotServing).await;
     }
 
     /// Whether new calls are welcome.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
 

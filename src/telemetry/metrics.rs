@@ -37,76 +37,76 @@ pub const OUTPUT_TOKENS_TOTAL: &str = "llmgate_output_tokens_total";
 /// Calls being served right now.
 pub const CALLS_IN_FLIGHT: &str = "llmgate_calls_in_flight";
 /// Whether an endpoint is taking calls (1) or ejected (0).
-pub const ENDPOINT_UP: &str = "llmgate_endpoint_up";
+pub(crate) const ENDPOINT_UP: &str = "llmgate_endpoint_up";
 /// Calls an endpoint is serving right now, streams until their last token.
-pub const ENDPOINT_IN_FLIGHT: &str = "llmgate_endpoint_in_flight";
+pub(crate) const ENDPOINT_IN_FLIGHT: &str = "llmgate_endpoint_in_flight";
 /// Requests waiting in an endpoint's engine, as its metrics page says.
-pub const ENGINE_REQUESTS_WAITING: &str = "llmgate_engine_requests_waiting";
+pub(crate) const ENGINE_REQUESTS_WAITING: &str = "llmgate_engine_requests_waiting";
 /// Requests running in an endpoint's engine, as its metrics page says.
-pub const ENGINE_REQUESTS_RUNNING: &str = "llmgate_engine_requests_running";
+pub(crate) const ENGINE_REQUESTS_RUNNING: &str = "llmgate_engine_requests_running";
 /// Share of an endpoint's engine KV cache in use, 0 to 1.
-pub const ENGINE_KV_CACHE_USAGE: &str = "llmgate_engine_kv_cache_usage";
+pub(crate) const ENGINE_KV_CACHE_USAGE: &str = "llmgate_engine_kv_cache_usage";
 /// Calls of a route with prefix affinity, by whether they went to the
 /// preferred endpoint (`hit`) or elsewhere (`spill`).
-pub const PREFIX_AFFINITY_TOTAL: &str = "llmgate_prefix_affinity_total";
+pub(crate) const PREFIX_AFFINITY_TOTAL: &str = "llmgate_prefix_affinity_total";
 /// Calls waiting in a route's queue for a free slot, by route and class.
-pub const QUEUE_LENGTH: &str = "llmgate_queue_length";
+pub(crate) const QUEUE_LENGTH: &str = "llmgate_queue_length";
 /// How long calls waited in a route's queue, by route, class and how the
 /// wait ended (`served`, `timeout`, `cancelled`).
-pub const QUEUE_WAIT_SECONDS: &str = "llmgate_queue_wait_seconds";
+pub(crate) const QUEUE_WAIT_SECONDS: &str = "llmgate_queue_wait_seconds";
 /// Ejections of an endpoint (scope `endpoint`) or of one model on it
 /// (scope `model`) after failures in a row.
-pub const EJECTIONS_TOTAL: &str = "llmgate_ejections_total";
+pub(crate) const EJECTIONS_TOTAL: &str = "llmgate_ejections_total";
 /// Streams that broke mid-answer, by how they were rescued: `prefill` or
 /// `replay` (continued on another endpoint), `failed` (ended in an error).
-pub const STREAM_RESCUES_TOTAL: &str = "llmgate_stream_rescues_total";
+pub(crate) const STREAM_RESCUES_TOTAL: &str = "llmgate_stream_rescues_total";
 /// Calls retried on another endpoint.
-pub const RETRIES_TOTAL: &str = "llmgate_retries_total";
+pub(crate) const RETRIES_TOTAL: &str = "llmgate_retries_total";
 /// Calls that fell back to another route's model.
-pub const FALLBACKS_TOTAL: &str = "llmgate_fallbacks_total";
+pub(crate) const FALLBACKS_TOTAL: &str = "llmgate_fallbacks_total";
 /// Attempts to load a changed routing file, by result.
-pub const CONFIG_RELOADS_TOTAL: &str = "llmgate_config_reloads_total";
+pub(crate) const CONFIG_RELOADS_TOTAL: &str = "llmgate_config_reloads_total";
 /// 1 when the last reload of the routing file was applied, 0 when it was
 /// rejected (as Prometheus's own `..._config_last_reload_successful`).
-pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "llmgate_config_last_reload_successful";
+pub(crate) const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "llmgate_config_last_reload_successful";
 /// How many routing tables this process has put in force (1 at start).
-pub const CONFIG_GENERATION: &str = "llmgate_config_generation";
+pub(crate) const CONFIG_GENERATION: &str = "llmgate_config_generation";
 /// Calls that ended in a panic inside the gateway (a bug to report).
-pub const CALL_PANICS_TOTAL: &str = "llmgate_call_panics_total";
+pub(crate) const CALL_PANICS_TOTAL: &str = "llmgate_call_panics_total";
 /// Store calls that failed or timed out (`reason` `timeout`, `error`), or
 /// were not tried because the store was down (`down`).
-pub const STATE_STORE_ERRORS_TOTAL: &str = "llmgate_state_store_errors_total";
+pub(crate) const STATE_STORE_ERRORS_TOTAL: &str = "llmgate_state_store_errors_total";
 /// 1 while the shared limit store answers, 0 while calls decide without it.
-pub const STATE_STORE_UP: &str = "llmgate_state_store_up";
+pub(crate) const STATE_STORE_UP: &str = "llmgate_state_store_up";
 /// Always 1; its `version` label says which build runs.
-pub const BUILD_INFO: &str = "llmgate_build_info";
+pub(crate) const BUILD_INFO: &str = "llmgate_build_info";
 
 /// Label keys.
-pub mod label {
+pub(crate) mod label {
     /// The model name the caller sent, when the table routes it.
-    pub const MODEL: &str = "model";
+    pub(crate) const MODEL: &str = "model";
     /// The route's own model name (aliases count under their route).
-    pub const ROUTE: &str = "route";
+    pub(crate) const ROUTE: &str = "route";
     /// The upstream's name in the routing file.
-    pub const UPSTREAM: &str = "upstream";
+    pub(crate) const UPSTREAM: &str = "upstream";
     /// The endpoint as the routing file names it.
-    pub const ENDPOINT: &str = "endpoint";
+    pub(crate) const ENDPOINT: &str = "endpoint";
     /// The gRPC status code the caller got, as `OK`, `NOT_FOUND`, ...
-    pub const CODE: &str = "code";
+    pub(crate) const CODE: &str = "code";
     /// The model a call fell back to.
-    pub const FALLBACK: &str = "fallback";
+    pub(crate) const FALLBACK: &str = "fallback";
     /// How a reload ended: [`super::RELOAD_APPLIED`] or [`super::RELOAD_REJECTED`].
-    pub const RESULT: &str = "result";
+    pub(crate) const RESULT: &str = "result";
     /// The crate version, on [`super::BUILD_INFO`].
-    pub const VERSION: &str = "version";
+    pub(crate) const VERSION: &str = "version";
     /// What an ejection is about: `endpoint` or `model`.
-    pub const SCOPE: &str = "scope";
+    pub(crate) const SCOPE: &str = "scope";
     /// How a broken stream ended: `prefill`, `replay` or `failed`.
-    pub const OUTCOME: &str = "outcome";
+    pub(crate) const OUTCOME: &str = "outcome";
     /// A call's class in a route's queue: `high`, `normal` or `low`.
-    pub const PRIORITY: &str = "priority";
+    pub(crate) const PRIORITY: &str = "priority";
     /// Why a shared-store call failed: `timeout`, `error` or `down`.
-    pub const REASON: &str = "reason";
+    pub(crate) const REASON: &str = "reason";
 }
 
 /// The value of a label the call never reached (no route for an unknown
@@ -114,13 +114,13 @@ pub mod label {
 /// `model` label for a name the routing table does not know.
 pub const UNKNOWN: &str = "unknown";
 /// `result` of a reload whose new table is now in force.
-pub const RELOAD_APPLIED: &str = "success";
+pub(crate) const RELOAD_APPLIED: &str = "success";
 /// `result` of a reload refused because the file was broken.
-pub const RELOAD_REJECTED: &str = "failure";
+pub(crate) const RELOAD_REJECTED: &str = "failure";
 
 /// Whole-call durations: a cached refusal takes milliseconds, a long
 /// generation minutes.
-pub const CALL_DURATION_BUCKETS: &[f64] = &[
+pub(crate) const CALL_DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
     600.0,
 ];
@@ -131,13 +131,13 @@ pub const TIME_TO_FIRST_TOKEN_BUCKETS: &[f64] = &[
 ];
 /// Gaps between tokens: 10–100 ms is normal decoding; the upper buckets
 /// catch stalls (preemption, a saturated batch) before `idle_timeout` cuts.
-pub const INTER_TOKEN_LATENCY_BUCKETS: &[f64] = &[
+pub(crate) const INTER_TOKEN_LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
 /// Queue waits: most end within one generation's time, none past the
 /// route's `queue.timeout` (an hour at most).
-pub const QUEUE_WAIT_BUCKETS: &[f64] = &[
+pub(crate) const QUEUE_WAIT_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
@@ -463,7 +463,7 @@ fn describe() {
 
 /// The gRPC code's canonical name, as grpcurl and the gRPC docs spell it;
 /// a bounded label value.
-pub fn code_label(code: tonic::Code) -> &'static str {
+pub(crate) fn code_label(code: tonic::Code) -> &'static str {
     use tonic::Code;
     match code {
         Code::Ok => "OK",
@@ -491,7 +491,7 @@ pub fn code_label(code: tonic::Code) -> &'static str {
 /// The health and load series of one endpoint, registered once when the
 /// endpoint is created so the hot path only touches atomics.
 #[derive(Debug, Clone)]
-pub struct EndpointMetrics {
+pub(crate) struct EndpointMetrics {
     /// [`ENDPOINT_UP`].
     up: Gauge,
     /// [`ENDPOINT_IN_FLIGHT`].
@@ -508,7 +508,7 @@ pub struct EndpointMetrics {
 impl EndpointMetrics {
     /// The series of `endpoint` (its label as the routing file names it)
     /// in `upstream`.
-    pub fn new(upstream: &Arc<str>, endpoint: &Arc<str>) -> Self {
+    pub(crate) fn new(upstream: &Arc<str>, endpoint: &Arc<str>) -> Self {
         let labels = [
             Label::new(label::UPSTREAM, SharedString::from(upstream.clone())),
             Label::new(label::ENDPOINT, SharedString::from(endpoint.clone())),
@@ -527,14 +527,14 @@ impl EndpointMetrics {
     }
 
     /// Publishes the engine's own load, as last scraped.
-    pub fn set_engine(&self, waiting: u32, running: u32, kv_cache_usage: f64) {
+    pub(crate) fn set_engine(&self, waiting: u32, running: u32, kv_cache_usage: f64) {
         self.engine[0].set(f64::from(waiting));
         self.engine[1].set(f64::from(running));
         self.engine[2].set(kv_cache_usage);
     }
 
     /// Counts an ejection of the endpoint, or of `model` on it.
-    pub fn ejected(&self, model: Option<&str>) {
+    pub(crate) fn ejected(&self, model: Option<&str>) {
         metrics::counter!(
             EJECTIONS_TOTAL,
             label::UPSTREAM => self.upstream.clone(),
@@ -546,23 +546,23 @@ impl EndpointMetrics {
     }
 
     /// Records whether the endpoint takes calls.
-    pub fn set_up(&self, up: bool) {
+    pub(crate) fn set_up(&self, up: bool) {
         self.up.set(if up { 1.0 } else { 0.0 });
     }
 
     /// A call started on the endpoint.
-    pub fn call_started(&self) {
+    pub(crate) fn call_started(&self) {
         self.in_flight.increment(1.0);
     }
 
     /// A call on the endpoint ended (after its last token).
-    pub fn call_ended(&self) {
+    pub(crate) fn call_ended(&self) {
         self.in_flight.decrement(1.0);
     }
 }
 
 /// Counts a call of `route` placed by prefix affinity: `hit` or `spill`.
-pub fn prefix_affinity(route: &Arc<str>, outcome: &'static str) {
+pub(crate) fn prefix_affinity(route: &Arc<str>, outcome: &'static str) {
     metrics::counter!(
         PREFIX_AFFINITY_TOTAL,
         label::ROUTE => route.clone(),
@@ -572,7 +572,7 @@ pub fn prefix_affinity(route: &Arc<str>, outcome: &'static str) {
 }
 
 /// Sets how many calls of class `priority` wait in `route`'s queue.
-pub fn queue_length(route: &Arc<str>, priority: &'static str, waiting: usize) {
+pub(crate) fn queue_length(route: &Arc<str>, priority: &'static str, waiting: usize) {
     metrics::gauge!(
         QUEUE_LENGTH,
         label::ROUTE => route.clone(),
@@ -583,7 +583,7 @@ pub fn queue_length(route: &Arc<str>, priority: &'static str, waiting: usize) {
 
 /// Records a wait in `route`'s queue and how it ended: `served`,
 /// `timeout` or `cancelled`.
-pub fn queue_wait(
+pub(crate) fn queue_wait(
     route: &Arc<str>,
     priority: &'static str,
     outcome: &'static str,
@@ -600,7 +600,7 @@ pub fn queue_wait(
 
 /// Counts a stream of `route` that broke mid-answer, by how it ended:
 /// `prefill`, `replay` or `failed`.
-pub fn stream_rescue(route: &Arc<str>, outcome: &'static str) {
+pub(crate) fn stream_rescue(route: &Arc<str>, outcome: &'static str) {
     metrics::counter!(
         STREAM_RESCUES_TOTAL,
         label::ROUTE => route.clone(),
@@ -611,7 +611,7 @@ pub fn stream_rescue(route: &Arc<str>, outcome: &'static str) {
 
 /// Counts a call retried on another endpoint after `upstream` failed it
 /// with `code`.
-pub fn retry(route: &Arc<str>, upstream: &Arc<str>, code: tonic::Code) {
+pub(crate) fn retry(route: &Arc<str>, upstream: &Arc<str>, code: tonic::Code) {
     metrics::counter!(
         RETRIES_TOTAL,
         label::ROUTE => route.clone(),
@@ -622,7 +622,7 @@ pub fn retry(route: &Arc<str>, upstream: &Arc<str>, code: tonic::Code) {
 }
 
 /// Counts a call of `route` that fell back to the route `fallback`.
-pub fn fallback(route: &Arc<str>, fallback: &Arc<str>) {
+pub(crate) fn fallback(route: &Arc<str>, fallback: &Arc<str>) {
     metrics::counter!(
         FALLBACKS_TOTAL,
         label::ROUTE => route.clone(),
@@ -632,7 +632,7 @@ pub fn fallback(route: &Arc<str>, fallback: &Arc<str>) {
 }
 
 /// Counts a reload attempt: `applied` when its table is now in force.
-pub fn config_reload(applied: bool) {
+pub(crate) fn config_reload(applied: bool) {
     let result = if applied {
         RELOAD_APPLIED
     } else {
@@ -643,23 +643,23 @@ pub fn config_reload(applied: bool) {
 }
 
 /// Counts a failed (or skipped) call to the shared limit store.
-pub fn state_store_error(reason: &'static str) {
+pub(crate) fn state_store_error(reason: &'static str) {
     metrics::counter!(STATE_STORE_ERRORS_TOTAL, label::REASON => reason).increment(1);
 }
 
 /// Whether the shared limit store answers.
-pub fn state_store_up(up: bool) {
+pub(crate) fn state_store_up(up: bool) {
     metrics::gauge!(STATE_STORE_UP).set(if up { 1.0 } else { 0.0 });
 }
 
 /// Counts a call that ended in a panic inside the gateway: a bug, never
 /// the caller's doing, so it is alerted on apart from upstream errors.
-pub fn call_panicked() {
+pub(crate) fn call_panicked() {
     metrics::counter!(CALL_PANICS_TOTAL).increment(1);
 }
 
 /// Records which routing table is in force (1 for the one built at start).
-pub fn config_generation(generation: u64) {
+pub(crate) fn config_generation(generation: u64) {
     // Exact in an f64 for any count of reloads a process will see.
     metrics::gauge!(CONFIG_GENERATION).set(generation as f64);
 }

@@ -10,16 +10,16 @@
 //!   flipped when shutdown begins.
 //! - [`logging`]: the tracing subscriber, human or JSON.
 
-pub mod call;
-pub mod health;
+pub(crate) mod call;
+pub(crate) mod health;
 pub mod logging;
-pub mod metrics;
+pub(crate) mod metrics;
 
 /// The header (and gRPC metadata key) carrying a call's request id: read
 /// from the caller, sent to the upstream, returned to the caller.
-pub const REQUEST_ID: &str = "x-request-id";
+pub(crate) const REQUEST_ID: &str = "x-request-id";
 
 /// The header (gRPC metadata) a caller whose key has `priority_header:
 /// true` sets to `high`, `normal` or `low` to pick its class in a route's
 /// queue.
-pub const PRIORITY: &str = "x-llmgate-priority";
+pub(crate) const PRIORITY: &str = "x-llmgate-priority";

@@ -11,8 +11,8 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use llmgate::telemetry::call::ACCESS_LOG_TARGET;
-use llmgate::telemetry::logging::{LogFormat, subscriber};
+use llmgate::internals::ACCESS_LOG_TARGET;
+use llmgate::logging::{LogFormat, subscriber};
 use serde_json::Value;
 use tonic::Code;
 use tracing_subscriber::EnvFilter;

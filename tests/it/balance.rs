@@ -234,7 +234,7 @@ async fn endpoint_state(gateway: &Gateway, url: &str) -> String {
 #[derive(Clone, Default)]
 struct TestResolver(Arc<Mutex<Vec<SocketAddr>>>);
 
-impl llmgate::balance::discover::Resolve for TestResolver {
+impl llmgate::Resolve for TestResolver {
     fn resolve(
         &self,
         _host: &str,
@@ -265,10 +265,7 @@ routes:
         &|_| None,
     )
     .expect("valid");
-    let connectors = llmgate::balance::Connectors {
-        resolver: Arc::new(resolver.clone()),
-        ..Default::default()
-    };
+    let connectors = llmgate::Connectors::with_resolver(Arc::new(resolver.clone()));
     let gateway = Gateway::start_with_connectors(config, connectors).await;
     let mut client = gateway.client().await;
     // The first resolution may not have landed yet: calls fail fast until it

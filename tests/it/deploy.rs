@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use llmgate::config::Config;
-use llmgate::server::admin::{HEALTHZ_PATH, METRICS_PATH, READYZ_PATH};
-use llmgate::telemetry::metrics::{CATALOG, MetricKind};
+use llmgate::internals::metrics::{CATALOG, MetricKind};
+use llmgate::internals::{HEALTHZ_PATH, METRICS_PATH, READYZ_PATH};
 use serde_json::Value;
 
 use crate::support::*;
@@ -284,12 +284,10 @@ fn services_the_budget_and_the_monitor_select_the_gateway_pods() {
 #[test]
 fn the_vllm_pools_are_headless_services_the_routing_file_discovers() {
     let config = routing();
-    let discovered: Vec<String> = config
-        .upstreams
-        .values()
-        .filter_map(|up| match &up.discovery {
-            llmgate::config::Discovery::Dns { host, port, .. } => Some(format!("{host}:{port}")),
-            llmgate::config::Discovery::Static(_) => None,
+    let discovered: Vec<String> = llmgate::internals::discovery(&config)
+        .filter_map(|(_, discovery)| match discovery {
+            llmgate::internals::Discovery::Dns { host, port, .. } => Some(format!("{host}:{port}")),
+            llmgate::internals::Discovery::Static(_) => None,
         })
         .collect();
     let pools = documents("upstreams/vllm.yaml");
@@ -368,10 +366,7 @@ fn collect_strings(value: &Value, out: &mut Vec<String>) {
 #[test]
 fn the_replicas_share_limits_through_the_redis_the_kustomization_deploys() {
     let config = routing();
-    let redis = config
-        .state
-        .redis
-        .as_ref()
+    let redis = llmgate::internals::redis(&config)
         .expect("deploy/routing.yaml shares limits through state.redis");
     let service = resource("Service", "llmgate-redis");
     let port = service["spec"]["ports"][0]["port"]

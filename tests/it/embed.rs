@@ -439,8 +439,8 @@ async fn an_embedding_is_retried_on_another_endpoint_and_metered() {
             })
             .sum()
     };
-    assert_eq!(sum(llmgate::telemetry::metrics::CALLS_TOTAL), 4.0);
-    assert_eq!(sum(llmgate::telemetry::metrics::INPUT_TOKENS_TOTAL), 20.0);
+    assert_eq!(sum(llmgate::internals::metrics::CALLS_TOTAL), 4.0);
+    assert_eq!(sum(llmgate::internals::metrics::INPUT_TOKENS_TOTAL), 20.0);
 }
 
 #[tokio::test]

@@ -280,7 +280,7 @@ async fn the_gateway_serves_through_llmgate_sim_over_http() {
         error_rate: 0.0,
     };
     let (stop_sim, sim_stopped) = tokio::sync::oneshot::channel::<()>();
-    let sim = tokio::spawn(llmgate::sim::server::serve(listener, settings, async {
+    let sim = tokio::spawn(llmgate::sim::serve(listener, settings, async {
         let _ = sim_stopped.await;
     }));
     let gateway = Gateway::start(&one_upstream(&format!("http://{sim_addr}"), "")).await;

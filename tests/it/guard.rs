@@ -130,7 +130,8 @@ async fn mtls_refuses_the_handshake_without_a_client_certificate_and_serves_with
     // Without one: the server ends the handshake with an alert, before a
     // byte of HTTP is read or answered.
     let connector = tokio_rustls::TlsConnector::from(Arc::new(
-        llmgate::tls::client_config_trusting(server_ca.pem().as_bytes()).expect("client config"),
+        llmgate::internals::client_config_trusting(server_ca.pem().as_bytes())
+            .expect("client config"),
     ));
     let tcp = tokio::net::TcpStream::connect(gateway.addr)
         .await
@@ -201,8 +202,9 @@ async fn a_tls_listener_refuses_plain_text_and_serves_tls_clients() {
 /// `localhost` from `ca`: an upstream fleet behind a private CA.
 async fn tls_in_front_of(upstream: &FakeUpstream, ca: &TestCa) -> (u16, tokio::task::AbortHandle) {
     let issued = ca.issue(&["localhost"]);
-    let config = llmgate::tls::server_config(issued.cert.as_bytes(), issued.key.as_bytes(), None)
-        .expect("server config");
+    let config =
+        llmgate::internals::server_config(issued.cert.as_bytes(), issued.key.as_bytes(), None)
+            .expect("server config");
     // The fake upstream behind it speaks HTTP/1.1 only.
     let mut config = Arc::unwrap_or_clone(config);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -868,7 +870,7 @@ async fn keys_and_limits_reload_with_the_file_and_unchanged_quotas_carry_over() 
         sha256_hex(&key_for(b_var))
     );
     std::fs::write(&path, file(&[&a])).expect("write");
-    let gateway = Gateway::start_file(&path, llmgate::balance::Connectors::default(), false).await;
+    let gateway = Gateway::start_file(&path, llmgate::Connectors::default(), false).await;
     let mut client = gateway.client().await;
     client
         .complete(keyed(request("demo", "hi"), &key_for(a_var)))
@@ -884,7 +886,7 @@ async fn keys_and_limits_reload_with_the_file_and_unchanged_quotas_carry_over() 
     let reloader = gateway.reloader.clone().expect("reloader");
     assert!(matches!(
         reloader.reload("test").await,
-        llmgate::reload::ReloadOutcome::Applied { .. }
+        llmgate::ReloadOutcome::Applied { .. }
     ));
     client
         .complete(keyed(request("demo", "hi"), &key_for(b_var)))

@@ -7,7 +7,7 @@
 //! the shared `unknown` label, the change it caused).
 
 use futures_util::StreamExt;
-use llmgate::telemetry::metrics::{
+use llmgate::internals::metrics::{
     CALL_DURATION_SECONDS, CALLS_IN_FLIGHT, CALLS_TOTAL, CATALOG, INPUT_TOKENS_TOTAL,
     INTER_TOKEN_LATENCY_SECONDS, OUTPUT_TOKENS_TOTAL, TIME_TO_FIRST_TOKEN_BUCKETS,
     TIME_TO_FIRST_TOKEN_SECONDS, UNKNOWN,

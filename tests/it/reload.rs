@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
-use llmgate::reload::ReloadOutcome;
+use llmgate::ReloadOutcome;
 use serde_json::json;
 
 use crate::support::*;
@@ -302,7 +302,7 @@ impl CountingResolver {
     }
 }
 
-impl llmgate::balance::discover::Resolve for CountingResolver {
+impl llmgate::Resolve for CountingResolver {
     fn resolve(
         &self,
         host: &str,
@@ -391,10 +391,7 @@ async fn a_removed_upstream_drains_its_last_call_then_stops_its_background_tasks
     let dir = TempDir::new("reload-drain");
     let path = dir.join("routing.yaml");
     std::fs::write(&path, &both).expect("write");
-    let connectors = llmgate::balance::Connectors {
-        resolver: Arc::new(resolver.clone()),
-        ..Default::default()
-    };
+    let connectors = llmgate::Connectors::with_resolver(Arc::new(resolver.clone()));
     let gateway = Gateway::start_file(&path, connectors, false).await;
     let reloader = gateway.reloader.clone().expect("reloader");
     let mut client = gateway.client().await;
@@ -413,7 +410,7 @@ async fn a_removed_upstream_drains_its_last_call_then_stops_its_background_tasks
         stream.next().await.expect("token").expect("token").token,
         "still here"
     );
-    let going = Arc::downgrade(reloader.table().upstream("going").expect("going"));
+    let going = Arc::downgrade(&llmgate::internals::upstream(&reloader, "going").expect("going"));
 
     save(
         &path,
@@ -477,7 +474,7 @@ routes:
     let mut client = gateway.client().await;
     // One refused connection ejects the only endpoint for an hour.
     let _ = client.complete(request("m", "hi")).await;
-    let before = reloader.table().upstream("flaky").cloned().expect("flaky");
+    let before = llmgate::internals::upstream(&reloader, "flaky").expect("flaky");
     assert_eq!(before.endpoints("m")[0].state, "ejected");
 
     save(&path, &file(2, "60s"));
@@ -485,7 +482,7 @@ routes:
         reloader.reload("test").await,
         ReloadOutcome::Applied { .. }
     ));
-    let kept = reloader.table().upstream("flaky").cloned().expect("flaky");
+    let kept = llmgate::internals::upstream(&reloader, "flaky").expect("flaky");
     assert!(
         Arc::ptr_eq(&before, &kept),
         "same definition: the same upstream"
@@ -501,7 +498,7 @@ routes:
         reloader.reload("test").await,
         ReloadOutcome::Applied { .. }
     ));
-    let rebuilt = reloader.table().upstream("flaky").cloned().expect("flaky");
+    let rebuilt = llmgate::internals::upstream(&reloader, "flaky").expect("flaky");
     assert!(
         !Arc::ptr_eq(&before, &rebuilt),
         "a changed definition is rebuilt"

@@ -292,7 +292,7 @@ async fn a_reload_keeps_the_counts_in_the_store() {
     let reloader = gateway.reloader.clone().expect("a reloader");
     assert!(matches!(
         reloader.reload("test").await,
-        llmgate::reload::ReloadOutcome::Applied { .. }
+        llmgate::ReloadOutcome::Applied { .. }
     ));
     let served = spread(std::slice::from_ref(&gateway), 12).await.len();
     assert!(

@@ -13,17 +13,14 @@ fn listen_tls_reads_the_certificate_key_and_client_ca() {
     let cert = files.write("server.crt", pki.cert.as_bytes());
     let key = files.write("server.key", pki.key.as_bytes());
     let ca = files.write("clients.crt", pki.ca.as_bytes());
-    let config = parse_ok(&guarded(
-        &[
-            "listen:",
-            "  grpc: 0.0.0.0:6000",
-            "  tls:",
-            &format!("    cert: {cert}"),
-            &format!("    key: {key}"),
-            &format!("    client_ca: {ca}"),
-        ],
-        &[],
-    ));
+    let config = parse_ok(guarded().head(&[
+        "listen:",
+        "  grpc: 0.0.0.0:6000",
+        "  tls:",
+        &format!("    cert: {cert}"),
+        &format!("    key: {key}"),
+        &format!("    client_ca: {ca}"),
+    ]));
     let tls = config.listen.tls.as_ref().expect("tls");
     assert_eq!(tls.cert.path, std::path::Path::new(&cert));
     assert_eq!(tls.cert.contents(), pki.cert.as_bytes());
@@ -53,53 +50,41 @@ fn listen_tls_problems_are_reported_at_the_file_or_the_section() {
     let missing = files.0.join("missing.crt");
     let missing = missing.to_str().expect("UTF-8");
 
-    let problem = only_problem(&guarded(
-        &[
-            "listen:",
-            "  tls:",
-            &format!("    cert: {missing}"),
-            &format!("    key: {wrong_key}"),
-        ],
-        &[],
-    ));
+    let problem = only_problem(guarded().head(&[
+        "listen:",
+        "  tls:",
+        &format!("    cert: {missing}"),
+        &format!("    key: {wrong_key}"),
+    ]));
     assert_at(&problem, 3, 11);
     assert_mentions(&problem, &["listen.tls.cert", "cannot read", missing]);
 
-    let problem = only_problem(&guarded(
-        &[
-            "listen:",
-            "  tls:",
-            &format!("    cert: {cert}"),
-            &format!("    key: {wrong_key}"),
-        ],
-        &[],
-    ));
+    let problem = only_problem(guarded().head(&[
+        "listen:",
+        "  tls:",
+        &format!("    cert: {cert}"),
+        &format!("    key: {wrong_key}"),
+    ]));
     assert_at(&problem, 3, 5);
     assert_mentions(&problem, &["listen.tls", "does not fit the certificate"]);
 
-    let problem = only_problem(&guarded(
-        &[
-            "listen:",
-            "  tls:",
-            &format!("    cert: {cert}"),
-            &format!("    key: {not_pem}"),
-        ],
-        &[],
-    ));
+    let problem = only_problem(guarded().head(&[
+        "listen:",
+        "  tls:",
+        &format!("    cert: {cert}"),
+        &format!("    key: {not_pem}"),
+    ]));
     assert_mentions(&problem, &["key holds no PEM private key"]);
     assert!(!problem.message.contains("hello"), "{problem:?}");
 
-    let problem = only_problem(&guarded(
-        &[
-            "listen:",
-            "  tls:",
-            &format!("    cert: {cert}"),
-            &format!("    key: {wrong_key}"),
-            &format!("    client_ca: {not_pem}"),
-            "    ciphers: all",
-        ],
-        &[],
-    ));
+    let problem = only_problem(guarded().head(&[
+        "listen:",
+        "  tls:",
+        &format!("    cert: {cert}"),
+        &format!("    key: {wrong_key}"),
+        &format!("    client_ca: {not_pem}"),
+        "    ciphers: all",
+    ]));
     assert_at(&problem, 6, 5);
     assert_mentions(&problem, &["unknown field `ciphers`"]);
 }
@@ -110,19 +95,16 @@ fn an_upstream_ca_is_read_for_https_endpoints_only() {
     let pki = pki();
     let ca = files.write("fleet-ca.crt", pki.ca.as_bytes());
     let file = |endpoint: &str, kind: &str| {
-        yaml(&[
-            "upstreams:",
-            "  fleet:",
-            &format!("    kind: {kind}"),
-            &format!("    endpoints: [{endpoint}]"),
-            &format!("    tls: {{ ca: {ca} }}"),
-            "routes:",
-            "  - model: m",
-            "    pools:",
-            "      - upstream: fleet",
-        ])
+        RoutingFile::with_upstream(
+            "fleet",
+            &[
+                &format!("kind: {kind}"),
+                &format!("endpoints: [{endpoint}]"),
+                &format!("tls: {{ ca: {ca} }}"),
+            ],
+        )
     };
-    let config = parse_ok(&file("https://10.0.0.5:8443", "openai"));
+    let config = parse_ok(file("https://10.0.0.5:8443", "openai"));
     let fleet = &config.upstreams["fleet"];
     assert_eq!(
         fleet.tls_ca.as_ref().map(PemFile::contents),
@@ -130,34 +112,25 @@ fn an_upstream_ca_is_read_for_https_endpoints_only() {
     );
     assert!(describe(&config).contains(&format!("trusts CA {ca} only")));
 
-    let problem = only_problem(&file("http://10.0.0.5:8000", "openai"));
+    let problem = only_problem(file("http://10.0.0.5:8000", "openai"));
     assert_at(&problem, 5, 10);
     assert_mentions(&problem, &["upstream 'fleet'", "https://"]);
 
     let not_ca = files.write("junk.crt", b"-----BEGIN CERTIFICATE-----\nAAAA\n");
-    let problem = only_problem(&yaml(&[
-        "upstreams:",
-        "  fleet:",
-        "    kind: openai",
-        "    endpoints: [https://10.0.0.5:8443]",
-        &format!("    tls: {{ ca: {not_ca} }}"),
-        "routes:",
-        "  - model: m",
-        "    pools:",
-        "      - upstream: fleet",
-    ]));
+    let problem = only_problem(RoutingFile::with_upstream(
+        "fleet",
+        &[
+            "kind: openai",
+            "endpoints: [https://10.0.0.5:8443]",
+            &format!("tls: {{ ca: {not_ca} }}"),
+        ],
+    ));
     assert_mentions(&problem, &["upstream 'fleet': tls.ca"]);
 
-    let problem = only_problem(&yaml(&[
-        "upstreams:",
-        "  local:",
-        "    kind: sim",
-        &format!("    tls: {{ ca: {ca} }}"),
-        "routes:",
-        "  - model: m",
-        "    pools:",
-        "      - upstream: local",
-    ]));
+    let problem = only_problem(RoutingFile::with_upstream(
+        "local",
+        &["kind: sim", &format!("tls: {{ ca: {ca} }}")],
+    ));
     assert_at(&problem, 4, 10);
     assert_mentions(&problem, &["does not apply to kind sim"]);
 }
@@ -170,8 +143,8 @@ fn keys_come_from_a_digest_a_variable_or_a_file_and_only_digests_are_kept() {
     let key_file = files.write("ci.key", format!("{FROM_FILE}\n").as_bytes());
     // SHA-256 of "sk-gw-literal" (printf %s sk-gw-literal | sha256sum).
     let digest = "51258bd5599dbd8fe8a78e1032f7edf1d2d549a64110b53c65817f23da802a11";
-    let text = guarded(
-        &[
+    let text = guarded()
+        .head(&[
             "auth:",
             "  keys:",
             "    - name: search",
@@ -184,9 +157,8 @@ fn keys_come_from_a_digest_a_variable_or_a_file_and_only_digests_are_kept() {
             "    - name: ci",
             &format!("      file: {key_file}"),
             "      models: [d, big]",
-        ],
-        &[],
-    );
+        ])
+        .text();
     let env = |name: &str| (name == "BATCH_KEY").then(|| FROM_ENV.to_string());
     let config = match Config::parse(&text, FILE, &env) {
         Ok(config) => config,
@@ -258,34 +230,31 @@ fn the_digest_of_a_key_is_its_sha256() {
 
 #[test]
 fn auth_mode_none_is_explicit_and_keys_beside_it_are_refused() {
-    let config = parse_ok(&guarded(&["auth:", "  mode: none"], &[]));
+    let config = parse_ok(guarded().head(&["auth:", "  mode: none"]));
     assert_eq!(config.auth, AuthConfig::Off);
     assert!(describe(&config).contains("auth: off (mode: none)"));
 
-    let problem = only_problem(&guarded(
-        &[
-            "auth:",
-            "  mode: none",
-            "  keys:",
-            "    - { name: a, env: A, models: [demo] }",
-        ],
-        &[],
-    ));
+    let problem = only_problem(guarded().head(&[
+        "auth:",
+        "  mode: none",
+        "  keys:",
+        "    - { name: a, env: A, models: [demo] }",
+    ]));
     assert_at(&problem, 4, 7);
     assert_mentions(&problem, &["mode: none", "remove the keys"]);
 
-    let problem = only_problem(&guarded(&["auth:", "  mode: open"], &[]));
+    let problem = only_problem(guarded().head(&["auth:", "  mode: open"]));
     assert_at(&problem, 2, 9);
     assert_mentions(&problem, &["mode 'open'", "keys", "none"]);
 
-    let problem = only_problem(&guarded(&["auth:", "  mode: keys"], &[]));
+    let problem = only_problem(guarded().head(&["auth:", "  mode: keys"]));
     assert_at(&problem, 2, 3);
     assert_mentions(&problem, &["no keys", "mode: none"]);
 }
 
 #[test]
 fn a_listener_other_hosts_reach_must_say_who_may_call() {
-    let problem = only_problem(&guarded(&["listen:", "  grpc: 0.0.0.0:50051"], &[]));
+    let problem = only_problem(guarded().head(&["listen:", "  grpc: 0.0.0.0:50051"]));
     assert_at(&problem, 2, 9);
     assert_mentions(
         &problem,
@@ -293,29 +262,26 @@ fn a_listener_other_hosts_reach_must_say_who_may_call() {
     );
 
     // Loopback needs nothing: only this host can reach it.
-    let config = parse_ok(&guarded(&["listen:", "  grpc: 127.0.0.1:50051"], &[]));
+    let config = parse_ok(guarded().head(&["listen:", "  grpc: 127.0.0.1:50051"]));
     assert_eq!(config.auth, AuthConfig::Unset);
     assert!(warnings(&config).is_empty());
 
     // Turned off explicitly: valid, and `llmgate check` warns.
-    let config = parse_ok(&guarded(
-        &["listen:", "  grpc: 0.0.0.0:50051", "auth: { mode: none }"],
-        &[],
-    ));
+    let config =
+        parse_ok(guarded().head(&["listen:", "  grpc: 0.0.0.0:50051", "auth: { mode: none }"]));
     let warned = warnings(&config);
     assert_eq!(warned.len(), 1, "{warned:?}");
     assert!(warned[0].contains("auth is off"), "{warned:?}");
 
     // Keys over plain text: valid, and a warning that they travel in clear.
-    let text = guarded(
-        &[
+    let text = guarded()
+        .head(&[
             "listen:",
             "  grpc: 0.0.0.0:50051",
             "auth:",
             "  keys: [{ name: a, env: A, models: [demo] }]",
-        ],
-        &[],
-    );
+        ])
+        .text();
     let config = Config::parse(&text, FILE, &|_| Some("sk-a-123".into())).expect("valid");
     let warned = warnings(&config);
     assert_eq!(warned.len(), 1, "{warned:?}");
@@ -328,8 +294,8 @@ fn each_key_problem_is_reported_at_its_value() {
     let blank = files.write("blank.key", b"\n");
     let missing = files.0.join("nope.key");
     let missing = missing.to_str().expect("UTF-8");
-    let text = guarded(
-        &[
+    let text = guarded()
+        .head(&[
             "auth:",
             "  keys:",
             "    - { name: a, sha256: abc, models: [demo] }",
@@ -343,9 +309,8 @@ fn each_key_problem_is_reported_at_its_value() {
             "    - { name: i, env: I, models: [\"*\", demo] }",
             "    - { name: 'j k', env: J, models: [demo] }",
             "    - { name: l, env: L, models: [demo], limits: { requests_per_minute: 0 } }",
-        ],
-        &[],
-    );
+        ])
+        .text();
     let env = |name: &str| (name.len() == 1).then(|| format!("sk-{name}-0123456789"));
     let all = problems_with_env(&text, &env);
     let expect: [(u64, u64, &[&str]); 11] = [
@@ -378,17 +343,16 @@ fn each_key_problem_is_reported_at_its_value() {
 
 #[test]
 fn keys_need_their_own_names_and_their_own_secrets() {
-    let text = guarded(
-        &[
+    let text = guarded()
+        .head(&[
             "auth:",
             "  keys:",
             "    - { name: a, env: A, models: [demo] }",
             "    - { name: a, env: B, models: [demo] }",
             "    - { name: c, env: SAME, models: [demo] }",
             "    - { name: d, env: SAME_TOO, models: [demo] }",
-        ],
-        &[],
-    );
+        ])
+        .text();
     let env = |name: &str| {
         Some(if name.starts_with("SAME") {
             "sk-shared-secret-1".to_string()
@@ -409,10 +373,9 @@ fn keys_need_their_own_names_and_their_own_secrets() {
 
 #[test]
 fn a_key_that_no_client_could_send_is_refused_without_quoting_it() {
-    let text = guarded(
-        &["auth:", "  keys: [{ name: a, env: A, models: [demo] }]"],
-        &[],
-    );
+    let text = guarded()
+        .head(&["auth:", "  keys: [{ name: a, env: A, models: [demo] }]"])
+        .text();
     let env = |_: &str| Some("sk has spaces".to_string());
     let problem = problems_with_env(&text, &env).remove(0);
     assert_mentions(&problem, &["printable ASCII", "authorization header"]);
@@ -421,23 +384,20 @@ fn a_key_that_no_client_could_send_is_refused_without_quoting_it() {
 
 #[test]
 fn limits_read_sizes_counts_and_durations() {
-    let config = parse_ok(&guarded(
-        &[
-            "limits:",
-            "  max_request_size: 1MiB",
-            "  max_messages: 64",
-            "  max_content_length: 512KiB",
-            "  max_in_flight: 100",
-            "  keepalive_interval: 20s",
-            "  keepalive_timeout: 5s",
-            "  handshake_timeout: 3s",
-            "  request_idle_timeout: 15s",
-            "  max_streams_per_connection: 50",
-            "  max_buffered_bytes: 8MiB",
-            "  max_connections: 1000",
-        ],
-        &[],
-    ));
+    let config = parse_ok(guarded().head(&[
+        "limits:",
+        "  max_request_size: 1MiB",
+        "  max_messages: 64",
+        "  max_content_length: 512KiB",
+        "  max_in_flight: 100",
+        "  keepalive_interval: 20s",
+        "  keepalive_timeout: 5s",
+        "  handshake_timeout: 3s",
+        "  request_idle_timeout: 15s",
+        "  max_streams_per_connection: 50",
+        "  max_buffered_bytes: 8MiB",
+        "  max_connections: 1000",
+    ]));
     assert_eq!(
         config.limits,
         Limits {
@@ -467,17 +427,15 @@ fn limits_read_sizes_counts_and_durations() {
         ("4096B", 4096),
         ("8KB", 8000),
     ] {
-        let config = parse_ok(&guarded(
-            &["limits:", &format!("  max_request_size: {written}")],
-            &[],
-        ));
+        let config =
+            parse_ok(guarded().head(&["limits:", &format!("  max_request_size: {written}")]));
         assert_eq!(config.limits.max_request_size, bytes, "{written}");
     }
 }
 
 #[test]
 fn limits_have_documented_defaults() {
-    let config = parse_ok(&guarded(&[], &[]));
+    let config = parse_ok(guarded());
     assert_eq!(config.limits, Limits::default());
     // gRPC's own default receive limit.
     assert_eq!(config.limits.max_request_size, 4 * 1024 * 1024);
@@ -498,19 +456,16 @@ fn limits_have_documented_defaults() {
 
 #[test]
 fn each_limits_problem_is_reported_at_its_value() {
-    let all = problems(&guarded(
-        &[
-            "limits:",
-            "  max_request_size: 4 parsecs",
-            "  max_messages: 0",
-            "  max_content_length: 0",
-            "  max_in_flight: 0",
-            "  keepalive_interval: soon",
-            "  request_idle_timeout: 0s",
-            "  max_streams_per_connection: 0",
-        ],
-        &[],
-    ));
+    let all = problems(guarded().head(&[
+        "limits:",
+        "  max_request_size: 4 parsecs",
+        "  max_messages: 0",
+        "  max_content_length: 0",
+        "  max_in_flight: 0",
+        "  keepalive_interval: soon",
+        "  request_idle_timeout: 0s",
+        "  max_streams_per_connection: 0",
+    ]));
     let expect: [(u64, u64, &[&str]); 7] = [
         (2, 21, &["max_request_size is not a size", "4MiB"]),
         (3, 17, &["max_messages must be 1 or more"]),
@@ -525,16 +480,15 @@ fn each_limits_problem_is_reported_at_its_value() {
         assert_at(problem, line, column);
         assert_mentions(problem, needles);
     }
-    let problem = only_problem(&guarded(&["limits:", "  max_request_size: 100"], &[]));
+    let problem = only_problem(guarded().head(&["limits:", "  max_request_size: 100"]));
     assert_mentions(&problem, &["between 1 KiB and 1024 MiB"]);
 }
 
 #[test]
 fn route_limits_are_read_and_checked() {
-    let config = parse_ok(&guarded(
-        &[],
-        &["    limits: { requests_per_minute: 120, tokens_per_minute: 50000, max_in_flight: 16 }"],
-    ));
+    let config = parse_ok(guarded().under_route(&[
+        "limits: { requests_per_minute: 120, tokens_per_minute: 50000, max_in_flight: 16 }",
+    ]));
     assert_eq!(
         config.routes[0].limits,
         CallerLimits {
@@ -548,19 +502,19 @@ fn route_limits_are_read_and_checked() {
         "route demo (aliases: d)\n  limits: 120 requests/min, 50000 tokens/min, 16 in flight\n"
     ));
 
-    let problem = only_problem(&guarded(&[], &["    limits: { tokens_per_minute: 0 }"]));
+    let problem = only_problem(guarded().under_route(&["limits: { tokens_per_minute: 0 }"]));
     assert_at(&problem, 9, 34);
     assert_mentions(
         &problem,
         &["route 'demo': limits: tokens_per_minute must be 1 or more"],
     );
-    let problem = only_problem(&guarded(&[], &["    limits: { requests_per_hour: 5 }"]));
+    let problem = only_problem(guarded().under_route(&["limits: { requests_per_hour: 5 }"]));
     assert_mentions(&problem, &["unknown field `requests_per_hour`"]);
 }
 
 #[test]
 fn an_http_listener_other_hosts_reach_must_say_who_may_call_like_grpc() {
-    let problem = only_problem(&guarded(&["listen:", "  http: 0.0.0.0:8080"], &[]));
+    let problem = only_problem(guarded().head(&["listen:", "  http: 0.0.0.0:8080"]));
     assert_at(&problem, 2, 9);
     assert_mentions(
         &problem,
@@ -573,19 +527,15 @@ fn an_http_listener_other_hosts_reach_must_say_who_may_call_like_grpc() {
     );
 
     // Both exposed: each is reported at its own address.
-    let found = problems(&guarded(
-        &["listen:", "  grpc: 0.0.0.0:50051", "  http: '[::]:8080'"],
-        &[],
-    ));
+    let found =
+        problems(guarded().head(&["listen:", "  grpc: 0.0.0.0:50051", "  http: '[::]:8080'"]));
     let at: Vec<(u64, u64)> = found.iter().map(|p| (p.line, p.column)).collect();
     assert_eq!(at, [(2, 9), (3, 9)], "{found:#?}");
     assert_mentions(&found[1], &["listen.http [::]:8080"]);
 
     // Turned off explicitly: valid, and a warning names the HTTP listener.
-    let config = parse_ok(&guarded(
-        &["listen:", "  http: 0.0.0.0:8080", "auth: { mode: none }"],
-        &[],
-    ));
+    let config =
+        parse_ok(guarded().head(&["listen:", "  http: 0.0.0.0:8080", "auth: { mode: none }"]));
     let warned = warnings(&config);
     assert_eq!(warned.len(), 1, "{warned:?}");
     assert!(
@@ -595,5 +545,5 @@ fn an_http_listener_other_hosts_reach_must_say_who_may_call_like_grpc() {
     assert!(warned[0].contains("auth is off"), "{warned:?}");
 
     // Loopback HTTP beside it needs nothing.
-    parse_ok(&guarded(&["listen:", "  http: 127.0.0.1:8080"], &[]));
+    parse_ok(guarded().head(&["listen:", "  http: 127.0.0.1:8080"]));
 }

@@ -191,17 +191,15 @@ fn full_file_is_read_field_by_field() {
 #[test]
 fn api_key_never_appears_in_debug_or_describe() {
     const SECRET: &str = "sk-test-do-not-print-9d2c";
-    let text = yaml(&[
-        "upstreams:",
-        "  cloud:",
-        "    kind: openai",
-        "    endpoints: [https://api.openai.com/v1]",
-        "    api_key_env: CLOUD_KEY",
-        "routes:",
-        "  - model: gpt",
-        "    pools:",
-        "      - upstream: cloud",
-    ]);
+    let text = RoutingFile::with_upstream(
+        "cloud",
+        &[
+            "kind: openai",
+            "endpoints: [https://api.openai.com/v1]",
+            "api_key_env: CLOUD_KEY",
+        ],
+    )
+    .text();
     let env = |name: &str| (name == "CLOUD_KEY").then(|| SECRET.to_string());
     let config = match Config::parse(&text, FILE, &env) {
         Ok(config) => config,
@@ -228,7 +226,7 @@ fn api_key_never_appears_in_debug_or_describe() {
 
 #[test]
 fn minimal_file_gets_the_documented_defaults() {
-    let config = parse_ok(&with_minimal_routes(&[]));
+    let config = parse_ok(RoutingFile::new());
     let default_grpc: SocketAddr = DEFAULT_GRPC_LISTEN.parse().expect("default address parses");
     assert_eq!(config.listen.grpc, default_grpc);
     let default_metrics: SocketAddr = DEFAULT_METRICS_LISTEN
@@ -298,7 +296,7 @@ fn shipped_routing_file_parses_and_routes_demo() {
 
 #[test]
 fn unknown_top_level_field_is_refused_with_the_valid_ones_listed() {
-    let problem = only_problem(&with_minimal_routes(&["listn:", "  grpc: 127.0.0.1:1"]));
+    let problem = only_problem(RoutingFile::new().head(&["listn:", "  grpc: 127.0.0.1:1"]));
     assert_at(&problem, 1, 1);
     assert_mentions(&problem, &["unknown field", "listn", "listen"]);
     assert_no_position_in_message(&problem);
@@ -306,17 +304,14 @@ fn unknown_top_level_field_is_refused_with_the_valid_ones_listed() {
 
 #[test]
 fn bad_duration_is_reported_with_examples() {
-    let problem = only_problem(&yaml(&[
-        "upstreams:",
-        "  fleet:",
-        "    kind: openai",
-        "    endpoints: [http://10.0.0.5:8000]",
-        "    timeout: 5 parsecs",
-        "routes:",
-        "  - model: demo",
-        "    pools:",
-        "      - upstream: fleet",
-    ]));
+    let problem = only_problem(RoutingFile::with_upstream(
+        "fleet",
+        &[
+            "kind: openai",
+            "endpoints: [http://10.0.0.5:8000]",
+            "timeout: 5 parsecs",
+        ],
+    ));
     assert_at(&problem, 5, 14);
     assert_mentions(
         &problem,
@@ -326,7 +321,7 @@ fn bad_duration_is_reported_with_examples() {
 
 #[test]
 fn bad_durations_are_found_wherever_they_are() {
-    let found = problems(&yaml(&[
+    let found = problems(yaml(&[
         "shutdown_grace: soon",
         "upstreams:",
         "  local:",
@@ -346,24 +341,21 @@ fn bad_durations_are_found_wherever_they_are() {
 
 #[test]
 fn zero_duration_is_refused() {
-    let problem = only_problem(&yaml(&[
-        "upstreams:",
-        "  fleet:",
-        "    kind: openai",
-        "    endpoints: [http://10.0.0.5:8000]",
-        "    idle_timeout: 0s",
-        "routes:",
-        "  - model: demo",
-        "    pools:",
-        "      - upstream: fleet",
-    ]));
+    let problem = only_problem(RoutingFile::with_upstream(
+        "fleet",
+        &[
+            "kind: openai",
+            "endpoints: [http://10.0.0.5:8000]",
+            "idle_timeout: 0s",
+        ],
+    ));
     assert_at(&problem, 5, 19);
     assert_mentions(&problem, &["'0s'", "more than zero"]);
 }
 
 #[test]
 fn tab_indentation_is_reported_on_its_line() {
-    let problem = only_problem(&yaml(&[
+    let problem = only_problem(yaml(&[
         "upstreams:",
         "  local:",
         "\tkind: sim",
@@ -382,7 +374,7 @@ fn tab_indentation_is_reported_on_its_line() {
 
 #[test]
 fn unclosed_bracket_is_reported_at_the_bracket() {
-    let problem = only_problem(&yaml(&[
+    let problem = only_problem(yaml(&[
         "routes:",
         "  - model: demo",
         "    pools:",
@@ -399,7 +391,7 @@ fn unclosed_bracket_is_reported_at_the_bracket() {
 
 #[test]
 fn duplicate_upstream_key_is_an_error() {
-    let problem = only_problem(&yaml(&[
+    let problem = only_problem(yaml(&[
         "upstreams:",
         "  local:",
         "    kind: sim",
@@ -591,7 +583,7 @@ fn the_readme_routing_example_is_valid() {
 
 #[test]
 fn durations_over_a_week_are_refused_wherever_they_are() {
-    let found = problems(&yaml(&[
+    let found = problems(yaml(&[
         "shutdown_grace: 8d",
         "upstreams:",
         "  fleet:",

@@ -3,18 +3,25 @@
 //! that names the offending value and says how to fix it.
 //!
 //! One file per topic of the routing file, as the source is split; the
-//! helpers here build files and read problems.
+//! helpers here read problems, and [`RoutingFile`] builds files from the
+//! skeleton every test needs, so a test shows only the fragment it is
+//! about.
 //!
-//! Files are written as one string per line so line numbers can be read off
-//! the array (the first string is line 1); columns are 1-based.
+//! Tests whose point is the whole document (the shipped files, YAML syntax
+//! errors, every problem of a file in line order) write it out as one
+//! string per line, so line numbers can be read off the array (the first
+//! string is line 1); columns are 1-based.
 
 mod access;
+mod build;
 mod file;
 mod listen;
 mod queue;
 mod route;
 mod state;
 mod upstream;
+
+use build::RoutingFile;
 
 use crate::config::{Config, Problem};
 
@@ -33,35 +40,22 @@ pub(super) fn yaml(lines: &[&str]) -> String {
     text
 }
 
-/// `head` (`head[0]` is line 1) followed by the smallest valid upstreams
-/// and routes, for tests about what comes before them.
-pub(super) fn with_minimal_routes(head: &[&str]) -> String {
-    let mut lines = head.to_vec();
-    lines.extend([
-        "upstreams:",
-        "  local:",
-        "    kind: sim",
-        "routes:",
-        "  - model: demo",
-        "    pools:",
-        "      - upstream: local",
-    ]);
-    yaml(&lines)
-}
-
 pub(super) fn no_env(_: &str) -> Option<String> {
     None
 }
 
-pub(super) fn parse_ok(text: &str) -> Config {
-    match Config::parse(text, FILE, &no_env) {
+pub(super) fn parse_ok(text: impl AsRef<str>) -> Config {
+    match Config::parse(text.as_ref(), FILE, &no_env) {
         Ok(config) => config,
         Err(err) => panic!("expected the file to be valid, got:\n{err}"),
     }
 }
 
-pub(super) fn problems_with_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<Problem> {
-    match Config::parse(text, FILE, env) {
+pub(super) fn problems_with_env(
+    text: impl AsRef<str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Vec<Problem> {
+    match Config::parse(text.as_ref(), FILE, env) {
         Ok(config) => panic!("expected the file to be rejected, but it parsed: {config:#?}"),
         Err(err) => {
             assert_eq!(err.source, FILE, "errors carry the file name given");
@@ -70,12 +64,12 @@ pub(super) fn problems_with_env(text: &str, env: &dyn Fn(&str) -> Option<String>
     }
 }
 
-pub(super) fn problems(text: &str) -> Vec<Problem> {
+pub(super) fn problems(text: impl AsRef<str>) -> Vec<Problem> {
     problems_with_env(text, &no_env)
 }
 
 /// The single problem in `text`; fails if there are more or none.
-pub(super) fn only_problem(text: &str) -> Problem {
+pub(super) fn only_problem(text: impl AsRef<str>) -> Problem {
     let mut all = problems(text);
     assert_eq!(all.len(), 1, "expected exactly one problem, got {all:#?}");
     all.remove(0)
@@ -111,22 +105,6 @@ pub(super) fn assert_no_position_in_message(problem: &Problem) {
         "message repeats a position: {:?}",
         problem.message
     );
-}
-
-/// `head` (its first line is line 1) followed by the least a file needs
-/// to be valid: one simulated upstream and one route to it.
-pub(super) fn before_minimal_routes(head: &[&str]) -> String {
-    let mut all = head.to_vec();
-    all.extend([
-        "upstreams:",
-        "  local:",
-        "    kind: sim",
-        "routes:",
-        "  - model: demo",
-        "    pools:",
-        "      - upstream: local",
-    ]);
-    yaml(&all)
 }
 
 /// Files a test's routing file names (certificates, keys), in a directory
@@ -183,21 +161,10 @@ pub(super) fn pki() -> Pki {
     }
 }
 
-/// A file routing `demo` (alias `d`) and `big` to the simulator, with
-/// `head` before it and `route_extra` under the `demo` route.
-pub(super) fn guarded(head: &[&str], route_extra: &[&str]) -> String {
-    let mut lines: Vec<&str> = head.to_vec();
-    lines.extend([
-        "upstreams:",
-        "  local:",
-        "    kind: sim",
-        "routes:",
-        "  - model: demo",
-        "    aliases: [d]",
-        "    pools:",
-        "      - upstream: local",
-    ]);
-    lines.extend(route_extra);
-    lines.extend(["  - model: big", "    pools:", "      - upstream: local"]);
-    yaml(&lines)
+/// The skeleton routing `demo` (alias `d`) and `big` to the simulator,
+/// for tests of who may call which model.
+fn guarded() -> RoutingFile {
+    RoutingFile::new()
+        .route("demo", &["aliases: [d]", "pools:", "  - upstream: local"])
+        .route("big", &["pools:", "  - upstream: local"])
 }

@@ -5,16 +5,9 @@ use crate::config::warnings;
 
 #[test]
 fn typo_in_a_pool_field_is_refused() {
-    let problem = only_problem(&yaml(&[
-        "upstreams:",
-        "  local:",
-        "    kind: sim",
-        "routes:",
-        "  - model: demo",
-        "    pools:",
-        "      - upstream: local",
-        "        wieght: 2",
-    ]));
+    let problem = only_problem(
+        RoutingFile::new().route("demo", &["pools:", "  - upstream: local", "    wieght: 2"]),
+    );
     assert_at(&problem, 8, 9);
     assert_mentions(&problem, &["unknown field", "wieght", "weight"]);
     assert_no_position_in_message(&problem);
@@ -22,18 +15,14 @@ fn typo_in_a_pool_field_is_refused() {
 
 #[test]
 fn pool_naming_an_undefined_upstream_lists_the_defined_ones() {
-    let problem = only_problem(&yaml(&[
-        "upstreams:",
-        "  alpha:",
-        "    kind: sim",
-        "  beta:",
-        "    kind: sim",
-        "routes:",
-        "  - model: demo",
-        "    pools:",
-        "      - upstream: alpha",
-        "      - upstream: gamma",
-    ]));
+    let problem = only_problem(
+        RoutingFile::with_upstream("alpha", &["kind: sim"])
+            .upstream("beta", &["kind: sim"])
+            .route(
+                "demo",
+                &["pools:", "  - upstream: alpha", "  - upstream: gamma"],
+            ),
+    );
     assert_at(&problem, 10, 19);
     assert_mentions(
         &problem,
@@ -48,15 +37,7 @@ fn pool_naming_an_undefined_upstream_lists_the_defined_ones() {
 #[test]
 fn unknown_kind_is_refused_and_its_pools_are_not_also_unknown() {
     // The upstream is defined, only broken: one problem, at the kind.
-    let problem = only_problem(&yaml(&[
-        "upstreams:",
-        "  local:",
-        "    kind: llama",
-        "routes:",
-        "  - model: demo",
-        "    pools:",
-        "      - upstream: local",
-    ]));
+    let problem = only_problem(RoutingFile::with_upstream("local", &["kind: llama"]));
     assert_at(&problem, 3, 11);
     assert_mentions(
         &problem,
@@ -70,23 +51,18 @@ fn unknown_kind_is_refused_and_its_pools_are_not_also_unknown() {
 
 #[test]
 fn duplicate_names_point_at_the_second_use_and_name_the_first_line() {
-    let found = problems(&yaml(&[
-        "upstreams:",
-        "  local:",
-        "    kind: sim",
-        "routes:",
-        "  - model: demo",
-        "    aliases: [demo-latest]",
-        "    pools:",
-        "      - upstream: local",
-        "  - model: other",
-        "    aliases: [demo]",
-        "    pools:",
-        "      - upstream: local",
-        "  - model: demo-latest",
-        "    pools:",
-        "      - upstream: local",
-    ]));
+    let found = problems(
+        RoutingFile::new()
+            .route(
+                "demo",
+                &["aliases: [demo-latest]", "pools:", "  - upstream: local"],
+            )
+            .route(
+                "other",
+                &["aliases: [demo]", "pools:", "  - upstream: local"],
+            )
+            .route("demo-latest", &["pools:", "  - upstream: local"]),
+    );
     assert_eq!(found.len(), 2, "{found:#?}");
     // An alias repeating an earlier model.
     assert_at(&found[0], 10, 15);
@@ -101,27 +77,27 @@ fn duplicate_names_point_at_the_second_use_and_name_the_first_line() {
 
 #[test]
 fn route_whose_pools_all_have_weight_zero_is_refused() {
-    let problem = only_problem(&yaml(&[
-        "upstreams:",
-        "  a:",
-        "    kind: sim",
-        "  b:",
-        "    kind: sim",
-        "routes:",
-        "  - model: demo",
-        "    pools:",
-        "      - upstream: a",
-        "        weight: 0",
-        "      - upstream: b",
-        "        weight: 0",
-    ]));
+    let problem = only_problem(
+        RoutingFile::with_upstream("a", &["kind: sim"])
+            .upstream("b", &["kind: sim"])
+            .route(
+                "demo",
+                &[
+                    "pools:",
+                    "  - upstream: a",
+                    "    weight: 0",
+                    "  - upstream: b",
+                    "    weight: 0",
+                ],
+            ),
+    );
     assert_at(&problem, 7, 12);
     assert_mentions(&problem, &["'demo'", "weight 0", "positive weight"]);
 }
 
 #[test]
 fn empty_routes_is_refused_at_the_routes_key() {
-    let problem = only_problem(&yaml(&[
+    let problem = only_problem(yaml(&[
         "upstreams:",
         "  local:",
         "    kind: sim",
@@ -133,14 +109,7 @@ fn empty_routes_is_refused_at_the_routes_key() {
 
 #[test]
 fn route_without_pools_is_refused() {
-    let problem = only_problem(&yaml(&[
-        "upstreams:",
-        "  local:",
-        "    kind: sim",
-        "routes:",
-        "  - model: demo",
-        "    pools: []",
-    ]));
+    let problem = only_problem(RoutingFile::new().route("demo", &["pools: []"]));
     // The start of the route's block.
     assert_at(&problem, 5, 5);
     assert_mentions(
@@ -151,7 +120,7 @@ fn route_without_pools_is_refused() {
 
 #[test]
 fn a_route_with_an_anthropic_pool_is_warned_that_its_embeddings_are_refused() {
-    let config = parse_ok(&yaml(&[
+    let config = parse_ok(yaml(&[
         "upstreams:",
         "  local:",
         "    kind: sim",

@@ -9,15 +9,17 @@ use crate::config::*;
 #[test]
 fn state_redis_reads_its_url_prefix_timeout_policy_and_password_from_the_environment() {
     let env = |name: &str| (name == "REDIS_PASSWORD").then(|| "s3cret-pw".to_string());
-    let text = with_minimal_routes(&[
-        "state:",
-        "  redis:",
-        "    url: rediss://redis.internal:6380/2",
-        "    key_prefix: \"gw-a:\"",
-        "    timeout: 20ms",
-        "    on_error: deny",
-        "    password_env: REDIS_PASSWORD",
-    ]);
+    let text = RoutingFile::new()
+        .head(&[
+            "state:",
+            "  redis:",
+            "    url: rediss://redis.internal:6380/2",
+            "    key_prefix: \"gw-a:\"",
+            "    timeout: 20ms",
+            "    on_error: deny",
+            "    password_env: REDIS_PASSWORD",
+        ])
+        .text();
     let config = match Config::parse(&text, FILE, &env) {
         Ok(config) => config,
         Err(err) => panic!("valid file rejected:\n{err}"),
@@ -50,7 +52,7 @@ fn state_redis_reads_its_url_prefix_timeout_policy_and_password_from_the_environ
 
 #[test]
 fn state_redis_defaults_to_a_5ms_timeout_allow_and_the_llmgate_prefix() {
-    let config = parse_ok(&with_minimal_routes(&[
+    let config = parse_ok(RoutingFile::new().head(&[
         "state:",
         "  redis:",
         "    url: redis://127.0.0.1:6379/0",
@@ -64,7 +66,7 @@ fn state_redis_defaults_to_a_5ms_timeout_allow_and_the_llmgate_prefix() {
 
 #[test]
 fn a_password_in_the_url_is_refused_without_repeating_it() {
-    let problem = only_problem(&with_minimal_routes(&[
+    let problem = only_problem(RoutingFile::new().head(&[
         "state:",
         "  redis:",
         "    url: redis://:hunter2@redis:6379/0",
@@ -79,7 +81,7 @@ fn a_password_in_the_url_is_refused_without_repeating_it() {
 
 #[test]
 fn state_redis_problems_are_reported_where_they_are_written() {
-    let all = problems(&with_minimal_routes(&[
+    let all = problems(RoutingFile::new().head(&[
         "state:",
         "  redis:",
         "    url: http://redis:6379",
@@ -100,7 +102,7 @@ fn state_redis_problems_are_reported_where_they_are_written() {
 
 #[test]
 fn unknown_fields_under_state_are_refused() {
-    let problem = only_problem(&with_minimal_routes(&[
+    let problem = only_problem(RoutingFile::new().head(&[
         "state:",
         "  redis:",
         "    url: redis://redis:6379/0",
@@ -112,16 +114,14 @@ fn unknown_fields_under_state_are_refused() {
 
 #[test]
 fn without_state_a_file_with_limits_is_told_they_count_per_replica() {
-    let limited = parse_ok(&yaml(&[
-        "upstreams:",
-        "  local:",
-        "    kind: sim",
-        "routes:",
-        "  - model: demo",
-        "    limits: { requests_per_minute: 60 }",
-        "    pools:",
-        "      - upstream: local",
-    ]));
+    let limited = parse_ok(RoutingFile::new().route(
+        "demo",
+        &[
+            "limits: { requests_per_minute: 60 }",
+            "pools:",
+            "  - upstream: local",
+        ],
+    ));
     assert!(
         describe(&limited).contains(
             "state: local; note: limits are counted by each replica alone, so N replicas \
@@ -131,7 +131,7 @@ fn without_state_a_file_with_limits_is_told_they_count_per_replica() {
         describe(&limited)
     );
     assert!(warnings(&limited).is_empty(), "a note, not a warning");
-    let unlimited = parse_ok(&with_minimal_routes(&[]));
+    let unlimited = parse_ok(RoutingFile::new());
     assert!(describe(&unlimited).contains("state: local\n"));
     assert!(!describe(&unlimited).contains("note:"));
 }
@@ -145,7 +145,7 @@ fn the_readme_state_example_is_valid() {
     let end = start + section[start..].find("```").expect("its end");
     let lines: Vec<&str> = section[start..end].lines().collect();
     let env = |_: &str| Some("from-the-environment".to_string());
-    let config = match Config::parse(&with_minimal_routes(&lines), "README.md", &env) {
+    let config = match Config::parse(&RoutingFile::new().head(&lines).text(), "README.md", &env) {
         Ok(config) => config,
         Err(err) => panic!("the README's state example is invalid:\n{err}"),
     };

@@ -9,16 +9,13 @@ use crate::config::*;
 #[test]
 fn error_rate_bounds_zero_and_one_are_accepted() {
     for rate in ["0", "1", "1.0"] {
-        let config = parse_ok(&yaml(&[
-            "upstreams:",
-            "  local:",
-            "    kind: sim",
-            &format!("    sim: {{ error_rate: {rate}, tokens_per_second: 0 }}"),
-            "routes:",
-            "  - model: demo",
-            "    pools:",
-            "      - upstream: local",
-        ]));
+        let config = parse_ok(RoutingFile::with_upstream(
+            "local",
+            &[
+                "kind: sim",
+                &format!("sim: {{ error_rate: {rate}, tokens_per_second: 0 }}"),
+            ],
+        ));
         let sim = config.upstreams["local"].sim;
         assert_eq!(sim.error_rate, if rate == "0" { 0.0 } else { 1.0 });
         assert_eq!(sim.tokens_per_second, 0.0, "0 means no pacing");
@@ -27,16 +24,10 @@ fn error_rate_bounds_zero_and_one_are_accepted() {
 
 #[test]
 fn typo_in_an_upstream_field_is_refused() {
-    let problem = only_problem(&yaml(&[
-        "upstreams:",
-        "  local:",
-        "    kind: sim",
-        "    timout: 30s",
-        "routes:",
-        "  - model: demo",
-        "    pools:",
-        "      - upstream: local",
-    ]));
+    let problem = only_problem(RoutingFile::with_upstream(
+        "local",
+        &["kind: sim", "timout: 30s"],
+    ));
     assert_at(&problem, 4, 5);
     assert_mentions(&problem, &["unknown field", "timout", "timeout"]);
     assert_no_position_in_message(&problem);
@@ -44,21 +35,18 @@ fn typo_in_an_upstream_field_is_refused() {
 
 #[test]
 fn endpoints_must_be_http_base_urls() {
-    let found = problems(&yaml(&[
-        "upstreams:",
-        "  fleet:",
-        "    kind: openai",
-        "    endpoints:",
-        "      - http://10.0.0.5:8000",
-        "      - 10.0.0.6:8000",
-        "      - ftp://files.example.com",
-        "      - not a url",
-        "      - http://10.0.0.7:8000/?x=1",
-        "routes:",
-        "  - model: demo",
-        "    pools:",
-        "      - upstream: fleet",
-    ]));
+    let found = problems(RoutingFile::with_upstream(
+        "fleet",
+        &[
+            "kind: openai",
+            "endpoints:",
+            "  - http://10.0.0.5:8000",
+            "  - 10.0.0.6:8000",
+            "  - ftp://files.example.com",
+            "  - not a url",
+            "  - http://10.0.0.7:8000/?x=1",
+        ],
+    ));
     assert_eq!(found.len(), 4, "{found:#?}");
     assert_at(&found[0], 6, 9);
     assert_mentions(
@@ -90,17 +78,15 @@ fn endpoints_must_be_http_base_urls() {
 
 #[test]
 fn missing_api_key_variable_is_reported_at_its_name() {
-    let text = yaml(&[
-        "upstreams:",
-        "  cloud:",
-        "    kind: openai",
-        "    endpoints: [https://api.openai.com/v1]",
-        &format!("    api_key_env: {UNSET_VAR}"),
-        "routes:",
-        "  - model: gpt",
-        "    pools:",
-        "      - upstream: cloud",
-    ]);
+    let text = RoutingFile::with_upstream(
+        "cloud",
+        &[
+            "kind: openai",
+            "endpoints: [https://api.openai.com/v1]",
+            &format!("api_key_env: {UNSET_VAR}"),
+        ],
+    )
+    .text();
     // Unset, and set but empty: both are a missing key.
     let empty = |_: &str| Some(String::new());
     for found in [problems(&text), problems_with_env(&text, &empty)] {
@@ -121,19 +107,8 @@ fn missing_api_key_variable_is_reported_at_its_name() {
 
 #[test]
 fn openai_upstream_without_endpoints_is_refused() {
-    for body in [
-        vec!["    kind: openai"],
-        vec!["    kind: openai", "    endpoints: []"],
-    ] {
-        let mut lines = vec!["upstreams:", "  fleet:"];
-        lines.extend(body);
-        lines.extend([
-            "routes:",
-            "  - model: demo",
-            "    pools:",
-            "      - upstream: fleet",
-        ]);
-        let problem = only_problem(&yaml(&lines));
+    for fields in [&["kind: openai"][..], &["kind: openai", "endpoints: []"]] {
+        let problem = only_problem(RoutingFile::with_upstream("fleet", fields));
         // The start of the upstream's block.
         assert_at(&problem, 3, 5);
         assert_mentions(
@@ -145,16 +120,10 @@ fn openai_upstream_without_endpoints_is_refused() {
 
 #[test]
 fn sim_upstream_with_endpoints_is_refused() {
-    let problem = only_problem(&yaml(&[
-        "upstreams:",
-        "  local:",
-        "    kind: sim",
-        "    endpoints: [http://127.0.0.1:8000]",
-        "routes:",
-        "  - model: demo",
-        "    pools:",
-        "      - upstream: local",
-    ]));
+    let problem = only_problem(RoutingFile::with_upstream(
+        "local",
+        &["kind: sim", "endpoints: [http://127.0.0.1:8000]"],
+    ));
     assert_at(&problem, 4, 17);
     assert_mentions(
         &problem,
@@ -169,39 +138,36 @@ fn sim_upstream_with_endpoints_is_refused() {
 
 #[test]
 fn sim_settings_on_an_openai_upstream_are_refused() {
-    let problem = only_problem(&yaml(&[
-        "upstreams:",
-        "  fleet:",
-        "    kind: openai",
-        "    endpoints: [http://10.0.0.5:8000]",
-        "    sim: { ttft: 10ms }",
-        "routes:",
-        "  - model: demo",
-        "    pools:",
-        "      - upstream: fleet",
-    ]));
+    let problem = only_problem(RoutingFile::with_upstream(
+        "fleet",
+        &[
+            "kind: openai",
+            "endpoints: [http://10.0.0.5:8000]",
+            "sim: { ttft: 10ms }",
+        ],
+    ));
     assert_at(&problem, 5, 10);
     assert_mentions(&problem, &["'fleet'", "kind sim only", "remove it"]);
 }
 
 #[test]
 fn sim_rates_out_of_range_are_refused() {
-    let found = problems(&yaml(&[
-        "upstreams:",
-        "  local:",
-        "    kind: sim",
-        "    sim:",
-        "      error_rate: 1.5",
-        "      tokens_per_second: -3",
-        "  other:",
-        "    kind: sim",
-        "    sim: { error_rate: -0.1 }",
-        "routes:",
-        "  - model: demo",
-        "    pools:",
-        "      - upstream: local",
-        "      - upstream: other",
-    ]));
+    let found = problems(
+        RoutingFile::with_upstream(
+            "local",
+            &[
+                "kind: sim",
+                "sim:",
+                "  error_rate: 1.5",
+                "  tokens_per_second: -3",
+            ],
+        )
+        .upstream("other", &["kind: sim", "sim: { error_rate: -0.1 }"])
+        .route(
+            "demo",
+            &["pools:", "  - upstream: local", "  - upstream: other"],
+        ),
+    );
     assert_eq!(found.len(), 3, "{found:#?}");
     assert_at(&found[0], 5, 19);
     assert_mentions(&found[0], &["'local'", "error_rate", "between 0 and 1"]);
@@ -216,48 +182,55 @@ fn sim_rates_out_of_range_are_refused() {
 
 #[test]
 fn a_simulated_model_may_answer_with_no_delay() {
-    let config = parse_ok(&yaml(&[
-        "upstreams:",
-        "  instant:",
-        "    kind: sim",
-        "    sim: { ttft: 0s, tokens_per_second: 0 }",
-        "routes:",
-        "  - model: demo",
-        "    pools:",
-        "      - upstream: instant",
-    ]));
+    let config = parse_ok(RoutingFile::with_upstream(
+        "instant",
+        &["kind: sim", "sim: { ttft: 0s, tokens_per_second: 0 }"],
+    ));
     assert_eq!(config.upstreams["instant"].sim.ttft, Duration::ZERO);
 }
 
 #[test]
 fn ollama_anthropic_and_cloud_extras_are_read_field_by_field() {
-    let text = yaml(&[
-        "upstreams:",
-        "  cloud:",
-        "    kind: openai",
-        "    endpoints: [https://api.openai.com/v1]",
-        "    api_key_env: CLOUD_KEY",
-        "    max_tokens_field: max_completion_tokens",
-        "    headers:",
-        "      OpenAI-Organization: org-42",
-        "      X-Project-Token: Token ${PROJECT_TOKEN}",
-        "  gpu-box:",
-        "    kind: ollama",
-        "    endpoints: [http://10.0.0.7:11434]",
-        "    keep_alive: 30m",
-        "  claude:",
-        "    kind: anthropic",
-        "    endpoints: [https://api.anthropic.com]",
-        "    api_key_env: ANTHROPIC_API_KEY",
-        "    default_max_tokens: 1024",
-        "    headers: { anthropic-beta: prompt-caching-2024-07-31 }",
-        "routes:",
-        "  - model: chat",
-        "    pools:",
-        "      - upstream: cloud",
-        "      - upstream: gpu-box",
-        "      - upstream: claude",
-    ]);
+    let text = RoutingFile::with_upstream(
+        "cloud",
+        &[
+            "kind: openai",
+            "endpoints: [https://api.openai.com/v1]",
+            "api_key_env: CLOUD_KEY",
+            "max_tokens_field: max_completion_tokens",
+            "headers:",
+            "  OpenAI-Organization: org-42",
+            "  X-Project-Token: Token ${PROJECT_TOKEN}",
+        ],
+    )
+    .upstream(
+        "gpu-box",
+        &[
+            "kind: ollama",
+            "endpoints: [http://10.0.0.7:11434]",
+            "keep_alive: 30m",
+        ],
+    )
+    .upstream(
+        "claude",
+        &[
+            "kind: anthropic",
+            "endpoints: [https://api.anthropic.com]",
+            "api_key_env: ANTHROPIC_API_KEY",
+            "default_max_tokens: 1024",
+            "headers: { anthropic-beta: prompt-caching-2024-07-31 }",
+        ],
+    )
+    .route(
+        "demo",
+        &[
+            "pools:",
+            "  - upstream: cloud",
+            "  - upstream: gpu-box",
+            "  - upstream: claude",
+        ],
+    )
+    .text();
     let env = |name: &str| match name {
         "CLOUD_KEY" => Some("sk-cloud".to_string()),
         "PROJECT_TOKEN" => Some("pt-123".to_string()),
@@ -321,20 +294,20 @@ fn ollama_anthropic_and_cloud_extras_are_read_field_by_field() {
 
 #[test]
 fn new_keys_are_optional_with_documented_defaults() {
-    let config = parse_ok(&yaml(&[
-        "upstreams:",
-        "  gpu-box:",
-        "    kind: ollama",
-        "    endpoints: [http://127.0.0.1:11434]",
-        "  claude:",
-        "    kind: anthropic",
-        "    endpoints: [https://api.anthropic.com]",
-        "routes:",
-        "  - model: m",
-        "    pools:",
-        "      - upstream: gpu-box",
-        "      - upstream: claude",
-    ]));
+    let config = parse_ok(
+        RoutingFile::with_upstream(
+            "gpu-box",
+            &["kind: ollama", "endpoints: [http://127.0.0.1:11434]"],
+        )
+        .upstream(
+            "claude",
+            &["kind: anthropic", "endpoints: [https://api.anthropic.com]"],
+        )
+        .route(
+            "demo",
+            &["pools:", "  - upstream: gpu-box", "  - upstream: claude"],
+        ),
+    );
     for up in config.upstreams.values() {
         assert!(up.headers.is_empty());
         assert_eq!(up.max_tokens_field, MaxTokensField::MaxTokens);
@@ -352,17 +325,14 @@ fn keep_alive_takes_a_duration_zero_or_minus_one() {
         ("0", KeepAlive::For(Duration::ZERO)),
         ("-1", KeepAlive::Forever),
     ] {
-        let config = parse_ok(&yaml(&[
-            "upstreams:",
-            "  gpu-box:",
-            "    kind: ollama",
-            "    endpoints: [http://127.0.0.1:11434]",
-            &format!("    keep_alive: {written}"),
-            "routes:",
-            "  - model: m",
-            "    pools:",
-            "      - upstream: gpu-box",
-        ]));
+        let config = parse_ok(RoutingFile::with_upstream(
+            "gpu-box",
+            &[
+                "kind: ollama",
+                "endpoints: [http://127.0.0.1:11434]",
+                &format!("keep_alive: {written}"),
+            ],
+        ));
         assert_eq!(
             config.upstreams["gpu-box"].keep_alive,
             Some(expected),
@@ -370,42 +340,46 @@ fn keep_alive_takes_a_duration_zero_or_minus_one() {
         );
     }
 
-    let problem = only_problem(&yaml(&[
-        "upstreams:",
-        "  gpu-box:",
-        "    kind: ollama",
-        "    endpoints: [http://127.0.0.1:11434]",
-        "    keep_alive: a while",
-        "routes:",
-        "  - model: m",
-        "    pools:",
-        "      - upstream: gpu-box",
-    ]));
+    let problem = only_problem(RoutingFile::with_upstream(
+        "gpu-box",
+        &[
+            "kind: ollama",
+            "endpoints: [http://127.0.0.1:11434]",
+            "keep_alive: a while",
+        ],
+    ));
     assert_at(&problem, 5, 17);
     assert_mentions(&problem, &["'gpu-box'", "'a while'", "10m", "-1"]);
 }
 
 #[test]
 fn kind_specific_keys_on_another_kind_are_refused_at_their_value() {
-    let found = problems(&yaml(&[
-        "upstreams:",
-        "  a:",
-        "    kind: ollama",
-        "    endpoints: [http://127.0.0.1:11434]",
-        "    max_tokens_field: max_tokens",
-        "  b:",
-        "    kind: openai",
-        "    endpoints: [http://127.0.0.1:8000]",
-        "    default_max_tokens: 512",
-        "  c:",
-        "    kind: anthropic",
-        "    endpoints: [https://api.anthropic.com]",
-        "    keep_alive: 5m",
-        "routes:",
-        "  - model: m",
-        "    pools:",
-        "      - upstream: a",
-    ]));
+    let found = problems(
+        RoutingFile::with_upstream(
+            "a",
+            &[
+                "kind: ollama",
+                "endpoints: [http://127.0.0.1:11434]",
+                "max_tokens_field: max_tokens",
+            ],
+        )
+        .upstream(
+            "b",
+            &[
+                "kind: openai",
+                "endpoints: [http://127.0.0.1:8000]",
+                "default_max_tokens: 512",
+            ],
+        )
+        .upstream(
+            "c",
+            &[
+                "kind: anthropic",
+                "endpoints: [https://api.anthropic.com]",
+                "keep_alive: 5m",
+            ],
+        ),
+    );
     assert_eq!(found.len(), 3, "{found:#?}");
     assert_at(&found[0], 5, 23);
     assert_mentions(
@@ -428,17 +402,14 @@ fn kind_specific_keys_on_another_kind_are_refused_at_their_value() {
 
 #[test]
 fn max_tokens_field_names_the_two_choices() {
-    let problem = only_problem(&yaml(&[
-        "upstreams:",
-        "  cloud:",
-        "    kind: openai",
-        "    endpoints: [https://api.openai.com/v1]",
-        "    max_tokens_field: max_new_tokens",
-        "routes:",
-        "  - model: m",
-        "    pools:",
-        "      - upstream: cloud",
-    ]));
+    let problem = only_problem(RoutingFile::with_upstream(
+        "cloud",
+        &[
+            "kind: openai",
+            "endpoints: [https://api.openai.com/v1]",
+            "max_tokens_field: max_new_tokens",
+        ],
+    ));
     assert_at(&problem, 5, 23);
     assert_mentions(
         &problem,
@@ -448,17 +419,14 @@ fn max_tokens_field_names_the_two_choices() {
 
 #[test]
 fn default_max_tokens_zero_is_refused() {
-    let problem = only_problem(&yaml(&[
-        "upstreams:",
-        "  claude:",
-        "    kind: anthropic",
-        "    endpoints: [https://api.anthropic.com]",
-        "    default_max_tokens: 0",
-        "routes:",
-        "  - model: m",
-        "    pools:",
-        "      - upstream: claude",
-    ]));
+    let problem = only_problem(RoutingFile::with_upstream(
+        "claude",
+        &[
+            "kind: anthropic",
+            "endpoints: [https://api.anthropic.com]",
+            "default_max_tokens: 0",
+        ],
+    ));
     assert_at(&problem, 5, 25);
     assert_mentions(&problem, &["'claude'", "at least 1"]);
 }
@@ -469,15 +437,10 @@ fn ollama_and_anthropic_upstreams_need_endpoints() {
         ("ollama", "http://127.0.0.1:11434"),
         ("anthropic", "https://api.anthropic.com"),
     ] {
-        let problem = only_problem(&yaml(&[
-            "upstreams:",
-            "  far:",
-            &format!("    kind: {kind}"),
-            "routes:",
-            "  - model: m",
-            "    pools:",
-            "      - upstream: far",
-        ]));
+        let problem = only_problem(RoutingFile::with_upstream(
+            "far",
+            &[&format!("kind: {kind}")],
+        ));
         assert_at(&problem, 3, 5);
         assert_mentions(&problem, &["'far'", "endpoints: is empty", example]);
     }
@@ -487,26 +450,23 @@ fn ollama_and_anthropic_upstreams_need_endpoints() {
 fn header_problems_are_each_reported_at_the_header() {
     let env = |name: &str| (name == "PRESENT").then(|| "value".to_string());
     let mut found = problems_with_env(
-        &yaml(&[
-            "upstreams:",
-            "  cloud:",
-            "    kind: openai",
-            "    endpoints: [https://api.example.com/v1]",
-            "    api_key_env: PRESENT",
-            "    headers:",
-            "      Bad Name: x",
-            "      Content-Type: text/plain",
-            "      Authorization: Basic abc",
-            "      X-Twice: one",
-            "      x-twice: two",
-            "      X-Missing: ${ABSENT_VAR}",
-            "      X-Broken: ${not closed",
-            "      X-Newline: \"a\\nb\"",
-            "routes:",
-            "  - model: m",
-            "    pools:",
-            "      - upstream: cloud",
-        ]),
+        RoutingFile::with_upstream(
+            "cloud",
+            &[
+                "kind: openai",
+                "endpoints: [https://api.example.com/v1]",
+                "api_key_env: PRESENT",
+                "headers:",
+                "  Bad Name: x",
+                "  Content-Type: text/plain",
+                "  Authorization: Basic abc",
+                "  X-Twice: one",
+                "  x-twice: two",
+                "  X-Missing: ${ABSENT_VAR}",
+                "  X-Broken: ${not closed",
+                "  X-Newline: \"a\\nb\"",
+            ],
+        ),
         &env,
     );
     found.sort_by_key(|p| (p.line, p.column));
@@ -537,17 +497,15 @@ fn header_problems_are_each_reported_at_the_header() {
 fn authorization_in_headers_is_fine_without_api_key_env() {
     // Some providers want another scheme than Bearer.
     let env = |name: &str| (name == "AZURE_TOKEN").then(|| "tok".to_string());
-    let text = yaml(&[
-        "upstreams:",
-        "  cloud:",
-        "    kind: openai",
-        "    endpoints: [https://api.example.com/v1]",
-        "    headers: { Authorization: \"Token ${AZURE_TOKEN}\" }",
-        "routes:",
-        "  - model: m",
-        "    pools:",
-        "      - upstream: cloud",
-    ]);
+    let text = RoutingFile::with_upstream(
+        "cloud",
+        &[
+            "kind: openai",
+            "endpoints: [https://api.example.com/v1]",
+            "headers: { Authorization: \"Token ${AZURE_TOKEN}\" }",
+        ],
+    )
+    .text();
     let config = match Config::parse(&text, FILE, &env) {
         Ok(config) => config,
         Err(err) => panic!("valid file rejected:\n{err}"),
@@ -560,16 +518,10 @@ fn authorization_in_headers_is_fine_without_api_key_env() {
 
 #[test]
 fn headers_on_a_sim_upstream_are_refused() {
-    let problem = only_problem(&yaml(&[
-        "upstreams:",
-        "  local:",
-        "    kind: sim",
-        "    headers: { X-A: b }",
-        "routes:",
-        "  - model: m",
-        "    pools:",
-        "      - upstream: local",
-    ]));
+    let problem = only_problem(RoutingFile::with_upstream(
+        "local",
+        &["kind: sim", "headers: { X-A: b }"],
+    ));
     assert_at(&problem, 4, 14);
     assert_mentions(&problem, &["'local'", "HTTP upstreams only"]);
 }
@@ -577,18 +529,16 @@ fn headers_on_a_sim_upstream_are_refused() {
 #[test]
 fn header_values_from_the_environment_never_appear_in_debug_or_describe() {
     const SECRET: &str = "hdr-secret-do-not-print-3e1f";
-    let text = yaml(&[
-        "upstreams:",
-        "  cloud:",
-        "    kind: openai",
-        "    endpoints: [https://api.example.com/v1]",
-        "    headers:",
-        "      X-Api-Key: ${PROVIDER_KEY}",
-        "routes:",
-        "  - model: m",
-        "    pools:",
-        "      - upstream: cloud",
-    ]);
+    let text = RoutingFile::with_upstream(
+        "cloud",
+        &[
+            "kind: openai",
+            "endpoints: [https://api.example.com/v1]",
+            "headers:",
+            "  X-Api-Key: ${PROVIDER_KEY}",
+        ],
+    )
+    .text();
     let env = |name: &str| (name == "PROVIDER_KEY").then(|| SECRET.to_string());
     let config = match Config::parse(&text, FILE, &env) {
         Ok(config) => config,
@@ -608,30 +558,24 @@ fn header_values_from_the_environment_never_appear_in_debug_or_describe() {
 #[test]
 fn sim_rates_too_slow_to_schedule_are_refused_at_their_value() {
     for rate in ["1e-300", "0.0005", ".nan", ".inf", "-1"] {
-        let problem = only_problem(&yaml(&[
-            "upstreams:",
-            "  local:",
-            "    kind: sim",
-            &format!("    sim: {{ tokens_per_second: {rate} }}"),
-            "routes:",
-            "  - model: demo",
-            "    pools:",
-            "      - upstream: local",
-        ]));
+        let problem = only_problem(RoutingFile::with_upstream(
+            "local",
+            &[
+                "kind: sim",
+                &format!("sim: {{ tokens_per_second: {rate} }}"),
+            ],
+        ));
         assert_at(&problem, 4, 31);
         assert_mentions(&problem, &["'local'", "tokens_per_second", "0.001"]);
     }
     for (rate, read) in [("0", 0.0), ("0.001", 0.001), ("40", 40.0)] {
-        let config = parse_ok(&yaml(&[
-            "upstreams:",
-            "  local:",
-            "    kind: sim",
-            &format!("    sim: {{ tokens_per_second: {rate} }}"),
-            "routes:",
-            "  - model: demo",
-            "    pools:",
-            "      - upstream: local",
-        ]));
+        let config = parse_ok(RoutingFile::with_upstream(
+            "local",
+            &[
+                "kind: sim",
+                &format!("sim: {{ tokens_per_second: {rate} }}"),
+            ],
+        ));
         assert_eq!(config.upstreams["local"].sim.tokens_per_second, read);
     }
 }
@@ -642,16 +586,10 @@ fn endpoint_urls_with_credentials_are_refused_without_quoting_them() {
         "http://admin:hunter2-pw@10.0.0.5:8000",
         "https://token-only-user@api.example.com/v1",
     ] {
-        let problem = only_problem(&yaml(&[
-            "upstreams:",
-            "  fleet:",
-            "    kind: openai",
-            &format!("    endpoints: [{url}]"),
-            "routes:",
-            "  - model: demo",
-            "    pools:",
-            "      - upstream: fleet",
-        ]));
+        let problem = only_problem(RoutingFile::with_upstream(
+            "fleet",
+            &["kind: openai", &format!("endpoints: [{url}]")],
+        ));
         assert_at(&problem, 4, 17);
         assert_mentions(&problem, &["'fleet'", "user:pass@host", "api_key_env"]);
         assert!(
@@ -661,37 +599,29 @@ fn endpoint_urls_with_credentials_are_refused_without_quoting_them() {
         );
     }
     // An '@' in the path is not userinfo.
-    parse_ok(&yaml(&[
-        "upstreams:",
-        "  fleet:",
-        "    kind: openai",
-        "    endpoints: [http://10.0.0.5:8000/v1/@team]",
-        "routes:",
-        "  - model: demo",
-        "    pools:",
-        "      - upstream: fleet",
-    ]));
+    parse_ok(RoutingFile::with_upstream(
+        "fleet",
+        &["kind: openai", "endpoints: [http://10.0.0.5:8000/v1/@team]"],
+    ));
 }
 
 #[test]
 fn literal_credential_headers_are_never_printed_and_are_warned_about() {
     const SECRET: &str = "sk-literal-header-never-print-4c1e";
     let config = Config::parse(
-        &yaml(&[
-            "upstreams:",
-            "  cloud:",
-            "    kind: openai",
-            "    endpoints: [https://api.example.com]",
-            "    headers:",
-            &format!("      authorization: Bearer {SECRET}"),
-            &format!("      x-goog-api-key: {SECRET}-2"),
-            "      x-org-token: ${ORG_TOKEN}",
-            "      x-org: acme-corporation",
-            "routes:",
-            "  - model: demo",
-            "    pools:",
-            "      - upstream: cloud",
-        ]),
+        &RoutingFile::with_upstream(
+            "cloud",
+            &[
+                "kind: openai",
+                "endpoints: [https://api.example.com]",
+                "headers:",
+                &format!("  authorization: Bearer {SECRET}"),
+                &format!("  x-goog-api-key: {SECRET}-2"),
+                "  x-org-token: ${ORG_TOKEN}",
+                "  x-org: acme-corporation",
+            ],
+        )
+        .text(),
         FILE,
         &|var| (var == "ORG_TOKEN").then(|| "org-token-from-env-93".to_string()),
     )
@@ -717,64 +647,51 @@ fn literal_credential_headers_are_never_printed_and_are_warned_about() {
     }
 }
 
-/// A routing file with one upstream `up` defined by `lines`.
-fn one_upstream_file(lines: &[&str]) -> String {
-    let mut file = vec!["upstreams:", "  up:"];
-    file.extend_from_slice(lines);
-    file.extend_from_slice(&[
-        "routes:",
-        "  - model: demo",
-        "    pools:",
-        "      - upstream: up",
-    ]);
-    yaml(&file)
-}
-
 #[test]
 fn continuation_defaults_to_what_each_kind_can_do() {
     for (lines, expected) in [
         (
-            &["    kind: openai", "    endpoints: [http://10.0.0.5:8000]"][..],
+            &["kind: openai", "endpoints: [http://10.0.0.5:8000]"][..],
             Continuation::Prefill,
         ),
         (
-            &[
-                "    kind: openai",
-                "    endpoints: [https://api.openai.com/v1]",
-            ][..],
+            &["kind: openai", "endpoints: [https://api.openai.com/v1]"][..],
             Continuation::Replay,
         ),
         (
-            &[
-                "    kind: anthropic",
-                "    endpoints: [https://api.anthropic.com]",
-            ][..],
+            &["kind: anthropic", "endpoints: [https://api.anthropic.com]"][..],
             Continuation::Prefill,
         ),
         (
-            &["    kind: ollama", "    endpoints: [http://10.0.0.6:11434]"][..],
+            &["kind: ollama", "endpoints: [http://10.0.0.6:11434]"][..],
             Continuation::Prefill,
         ),
-        (&["    kind: sim"][..], Continuation::Replay),
+        (&["kind: sim"][..], Continuation::Replay),
     ] {
-        let config = parse_ok(&one_upstream_file(lines));
+        let config = parse_ok(RoutingFile::with_upstream("up", lines));
         assert_eq!(config.upstreams["up"].continuation, expected, "{lines:?}");
     }
 }
 
 #[test]
 fn continuation_is_one_of_three_strategies() {
-    let config = parse_ok(&one_upstream_file(&[
-        "    kind: openai",
-        "    endpoints: [http://10.0.0.5:8000]",
-        "    continuation: none",
-    ]));
+    let config = parse_ok(RoutingFile::with_upstream(
+        "up",
+        &[
+            "kind: openai",
+            "endpoints: [http://10.0.0.5:8000]",
+            "continuation: none",
+        ],
+    ));
     assert_eq!(config.upstreams["up"].continuation, Continuation::None);
-    let problem = only_problem(&one_upstream_file(&[
-        "    kind: openai",
-        "    endpoints: [http://10.0.0.5:8000]",
-        "    continuation: resume",
-    ]));
+    let problem = only_problem(RoutingFile::with_upstream(
+        "up",
+        &[
+            "kind: openai",
+            "endpoints: [http://10.0.0.5:8000]",
+            "continuation: resume",
+        ],
+    ));
     assert_at(&problem, 5, 19);
     assert_mentions(
         &problem,

@@ -13,7 +13,7 @@ use crate::error::{ErrorKind, GatewayError};
 
 /// The one mapping from [`GatewayError`] to an HTTP answer: the status of
 /// its kind, OpenAI's error body, and `Retry-After` where waiting helps.
-pub fn error_response(err: &GatewayError) -> Response {
+pub(crate) fn error_response(err: &GatewayError) -> Response {
     let mut response = (err.kind().http_status(), Json(error_body(err))).into_response();
     if let Some(wait) = retry_after(err) {
         response

@@ -57,7 +57,7 @@ use crate::stack::guard::KeyPolicy;
 use crate::telemetry::{PRIORITY, REQUEST_ID};
 use answer::{CallInfo, unix_now, whole_answer};
 use embed::{embedding_answer, embedding_call, parse_embedding};
-pub use error::error_response;
+pub(crate) use error::error_response;
 use error::openai_error;
 use request::{chat_request, parse_request, request_timeout};
 use sse::sse_response;
@@ -66,10 +66,10 @@ use wire::{ModelEntry, ModelList};
 /// The header that bounds a call: seconds (`30`, `2.5`) or a duration
 /// (`500ms`, `2m`). HTTP has no standard deadline header and the OpenAI
 /// SDKs keep their timeout to themselves, so the gateway names its own.
-pub const REQUEST_TIMEOUT_HEADER: &str = "x-request-timeout";
+pub(crate) const REQUEST_TIMEOUT_HEADER: &str = "x-request-timeout";
 
 /// The HTTP front end's state, shared by its handlers.
-pub struct HttpFrontend {
+pub(crate) struct HttpFrontend {
     /// What every front shares: the call path, the table, the keys.
     edge: Edge,
     /// What each request body is held to: the same rules as gRPC's.
@@ -81,7 +81,7 @@ pub struct HttpFrontend {
 
 /// Builds the HTTP front's router over the shared `edge`, its bodies held
 /// to `bodies`, with `cors` in front when browsers may call.
-pub fn router(edge: Edge, bodies: BodyRules, cors: Option<CorsLayer>) -> Router {
+pub(crate) fn router(edge: Edge, bodies: BodyRules, cors: Option<CorsLayer>) -> Router {
     let front = Arc::new(HttpFrontend {
         edge,
         bodies,

@@ -21,11 +21,11 @@ pub struct Gateway {
     /// The OpenAI-compatible HTTP front.
     pub http_addr: SocketAddr,
     /// Reloads the routing file, for gateways started on one.
-    pub reloader: Option<Arc<llmgate::reload::Reloader>>,
+    pub reloader: Option<Arc<llmgate::Reloader>>,
     /// The admin listener (metrics and probes), when started with one.
     pub admin: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<Result<(), llmgate::server::ServeError>>>,
+    done: Option<tokio::task::JoinHandle<Result<(), llmgate::ServeError>>>,
 }
 
 /// How a test's gateway starts: the one place every variant is built, so a
@@ -33,7 +33,7 @@ pub struct Gateway {
 /// routing file).
 pub struct GatewayBuilder {
     config: Config,
-    connectors: llmgate::balance::Connectors,
+    connectors: llmgate::Connectors,
     admin: bool,
     /// The routing file to reload from, and whether to watch it.
     file: Option<(std::path::PathBuf, bool)>,
@@ -41,7 +41,7 @@ pub struct GatewayBuilder {
 
 impl GatewayBuilder {
     /// Upstreams resolve DNS names and connect through `connectors`.
-    pub fn connectors(mut self, connectors: llmgate::balance::Connectors) -> Self {
+    pub fn connectors(mut self, connectors: llmgate::Connectors) -> Self {
         self.connectors = connectors;
         self
     }
@@ -62,13 +62,12 @@ impl GatewayBuilder {
 
     /// Starts it, on port 0 everywhere.
     pub async fn start(self) -> Gateway {
-        let mut server =
-            llmgate::server::Server::new(self.config, self.connectors).expect("table builds");
+        let mut server = llmgate::Server::new(self.config, self.connectors).expect("table builds");
         let mut watch = false;
         if let Some((path, watching)) = self.file {
             server = server
                 .reload_from(path)
-                .admin_key(llmgate::server::admin::AdminKey::new(ADMIN_KEY));
+                .admin_key(llmgate::AdminKey::new(ADMIN_KEY));
             watch = watching;
         }
         Gateway::serve(server, watch, self.admin).await
@@ -80,7 +79,7 @@ impl Gateway {
     pub fn builder(config: Config) -> GatewayBuilder {
         GatewayBuilder {
             config,
-            connectors: llmgate::balance::Connectors::default(),
+            connectors: llmgate::Connectors::default(),
             admin: false,
             file: None,
         }
@@ -102,10 +101,7 @@ impl Gateway {
     }
 
     /// Starts a gateway whose upstreams resolve DNS names with `resolver`.
-    pub async fn start_with_connectors(
-        config: Config,
-        connectors: llmgate::balance::Connectors,
-    ) -> Gateway {
+    pub async fn start_with_connectors(config: Config, connectors: llmgate::Connectors) -> Gateway {
         Self::builder(config).connectors(connectors).start().await
     }
 
@@ -125,7 +121,7 @@ impl Gateway {
     /// changes if `watch`.
     pub async fn start_file(
         path: &std::path::Path,
-        connectors: llmgate::balance::Connectors,
+        connectors: llmgate::Connectors,
         watch: bool,
     ) -> Gateway {
         let config = match Config::load(path) {
@@ -139,11 +135,11 @@ impl Gateway {
             .await
     }
 
-    async fn serve(server: llmgate::server::Server, watch: bool, with_admin: bool) -> Gateway {
+    async fn serve(server: llmgate::Server, watch: bool, with_admin: bool) -> Gateway {
         // The recorder is process-wide: install it before any test's first
         // call, or a call that starts before another test installs it and
         // ends after would count its end but not its start.
-        llmgate::telemetry::metrics::install().expect("metrics recorder");
+        llmgate::internals::metrics::install().expect("metrics recorder");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let admin = if with_admin {
@@ -220,7 +216,7 @@ impl Gateway {
     }
 
     /// Signals shutdown and waits for `run` to return.
-    pub async fn shutdown(mut self) -> Result<(), llmgate::server::ServeError> {
+    pub async fn shutdown(mut self) -> Result<(), llmgate::ServeError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -239,7 +235,7 @@ impl Gateway {
     }
 
     /// Waits for `run` to return after [`Gateway::begin_shutdown`].
-    pub async fn stopped(mut self) -> Result<(), llmgate::server::ServeError> {
+    pub async fn stopped(mut self) -> Result<(), llmgate::ServeError> {
         let done = self.done.take().expect("running");
         tokio::time::timeout(PATIENCE, done)
             .await
