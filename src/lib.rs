@@ -45,6 +45,10 @@
 
 pub mod backend;
 pub mod balance;
+/// Entry points for the micro-benchmarks of the per-token path
+/// (`benches/token_path.rs`); not API.
+#[doc(hidden)]
+pub mod bench_support;
 pub mod chat;
 pub mod client;
 pub mod config;
