@@ -1,0 +1,383 @@
+//! Criterion micro-benchmarks of the per-token path (issue 14): what the
+//! gateway does for every token, measured apart from sockets, so a change
+//! to one step shows up as a change in one line.
+//!
+//! Every case handles one 50-token answer and reports time per token
+//! (`Throughput::Elements(50)`); the answer's fixed parts (the role chunk,
+//! the finish and usage chunks, `[DONE]`, the call itself) are spread over
+//! its 50 tokens. Where the per-call part matters, a 1-token answer runs
+//! beside the 50-token one: (t50 − t1) / 49 is the cost of one more token.
+//!
+//! * **sse_decode**: a vLLM chat-completions stream as vLLM writes it
+//!   (role chunk, 50 content chunks, finish chunk, usage chunk, `[DONE]`)
+//!   through `SseDecoder`, fed whole and in 7-byte reads; then the same
+//!   through the OpenAI adapter's chunk parsing into the gateway's events.
+//! * **chunk_encode**: what the fronts write per token. `grpc_token_chunk`
+//!   is the prost encoding of each `TokenChunk` behind the 5-byte gRPC frame
+//!   header, as tonic's encoder writes it; the `*_front` cases call each
+//!   front in process (the gRPC service behind its door, the HTTP router
+//!   for `/v1/chat/completions` and `/v1/messages`) over a stub stack that
+//!   answers at once, and read the whole streamed body: request parsing,
+//!   the front's chunk encoder and the body machinery, nothing behind.
+//! * **stack**: one streamed call of 50 tokens through the real stack
+//!   (observe → auth → limits → in flight → rate → shared → deadline →
+//!   router → balancer → endpoint → backend) to the in-process simulator
+//!   (`kind: sim`, no time to first token, no pacing: no timer of the
+//!   simulator's runs), first without a metrics recorder, then with the
+//!   one a gateway serving `/metrics` installs; then the same call through
+//!   each front, so front + stack is measured in one piece.
+//!
+//! Everything runs on one `current_thread` runtime, as one core would.
+//!
+//! ```text
+//! cargo bench --bench token_path              # about a minute and a half
+//! cargo bench --bench token_path -- stack     # one group
+//! ```
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
+use http_body_util::BodyExt;
+use llmgate::bench_support::{ChatEvent, Gateway, OpenAiReader, SseDecoder, install_metrics};
+use llmgate::proto;
+use prost::Message as _;
+use tokio::runtime::Runtime;
+use tower::ServiceExt;
+
+/// Tokens in every answer.
+const TOKENS: u32 = 50;
+
+/// The simulator's words, as the canned stack and the sim answer with.
+const WORDS: [&str; 16] = [
+    "The",
+    " gateway",
+    " routes",
+    " every",
+    " call",
+    " to",
+    " the",
+    " least",
+    " loaded",
+    " endpoint",
+    " and",
+    " streams",
+    " tokens",
+    " back",
+    " in",
+    " order.",
+];
+
+/// The routing file of every gateway here: model `bench` to the
+/// in-process simulator answering 50 tokens at once.
+const ROUTING: &str = "\
+upstreams:
+  sim:
+    kind: sim
+    sim: { ttft: 0ms, tokens_per_second: 0, output_tokens: 50 }
+routes:
+  - model: bench
+    pools:
+      - upstream: sim
+";
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+fn per_token<'a>(
+    c: &'a mut Criterion,
+    name: &str,
+) -> BenchmarkGroup<'a, criterion::measurement::WallTime> {
+    let mut group = c.benchmark_group(name);
+    group
+        .throughput(Throughput::Elements(u64::from(TOKENS)))
+        .warm_up_time(Duration::from_millis(700))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(40);
+    group
+}
+
+// === sse_decode ===
+
+/// A 50-token answer as vLLM streams it with `stream_options.include_usage`.
+fn vllm_stream() -> Vec<u8> {
+    let id = "chatcmpl-9b1f0c1e2d3a4b5c8d7e6f5a4b3c2d1e";
+    let model = "meta-llama/Llama-3.1-8B-Instruct";
+    let created = 1_764_633_600;
+    let head = format!(
+        r#"{{"id":"{id}","object":"chat.completion.chunk","created":{created},"model":"{model}","#
+    );
+    let mut out = String::new();
+    out.push_str(&format!(
+        "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\"\"}},\"logprobs\":null,\"finish_reason\":null}}]}}\n\n"
+    ));
+    for i in 0..TOKENS as usize {
+        let token = serde_json::to_string(WORDS[i % WORDS.len()]).expect("a string");
+        out.push_str(&format!(
+            "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{token}}},\"logprobs\":null,\"finish_reason\":null}}]}}\n\n"
+        ));
+    }
+    out.push_str(&format!(
+        "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"\"}},\"logprobs\":null,\"finish_reason\":\"stop\",\"stop_reason\":null}}]}}\n\n"
+    ));
+    out.push_str(&format!(
+        "data: {head}\"choices\":[],\"usage\":{{\"prompt_tokens\":12,\"total_tokens\":62,\"completion_tokens\":50}}}}\n\n"
+    ));
+    out.push_str("data: [DONE]\n\n");
+    out.into_bytes()
+}
+
+/// Events out of `stream` fed in `pieces`.
+fn decode(stream: &[u8], piece: usize) -> usize {
+    let mut decoder = SseDecoder::new();
+    let mut events = 0;
+    for bytes in stream.chunks(piece) {
+        decoder.push(bytes);
+        while let Some(event) = decoder.next_event().expect("valid SSE") {
+            events += std::hint::black_box(event).data.len().min(1);
+        }
+    }
+    events
+}
+
+/// Tokens out of `stream` fed in `pieces` through the OpenAI adapter;
+/// panics unless the answer ends whole.
+fn read_openai(stream: &[u8], piece: usize) -> usize {
+    let mut reader = OpenAiReader::new().expect("a reader");
+    let mut tokens = 0;
+    for bytes in stream.chunks(piece) {
+        reader.push(bytes);
+        while let Some(event) = reader.next_event().expect("a whole answer") {
+            match std::hint::black_box(event) {
+                ChatEvent::Token(_) => tokens += 1,
+                ChatEvent::ToolCall(_) => {}
+                ChatEvent::Done(_) => return tokens,
+            }
+        }
+    }
+    panic!("the answer ended without its final event");
+}
+
+fn sse_decode(c: &mut Criterion) {
+    let stream = vllm_stream();
+    // Role, 50 tokens, finish, usage, [DONE].
+    assert_eq!(decode(&stream, stream.len()), TOKENS as usize + 4);
+    assert_eq!(decode(&stream, 7), TOKENS as usize + 4);
+    assert_eq!(read_openai(&stream, stream.len()), TOKENS as usize);
+    assert_eq!(read_openai(&stream, 7), TOKENS as usize);
+    let mut group = per_token(c, "sse_decode");
+    group.bench_function("sse/whole", |b| b.iter(|| decode(&stream, stream.len())));
+    group.bench_function("sse/7_byte_reads", |b| b.iter(|| decode(&stream, 7)));
+    group.bench_function("openai_events/whole", |b| {
+        b.iter(|| read_openai(&stream, stream.len()))
+    });
+    group.bench_function("openai_events/7_byte_reads", |b| {
+        b.iter(|| read_openai(&stream, 7))
+    });
+    group.finish();
+}
+
+// === chunk_encode ===
+
+/// The gRPC front's messages for one answer, each encoded as tonic's
+/// encoder writes it: the 5-byte header (compression flag, length) and the
+/// protobuf, split off one buffer.
+fn encode_grpc(tokens: &[String]) -> usize {
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let mut written = 0;
+    let mut frame = |chunk: proto::TokenChunk| {
+        buf.reserve(5 + chunk.encoded_len());
+        buf.put_bytes(0, 5);
+        chunk.encode(&mut buf).expect("room reserved");
+        let len = u32::try_from(buf.len() - 5).expect("small");
+        buf[1..5].copy_from_slice(&len.to_be_bytes());
+        let frame: Bytes = buf.split().freeze();
+        written += std::hint::black_box(frame).len();
+    };
+    for token in tokens {
+        frame(proto::TokenChunk {
+            token: token.clone(),
+            ..Default::default()
+        });
+    }
+    frame(proto::TokenChunk {
+        done: true,
+        usage: Some(proto::Usage {
+            input_tokens: 8,
+            output_tokens: TOKENS as i32,
+        }),
+        finish_reason: "stop".into(),
+        model: "bench".into(),
+        ..Default::default()
+    });
+    written
+}
+
+/// A `CompleteStream` call of model `bench` as a gRPC client sends it.
+fn grpc_request() -> http::Request<tonic::body::Body> {
+    let message = proto::CompleteRequest {
+        model: "bench".into(),
+        messages: vec![proto::Message {
+            role: "user".into(),
+            content: "Why balance per call?".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut body = BytesMut::new();
+    body.put_u8(0);
+    body.put_u32(u32::try_from(message.encoded_len()).expect("small"));
+    message.encode(&mut body).expect("a growable buffer");
+    http::Request::builder()
+        .method("POST")
+        .uri("http://gateway/llm.v1.LLMService/CompleteStream")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            body.freeze(),
+        )))
+        .expect("a request")
+}
+
+/// One streamed gRPC call: the bytes of its messages; panics unless it
+/// ends with `grpc-status: 0`.
+async fn grpc_call(gateway: &Gateway) -> usize {
+    let response = gateway
+        .grpc()
+        .oneshot(grpc_request())
+        .await
+        .expect("infallible");
+    let mut body = response.into_body();
+    let mut bytes = 0;
+    let mut status = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.expect("a body");
+        match frame.into_data() {
+            Ok(data) => bytes += data.len(),
+            Err(frame) => {
+                let trailers = frame.into_trailers().expect("trailers");
+                status = trailers.get("grpc-status").cloned();
+                assert_eq!(
+                    status.as_ref().map(|v| v.as_bytes()),
+                    Some(&b"0"[..]),
+                    "{trailers:?}"
+                );
+            }
+        }
+    }
+    assert!(status.is_some(), "the call ended without grpc-status 0");
+    bytes
+}
+
+/// A streamed POST of `json` to `path` on the HTTP port.
+fn http_request(path: &str, json: &'static str) -> http::Request<axum::body::Body> {
+    http::Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("content-type", "application/json")
+        .header("content-length", json.len())
+        .body(axum::body::Body::from(json))
+        .expect("a request")
+}
+
+const CHAT: &str = r#"{"model":"bench","stream":true,"messages":[{"role":"user","content":"Why balance per call?"}]}"#;
+const MESSAGES: &str = r#"{"model":"bench","stream":true,"max_tokens":64,"messages":[{"role":"user","content":"Why balance per call?"}]}"#;
+
+/// One streamed HTTP call: its body; panics unless it is a 200 ending with
+/// `end`.
+async fn http_call(gateway: &Gateway, path: &str, json: &'static str, end: &str) -> usize {
+    let response = gateway
+        .http()
+        .oneshot(http_request(path, json))
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), 200);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("a body")
+        .to_bytes();
+    assert!(
+        body.ends_with(end.as_bytes()),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    body.len()
+}
+
+const CHAT_END: &str = "data: [DONE]\n\n";
+const MESSAGES_END: &str = "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+
+fn chunk_encode(c: &mut Criterion) {
+    let rt = runtime();
+    let tokens: Vec<String> = (0..TOKENS as usize)
+        .map(|i| WORDS[i % WORDS.len()].to_string())
+        .collect();
+    let (canned, canned_one) = rt.block_on(async {
+        (
+            Gateway::canned(ROUTING, TOKENS).expect("a gateway"),
+            Gateway::canned(ROUTING, 1).expect("a gateway"),
+        )
+    });
+    let mut group = per_token(c, "chunk_encode");
+    group.bench_function("grpc_token_chunk", |b| b.iter(|| encode_grpc(&tokens)));
+    for (name, gateway) in [("50_tokens", &canned), ("1_token", &canned_one)] {
+        rt.block_on(grpc_call(gateway));
+        group.bench_function(format!("grpc_front/{name}"), |b| {
+            b.iter(|| rt.block_on(grpc_call(gateway)))
+        });
+        rt.block_on(http_call(gateway, "/v1/chat/completions", CHAT, CHAT_END));
+        group.bench_function(format!("openai_front/{name}"), |b| {
+            b.iter(|| rt.block_on(http_call(gateway, "/v1/chat/completions", CHAT, CHAT_END)))
+        });
+        rt.block_on(http_call(gateway, "/v1/messages", MESSAGES, MESSAGES_END));
+        group.bench_function(format!("messages_front/{name}"), |b| {
+            b.iter(|| rt.block_on(http_call(gateway, "/v1/messages", MESSAGES, MESSAGES_END)))
+        });
+    }
+    group.finish();
+}
+
+// === stack ===
+
+async fn stack_call(gateway: &Gateway) -> usize {
+    let tokens = gateway
+        .stream("bench", "Why balance per call?")
+        .await
+        .expect("a whole answer");
+    assert_eq!(tokens, TOKENS as usize);
+    tokens
+}
+
+fn stack(c: &mut Criterion) {
+    let rt = runtime();
+    let gateway = rt.block_on(async { Gateway::new(ROUTING).expect("a gateway") });
+    rt.block_on(stack_call(&gateway));
+    let mut group = per_token(c, "stack");
+    group.bench_function("sim/no_recorder", |b| {
+        b.iter(|| rt.block_on(stack_call(&gateway)))
+    });
+    // From here on, as a gateway serving /metrics (the default) runs.
+    install_metrics().expect("a recorder");
+    group.bench_function("sim/metrics", |b| {
+        b.iter(|| rt.block_on(stack_call(&gateway)))
+    });
+    group.bench_function("sim/grpc_front", |b| {
+        b.iter(|| rt.block_on(grpc_call(&gateway)))
+    });
+    group.bench_function("sim/openai_front", |b| {
+        b.iter(|| rt.block_on(http_call(&gateway, "/v1/chat/completions", CHAT, CHAT_END)))
+    });
+    group.bench_function("sim/messages_front", |b| {
+        b.iter(|| rt.block_on(http_call(&gateway, "/v1/messages", MESSAGES, MESSAGES_END)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, sse_decode, chunk_encode, stack);
+criterion_main!(benches);
