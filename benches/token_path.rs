@@ -27,7 +27,11 @@
 //!   one a gateway serving `/metrics` installs; then the same call through
 //!   each front, so front + stack is measured in one piece.
 //!
-//! Everything runs on one `current_thread` runtime, as one core would.
+//! Everything runs on one `current_thread` runtime, as one core would, and
+//! what is measured is that thread's CPU time, not wall time: the machine
+//! is shared with builds, which stretch wall time but not the CPU a case
+//! spends (they still cost it caches). The `time` line is per answer (per
+//! call), the `thrpt` line the same per token.
 //!
 //! ```text
 //! cargo bench --bench token_path              # about a minute and a half
@@ -37,19 +41,21 @@
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use cpu_time::ThreadTime;
+use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use http_body_util::BodyExt;
-use llmgate::bench_support::{ChatEvent, Gateway, OpenAiReader, SseDecoder, install_metrics};
+use llmgate::bench_support::{ChatEvent, Gateway, OpenAiWire, SseDecoder, install_metrics};
 use llmgate::proto;
 use prost::Message as _;
 use tokio::runtime::Runtime;
 use tower::ServiceExt;
 
 /// Tokens in every answer.
-const TOKENS: u32 = 50;
+pub(crate) const TOKENS: u32 = 50;
 
 /// The simulator's words, as the canned stack and the sim answer with.
-const WORDS: [&str; 16] = [
+pub(crate) const WORDS: [&str; 16] = [
     "The",
     " gateway",
     " routes",
@@ -70,7 +76,7 @@ const WORDS: [&str; 16] = [
 
 /// The routing file of every gateway here: model `bench` to the
 /// in-process simulator answering 50 tokens at once.
-const ROUTING: &str = "\
+pub(crate) const ROUTING: &str = "\
 upstreams:
   sim:
     kind: sim
@@ -81,30 +87,115 @@ routes:
       - upstream: sim
 ";
 
-fn runtime() -> Runtime {
+pub(crate) fn runtime() -> Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime")
 }
 
-fn per_token<'a>(
-    c: &'a mut Criterion,
-    name: &str,
-) -> BenchmarkGroup<'a, criterion::measurement::WallTime> {
+fn per_token<'a>(c: &'a mut Criterion<ThreadCpu>, name: &str) -> BenchmarkGroup<'a, ThreadCpu> {
     let mut group = c.benchmark_group(name);
     group
         .throughput(Throughput::Elements(u64::from(TOKENS)))
-        .warm_up_time(Duration::from_millis(700))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(40);
+        .warm_up_time(Duration::from_millis(500))
+        // Of CPU time: on a busy machine a case takes longer than this.
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30);
     group
+}
+
+// === ThreadCpu ===
+
+/// CPU time of the measuring thread, which runs every case (and its
+/// `current_thread` runtime): what the gateway spends, whatever else the
+/// machine is doing.
+pub(crate) struct ThreadCpu;
+
+impl Measurement for ThreadCpu {
+    type Intermediate = ThreadTime;
+    type Value = Duration;
+
+    fn start(&self) -> ThreadTime {
+        ThreadTime::now()
+    }
+
+    fn end(&self, start: ThreadTime) -> Duration {
+        start.elapsed()
+    }
+
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    fn to_f64(&self, value: &Duration) -> f64 {
+        value.as_nanos() as f64
+    }
+
+    fn formatter(&self) -> &dyn ValueFormatter {
+        &CpuFormatter
+    }
+}
+
+/// Times as criterion prints them, and throughput as CPU time per token
+/// rather than tokens per second.
+struct CpuFormatter;
+
+impl CpuFormatter {
+    /// The unit for `ns`, and the factor into it.
+    fn unit(ns: f64, units: [&'static str; 4]) -> (f64, &'static str) {
+        if ns < 1e3 {
+            (1.0, units[0])
+        } else if ns < 1e6 {
+            (1e-3, units[1])
+        } else if ns < 1e9 {
+            (1e-6, units[2])
+        } else {
+            (1e-9, units[3])
+        }
+    }
+}
+
+impl ValueFormatter for CpuFormatter {
+    fn scale_values(&self, typical: f64, values: &mut [f64]) -> &'static str {
+        let (factor, unit) = Self::unit(typical, ["ns", "µs", "ms", "s"]);
+        values.iter_mut().for_each(|v| *v *= factor);
+        unit
+    }
+
+    fn scale_throughputs(
+        &self,
+        typical: f64,
+        throughput: &Throughput,
+        values: &mut [f64],
+    ) -> &'static str {
+        let per = match *throughput {
+            Throughput::Elements(n) | Throughput::ElementsAndBytes { elements: n, .. } => n,
+            Throughput::Bytes(n) | Throughput::BytesDecimal(n) => n,
+            Throughput::Bits(n) => n,
+        }
+        .max(1) as f64;
+        let (factor, unit) = Self::unit(
+            typical / per,
+            ["ns/token", "µs/token", "ms/token", "s/token"],
+        );
+        values.iter_mut().for_each(|v| *v = *v / per * factor);
+        unit
+    }
+
+    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
+        "ns"
+    }
 }
 
 // === sse_decode ===
 
 /// A 50-token answer as vLLM streams it with `stream_options.include_usage`.
-fn vllm_stream() -> Vec<u8> {
+pub(crate) fn vllm_stream() -> Vec<u8> {
     let id = "chatcmpl-9b1f0c1e2d3a4b5c8d7e6f5a4b3c2d1e";
     let model = "meta-llama/Llama-3.1-8B-Instruct";
     let created = 1_764_633_600;
@@ -132,7 +223,7 @@ fn vllm_stream() -> Vec<u8> {
 }
 
 /// Events out of `stream` fed in `pieces`.
-fn decode(stream: &[u8], piece: usize) -> usize {
+pub(crate) fn decode(stream: &[u8], piece: usize) -> usize {
     let mut decoder = SseDecoder::new();
     let mut events = 0;
     for bytes in stream.chunks(piece) {
@@ -146,8 +237,8 @@ fn decode(stream: &[u8], piece: usize) -> usize {
 
 /// Tokens out of `stream` fed in `pieces` through the OpenAI adapter;
 /// panics unless the answer ends whole.
-fn read_openai(stream: &[u8], piece: usize) -> usize {
-    let mut reader = OpenAiReader::new().expect("a reader");
+pub(crate) fn read_openai(wire: &OpenAiWire, stream: &[u8], piece: usize) -> usize {
+    let mut reader = wire.reader();
     let mut tokens = 0;
     for bytes in stream.chunks(piece) {
         reader.push(bytes);
@@ -162,21 +253,22 @@ fn read_openai(stream: &[u8], piece: usize) -> usize {
     panic!("the answer ended without its final event");
 }
 
-fn sse_decode(c: &mut Criterion) {
+fn sse_decode(c: &mut Criterion<ThreadCpu>) {
     let stream = vllm_stream();
+    let wire = OpenAiWire::new().expect("an adapter");
     // Role, 50 tokens, finish, usage, [DONE].
     assert_eq!(decode(&stream, stream.len()), TOKENS as usize + 4);
     assert_eq!(decode(&stream, 7), TOKENS as usize + 4);
-    assert_eq!(read_openai(&stream, stream.len()), TOKENS as usize);
-    assert_eq!(read_openai(&stream, 7), TOKENS as usize);
+    assert_eq!(read_openai(&wire, &stream, stream.len()), TOKENS as usize);
+    assert_eq!(read_openai(&wire, &stream, 7), TOKENS as usize);
     let mut group = per_token(c, "sse_decode");
     group.bench_function("sse/whole", |b| b.iter(|| decode(&stream, stream.len())));
     group.bench_function("sse/7_byte_reads", |b| b.iter(|| decode(&stream, 7)));
     group.bench_function("openai_events/whole", |b| {
-        b.iter(|| read_openai(&stream, stream.len()))
+        b.iter(|| read_openai(&wire, &stream, stream.len()))
     });
     group.bench_function("openai_events/7_byte_reads", |b| {
-        b.iter(|| read_openai(&stream, 7))
+        b.iter(|| read_openai(&wire, &stream, 7))
     });
     group.finish();
 }
@@ -186,7 +278,7 @@ fn sse_decode(c: &mut Criterion) {
 /// The gRPC front's messages for one answer, each encoded as tonic's
 /// encoder writes it: the 5-byte header (compression flag, length) and the
 /// protobuf, split off one buffer.
-fn encode_grpc(tokens: &[String]) -> usize {
+pub(crate) fn encode_grpc(tokens: &[String]) -> usize {
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut written = 0;
     let mut frame = |chunk: proto::TokenChunk| {
@@ -245,7 +337,7 @@ fn grpc_request() -> http::Request<tonic::body::Body> {
 
 /// One streamed gRPC call: the bytes of its messages; panics unless it
 /// ends with `grpc-status: 0`.
-async fn grpc_call(gateway: &Gateway) -> usize {
+pub(crate) async fn grpc_call(gateway: &Gateway) -> usize {
     let response = gateway
         .grpc()
         .oneshot(grpc_request())
@@ -284,12 +376,17 @@ fn http_request(path: &str, json: &'static str) -> http::Request<axum::body::Bod
         .expect("a request")
 }
 
-const CHAT: &str = r#"{"model":"bench","stream":true,"messages":[{"role":"user","content":"Why balance per call?"}]}"#;
-const MESSAGES: &str = r#"{"model":"bench","stream":true,"max_tokens":64,"messages":[{"role":"user","content":"Why balance per call?"}]}"#;
+pub(crate) const CHAT: &str = r#"{"model":"bench","stream":true,"messages":[{"role":"user","content":"Why balance per call?"}]}"#;
+pub(crate) const MESSAGES: &str = r#"{"model":"bench","stream":true,"max_tokens":64,"messages":[{"role":"user","content":"Why balance per call?"}]}"#;
 
 /// One streamed HTTP call: its body; panics unless it is a 200 ending with
 /// `end`.
-async fn http_call(gateway: &Gateway, path: &str, json: &'static str, end: &str) -> usize {
+pub(crate) async fn http_call(
+    gateway: &Gateway,
+    path: &str,
+    json: &'static str,
+    end: &str,
+) -> usize {
     let response = gateway
         .http()
         .oneshot(http_request(path, json))
@@ -310,10 +407,10 @@ async fn http_call(gateway: &Gateway, path: &str, json: &'static str, end: &str)
     body.len()
 }
 
-const CHAT_END: &str = "data: [DONE]\n\n";
-const MESSAGES_END: &str = "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+pub(crate) const CHAT_END: &str = "data: [DONE]\n\n";
+pub(crate) const MESSAGES_END: &str = "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
 
-fn chunk_encode(c: &mut Criterion) {
+fn chunk_encode(c: &mut Criterion<ThreadCpu>) {
     let rt = runtime();
     let tokens: Vec<String> = (0..TOKENS as usize)
         .map(|i| WORDS[i % WORDS.len()].to_string())
@@ -345,7 +442,7 @@ fn chunk_encode(c: &mut Criterion) {
 
 // === stack ===
 
-async fn stack_call(gateway: &Gateway) -> usize {
+pub(crate) async fn stack_call(gateway: &Gateway) -> usize {
     let tokens = gateway
         .stream("bench", "Why balance per call?")
         .await
@@ -354,7 +451,7 @@ async fn stack_call(gateway: &Gateway) -> usize {
     tokens
 }
 
-fn stack(c: &mut Criterion) {
+fn stack(c: &mut Criterion<ThreadCpu>) {
     let rt = runtime();
     let gateway = rt.block_on(async { Gateway::new(ROUTING).expect("a gateway") });
     rt.block_on(stack_call(&gateway));
@@ -379,5 +476,9 @@ fn stack(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, sse_decode, chunk_encode, stack);
+criterion_group! {
+    name = benches;
+    config = Criterion::default().with_measurement(ThreadCpu);
+    targets = sse_decode, chunk_encode, stack
+}
 criterion_main!(benches);

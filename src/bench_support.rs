@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use tower::util::BoxCloneSyncService;
 
-use crate::backend::bench::OpenAiReader as Reader;
+use crate::backend::bench::{OpenAiReader as Reader, OpenAiWire as Wire};
 use crate::balance::Connectors;
 use crate::chat::{
     CallContext, Caller, ChatMessage, ChatRequest, ChatStream, Completion, FinishReason, RequestId,
@@ -36,15 +36,19 @@ use crate::stack::guard::Guard;
 pub use crate::backend::sse::SseDecoder;
 pub use crate::chat::ChatEvent;
 
+/// A `kind: openai` upstream's adapter with the default settings, whose
+/// [`OpenAiReader`]s read streamed answers as a call does.
+pub struct OpenAiWire(Wire);
+
 /// How an OpenAI-compatible upstream's streamed answer is read: SSE
 /// framing, then each event as a `chat.completion.chunk`, into the
 /// gateway's [`ChatEvent`]s. The same adapter code a real call runs,
 /// minus the connection (a streamed body only hyper can make).
 pub struct OpenAiReader(Reader);
 
-impl OpenAiReader {
-    /// A reader for one answer of a `kind: openai` upstream with the
-    /// default settings.
+impl OpenAiWire {
+    /// The adapter (build it once: it builds an HTTP client, as a gateway
+    /// does once per upstream).
     pub fn new() -> Result<Self, String> {
         let config = parse(
             "upstreams:\n  vllm:\n    kind: openai\n    endpoints: [http://127.0.0.1:8000]\n\
@@ -55,9 +59,16 @@ impl OpenAiReader {
             .get("vllm")
             .filter(|up| up.kind == UpstreamKind::OpenAi)
             .ok_or("the reader's routing file has no openai upstream")?;
-        Ok(OpenAiReader(Reader::new(upstream)))
+        Ok(OpenAiWire(Wire::new(upstream)))
     }
 
+    /// A reader for one answer, as each call makes.
+    pub fn reader(&self) -> OpenAiReader {
+        OpenAiReader(self.0.reader())
+    }
+}
+
+impl OpenAiReader {
     /// Appends bytes as they came off the wire.
     pub fn push(&mut self, bytes: &[u8]) {
         self.0.push(bytes);
@@ -77,10 +88,10 @@ impl OpenAiReader {
 pub struct Gateway {
     /// What every front stands on: the stack, the table, the keys.
     edge: Edge,
-    /// What request bodies are held to, as the listener would.
-    bodies: BodyRules,
-    /// The gRPC front's largest message.
-    max_request_size: usize,
+    /// The HTTP port's router, built once as the server builds it.
+    http: axum::Router,
+    /// The gRPC service behind its door, built once as the server does.
+    grpc: Door<LlmServiceServer<GrpcFrontend>>,
 }
 
 impl Gateway {
@@ -114,17 +125,19 @@ impl Gateway {
                 )))
             })),
         };
-        Ok(Gateway {
-            edge: Edge::new(stack, table, guard),
-            bodies: BodyRules {
-                limits: BodyLimits {
-                    max_message: config.limits.max_request_size,
-                    idle: config.limits.connection.request_idle_timeout,
-                },
-                budget: BufferBudget::new(config.limits.max_buffered_bytes),
+        let edge = Edge::new(stack, table, guard);
+        let bodies = BodyRules {
+            limits: BodyLimits {
+                max_message: config.limits.max_request_size,
+                idle: config.limits.connection.request_idle_timeout,
             },
-            max_request_size: config.limits.max_request_size,
-        })
+            budget: BufferBudget::new(config.limits.max_buffered_bytes),
+        };
+        let http = crate::frontend::http::router(edge.clone(), bodies.clone(), None);
+        let llm = LlmServiceServer::new(GrpcFrontend::new(edge.clone()))
+            .max_decoding_message_size(config.limits.max_request_size);
+        let grpc = Door::keyed(llm, bodies, edge.clone());
+        Ok(Gateway { edge, http, grpc })
     }
 
     /// One streamed call of `model` through the stack, as a front makes
@@ -156,7 +169,7 @@ impl Gateway {
     /// The HTTP port's router (OpenAI's API and the Messages API), as the
     /// listener serves it, less CORS.
     pub fn http(&self) -> axum::Router {
-        crate::frontend::http::router(self.edge.clone(), self.bodies.clone(), None)
+        self.http.clone()
     }
 
     /// `llm.v1.LLMService` behind its door, as the gRPC port serves it,
@@ -171,9 +184,7 @@ impl Gateway {
     > + Clone
     + Send
     + 'static {
-        let llm = LlmServiceServer::new(GrpcFrontend::new(self.edge.clone()))
-            .max_decoding_message_size(self.max_request_size);
-        Door::keyed(llm, self.bodies.clone(), self.edge.clone())
+        self.grpc.clone()
     }
 }
 

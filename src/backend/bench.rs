@@ -28,18 +28,29 @@ pub(crate) struct OpenAiReader {
     queued: VecDeque<ChatEvent>,
 }
 
-impl OpenAiReader {
-    /// A reader for the answer of the OpenAI-compatible upstream `config`.
+/// An OpenAI-compatible upstream's adapter, which makes a reader per
+/// answer as it does per call. Built once: building it builds an HTTP
+/// client, which no call does.
+pub(crate) struct OpenAiWire(OpenAiBackend);
+
+impl OpenAiWire {
+    /// The adapter of the OpenAI-compatible upstream `config`.
     pub(crate) fn new(config: &UpstreamConfig) -> Self {
-        let backend = OpenAiBackend::new(config, super::http::client());
+        OpenAiWire(OpenAiBackend::new(config, super::http::client()))
+    }
+
+    /// A reader for one answer.
+    pub(crate) fn reader(&self) -> OpenAiReader {
         OpenAiReader {
             framing: SseDecoder::default(),
-            dialect: backend.dialect(),
+            dialect: self.0.dialect(),
             completion: Completion::default(),
             queued: VecDeque::new(),
         }
     }
+}
 
+impl OpenAiReader {
     /// Appends bytes as they came off the wire.
     pub(crate) fn push(&mut self, bytes: &[u8]) {
         Framing::push(&mut self.framing, bytes);
