@@ -45,7 +45,7 @@ use cpu_time::ThreadTime;
 use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use http_body_util::BodyExt;
-use llmgate::bench_support::{ChatEvent, Gateway, OpenAiWire, SseDecoder, install_metrics};
+use llmgate::bench_support::{Event, Gateway, OpenAiWire, SseDecoder, install_metrics};
 use llmgate::proto;
 use prost::Message as _;
 use tokio::runtime::Runtime;
@@ -228,8 +228,8 @@ pub(crate) fn decode(stream: &[u8], piece: usize) -> usize {
     let mut events = 0;
     for bytes in stream.chunks(piece) {
         decoder.push(bytes);
-        while let Some(event) = decoder.next_event().expect("valid SSE") {
-            events += std::hint::black_box(event).data.len().min(1);
+        while let Some(data) = decoder.next_data().expect("valid SSE") {
+            events += std::hint::black_box(data).len().min(1);
         }
     }
     events
@@ -244,9 +244,9 @@ pub(crate) fn read_openai(wire: &OpenAiWire, stream: &[u8], piece: usize) -> usi
         reader.push(bytes);
         while let Some(event) = reader.next_event().expect("a whole answer") {
             match std::hint::black_box(event) {
-                ChatEvent::Token(_) => tokens += 1,
-                ChatEvent::ToolCall(_) => {}
-                ChatEvent::Done(_) => return tokens,
+                Event::Token(_) => tokens += 1,
+                Event::ToolCall => {}
+                Event::Done => return tokens,
             }
         }
     }

@@ -20,8 +20,8 @@ use tower::util::BoxCloneSyncService;
 use crate::backend::bench::{OpenAiReader as Reader, OpenAiWire as Wire};
 use crate::balance::Connectors;
 use crate::chat::{
-    CallContext, Caller, ChatMessage, ChatRequest, ChatStream, Completion, FinishReason, RequestId,
-    Role, SamplingParams, Usage,
+    CallContext, Caller, ChatEvent, ChatMessage, ChatRequest, ChatStream, Completion, FinishReason,
+    RequestId, Role, SamplingParams, Usage,
 };
 use crate::config::{Config, UpstreamKind};
 use crate::frontend::body::{BodyLimits, BodyRules, BufferBudget};
@@ -33,8 +33,43 @@ use crate::route::{Router, RoutingTable};
 use crate::sim::SimRun;
 use crate::stack::guard::Guard;
 
-pub use crate::backend::sse::SseDecoder;
-pub use crate::chat::ChatEvent;
+/// The SSE decoder every SSE upstream's answer goes through (a wrapper,
+/// not a re-export, so the decoder's module can stay crate-private).
+#[derive(Default)]
+pub struct SseDecoder(crate::backend::sse::SseDecoder);
+
+impl SseDecoder {
+    /// A decoder with nothing buffered.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends bytes as they came off the wire.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.0.push(bytes);
+    }
+
+    /// The `data` of the next whole event; `Ok(None)` until more bytes
+    /// arrive.
+    pub fn next_data(&mut self) -> Result<Option<String>, String> {
+        self.0
+            .next_event()
+            .map(|event| event.map(|event| event.data))
+            .map_err(|err| err.to_string())
+    }
+}
+
+/// What a reader hands out, as the gateway's events say it (the text is
+/// moved, not copied).
+#[derive(Debug)]
+pub enum Event {
+    /// A piece of text.
+    Token(String),
+    /// A piece of a tool call.
+    ToolCall,
+    /// The answer is whole.
+    Done,
+}
 
 /// A `kind: openai` upstream's adapter with the default settings, whose
 /// [`OpenAiReader`]s read streamed answers as a call does.
@@ -42,7 +77,7 @@ pub struct OpenAiWire(Wire);
 
 /// How an OpenAI-compatible upstream's streamed answer is read: SSE
 /// framing, then each event as a `chat.completion.chunk`, into the
-/// gateway's [`ChatEvent`]s. The same adapter code a real call runs,
+/// gateway's events. The same adapter code a real call runs,
 /// minus the connection (a streamed body only hyper can make).
 pub struct OpenAiReader(Reader);
 
@@ -76,8 +111,12 @@ impl OpenAiReader {
 
     /// The next event; `Ok(None)` until more bytes arrive; `Err` with the
     /// adapter's complaint when the stream is broken.
-    pub fn next_event(&mut self) -> Result<Option<ChatEvent>, String> {
-        self.0.next_event()
+    pub fn next_event(&mut self) -> Result<Option<Event>, String> {
+        Ok(self.0.next_event()?.map(|event| match event {
+            ChatEvent::Token(text) => Event::Token(text),
+            ChatEvent::ToolCall(_) => Event::ToolCall,
+            ChatEvent::Done(_) => Event::Done,
+        }))
     }
 }
 
