@@ -34,9 +34,13 @@
 //! call), the `thrpt` line the same per token.
 //!
 //! ```text
-//! cargo bench --bench token_path              # about a minute and a half
+//! cargo bench --bench token_path              # about a minute once built
 //! cargo bench --bench token_path -- stack     # one group
+//! cargo bench --bench token_allocs            # allocations per token
 //! ```
+//!
+//! `token_allocs` runs these same cases (this file is its module) under a
+//! counting allocator.
 
 use std::time::Duration;
 
