@@ -63,6 +63,10 @@
 
 pub(crate) mod backend;
 pub(crate) mod balance;
+/// Entry points for the micro-benchmarks of the per-token path
+/// (`benches/token_path.rs`); not API.
+#[doc(hidden)]
+pub mod bench_support;
 pub(crate) mod chat;
 pub mod client;
 pub mod config;

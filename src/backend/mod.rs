@@ -17,6 +17,9 @@
 
 mod adapter;
 mod anthropic;
+// Only for `crate::bench_support`: the stream reading without a connection.
+#[doc(hidden)]
+pub(crate) mod bench;
 pub(crate) mod dispatch;
 mod embed;
 pub(crate) mod http;
