@@ -18,7 +18,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("llm_descriptor.bin"),
         prost::Message::encode_to_vec(&descriptors),
     )?;
-    tonic_prost_build::compile_fds(descriptors)?;
+    // Every RPC's codec is `proto::LeanCodec` (tonic-prost's with smaller
+    // per-call buffers).
+    tonic_prost_build::configure()
+        .codec_path("crate::proto::LeanCodec")
+        .compile_fds(descriptors)?;
 
     let seed = "tests/proto/seed/llm/v1/llm.proto";
     println!("cargo:rerun-if-changed={seed}");
