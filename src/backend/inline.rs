@@ -11,9 +11,10 @@
 //! before reuse, and a request it could not even send is sent again on a
 //! fresh connection.
 //!
-//! Only plain HTTP/1.1 goes this way: in-cluster engines (vLLM, SGLang,
-//! Ollama) speak it, and they are where tokens flow fastest. TLS and HTTP/2
-//! upstreams (cloud APIs) keep the pooled client.
+//! Only streamed answers over plain HTTP/1.1 go this way: in-cluster
+//! engines (vLLM, SGLang, Ollama) speak it, and they are where tokens flow
+//! fastest. Unary calls, and TLS and HTTP/2 upstreams (cloud APIs), keep
+//! the pooled client (see `HttpClient::request` for the measurement).
 //!
 //! Dropping a call's body drops its connection: the upstream sees the
 //! socket close at once and stops generating.
@@ -51,10 +52,20 @@ struct Idle {
     since: Instant,
 }
 
-/// Idle connections per endpoint (`host:port`), most recently used last.
+/// Idle connections per endpoint (`host:port`).
 #[derive(Default)]
 pub(crate) struct InlinePool {
-    idle: Mutex<HashMap<Authority, Vec<Idle>>>,
+    idle: Mutex<Waiting>,
+}
+
+/// What the pool's lock guards.
+#[derive(Default)]
+struct Waiting {
+    /// Per endpoint, oldest first: a call takes the most recently used.
+    by_endpoint: HashMap<Authority, Vec<Idle>>,
+    /// When every idle connection was last checked for a close by its
+    /// server.
+    swept: Option<Instant>,
 }
 
 /// Why a request got no answer: the stage and hyper's or the socket's cause.
@@ -84,6 +95,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// flight to one endpoint rarely passes it, and past it a connection is
 /// cheaper to close than to keep.
 const MAX_IDLE_PER_ENDPOINT: usize = 1024;
+
+/// How often idle connections are checked for a close by their server, so
+/// the sockets of connections nobody takes do not linger half-closed.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 // === impl InlinePool ===
 
@@ -141,7 +156,7 @@ impl InlinePool {
     /// A pooled connection to `key` that still looks usable.
     fn take(&self, key: &Authority) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let waiting = idle.get_mut(key)?;
+        let waiting = idle.by_endpoint.get_mut(key)?;
         while let Some(Idle {
             mut connection,
             since,
@@ -154,20 +169,36 @@ impl InlinePool {
         None
     }
 
-    /// Puts `connection` back for the next call to `key`, after dropping the
-    /// idle connections that timed out or were closed meanwhile.
+    /// Puts `connection` back for the next call to `key`. Connections idle
+    /// past [`IDLE_TIMEOUT`] are let go here; the ones their server closed
+    /// are found when a call would take them, and by a sweep at most every
+    /// [`SWEEP_EVERY`] (checking each on every call would cost a poll per
+    /// idle connection per call).
     fn put(&self, key: Authority, mut connection: Connection) {
         if !connection.still_open() {
             return;
         }
+        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let waiting = idle.entry(key).or_default();
-        waiting
-            .retain_mut(|idle| idle.since.elapsed() < IDLE_TIMEOUT && idle.connection.still_open());
+        if idle.swept.is_none_or(|at| now - at >= SWEEP_EVERY) {
+            idle.swept = Some(now);
+            for waiting in idle.by_endpoint.values_mut() {
+                waiting.retain_mut(|idle| {
+                    now - idle.since < IDLE_TIMEOUT && idle.connection.still_open()
+                });
+            }
+            idle.by_endpoint.retain(|_, waiting| !waiting.is_empty());
+        }
+        let waiting = idle.by_endpoint.entry(key).or_default();
+        let expired = waiting
+            .iter()
+            .take_while(|idle| now - idle.since >= IDLE_TIMEOUT)
+            .count();
+        waiting.drain(..expired);
         if waiting.len() < MAX_IDLE_PER_ENDPOINT {
             waiting.push(Idle {
                 connection,
-                since: Instant::now(),
+                since: now,
             });
         }
     }

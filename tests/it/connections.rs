@@ -43,21 +43,26 @@ async fn sequential_calls_reuse_one_upstream_connection_and_name_the_host() {
         assert_eq!(text, "abc");
     }
     assert_eq!(upstream.count(), 6);
+    // Unary calls go through the pooled client and streams over
+    // connections their calls drive: one connection each, reused.
     assert_eq!(
         upstream.connections(),
-        1,
-        "six calls one after another should share one upstream connection"
+        2,
+        "three unary calls and three streams one after another should reuse their connections"
     );
-    let host = upstream.received()[0].header("host").map(str::to_string);
-    assert_eq!(host.as_deref(), Some(upstream.addr.to_string().as_str()));
+    let address = upstream.addr.to_string();
+    for received in upstream.received() {
+        assert_eq!(received.header("host"), Some(address.as_str()));
+        assert_eq!(received.path, "/v1/chat/completions");
+    }
 }
 
 #[tokio::test]
 async fn a_connection_the_server_closed_after_answering_is_replaced_without_a_failed_call() {
-    // The server answers, then closes the connection (as a server at its
-    // keep-alive limit does): the next call must not fail for it.
+    // The server streams an answer, then closes the connection (as a server
+    // at its keep-alive limit does): the next call must not fail for it.
     let upstream = FakeUpstream::start(|_| {
-        let mut steps = paris_reply();
+        let mut steps = streamed(&["a", "b"]);
         steps.push(Step::Cut);
         steps
     })
@@ -71,11 +76,20 @@ async fn a_connection_the_server_closed_after_answering_is_replaced_without_a_fa
     let gateway = Gateway::start(&routes).await;
     let mut client = gateway.client().await;
     for round in 0..4 {
-        let answer = client
-            .complete(request("m", "hi"))
+        let stream = client
+            .complete_stream(request("m", "hi"))
             .await
-            .unwrap_or_else(|err| panic!("call {round} failed: {err}"));
-        assert_eq!(answer.into_inner().text, "Paris.");
+            .unwrap_or_else(|err| panic!("stream {round} failed to start: {err}"))
+            .into_inner();
+        let chunks: Vec<_> = stream.collect().await;
+        let text: String = chunks
+            .iter()
+            .map(|chunk| match chunk {
+                Ok(chunk) => chunk.token.clone(),
+                Err(err) => panic!("stream {round} failed: {err}"),
+            })
+            .collect();
+        assert_eq!(text, "ab");
     }
     assert_eq!(upstream.count(), 4, "each call reached the upstream once");
     assert_eq!(upstream.connections(), 4);
