@@ -4,6 +4,8 @@
 //! that hangs up, the timeout header, grpc-web frames built by hand over
 //! HTTP/1.1, and CORS preflights.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use llmgate::proto::{CompleteResponse, TokenChunk};
@@ -43,14 +45,23 @@ impl Answer {
 
 /// Sends `request` on a new HTTP/1.1 connection and reads the answer.
 pub(crate) async fn send(request: http::Request<Full<Bytes>>) -> Answer {
-    read(respond(request).await).await
+    send_within(request, PATIENCE).await
+}
+
+/// Like [`send`], waiting up to `patience` for the answer's head: for a
+/// call that waits in a queue while the test sets up the others.
+pub(crate) async fn send_within(request: http::Request<Full<Bytes>>, patience: Duration) -> Answer {
+    read(respond(request, patience).await).await
 }
 
 /// Sends `request` on a new HTTP/1.1 connection; the answer's head.
-async fn respond(request: http::Request<Full<Bytes>>) -> http::Response<hyper::body::Incoming> {
+async fn respond(
+    request: http::Request<Full<Bytes>>,
+    patience: Duration,
+) -> http::Response<hyper::body::Incoming> {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
-    tokio::time::timeout(PATIENCE, client.request(request))
+    tokio::time::timeout(patience, client.request(request))
         .await
         .expect("the gateway answers in time")
         .unwrap_or_else(|err| panic!("no HTTP response: {err:?}"))
@@ -708,7 +719,7 @@ async fn shutdown_lets_an_http_stream_in_flight_finish() {
         .body(Full::new(Bytes::from(ask("m", true).to_string())))
         .expect("request");
     // The head comes once the first token is there.
-    let response = respond(request).await;
+    let response = respond(request, PATIENCE).await;
     gateway.begin_shutdown();
     let stream = read_stream(&read(response).await);
     assert!(stream.done);
