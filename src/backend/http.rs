@@ -52,7 +52,9 @@ pub(crate) enum UpstreamBody {
 /// Why a request got no answer, from whichever client carried it.
 #[derive(Debug)]
 pub(crate) enum SendError {
+    /// From hyper-util's pooled client.
     Pooled(hyper_util::client::legacy::Error),
+    /// From a connection the call drives.
     Inline(InlineError),
 }
 

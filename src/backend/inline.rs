@@ -109,8 +109,7 @@ impl InlinePool {
         self: &Arc<Self>,
         request: Request<Full<Bytes>>,
     ) -> Result<Response<InlineBody>, InlineError> {
-        let (key, request) = origin_form(request)?;
-        let mut request = request;
+        let (key, mut request) = origin_form(request)?;
         // A pooled connection the server closed meanwhile refuses the
         // request before sending any of it; then a fresh one is dialled.
         let mut fresh = false;
