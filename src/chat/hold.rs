@@ -23,16 +23,19 @@
 //! call's record. What remains boxed on a streamed call, innermost first:
 //! - the backend's decoder over the upstream body (`backend::wire`): the
 //!   adapters differ, so it is erased where it enters the vocabulary;
-//! - the endpoint's load holder (`balance::endpoint`): it crosses tower's
-//!   `Buffer`, whose response type must be named;
-//! - the upstream's time limits (`backend`, a [`TimedStream`]);
-//! - the router's replay of the first event (`route::retry`);
+//! - the endpoint's load holder (`balance::endpoint`): the endpoint's
+//!   dispatch answers with a [`ChatStream`], the one type every upstream
+//!   kind shares;
+//! - the upstream's time limits (`balance::upstream`, a [`TimedStream`]);
+//! - the router's continuation of a broken stream and its replay of the
+//!   first event (`route::resume`, `route::retry`);
 //! - the caller's deadline (`stack::deadline`, a [`TimedStream`]), only
 //!   when the call has one;
 //! - the stack's one holder (observe, in-flight, rate), built in `observe`.
 //!
-//! The first four are separated by the balancer's `Buffer` and the
-//! router's retries, which hand on a [`ChatStream`] by design.
+//! The first four are separated by the balancer's pick and the router's
+//! retries and continuations, which hand on a [`ChatStream`] by design:
+//! each attempt may land on an upstream of another kind.
 //!
 //! [`TimedStream`]: super::timed::TimedStream
 
