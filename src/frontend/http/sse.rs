@@ -9,7 +9,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +25,10 @@ use super::wire::{
 use crate::chat::{ChatEvent, ChatStream, Completion, ToolCallDelta};
 use crate::error::GatewayError;
 use crate::frontend::edge::{poll_events, truncated};
+
+/// The most events gathered into one write: a bound on the time one poll
+/// may take, far above what arrives together.
+const MAX_EVENTS_PER_WRITE: usize = 64;
 
 /// A [`ChatStream`] as server-sent events in OpenAI's chunk format. Like
 /// the gRPC front's stream, it insists on a final `Done`: a stream that
@@ -62,27 +66,38 @@ pub(super) fn sse_response(events: ChatStream, call: CallInfo) -> Response {
 impl Stream for SseChunks {
     type Item = Result<Bytes, Infallible>;
 
+    /// Every event already waiting goes out in one write (up to
+    /// [`MAX_EVENTS_PER_WRITE`]); none waits for the next.
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let mut out = Vec::new();
-        match ready!(poll_events(inner, cx)) {
-            Some(Ok(ChatEvent::Token(token))) => {
-                this.token_chunk(&mut out, &token);
-                return Poll::Ready(Some(Ok(out.into())));
+        // Room for a few chunks, so a token's JSON is not grown in steps.
+        let mut out = Vec::with_capacity(512);
+        for _ in 0..MAX_EVENTS_PER_WRITE {
+            let Some(inner) = this.inner.as_mut() else {
+                break;
+            };
+            let event = match poll_events(inner, cx) {
+                Poll::Ready(event) => event,
+                Poll::Pending if out.is_empty() => return Poll::Pending,
+                Poll::Pending => break,
+            };
+            match event {
+                Some(Ok(ChatEvent::Token(token))) => this.token_chunk(&mut out, &token),
+                Some(Ok(ChatEvent::ToolCall(delta))) => this.tool_call_chunk(&mut out, &delta),
+                end => {
+                    match end {
+                        Some(Ok(ChatEvent::Done(completion))) => this.finish(&mut out, &completion),
+                        Some(Err(err)) => error_event(&mut out, &err),
+                        _ => error_event(&mut out, &truncated()),
+                    }
+                    // Whatever ended the answer, release the upstream now.
+                    this.inner = None;
+                }
             }
-            Some(Ok(ChatEvent::ToolCall(delta))) => {
-                this.tool_call_chunk(&mut out, &delta);
-                return Poll::Ready(Some(Ok(out.into())));
-            }
-            Some(Ok(ChatEvent::Done(completion))) => this.finish(&mut out, &completion),
-            Some(Err(err)) => error_event(&mut out, &err),
-            None => error_event(&mut out, &truncated()),
         }
-        // Whatever ended the answer, release the upstream now.
-        this.inner = None;
+        if out.is_empty() {
+            return Poll::Ready(None);
+        }
         Poll::Ready(Some(Ok(out.into())))
     }
 }
