@@ -26,9 +26,9 @@ use crate::chat::{ChatEvent, ChatStream, Completion, ToolCallDelta};
 use crate::error::GatewayError;
 use crate::frontend::edge::{poll_events, truncated};
 
-/// The most events gathered into one write: a bound on the time one poll
-/// may take, far above what arrives together.
-const MAX_EVENTS_PER_WRITE: usize = 64;
+/// The most events gathered into one write, on either streaming front: a
+/// bound on the time one poll may take, far above what arrives together.
+pub(super) const MAX_EVENTS_PER_WRITE: usize = 64;
 
 /// A [`ChatStream`] as server-sent events in OpenAI's chunk format. Like
 /// the gRPC front's stream, it insists on a final `Done`: a stream that
@@ -49,7 +49,15 @@ pub(super) fn sse_response(events: ChatStream, call: CallInfo) -> Response {
         call,
         first: true,
     };
-    let mut response = Body::from_stream(chunks).into_response();
+    event_stream(chunks)
+}
+
+/// A response streaming `events` (whole SSE events, already encoded) with
+/// the headers every streaming front sends.
+pub(super) fn event_stream(
+    events: impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
+) -> Response {
+    let mut response = Body::from_stream(events).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

@@ -24,10 +24,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::response::{IntoResponse, Response};
+use axum::body::Bytes;
+use axum::response::Response;
 use futures_util::Stream;
-use http::{HeaderValue, header};
 use serde_json::json;
 use tokio::time::{Instant, Sleep};
 
@@ -37,14 +36,11 @@ use super::wire::{OutBlock, OutDelta, OutEvent, OutMessage, OutStop, OutUsage};
 use crate::chat::{ChatEvent, ChatStream, Completion, ToolCallDelta};
 use crate::error::GatewayError;
 use crate::frontend::edge::{poll_events, truncated};
+use crate::frontend::http::sse::{MAX_EVENTS_PER_WRITE, event_stream};
 
 /// How long a started stream may stay silent before a `ping` goes out:
 /// well under the 60 s idle timeout common in load balancers.
 const PING_EVERY: Duration = Duration::from_secs(15);
-
-/// The most events gathered into one write: a bound on the time one poll
-/// may take, far above what arrives together.
-const MAX_EVENTS_PER_WRITE: usize = 64;
 
 /// A [`ChatStream`] as Messages API events.
 struct MessageEvents {
@@ -90,16 +86,7 @@ pub(super) fn event_response(events: ChatStream, info: MessageInfo) -> Response 
         calls_begun: 0,
         ping: Box::pin(tokio::time::sleep(PING_EVERY)),
     };
-    let mut response = Body::from_stream(body).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    // Asks nginx-style proxies in front not to buffer the stream.
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
+    event_stream(body)
 }
 
 // === impl MessageEvents ===
