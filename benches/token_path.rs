@@ -59,24 +59,7 @@ use tower::ServiceExt;
 pub(crate) const TOKENS: u32 = 50;
 
 /// The simulator's words, as the canned stack and the sim answer with.
-pub(crate) const WORDS: [&str; 16] = [
-    "The",
-    " gateway",
-    " routes",
-    " every",
-    " call",
-    " to",
-    " the",
-    " least",
-    " loaded",
-    " endpoint",
-    " and",
-    " streams",
-    " tokens",
-    " back",
-    " in",
-    " order.",
-];
+pub(crate) const WORDS: [&str; 16] = llmgate::bench_support::SIM_WORDS;
 
 /// The routing file of every gateway here: model `bench` to the
 /// in-process simulator answering 50 tokens at once.

@@ -33,6 +33,10 @@ use crate::route::{Router, RoutingTable};
 use crate::sim::SimRun;
 use crate::stack::guard::Guard;
 
+/// The words the simulator cycles through, so a benchmark's canned
+/// answers carry the same tokens as the sim's.
+pub const SIM_WORDS: [&str; 16] = crate::sim::WORDS;
+
 /// The SSE decoder every SSE upstream's answer goes through (a wrapper,
 /// not a re-export, so the decoder's module can stay crate-private).
 #[derive(Default)]

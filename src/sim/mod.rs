@@ -45,7 +45,7 @@ pub(crate) struct SimRun {
 const MAX_OFFSET: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 /// Words the simulator cycles through; fixed so tests can predict output.
-const WORDS: [&str; 16] = [
+pub(crate) const WORDS: [&str; 16] = [
     "The",
     " gateway",
     " routes",
