@@ -49,6 +49,15 @@ pub(crate) enum UpstreamBody {
     Inline(InlineBody),
 }
 
+/// Why an answer's body broke off, from whichever client carried it.
+#[derive(Debug)]
+pub(crate) enum BodyError {
+    /// From hyper-util's pooled client.
+    Pooled(hyper::Error),
+    /// From a connection the call drives.
+    Inline(InlineError),
+}
+
 /// Why a request got no answer, from whichever client carried it.
 #[derive(Debug)]
 pub(crate) enum SendError {
@@ -181,15 +190,15 @@ pub(crate) fn probe(
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            UpstreamBody::Pooled(body) => Pin::new(body).poll_frame(cx),
-            UpstreamBody::Inline(body) => Pin::new(body).poll_frame(cx),
+            UpstreamBody::Pooled(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::Pooled),
+            UpstreamBody::Inline(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::Inline),
         }
     }
 
@@ -204,6 +213,26 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Pooled(body) => body.size_hint(),
             UpstreamBody::Inline(body) => body.size_hint(),
+        }
+    }
+}
+
+// === impl BodyError ===
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Pooled(err) => err.fmt(f),
+            BodyError::Inline(err) => err.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BodyError::Pooled(err) => err.source(),
+            BodyError::Inline(err) => err.source(),
         }
     }
 }

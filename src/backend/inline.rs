@@ -5,11 +5,12 @@
 //! own: each chunk of an answer is read there and handed to the call's task
 //! through a channel, one cross-task (often cross-thread) wake-up per token.
 //! Here the connection travels with the call instead: the call's stream
-//! polls the connection and then its body, so a token read off the socket
-//! is forwarded in the same poll, on the same thread. Between calls an idle
-//! connection waits in a pool per endpoint, polled by nobody; it is checked
-//! before reuse, and a request it could not even send is sent again on a
-//! fresh connection.
+//! reads the socket itself and cuts the body out of what it read
+//! ([`super::h1`]), so a token read off the socket is forwarded in the same
+//! poll, on the same thread, and a connection holds nothing but its socket
+//! and a small read buffer. Between calls an idle connection waits in a
+//! pool per endpoint, polled by nobody; it is checked before reuse, and a
+//! request it could not even send is sent again on a fresh connection.
 //!
 //! Only streamed answers over plain HTTP/1.1 go this way: in-cluster
 //! engines (vLLM, SGLang, Ollama) speak it, and they are where tokens flow
@@ -20,30 +21,28 @@
 //! socket close at once and stops generating.
 
 use std::collections::HashMap;
-use std::future::{Future, poll_fn};
-use std::pin::Pin;
+use std::future::poll_fn;
+use std::io;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::uri::{Authority, PathAndQuery};
-use http::{HeaderValue, Request, Response, Uri};
+use bytes::{Buf, Bytes, BytesMut};
+use http::uri::Authority;
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use http_body_util::{BodyExt, Full};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// One HTTP/1.1 connection: the handle that sends requests, and the
-/// connection itself, which must be polled for anything to move.
+use super::h1::{self, BodyDecoder, Decoded, Head};
+
+/// One HTTP/1.1 connection: its socket, and what was read off it and not
+/// yet handed out.
 struct Connection {
-    sender: http1::SendRequest<Full<Bytes>>,
-    driver: Pin<Box<http1::Connection<TokioIo<TcpStream>, Full<Bytes>>>>,
-    /// The connection ended (closed or failed); it is never reused.
-    ended: bool,
+    stream: TcpStream,
+    read: BytesMut,
 }
 
 /// A connection waiting in the pool, and since when.
@@ -68,7 +67,8 @@ struct Waiting {
     swept: Option<Instant>,
 }
 
-/// Why a request got no answer: the stage and hyper's or the socket's cause.
+/// Why a request got no answer: the stage and the wire's or the socket's
+/// cause.
 #[derive(Debug)]
 pub(crate) struct InlineError {
     stage: &'static str,
@@ -78,13 +78,25 @@ pub(crate) struct InlineError {
 /// An answer's body read off a connection this body drives itself; the
 /// connection goes back to the pool once the body ended cleanly.
 pub(crate) struct InlineBody {
-    body: Incoming,
-    /// The connection, until the body ends.
+    /// The connection, until the body ends or breaks.
     connection: Option<Connection>,
+    /// Cuts the body out of the connection's bytes.
+    decoder: BodyDecoder,
+    /// The connection may serve another call after this body.
+    keep_alive: bool,
     /// Where the connection goes back to.
     pool: Weak<InlinePool>,
     key: Authority,
 }
+
+/// A connection's read buffer starts this large and is topped up by as
+/// much when less than [`MIN_SPARE`] is free: an SSE event of a token is a
+/// few hundred bytes, and with 10,000 streams open every byte here counts
+/// ten thousand times.
+const READ_CHUNK: usize = 2 * 1024;
+
+/// Below this much free space a read buffer is topped up before a read.
+const MIN_SPARE: usize = 512;
 
 /// How long an idle connection is kept: as long as the pooled client keeps
 /// its own. Servers often close sooner (uvicorn after 5 s), which the check
@@ -109,58 +121,70 @@ impl InlinePool {
         self: &Arc<Self>,
         request: Request<Full<Bytes>>,
     ) -> Result<Response<InlineBody>, InlineError> {
-        let (key, mut request) = origin_form(request)?;
-        // A pooled connection the server closed meanwhile refuses the
-        // request before sending any of it; then a fresh one is dialled.
-        let mut fresh = false;
-        loop {
-            let mut connection = match self.take(&key) {
+        let (parts, body) = request.into_parts();
+        let Some(key) = parts.uri.authority().cloned() else {
+            return Err(InlineError::new(
+                "building the request",
+                format!("the URL {} has no host", parts.uri).into(),
+            ));
+        };
+        let body = match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(never) => match never {},
+        };
+        let path = parts.uri.path_and_query().map_or("/", |path| path.as_str());
+        let head = Bytes::from(h1::encode_request(
+            &parts.method,
+            path,
+            key.as_str(),
+            &parts.headers,
+            body.len(),
+        ));
+        // A pooled connection its server closed meanwhile (an idle
+        // timeout, a restart) fails before any of an answer arrives: the
+        // server never took the request, so it goes again on a fresh one.
+        let mut pooled = self.take(&key);
+        let (connection, head) = loop {
+            let reused = pooled.is_some();
+            let mut connection = match pooled.take() {
                 Some(connection) => connection,
-                None => {
-                    fresh = true;
-                    dial(&key).await?
-                }
+                None => dial(&key).await?,
             };
-            let sent = connection.sender.try_send_request(request);
-            let mut sent = std::pin::pin!(sent);
-            let result = poll_fn(|cx| {
-                connection.drive(cx);
-                sent.as_mut().poll(cx)
-            })
-            .await;
-            match result {
-                Ok(response) => {
-                    let (parts, body) = response.into_parts();
-                    let body = InlineBody {
-                        body,
-                        connection: Some(connection),
-                        pool: Arc::downgrade(self),
-                        key,
-                    };
-                    return Ok(Response::from_parts(parts, body));
-                }
-                Err(mut err) => match err.take_message() {
-                    Some(unsent) if !fresh => request = unsent,
-                    _ => {
-                        return Err(InlineError::new(
-                            "sending the request",
-                            Box::new(err.into_error()),
-                        ));
-                    }
-                },
+            let answered = match connection.send(head.clone(), body.clone()).await {
+                Ok(()) => connection.read_head().await,
+                Err(err) => Err(InlineError::new("sending the request", err.into())),
+            };
+            match answered {
+                Ok(head) => break (connection, head),
+                Err(_) if reused && connection.read.is_empty() => continue,
+                Err(err) => return Err(err),
             }
-        }
+        };
+        let Head {
+            status,
+            version,
+            headers,
+            body,
+            keep_alive,
+        } = head;
+        let mut response = Response::new(InlineBody {
+            connection: Some(connection),
+            decoder: body,
+            keep_alive,
+            pool: Arc::downgrade(self),
+            key,
+        });
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = headers;
+        Ok(response)
     }
 
     /// A pooled connection to `key` that still looks usable.
     fn take(&self, key: &Authority) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let waiting = idle.by_endpoint.get_mut(key)?;
-        while let Some(Idle {
-            mut connection,
-            since,
-        }) = waiting.pop()
-        {
+        while let Some(Idle { connection, since }) = waiting.pop() {
             if since.elapsed() < IDLE_TIMEOUT && connection.still_open() {
                 return Some(connection);
             }
@@ -171,10 +195,10 @@ impl InlinePool {
     /// Puts `connection` back for the next call to `key`. Connections idle
     /// past [`IDLE_TIMEOUT`] are let go here; the ones their server closed
     /// are found when a call would take them, and by a sweep at most every
-    /// [`SWEEP_EVERY`] (checking each on every call would cost a poll per
-    /// idle connection per call).
-    fn put(&self, key: Authority, mut connection: Connection) {
-        if !connection.still_open() {
+    /// [`SWEEP_EVERY`] (checking each on every call would cost a syscall
+    /// per idle connection per call).
+    fn put(&self, key: Authority, connection: Connection) {
+        if !connection.read.is_empty() || !connection.still_open() {
             return;
         }
         let now = Instant::now();
@@ -182,9 +206,8 @@ impl InlinePool {
         if idle.swept.is_none_or(|at| now - at >= SWEEP_EVERY) {
             idle.swept = Some(now);
             for waiting in idle.by_endpoint.values_mut() {
-                waiting.retain_mut(|idle| {
-                    now - idle.since < IDLE_TIMEOUT && idle.connection.still_open()
-                });
+                waiting
+                    .retain(|idle| now - idle.since < IDLE_TIMEOUT && idle.connection.still_open());
             }
             idle.by_endpoint.retain(|_, waiting| !waiting.is_empty());
         }
@@ -225,58 +248,85 @@ async fn dial(key: &Authority) -> Result<Connection, InlineError> {
     stream
         .set_nodelay(true)
         .map_err(|err| InlineError::new("tcp connect error", err.into()))?;
-    let (sender, driver) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|err| InlineError::new("handshake", err.into()))?;
     Ok(Connection {
-        sender,
-        driver: Box::pin(driver),
-        ended: false,
+        stream,
+        read: BytesMut::with_capacity(READ_CHUNK),
     })
-}
-
-/// The request with its URI in origin form (`/v1/chat/completions`) and a
-/// `Host` header, as a server expects it on a direct connection; and the
-/// `host:port` it goes to.
-fn origin_form(
-    request: Request<Full<Bytes>>,
-) -> Result<(Authority, Request<Full<Bytes>>), InlineError> {
-    let (mut parts, body) = request.into_parts();
-    let Some(authority) = parts.uri.authority().cloned() else {
-        return Err(InlineError::new(
-            "building the request",
-            format!("the URL {} has no host", parts.uri).into(),
-        ));
-    };
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    parts.uri = Uri::from(path);
-    if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-        parts.headers.entry(http::header::HOST).or_insert(host);
-    }
-    Ok((authority, Request::from_parts(parts, body)))
 }
 
 // === impl Connection ===
 
 impl Connection {
-    /// Lets the connection read and write what it can; it remembers when
-    /// it ended.
-    fn drive(&mut self, cx: &mut Context<'_>) {
-        if !self.ended && self.driver.as_mut().poll(cx).is_ready() {
-            self.ended = true;
+    /// Writes a request's head and body, in one write when the socket
+    /// takes it.
+    async fn send(&mut self, head: Bytes, body: Bytes) -> io::Result<()> {
+        let mut request = head.chain(body);
+        self.stream.write_all_buf(&mut request).await
+    }
+
+    /// Reads until a whole response head has arrived, and parses it.
+    async fn read_head(&mut self) -> Result<Head, InlineError> {
+        let stage = "reading the answer's head";
+        loop {
+            if let Some(head) =
+                h1::parse_head(&mut self.read).map_err(|err| InlineError::new(stage, err.into()))?
+            {
+                return Ok(head);
+            }
+            let read = poll_fn(|cx| self.poll_fill(cx))
+                .await
+                .map_err(|err| InlineError::new(stage, err.into()))?;
+            if read == 0 {
+                return Err(InlineError::new(
+                    stage,
+                    "the connection closed before an answer".into(),
+                ));
+            }
+        }
+    }
+
+    /// Reads what the socket has into the buffer: the number of bytes, 0
+    /// when the server closed the connection.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < MIN_SPARE {
+            self.read.reserve(READ_CHUNK.max(self.read.len()));
+        }
+        loop {
+            ready!(self.stream.poll_read_ready(cx))?;
+            match self.stream.try_read_buf(&mut self.read) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                read => return Poll::Ready(read),
+            }
+        }
+    }
+
+    /// The next piece of the body `decoder` frames: `None` at its end.
+    fn poll_body(
+        &mut self,
+        decoder: &mut BodyDecoder,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, Box<dyn std::error::Error + Send + Sync>>> {
+        loop {
+            match decoder.decode(&mut self.read)? {
+                Decoded::Data(data) => return Poll::Ready(Ok(Some(data))),
+                Decoded::End => return Poll::Ready(Ok(None)),
+                Decoded::NeedMore => {}
+            }
+            if ready!(self.poll_fill(cx))? == 0 {
+                decoder.on_close()?;
+            }
         }
     }
 
     /// Whether the connection can take another request: not closed by the
-    /// server, nothing left unread, ready to send. Polled without a waker:
-    /// an idle connection wakes nobody.
-    fn still_open(&mut self) -> bool {
-        self.drive(&mut Context::from_waker(Waker::noop()));
-        !self.ended && self.sender.is_ready()
+    /// server, nothing unread. A read that would block says so without
+    /// waiting, and an idle connection wakes nobody.
+    fn still_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(
+            self.stream.try_read(&mut probe),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock
+        )
     }
 }
 
@@ -284,39 +334,46 @@ impl Connection {
 
 impl Body for InlineBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = InlineError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        mut self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, InlineError>>> {
         let this = &mut *self;
-        if let Some(connection) = &mut this.connection {
-            connection.drive(cx);
-        }
-        let frame = Pin::new(&mut this.body).poll_frame(cx);
-        match &frame {
-            // The whole answer is read: the connection can serve another.
-            Poll::Ready(None) => {
+        let Some(connection) = &mut this.connection else {
+            return Poll::Ready(None);
+        };
+        match ready!(connection.poll_body(&mut this.decoder, cx)) {
+            Ok(Some(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            // The whole answer is read: the connection can serve another,
+            // unless the server said it would close it.
+            Ok(None) => {
                 if let (Some(connection), Some(pool)) =
                     (this.connection.take(), this.pool.upgrade())
+                    && this.keep_alive
                 {
                     pool.put(this.key.clone(), connection);
                 }
+                Poll::Ready(None)
             }
             // A broken answer leaves the connection unusable.
-            Poll::Ready(Some(Err(_))) => this.connection = None,
-            _ => {}
+            Err(cause) => {
+                this.connection = None;
+                this.decoder = BodyDecoder::Ended;
+                Poll::Ready(Some(Err(InlineError::new("reading the answer", cause))))
+            }
         }
-        frame
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.decoder.is_ended()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        self.decoder
+            .remaining()
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }
 
@@ -337,5 +394,156 @@ impl std::fmt::Display for InlineError {
 impl std::error::Error for InlineError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&*self.cause)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http::Method;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// What the test server does after answering a request.
+    #[derive(Clone, Copy)]
+    enum After {
+        /// Waits for the next request on the same connection.
+        KeepOpen,
+        /// Closes the connection.
+        Close,
+    }
+
+    /// A server on 127.0.0.1 answering every request with `answer` and
+    /// then doing `after`; counts the connections it accepted.
+    async fn server(answer: &'static str, after: After) -> (Authority, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        let Ok(read) = socket.read(&mut buf).await else {
+                            return;
+                        };
+                        if read == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buf[..read]);
+                        // Every test request has the 2-byte body "{}".
+                        let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        if request.len() < end + 4 + 2 {
+                            continue;
+                        }
+                        request.drain(..end + 6);
+                        if socket.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        if let After::Close = after {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let key = Authority::try_from(address.to_string()).expect("authority");
+        (key, accepted)
+    }
+
+    /// POSTs `{}` to `key` and reads the whole answer body as text.
+    async fn call(pool: &Arc<InlinePool>, key: &Authority) -> Result<String, String> {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{key}/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .expect("request");
+        let response = pool.request(request).await.map_err(|err| err.to_string())?;
+        let body =
+            response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|err| match std::error::Error::source(&err) {
+                    Some(cause) => format!("{err}: {cause}"),
+                    None => err.to_string(),
+                })?;
+        Ok(String::from_utf8_lossy(&body.to_bytes()).into_owned())
+    }
+
+    const CHUNKED: &str = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                           transfer-encoding: chunked\r\n\r\n\
+                           f\r\ndata: {\"a\":1}\n\n\r\ne\r\ndata: [DONE]\n\n\r\n0\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_finished_answer_leaves_its_connection_for_the_next_call() {
+        let (key, accepted) = server(CHUNKED, After::KeepOpen).await;
+        let pool = Arc::new(InlinePool::default());
+        for _ in 0..3 {
+            let body = call(&pool, &key).await.expect("answered");
+            assert_eq!(body, "data: {\"a\":1}\n\ndata: [DONE]\n\n");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_its_server_closed_is_replaced_without_an_error() {
+        let (key, accepted) = server(CHUNKED, After::Close).await;
+        let pool = Arc::new(InlinePool::default());
+        for _ in 0..3 {
+            let body = call(&pool, &key).await.expect("answered");
+            assert_eq!(body, "data: {\"a\":1}\n\ndata: [DONE]\n\n");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_announces_its_close_is_not_pooled() {
+        let answer = "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok";
+        let (key, accepted) = server(answer, After::KeepOpen).await;
+        let pool = Arc::new(InlinePool::default());
+        for _ in 0..2 {
+            assert_eq!(call(&pool, &key).await.as_deref(), Ok("ok"));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_mid_chunk_is_an_error_and_the_connection_is_not_reused() {
+        let cut = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\ne\r\ndata: {\"a\"";
+        let (key, accepted) = server(cut, After::Close).await;
+        let pool = Arc::new(InlinePool::default());
+        for _ in 0..2 {
+            let err = call(&pool, &key).await.expect_err("cut");
+            assert!(err.contains("closed before the answer ended"), "{err}");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_server_that_answers_nothing_fails_the_call_on_a_fresh_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                drop(socket);
+            }
+        });
+        let key = Authority::try_from(address.to_string()).expect("authority");
+        let pool = Arc::new(InlinePool::default());
+        let err = call(&pool, &key).await.expect_err("no answer");
+        assert!(
+            err.contains("reading the answer's head") || err.contains("sending"),
+            "{err}"
+        );
     }
 }

@@ -22,6 +22,7 @@ mod anthropic;
 pub(crate) mod bench;
 pub(crate) mod dispatch;
 mod embed;
+mod h1;
 pub(crate) mod http;
 mod inline;
 pub mod ndjson;
