@@ -92,9 +92,14 @@ fn spawn_call(
     })
 }
 
-/// `POST /v1/chat/completions` as the picker key, asking for `high`.
-async fn http_call(addr: std::net::SocketAddr, body: serde_json::Value) -> crate::http::Answer {
-    let request = http::Request::post(format!("http://{addr}/v1/chat/completions"))
+/// `POST path` (either HTTP front: both read `authorization: Bearer`) as
+/// the picker key, asking for `high`.
+async fn http_call(
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: serde_json::Value,
+) -> crate::http::Answer {
+    let request = http::Request::post(format!("http://{addr}{path}"))
         .header("content-type", "application/json")
         .header("authorization", "Bearer sk-picker")
         .header("x-llmgate-priority", "high")
@@ -184,6 +189,7 @@ async fn queued_calls_are_served_by_class_as_the_slot_frees_on_both_fronts() {
     until_queued(&gateway, model, "low", 2.0).await;
     let http_call = tokio::spawn(http_call(
         gateway.http_addr,
+        "/v1/chat/completions",
         json!({"model": model, "messages": [{"role": "user", "content": "picker-high"}]}),
     ));
     until_queued(&gateway, model, "high", 1.0).await;
@@ -219,6 +225,51 @@ async fn queued_calls_are_served_by_class_as_the_slot_frees_on_both_fronts() {
             "sneaky"
         ]
     );
+    assert_eq!(queued(&gateway, model, "low").await, 0.0);
+    assert_eq!(queued(&gateway, model, "high").await, 0.0);
+}
+
+/// The Messages front reads `x-llmgate-priority` as the OpenAI front does:
+/// a picker key asking for `high` there is queued, and served, ahead of a
+/// low call that arrived first.
+#[tokio::test]
+async fn a_messages_call_is_queued_in_the_class_its_header_asks_for() {
+    let (upstream, gate) = held_upstream().await;
+    let model = "queue-messages";
+    let gateway = Gateway::start_with_admin_env(
+        &routing(
+            model,
+            &upstream.url(),
+            "queue: { max_len: 8, timeout: 30s, promote_after: 1h }",
+        ),
+        &keys,
+    )
+    .await;
+    let holder = spawn_call(&gateway, call(model, "holder", "sk-high", None));
+    until_received(&upstream, 1).await;
+    let low = spawn_call(&gateway, call(model, "low", "sk-low", None));
+    until_queued(&gateway, model, "low", 1.0).await;
+    let messages_call = tokio::spawn(http_call(
+        gateway.http_addr,
+        "/v1/messages",
+        json!({
+            "model": model,
+            "max_tokens": 16,
+            "messages": [{"role": "user", "content": "messages-high"}]
+        }),
+    ));
+    until_queued(&gateway, model, "high", 1.0).await;
+    gate.add_permits(16);
+    for handle in [holder, low] {
+        let answer = handle.await.expect("the call's task ran");
+        assert_eq!(
+            answer.as_deref().map_err(|s| s.message().to_string()),
+            Ok("Paris.")
+        );
+    }
+    let messages_answer = messages_call.await.expect("the Messages call's task ran");
+    assert_eq!(messages_answer.status, 200, "{:?}", messages_answer.body);
+    assert_eq!(prompts(&upstream), ["holder", "messages-high", "low"]);
     assert_eq!(queued(&gateway, model, "low").await, 0.0);
     assert_eq!(queued(&gateway, model, "high").await, 0.0);
 }

@@ -275,10 +275,7 @@ impl HttpFrontend {
         body: &[u8],
         held: Option<OwnedSemaphorePermit>,
     ) -> Result<Response, GatewayError> {
-        let call = CallContext::new(request_id);
-        if let Some(asked) = headers.get(PRIORITY) {
-            call.ask_priority(asked.as_bytes());
-        }
+        let call = chat_call(headers, request_id);
         let translated = translate(headers, call.clone(), caller, body);
         // The raw bytes are done with: their share of the budget goes back.
         drop(held);
@@ -421,6 +418,17 @@ fn not_routed(model: &str) -> GatewayError {
              it serves"
         ),
     )
+}
+
+/// A chat call's context as both HTTP fronts (OpenAI and Messages) open
+/// it, so that neither forgets the class `x-llmgate-priority` asks for;
+/// whether it is granted is the caller's key's say, later, in the stack.
+fn chat_call(headers: &HeaderMap, request_id: RequestId) -> CallContext {
+    let call = CallContext::new(request_id);
+    if let Some(asked) = headers.get(PRIORITY) {
+        call.ask_priority(asked.as_bytes());
+    }
+    call
 }
 
 /// Who is calling: the `authorization` header, read the way every front

@@ -18,7 +18,8 @@
 //!
 //! `anthropic-version` is accepted whatever it says: the gateway speaks the
 //! one version of the API there is (`2023-06-01`). The caller's deadline is
-//! `x-request-timeout`, as on the OpenAI front.
+//! `x-request-timeout`, and the queue class it asks for
+//! `x-llmgate-priority`, as on the OpenAI front.
 //!
 //! One thing the vocabulary cannot carry back: which stop sequence ended
 //! an answer. Upstreams report "stopped" for both an ended turn and a stop
@@ -38,8 +39,8 @@ use axum::response::Response;
 use http::{HeaderMap, Method, StatusCode, Uri, header};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::HttpFrontend;
 use super::request::request_timeout;
+use super::{HttpFrontend, chat_call};
 use crate::chat::{CallContext, Caller, ChatRequest, RequestId};
 use crate::error::{ErrorKind, GatewayError};
 use crate::frontend::edge;
@@ -121,7 +122,7 @@ async fn complete(
     body: &[u8],
     held: Option<OwnedSemaphorePermit>,
 ) -> Result<Response, GatewayError> {
-    let call = CallContext::new(request_id);
+    let call = chat_call(headers, request_id);
     let translated = translate(headers, call.clone(), caller, body);
     // The raw bytes are done with: their share of the budget goes back.
     drop(held);
