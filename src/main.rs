@@ -122,7 +122,8 @@ enum Api {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(match cli.command {
+    // Held to the end of `main`: dropping it writes out the last lines.
+    let _log = logging::init(match cli.command {
         Command::Serve { log_format, .. } => log_format,
         _ => LogFormat::Text,
     });

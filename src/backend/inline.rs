@@ -12,10 +12,10 @@
 //! pool per endpoint, polled by nobody; it is checked before reuse, and a
 //! request it could not even send is sent again on a fresh connection.
 //!
-//! Only streamed answers over plain HTTP/1.1 go this way: in-cluster
-//! engines (vLLM, SGLang, Ollama) speak it, and they are where tokens flow
-//! fastest. Unary calls, and TLS and HTTP/2 upstreams (cloud APIs), keep
-//! the pooled client (see `HttpClient::request` for the measurement).
+//! Every call to a plain-`http://` endpoint goes this way: in-cluster
+//! engines (vLLM, SGLang, Ollama) speak HTTP/1.1, and they are where
+//! tokens flow fastest. TLS and HTTP/2 upstreams (cloud APIs) keep the
+//! pooled client (see `HttpClient::request` for the measurements).
 //!
 //! Dropping a call's body drops its connection: the upstream sees the
 //! socket close at once and stops generating.
@@ -43,6 +43,11 @@ use super::h1::{self, BodyDecoder, Decoded, Head};
 struct Connection {
     stream: TcpStream,
     read: BytesMut,
+    /// How much room the next top-up of `read` makes: [`READ_CHUNK`],
+    /// doubled after every read that filled the room it had, up to
+    /// [`MAX_READ`], so a large answer is read in few system calls while a
+    /// stream of small events keeps a small buffer.
+    room: usize,
 }
 
 /// A connection waiting in the pool, and since when.
@@ -97,6 +102,9 @@ const READ_CHUNK: usize = 2 * 1024;
 
 /// Below this much free space a read buffer is topped up before a read.
 const MIN_SPARE: usize = 512;
+
+/// The most room one top-up of a read buffer makes.
+const MAX_READ: usize = 64 * 1024;
 
 /// How long an idle connection is kept: as long as the pooled client keeps
 /// its own. Servers often close sooner (uvicorn after 5 s), which the check
@@ -197,9 +205,14 @@ impl InlinePool {
     /// are found when a call would take them, and by a sweep at most every
     /// [`SWEEP_EVERY`] (checking each on every call would cost a syscall
     /// per idle connection per call).
-    fn put(&self, key: Authority, connection: Connection) {
+    fn put(&self, key: Authority, mut connection: Connection) {
         if !connection.read.is_empty() || !connection.still_open() {
             return;
+        }
+        // A large answer's buffer is not kept by an idle connection.
+        if connection.room > READ_CHUNK {
+            connection.room = READ_CHUNK;
+            connection.read = BytesMut::with_capacity(READ_CHUNK);
         }
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
@@ -251,6 +264,7 @@ async fn dial(key: &Authority) -> Result<Connection, InlineError> {
     Ok(Connection {
         stream,
         read: BytesMut::with_capacity(READ_CHUNK),
+        room: READ_CHUNK,
     })
 }
 
@@ -289,13 +303,20 @@ impl Connection {
     /// when the server closed the connection.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.read.capacity() - self.read.len() < MIN_SPARE {
-            self.read.reserve(READ_CHUNK.max(self.read.len()));
+            self.read.reserve(self.room.max(self.read.len()));
         }
+        let spare = self.read.capacity() - self.read.len();
         loop {
             ready!(self.stream.poll_read_ready(cx))?;
             match self.stream.try_read_buf(&mut self.read) {
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-                read => return Poll::Ready(read),
+                Ok(read) => {
+                    if read == spare {
+                        self.room = (self.room * 2).min(MAX_READ);
+                    }
+                    return Poll::Ready(Ok(read));
+                }
+                Err(err) => return Poll::Ready(Err(err)),
             }
         }
     }
@@ -504,6 +525,21 @@ mod tests {
             assert_eq!(body, "data: {\"a\":1}\n\ndata: [DONE]\n\n");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_large_answer_is_read_whole_and_its_connection_reused() {
+        let body = "x".repeat(300_000);
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (key, accepted) = server(Box::leak(answer.into_boxed_str()), After::KeepOpen).await;
+        let pool = Arc::new(InlinePool::default());
+        for _ in 0..2 {
+            assert_eq!(call(&pool, &key).await.as_deref(), Ok(body.as_str()));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

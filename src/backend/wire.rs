@@ -348,7 +348,7 @@ impl HttpUpstream {
         let request = request
             .body(Full::new(Bytes::from(body)))
             .map_err(|err| GatewayError::new(ErrorKind::Internal, err.to_string()))?;
-        let response = self.client.request(request, req.stream).await.map_err(|err| {
+        let response = self.client.request(request).await.map_err(|err| {
             let cause = error_chain(&err);
             // The endpoint's address is for operators, not callers.
             tracing::debug!(upstream = %self.name, endpoint = %url, %cause, "endpoint unreachable");

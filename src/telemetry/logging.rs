@@ -50,14 +50,38 @@ where
     }
 }
 
+/// Keeps the log writer's thread alive; dropping it writes out every line
+/// still queued. `main` holds it until the process ends.
+#[must_use = "dropping the guard stops the log writer"]
+pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
+
+/// Lines a writer thread holds before a logging call waits for it: a burst
+/// of access lines is absorbed, and a stderr that cannot keep up slows the
+/// calls that log rather than losing lines.
+const QUEUED_LINES: usize = 64 * 1024;
+
 /// Installs the process's subscriber: `format` lines on stderr, filtered by
 /// `RUST_LOG` (default `info`). Colours only on a terminal: escape codes in
 /// a log file or a pod's log are noise.
-pub fn init(format: LogFormat) {
+///
+/// Lines are written by a thread of their own, in as few writes as the
+/// queue allows: a write to stderr per call (the access log) cost a system
+/// call and often a wake-up of the reading process on the calling worker
+/// thread, about a sixth of the gateway's CPU per unary call in a profile.
+pub fn init(format: LogFormat) -> LogGuard {
     use std::io::IsTerminal as _;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal();
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(QUEUED_LINES)
+        .thread_name("llmgate-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     // Also bridges crates that log through `log` (rustls). Fails only when
     // a subscriber is already set, which then stays.
-    let _ = subscriber(format, filter, ansi, std::io::stderr).try_init();
+    let _ = subscriber(format, filter, ansi, writer).try_init();
+    LogGuard(guard)
 }
