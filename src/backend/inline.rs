@@ -98,10 +98,10 @@ pub(crate) struct InlineBody {
 /// much when less than [`MIN_SPARE`] is free: an SSE event of a token is a
 /// few hundred bytes, and with 10,000 streams open every byte here counts
 /// ten thousand times.
-const READ_CHUNK: usize = 2 * 1024;
+const READ_CHUNK: usize = 1024;
 
 /// Below this much free space a read buffer is topped up before a read.
-const MIN_SPARE: usize = 512;
+const MIN_SPARE: usize = 256;
 
 /// The most room one top-up of a read buffer makes.
 const MAX_READ: usize = 64 * 1024;

@@ -58,7 +58,7 @@ pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGu
 /// Lines a writer thread holds before a logging call waits for it: a burst
 /// of access lines is absorbed, and a stderr that cannot keep up slows the
 /// calls that log rather than losing lines.
-const QUEUED_LINES: usize = 64 * 1024;
+const QUEUED_LINES: usize = 8 * 1024;
 
 /// Installs the process's subscriber: `format` lines on stderr, filtered by
 /// `RUST_LOG` (default `info`). Colours only on a terminal: escape codes in

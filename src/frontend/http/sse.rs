@@ -40,12 +40,27 @@ struct SseChunks {
     call: CallInfo,
     /// Whether the first chunk (which carries the role) is still to go.
     first: bool,
+    /// Every token chunk but the first, around its text.
+    token_frame: TokenFrame,
+}
+
+/// The bytes of a chunk that carries only text, before and after the text,
+/// written once per stream: every token but the first is one of these
+/// chunks, and serialising the whole chunk each time spent most of the
+/// front's time per token on the same id, model and nulls.
+struct TokenFrame {
+    /// `data: {"id":..,"model":..,"choices":[{"index":0,"delta":{"content":`
+    head: Vec<u8>,
+    /// `},"logprobs":null,"finish_reason":null}]` (and `"usage":null`
+    /// when asked for), `}` and the blank line.
+    tail: &'static [u8],
 }
 
 /// The streamed answer to `call`: `events` as server-sent events.
 pub(super) fn sse_response(events: ChatStream, call: CallInfo) -> Response {
     let chunks = SseChunks {
         inner: Some(events),
+        token_frame: TokenFrame::new(&call),
         call,
         first: true,
     };
@@ -113,6 +128,10 @@ impl Stream for SseChunks {
 impl SseChunks {
     /// A chunk carrying `token`; the first also says who speaks.
     fn token_chunk(&mut self, out: &mut Vec<u8>, token: &str) {
+        if !self.first {
+            self.token_frame.write(out, token);
+            return;
+        }
         let role = std::mem::take(&mut self.first).then_some("assistant");
         let choice = ChunkChoice {
             index: 0,
@@ -203,6 +222,37 @@ impl SseChunks {
     }
 }
 
+// === impl TokenFrame ===
+
+impl TokenFrame {
+    /// The frame of `call`'s text chunks, as [`SseChunks::chunk`] would
+    /// write them.
+    fn new(call: &CallInfo) -> Self {
+        let mut head = Vec::with_capacity(160 + call.model.len());
+        head.extend_from_slice(b"data: {\"id\":");
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut head, &call.id);
+        head.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
+        head.extend_from_slice(call.created.to_string().as_bytes());
+        head.extend_from_slice(b",\"model\":");
+        let _ = serde_json::to_writer(&mut head, &call.model);
+        head.extend_from_slice(b",\"choices\":[{\"index\":0,\"delta\":{\"content\":");
+        let tail: &[u8] = if call.include_usage {
+            b"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n"
+        } else {
+            b"},\"logprobs\":null,\"finish_reason\":null}]}\n\n"
+        };
+        TokenFrame { head, tail }
+    }
+
+    /// Writes the chunk event carrying `token`.
+    fn write(&self, out: &mut Vec<u8>, token: &str) {
+        out.extend_from_slice(&self.head);
+        let _ = serde_json::to_writer(&mut *out, token);
+        out.extend_from_slice(self.tail);
+    }
+}
+
 /// Writes `data: {json}` and the blank line that ends an event.
 fn event(out: &mut Vec<u8>, value: &impl Serialize) {
     out.extend_from_slice(b"data: ");
@@ -216,4 +266,59 @@ fn event(out: &mut Vec<u8>, value: &impl Serialize) {
 /// error.
 fn error_event(out: &mut Vec<u8>, err: &GatewayError) {
     event(out, &error_body(err));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A token chunk the long way: the chunk struct, serialised whole.
+    fn serialised(call: &CallInfo, token: &str) -> Vec<u8> {
+        let chunks = SseChunks {
+            inner: None,
+            token_frame: TokenFrame::new(call),
+            call: CallInfo {
+                id: call.id.clone(),
+                created: call.created,
+                model: call.model.clone(),
+                include_usage: call.include_usage,
+            },
+            first: false,
+        };
+        let choice = ChunkChoice {
+            index: 0,
+            delta: Delta {
+                role: None,
+                content: Some(token),
+                tool_calls: &[],
+            },
+            logprobs: None,
+            finish_reason: None,
+        };
+        let mut out = Vec::new();
+        chunks.chunk(&mut out, &call.model, std::slice::from_ref(&choice), None);
+        out
+    }
+
+    #[test]
+    fn a_framed_token_chunk_is_the_chunk_serialised_whole() {
+        for include_usage in [false, true] {
+            let call = CallInfo {
+                id: "chatcmpl-0123".into(),
+                created: 1_796_000_000,
+                model: "org/model \"q4\"".into(),
+                include_usage,
+            };
+            let frame = TokenFrame::new(&call);
+            for token in ["Paris", "", " \"quoted\"\n", "tab\there", "\u{1}", "日本"] {
+                let mut framed = Vec::new();
+                frame.write(&mut framed, token);
+                assert_eq!(
+                    String::from_utf8_lossy(&framed),
+                    String::from_utf8_lossy(&serialised(&call, token)),
+                    "token {token:?}, include_usage {include_usage}"
+                );
+            }
+        }
+    }
 }
