@@ -22,16 +22,18 @@
 //! by the same loop, so it drains with the same grace period.
 
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 pub(crate) mod admin;
 mod conn;
+mod threads;
 
 use arc_swap::ArcSwap;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tonic::service::Routes;
 
@@ -53,6 +55,7 @@ use crate::telemetry::health::{Health, HealthService};
 use crate::telemetry::metrics;
 use admin::AdminKey;
 use conn::Acceptor;
+use threads::ServingThreads;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +81,9 @@ pub enum ServeError {
     /// The shared limit store's settings cannot be used.
     #[error("state.redis: {0}")]
     State(String),
+    /// The serving threads could not be started.
+    #[error("starting the serving threads: {0}")]
+    Threads(std::io::Error),
 }
 
 /// The sockets the gateway serves, bound by the caller.
@@ -123,6 +129,9 @@ pub struct Server {
     acceptor: Acceptor,
     /// The key `POST /-/reload` needs; without one it is off.
     admin_key: Option<AdminKey>,
+    /// Threads that serve connections, each with a runtime of its own;
+    /// `None` serves them on the runtime `serve` runs on.
+    serving_threads: Option<NonZeroUsize>,
 }
 
 /// Serves the gateway on `listeners` with `config` until `shutdown`
@@ -182,6 +191,7 @@ impl Server {
             shared,
             acceptor,
             admin_key: None,
+            serving_threads: None,
         })
     }
 
@@ -189,6 +199,15 @@ impl Server {
     /// `key` (off without one).
     pub fn admin_key(mut self, key: Option<AdminKey>) -> Self {
         self.admin_key = key;
+        self
+    }
+
+    /// Serves connections on `count` threads, each running a
+    /// single-threaded runtime of its own, instead of on the runtime
+    /// `serve` runs on (see `server::threads` for why). Accepting,
+    /// health, reloads and the admin port stay on that runtime.
+    pub fn serving_threads(mut self, count: NonZeroUsize) -> Self {
+        self.serving_threads = Some(count);
         self
     }
 
@@ -250,8 +269,13 @@ impl Server {
             shared,
             acceptor,
             admin_key,
+            serving_threads,
             ..
         } = self;
+        let serving = serving_threads
+            .map(ServingThreads::start)
+            .transpose()
+            .map_err(ServeError::Threads)?;
         for warning in crate::config::warnings(&config) {
             tracing::warn!("{warning}");
         }
@@ -321,24 +345,20 @@ impl Server {
                         }
                     };
                     let Some(permit) = acceptor.admit(peer) else { continue };
-                    connections.spawn(acceptor.clone().serve(
-                        stream,
-                        peer,
-                        service.clone(),
-                        graceful.watcher(),
-                        permit,
-                    ));
+                    let (acceptor, service) = (acceptor.clone(), service.clone());
+                    let watcher = graceful.watcher();
+                    spawn_connection(&mut connections, serving.as_ref(), stream, move |stream| {
+                        acceptor.serve(stream, peer, service, watcher, permit)
+                    });
                 }
                 (stream, peer) = accept_http(http.as_ref()) => {
                     let Some(permit) = http_acceptor.admit(peer) else { continue };
                     if let Some(service) = http_service.clone() {
-                        connections.spawn(http_acceptor.clone().serve(
-                            stream,
-                            peer,
-                            service,
-                            graceful.watcher(),
-                            permit,
-                        ));
+                        let acceptor = http_acceptor.clone();
+                        let watcher = graceful.watcher();
+                        spawn_connection(&mut connections, serving.as_ref(), stream, move |stream| {
+                            acceptor.serve(stream, peer, service, watcher, permit)
+                        });
                     }
                 }
                 Some(_) = connections.join_next() => {}
@@ -371,6 +391,40 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Serves the accepted `stream` with `serve`: on the next serving thread
+/// when there are any (the socket moves to that thread's runtime, so its
+/// readiness is polled where its calls run), else on this runtime.
+fn spawn_connection<F, Fut>(
+    connections: &mut JoinSet<()>,
+    threads: Option<&ServingThreads>,
+    stream: TcpStream,
+    serve: F,
+) where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Some(threads) = threads else {
+        connections.spawn(serve(stream));
+        return;
+    };
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(err) => {
+            tracing::warn!(%err, "cannot hand a connection to a serving thread");
+            return;
+        }
+    };
+    connections.spawn_on(
+        async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => serve(stream).await,
+                Err(err) => tracing::warn!(%err, "cannot serve a connection on its thread"),
+            }
+        },
+        threads.next(),
+    );
 }
 
 /// The pause after a failed accept (out of file descriptors, or a

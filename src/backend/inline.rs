@@ -25,6 +25,7 @@ use std::future::poll_fn;
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, ready};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -65,8 +66,12 @@ pub(crate) struct InlinePool {
 /// What the pool's lock guards.
 #[derive(Default)]
 struct Waiting {
-    /// Per endpoint, oldest first: a call takes the most recently used.
-    by_endpoint: HashMap<Authority, Vec<Idle>>,
+    /// Per endpoint and thread, oldest first: a call takes the most
+    /// recently used. A socket's readiness is polled by the runtime it was
+    /// opened on; a call on another thread's runtime (the gateway serves
+    /// on a runtime per thread) would be woken across threads on every
+    /// read, so each thread keeps its own idle connections.
+    by_endpoint: HashMap<(Authority, ThreadId), Vec<Idle>>,
     /// When every idle connection was last checked for a close by its
     /// server.
     swept: Option<Instant>,
@@ -191,7 +196,9 @@ impl InlinePool {
     /// A pooled connection to `key` that still looks usable.
     fn take(&self, key: &Authority) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let waiting = idle.by_endpoint.get_mut(key)?;
+        let waiting = idle
+            .by_endpoint
+            .get_mut(&(key.clone(), std::thread::current().id()))?;
         while let Some(Idle { connection, since }) = waiting.pop() {
             if since.elapsed() < IDLE_TIMEOUT && connection.still_open() {
                 return Some(connection);
@@ -224,7 +231,10 @@ impl InlinePool {
             }
             idle.by_endpoint.retain(|_, waiting| !waiting.is_empty());
         }
-        let waiting = idle.by_endpoint.entry(key).or_default();
+        let waiting = idle
+            .by_endpoint
+            .entry((key, std::thread::current().id()))
+            .or_default();
         let expired = waiting
             .iter()
             .take_while(|idle| now - idle.since >= IDLE_TIMEOUT)

@@ -416,3 +416,120 @@ async fn shutdown_cuts_streams_still_running_when_the_grace_period_ends() {
         "a cut stream never looks complete: {end:?}"
     );
 }
+
+// === serving threads (as `llmgate serve` runs) ===
+
+#[tokio::test]
+async fn on_serving_threads_both_fronts_answer_over_shared_upstream_connections() {
+    let upstream = FakeUpstream::start(|request| {
+        if request.body["stream"] == true {
+            openai_stream(&["a", "b", "c"], "stop", 3, 3)
+        } else {
+            paris_reply()
+        }
+    })
+    .await;
+    let gateway = Gateway::start_on_threads(&one_upstream(&upstream.url(), ""), 2).await;
+    // A connection per client: they are handed to both threads in turn.
+    for round in 0..4 {
+        let mut client = gateway.client().await;
+        let answer = client
+            .complete(request("m", "hi"))
+            .await
+            .unwrap_or_else(|err| panic!("unary call {round}: {err}"))
+            .into_inner();
+        assert_eq!(answer.text, "Paris.");
+        let chunks: Vec<_> = client
+            .complete_stream(request("m", "hi"))
+            .await
+            .unwrap_or_else(|err| panic!("stream {round}: {err}"))
+            .into_inner()
+            .collect()
+            .await;
+        let text: String = chunks
+            .iter()
+            .map(|chunk| chunk.as_ref().expect("no error mid-stream").token.clone())
+            .collect();
+        assert_eq!(text, "abc");
+        let url = format!("http://{}/v1/chat/completions", gateway.http_addr);
+        let ask = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        let http = http_post_json(&url, &ask).await;
+        assert_eq!(http.status, 200, "{}", http.body);
+        assert!(http.body.contains("Paris."), "{}", http.body);
+    }
+    assert_eq!(upstream.count(), 12);
+    // One call at a time: each thread keeps at most the one connection its
+    // calls share.
+    assert!(
+        upstream.connections() <= 2,
+        "{} upstream connections for calls one after another",
+        upstream.connections()
+    );
+}
+
+#[tokio::test]
+async fn on_serving_threads_shutdown_lets_a_stream_in_flight_finish() {
+    let mut gateway = Gateway::start_on_threads(SLOW_STREAM_ROUTES, 2).await;
+    let addr = gateway.addr;
+    let mut stream = gateway
+        .client()
+        .await
+        .complete_stream(request("m", "hi"))
+        .await
+        .expect("stream")
+        .into_inner();
+    let first = stream.next().await.expect("token").expect("token");
+    assert!(!first.done);
+    gateway.begin_shutdown();
+    let mut rest = 0;
+    let mut done = false;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.expect("the stream in flight completes");
+        rest += 1;
+        done |= chunk.done;
+    }
+    assert!(done, "stream ended with its final chunk");
+    assert_eq!(rest, 10, "nine more tokens and the final chunk");
+    gateway.stopped().await.expect("clean exit");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener is closed"
+    );
+}
+
+#[tokio::test]
+async fn on_serving_threads_the_grace_period_cuts_streams_still_running() {
+    let mut upstream = FakeUpstream::start(|_| {
+        vec![
+            Step::Head(200, "text/event-stream"),
+            Step::Chunk(sse_token("a").into_bytes()),
+            Step::Hang,
+        ]
+    })
+    .await;
+    let yaml = format!(
+        "shutdown_grace: 50ms\n{}",
+        one_upstream(&upstream.url(), "")
+    );
+    let mut gateway = Gateway::start_on_threads(&yaml, 2).await;
+    let mut stream = gateway
+        .client()
+        .await
+        .complete_stream(request("m", "hi"))
+        .await
+        .expect("stream")
+        .into_inner();
+    assert_eq!(stream.next().await.expect("a").expect("a").token, "a");
+    gateway.begin_shutdown();
+    gateway
+        .stopped()
+        .await
+        .expect("exits after the grace period");
+    // The call, on its serving thread, was cut: its upstream request too.
+    upstream.wait_closed().await;
+    let end = stream.next().await;
+    assert!(
+        !matches!(end, Some(Ok(ref chunk)) if chunk.done),
+        "a cut stream never looks complete: {end:?}"
+    );
+}

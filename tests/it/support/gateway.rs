@@ -37,6 +37,9 @@ pub struct GatewayBuilder {
     admin: bool,
     /// The routing file to reload from, and whether to watch it.
     file: Option<(std::path::PathBuf, bool)>,
+    /// Threads serving connections, as `llmgate serve` has them; `None`
+    /// serves on the test's runtime.
+    serving_threads: Option<std::num::NonZeroUsize>,
 }
 
 impl GatewayBuilder {
@@ -60,9 +63,19 @@ impl GatewayBuilder {
         self
     }
 
+    /// Serves connections on `count` threads of their own, as
+    /// `llmgate serve` does.
+    pub fn serving_threads(mut self, count: usize) -> Self {
+        self.serving_threads = std::num::NonZeroUsize::new(count);
+        self
+    }
+
     /// Starts it, on port 0 everywhere.
     pub async fn start(self) -> Gateway {
         let mut server = llmgate::Server::new(self.config, self.connectors).expect("table builds");
+        if let Some(count) = self.serving_threads {
+            server = server.serving_threads(count);
+        }
         let mut watch = false;
         if let Some((path, watching)) = self.file {
             server = server
@@ -82,6 +95,7 @@ impl Gateway {
             connectors: llmgate::Connectors::default(),
             admin: false,
             file: None,
+            serving_threads: None,
         }
     }
 
@@ -93,6 +107,15 @@ impl Gateway {
     /// Like [`Gateway::start`], with environment variables from `env`.
     pub async fn start_with_env(yaml: &str, env: &dyn Fn(&str) -> Option<String>) -> Gateway {
         Self::builder(test_config(yaml, env)).start().await
+    }
+
+    /// Like [`Gateway::start`], serving connections on `threads` threads
+    /// of their own as `llmgate serve` does.
+    pub async fn start_on_threads(yaml: &str, threads: usize) -> Gateway {
+        Self::builder(test_config(yaml, &|_| None))
+            .serving_threads(threads)
+            .start()
+            .await
     }
 
     /// Starts a gateway on an already parsed config.
