@@ -89,11 +89,18 @@ impl ChildGuard {
     }
 }
 
+impl ChildGuard {
+    /// Kills and reaps the child (again harmless).
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for ChildGuard {
     /// Kills and reaps the child so no process outlives the bench.
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -170,8 +177,11 @@ impl Processes {
 }
 
 impl Drop for Processes {
-    /// Removes the routing file; the children's own guards stop them.
+    /// Stops the gateway, then removes its routing file (the other way
+    /// round, the gateway would see the file go and log a failed reload);
+    /// the other children's own guards stop them.
     fn drop(&mut self) {
+        self.gateway.stop();
         let _ = std::fs::remove_file(&self.config_path);
     }
 }
