@@ -15,7 +15,9 @@
 //! the grace period, then cut what is left (which cancels those upstream
 //! requests). Health turns NOT_SERVING (and `/readyz` 503) the moment
 //! shutdown begins, and the admin port stays up until the drain is over.
-//! Each connection's TLS handshake and limits are in `conn`.
+//! Each connection's TLS handshake and limits are in `conn`; with serving
+//! threads (`llmgate serve` always has them) each accepted connection is
+//! handed to one of them and served there whole (`threads`).
 //!
 //! The gRPC port also answers grpc-web (for browsers); the OpenAI-compatible
 //! HTTP front, when `listen.http` asks for it, has a port of its own served

@@ -10,7 +10,7 @@
 //! poll, on the same thread, and a connection holds nothing but its socket
 //! and a small read buffer. Between calls an idle connection waits in a
 //! pool per endpoint, polled by nobody; it is checked before reuse, and a
-//! request it could not even send is sent again on a fresh connection.
+//! request it got no answer to at all is sent again on a fresh connection.
 //!
 //! Every call to a plain-`http://` endpoint goes this way: in-cluster
 //! engines (vLLM, SGLang, Ollama) speak HTTP/1.1, and they are where
@@ -153,9 +153,11 @@ impl InlinePool {
             &parts.headers,
             body.len(),
         ));
-        // A pooled connection its server closed meanwhile (an idle
-        // timeout, a restart) fails before any of an answer arrives: the
-        // server never took the request, so it goes again on a fresh one.
+        // A pooled connection that fails before any byte of an answer was
+        // almost always closed by its server while idle (a keep-alive
+        // timeout, a restart), so the request goes again, once, on a fresh
+        // connection. A server that died mid-request on a reused
+        // connection thus sees it twice: the work is redone, nothing else.
         let mut pooled = self.take(&key);
         let (connection, head) = loop {
             let reused = pooled.is_some();
