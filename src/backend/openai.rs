@@ -97,13 +97,47 @@ struct StreamOptions {
 struct WireResponse<'a> {
     #[serde(borrow, default)]
     model: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    choices: Vec<WireChoice<'a>>,
+    /// The first choice: the gateway asks for one (`n` is not passed on),
+    /// and keeping only it spares a vector per streamed chunk.
+    #[serde(borrow, default, deserialize_with = "first_choice")]
+    choices: Option<WireChoice<'a>>,
     #[serde(default)]
     usage: Option<WireUsage>,
     /// Some servers report a failure inside a 200 stream this way.
     #[serde(default)]
     error: Option<serde_json::Value>,
+}
+
+/// The first element of a JSON array of choices (`null` or `[]`: none);
+/// the others are skipped without being built.
+fn first_choice<'de, D>(deserializer: D) -> Result<Option<WireChoice<'de>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct First;
+
+    impl<'de> serde::de::Visitor<'de> for First {
+        type Value = Option<WireChoice<'de>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an array of choices")
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let first = seq.next_element()?;
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(first)
+        }
+    }
+
+    deserializer.deserialize_any(First)
 }
 
 #[derive(Deserialize)]
@@ -255,7 +289,7 @@ impl Adapter for OpenAiBackend {
                 &format!("reported an error: {}", wire::error_message(&error)),
             ));
         }
-        let Some(choice) = answer.choices.into_iter().next() else {
+        let Some(choice) = answer.choices else {
             return Err(self
                 .http
                 .error(ErrorKind::Unavailable, "answered with no choices"));
@@ -326,7 +360,7 @@ impl Dialect for ChunkStream {
         if let Some(usage) = chunk.usage {
             completion.usage = Some(usage.into_usage());
         }
-        let Some(choice) = chunk.choices.into_iter().next() else {
+        let Some(choice) = chunk.choices else {
             return Step::Skip;
         };
         if let Some(reason) = choice.finish_reason {
@@ -528,5 +562,50 @@ impl WireUsage {
             input_tokens: self.prompt_tokens,
             output_tokens: self.completion_tokens,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(data: &str) -> SseEvent {
+        SseEvent {
+            event: String::new(),
+            data: data.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_chunk_is_read_from_its_first_choice_and_the_others_are_skipped() {
+        let mut dialect = ChunkStream {
+            model_reported: false,
+            chunks: 0,
+            finished: false,
+        };
+        let mut completion = Completion {
+            finish_reason: None,
+            usage: None,
+            model: Arc::from("asked"),
+            logprobs: None,
+            embeddings: None,
+        };
+        let two = r#"{"choices":[{"index":0,"delta":{"content":"first"}},
+                                 {"index":1,"delta":{"content":"second"}}]}"#;
+        let step = dialect.on_item(item(two), &mut completion);
+        assert!(matches!(&step, Step::Token(text) if text == "first"));
+        let none = [
+            r#"{"choices":[]}"#,
+            r#"{"choices":null}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":2}}"#,
+        ];
+        for chunk in none {
+            let step = dialect.on_item(item(chunk), &mut completion);
+            assert!(matches!(step, Step::Skip), "{chunk}");
+        }
+        assert_eq!(completion.usage.map(|u| u.output_tokens), Some(2));
+        let not_an_array = r#"{"choices":{"index":0}}"#;
+        let step = dialect.on_item(item(not_an_array), &mut completion);
+        assert!(matches!(step, Step::Fail(ErrorKind::Unavailable, _)));
     }
 }
