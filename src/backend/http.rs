@@ -186,6 +186,18 @@ pub(crate) fn probe(
 
 // === impl UpstreamBody ===
 
+impl UpstreamBody {
+    /// The answer is complete but its body has not ended yet (the chunked
+    /// terminator after `[DONE]` is still on its way): let the rest be read
+    /// without the caller, so the connection can serve another call. The
+    /// pooled client's connection task does this by itself.
+    pub(crate) fn finish_later(&mut self) {
+        if let UpstreamBody::Inline(body) = self {
+            body.finish_later();
+        }
+    }
+}
+
 impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = BodyError;

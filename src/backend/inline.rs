@@ -111,6 +111,15 @@ const MIN_SPARE: usize = 256;
 /// The most room one top-up of a read buffer makes.
 const MAX_READ: usize = 64 * 1024;
 
+/// How long the end of a finished answer's body is waited for after its
+/// call is done with it: the chunked terminator follows `[DONE]` at once,
+/// and a connection kept is a TCP handshake saved on the next call.
+const FINISH_WITHIN: Duration = Duration::from_secs(1);
+
+/// The most bytes read after a finished answer before its connection is
+/// closed instead: a server still talking is not one to reuse.
+const FINISH_MAX_BYTES: usize = 64 * 1024;
+
 /// How long an idle connection is kept: as long as the pooled client keeps
 /// its own. Servers often close sooner (uvicorn after 5 s), which the check
 /// before reuse notices.
@@ -251,6 +260,17 @@ impl InlinePool {
     }
 }
 
+#[cfg(test)]
+impl InlinePool {
+    /// Idle connections to `key` kept for this thread.
+    fn idle(&self, key: &Authority) -> usize {
+        let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.by_endpoint
+            .get(&(key.clone(), std::thread::current().id()))
+            .map_or(0, Vec::len)
+    }
+}
+
 /// Opens a connection to `key` (`host:port`), within the connect limit.
 async fn dial(key: &Authority) -> Result<Connection, InlineError> {
     let port = key.port_u16().unwrap_or(80);
@@ -364,6 +384,42 @@ impl Connection {
 }
 
 // === impl InlineBody ===
+
+impl InlineBody {
+    /// Reads what is left of this body in a task of its own, for at most
+    /// [`FINISH_WITHIN`] and [`FINISH_MAX_BYTES`], so its connection goes
+    /// back to the pool; this body is left ended. For an answer the call
+    /// has read whole: dropping a body mid-answer must close the
+    /// connection instead, which stops the upstream.
+    pub(crate) fn finish_later(&mut self) {
+        if !self.keep_alive {
+            return;
+        }
+        let Some(connection) = self.connection.take() else {
+            return;
+        };
+        let mut rest = InlineBody {
+            connection: Some(connection),
+            decoder: std::mem::replace(&mut self.decoder, BodyDecoder::Ended),
+            keep_alive: true,
+            pool: self.pool.clone(),
+            key: self.key.clone(),
+        };
+        tokio::spawn(async move {
+            let mut read = 0;
+            let rest_read = async {
+                while let Some(Ok(frame)) = rest.frame().await {
+                    read += frame.data_ref().map_or(0, Bytes::len);
+                    if read > FINISH_MAX_BYTES {
+                        return;
+                    }
+                }
+            };
+            // The body's end returned the connection; otherwise it closes.
+            let _ = tokio::time::timeout(FINISH_WITHIN, rest_read).await;
+        });
+    }
+}
 
 impl Body for InlineBody {
     type Data = Bytes;
@@ -552,6 +608,53 @@ mod tests {
             assert_eq!(call(&pool, &key).await.as_deref(), Ok(body.as_str()));
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_finished_later_returns_its_connection_once_its_end_arrives() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let key = Authority::try_from(listener.local_addr().expect("address").to_string())
+            .expect("authority");
+        let (send_end, end_wanted) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut buf = [0u8; 1024];
+            let _ = socket.read(&mut buf).await;
+            let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+            let done = "e\r\ndata: [DONE]\n\n\r\n";
+            socket
+                .write_all(format!("{head}{done}").as_bytes())
+                .await
+                .expect("write");
+            // The terminator comes only once the call is done with the body.
+            let _ = end_wanted.await;
+            socket.write_all(b"0\r\n\r\n").await.expect("write");
+            // Held open: the connection stays usable.
+            let _ = socket.read(&mut buf).await;
+        });
+        let pool = Arc::new(InlinePool::default());
+        let request = Request::post(format!("http://{key}/v1/chat/completions"))
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .expect("request");
+        let response = pool.request(request).await.expect("answered");
+        let mut body = response.into_body();
+        let frame = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(
+            frame.data_ref().map(|d| &d[..]),
+            Some(&b"data: [DONE]\n\n"[..])
+        );
+        body.finish_later();
+        drop(body);
+        assert_eq!(pool.idle(&key), 0, "not before the body's end");
+        send_end.send(()).expect("server waiting");
+        for _ in 0..10_000 {
+            if pool.idle(&key) == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pool.idle(&key), 1, "pooled once the end arrived");
+        server.abort();
     }
 
     #[tokio::test]

@@ -488,7 +488,8 @@ impl<D: Dialect> UpstreamStream<D> {
     /// Reads what is left of a finished answer's body when it has already
     /// arrived (the end of the chunked body after `[DONE]`), so the
     /// connection can serve another call instead of being closed. Never
-    /// waits: whatever has not arrived yet is dropped with the stream.
+    /// waits: what has not arrived yet is read after the stream is gone
+    /// (see [`UpstreamBody::finish_later`]).
     fn read_to_end(&mut self, cx: &mut Context<'_>) {
         // A finished answer is followed by its body's end, at most a few
         // frames of trailing keep-alives away.
@@ -499,9 +500,11 @@ impl<D: Dialect> UpstreamStream<D> {
                     self.body_done = true;
                     return;
                 }
-                Poll::Ready(Some(Err(_))) | Poll::Pending => return,
+                Poll::Ready(Some(Err(_))) => return,
+                Poll::Pending => break,
             }
         }
+        self.body.finish_later();
     }
 
     /// The next event: the stream's logic, over items as they arrive.
