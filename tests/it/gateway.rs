@@ -353,7 +353,13 @@ routes:
 
 #[tokio::test]
 async fn shutdown_lets_a_stream_in_flight_finish_and_refuses_new_connections() {
-    let mut gateway = Gateway::start(SLOW_STREAM_ROUTES).await;
+    stream_in_flight_finishes_at_shutdown(Gateway::start(SLOW_STREAM_ROUTES).await).await;
+}
+
+/// Starts a stream on `gateway` (on [`SLOW_STREAM_ROUTES`]), shuts it down
+/// after the first token, and checks the stream still ends whole and the
+/// listener is closed.
+async fn stream_in_flight_finishes_at_shutdown(mut gateway: Gateway) {
     let addr = gateway.addr;
     let mut stream = gateway
         .client()
@@ -383,6 +389,13 @@ async fn shutdown_lets_a_stream_in_flight_finish_and_refuses_new_connections() {
 
 #[tokio::test]
 async fn shutdown_cuts_streams_still_running_when_the_grace_period_ends() {
+    grace_period_cuts_a_running_stream(None).await;
+}
+
+/// A stream whose upstream hangs after one token, on a gateway with a
+/// 50 ms grace period (on `threads` serving threads, when given): shutdown
+/// cuts it, with its upstream request, and it never looks complete.
+async fn grace_period_cuts_a_running_stream(threads: Option<usize>) {
     let mut upstream = FakeUpstream::start(|_| {
         vec![
             Step::Head(200, "text/event-stream"),
@@ -395,7 +408,10 @@ async fn shutdown_cuts_streams_still_running_when_the_grace_period_ends() {
         "shutdown_grace: 50ms\n{}",
         one_upstream(&upstream.url(), "")
     );
-    let mut gateway = Gateway::start(&yaml).await;
+    let mut gateway = match threads {
+        Some(threads) => Gateway::start_on_threads(&yaml, threads).await,
+        None => Gateway::start(&yaml).await,
+    };
     let mut stream = gateway
         .client()
         .await
@@ -471,67 +487,12 @@ async fn on_serving_threads_both_fronts_answer_over_shared_upstream_connections(
 
 #[tokio::test]
 async fn on_serving_threads_shutdown_lets_a_stream_in_flight_finish() {
-    let mut gateway = Gateway::start_on_threads(SLOW_STREAM_ROUTES, 2).await;
-    let addr = gateway.addr;
-    let mut stream = gateway
-        .client()
-        .await
-        .complete_stream(request("m", "hi"))
-        .await
-        .expect("stream")
-        .into_inner();
-    let first = stream.next().await.expect("token").expect("token");
-    assert!(!first.done);
-    gateway.begin_shutdown();
-    let mut rest = 0;
-    let mut done = false;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.expect("the stream in flight completes");
-        rest += 1;
-        done |= chunk.done;
-    }
-    assert!(done, "stream ended with its final chunk");
-    assert_eq!(rest, 10, "nine more tokens and the final chunk");
-    gateway.stopped().await.expect("clean exit");
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "the listener is closed"
-    );
+    stream_in_flight_finishes_at_shutdown(Gateway::start_on_threads(SLOW_STREAM_ROUTES, 2).await)
+        .await;
 }
 
 #[tokio::test]
 async fn on_serving_threads_the_grace_period_cuts_streams_still_running() {
-    let mut upstream = FakeUpstream::start(|_| {
-        vec![
-            Step::Head(200, "text/event-stream"),
-            Step::Chunk(sse_token("a").into_bytes()),
-            Step::Hang,
-        ]
-    })
-    .await;
-    let yaml = format!(
-        "shutdown_grace: 50ms\n{}",
-        one_upstream(&upstream.url(), "")
-    );
-    let mut gateway = Gateway::start_on_threads(&yaml, 2).await;
-    let mut stream = gateway
-        .client()
-        .await
-        .complete_stream(request("m", "hi"))
-        .await
-        .expect("stream")
-        .into_inner();
-    assert_eq!(stream.next().await.expect("a").expect("a").token, "a");
-    gateway.begin_shutdown();
-    gateway
-        .stopped()
-        .await
-        .expect("exits after the grace period");
-    // The call, on its serving thread, was cut: its upstream request too.
-    upstream.wait_closed().await;
-    let end = stream.next().await;
-    assert!(
-        !matches!(end, Some(Ok(ref chunk)) if chunk.done),
-        "a cut stream never looks complete: {end:?}"
-    );
+    // The call, on its serving thread, is cut: its upstream request too.
+    grace_period_cuts_a_running_stream(Some(2)).await;
 }

@@ -166,11 +166,11 @@ fn prompts(upstream: &FakeUpstream) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn queued_calls_are_served_by_class_as_the_slot_frees_on_both_fronts() {
-    let (upstream, gate) = held_upstream().await;
-    let model = "queue-order";
-    let gateway = Gateway::start_with_admin_env(
+/// A gateway (with its admin port, for the queue gauges) whose route for
+/// `model` queues calls to `upstream` in strict class order: no
+/// promotion within a test's time.
+async fn ordered_queue_gateway(model: &str, upstream: &FakeUpstream) -> Gateway {
+    Gateway::start_with_admin_env(
         &routing(
             model,
             &upstream.url(),
@@ -178,7 +178,27 @@ async fn queued_calls_are_served_by_class_as_the_slot_frees_on_both_fronts() {
         ),
         &keys,
     )
-    .await;
+    .await
+}
+
+/// Waits for every call in `handles` and checks each was answered.
+async fn all_answered<const N: usize>(
+    handles: [tokio::task::JoinHandle<Result<String, tonic::Status>>; N],
+) {
+    for handle in handles {
+        let answer = handle.await.expect("the call's task ran");
+        assert_eq!(
+            answer.as_deref().map_err(|s| s.message().to_string()),
+            Ok("Paris.")
+        );
+    }
+}
+
+#[tokio::test]
+async fn queued_calls_are_served_by_class_as_the_slot_frees_on_both_fronts() {
+    let (upstream, gate) = held_upstream().await;
+    let model = "queue-order";
+    let gateway = ordered_queue_gateway(model, &upstream).await;
     let holder = spawn_call(&gateway, call(model, "holder", "sk-high", None));
     until_received(&upstream, 1).await;
     // Arrivals, oldest first: low, a picker asking low by default, a
@@ -204,13 +224,7 @@ async fn queued_calls_are_served_by_class_as_the_slot_frees_on_both_fronts() {
     let high = spawn_call(&gateway, call(model, "high", "sk-high", None));
     until_queued(&gateway, model, "high", 3.0).await;
     gate.add_permits(16);
-    for handle in [holder, low, picker_low, sneaky, picker_grpc, high] {
-        let answer = handle.await.expect("the call's task ran");
-        assert_eq!(
-            answer.as_deref().map_err(|s| s.message().to_string()),
-            Ok("Paris.")
-        );
-    }
+    all_answered([holder, low, picker_low, sneaky, picker_grpc, high]).await;
     let http_answer = http_call.await.expect("the HTTP call's task ran");
     assert_eq!(http_answer.status, 200);
     assert_eq!(
@@ -236,15 +250,7 @@ async fn queued_calls_are_served_by_class_as_the_slot_frees_on_both_fronts() {
 async fn a_messages_call_is_queued_in_the_class_its_header_asks_for() {
     let (upstream, gate) = held_upstream().await;
     let model = "queue-messages";
-    let gateway = Gateway::start_with_admin_env(
-        &routing(
-            model,
-            &upstream.url(),
-            "queue: { max_len: 8, timeout: 30s, promote_after: 1h }",
-        ),
-        &keys,
-    )
-    .await;
+    let gateway = ordered_queue_gateway(model, &upstream).await;
     let holder = spawn_call(&gateway, call(model, "holder", "sk-high", None));
     until_received(&upstream, 1).await;
     let low = spawn_call(&gateway, call(model, "low", "sk-low", None));
@@ -260,13 +266,7 @@ async fn a_messages_call_is_queued_in_the_class_its_header_asks_for() {
     ));
     until_queued(&gateway, model, "high", 1.0).await;
     gate.add_permits(16);
-    for handle in [holder, low] {
-        let answer = handle.await.expect("the call's task ran");
-        assert_eq!(
-            answer.as_deref().map_err(|s| s.message().to_string()),
-            Ok("Paris.")
-        );
-    }
+    all_answered([holder, low]).await;
     let messages_answer = messages_call.await.expect("the Messages call's task ran");
     assert_eq!(messages_answer.status, 200, "{:?}", messages_answer.body);
     assert_eq!(prompts(&upstream), ["holder", "messages-high", "low"]);
