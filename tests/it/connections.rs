@@ -30,17 +30,10 @@ async fn sequential_calls_reuse_one_upstream_connection_and_name_the_host() {
             .unwrap_or_else(|err| panic!("unary call {round} failed: {err}"))
             .into_inner();
         assert_eq!(answer.text, "Paris.");
-        let stream = client
-            .complete_stream(request("m", "hi"))
+        let chunks = collect(&mut client, request("m", "hi"))
             .await
-            .unwrap_or_else(|err| panic!("stream {round} failed: {err}"))
-            .into_inner();
-        let chunks: Vec<_> = stream.collect().await;
-        let text: String = chunks
-            .iter()
-            .map(|chunk| chunk.as_ref().expect("no error mid-stream").token.clone())
-            .collect();
-        assert_eq!(text, "abc");
+            .unwrap_or_else(|err| panic!("stream {round}: {err}"));
+        assert_eq!(text_of(&chunks), "abc");
     }
     assert_eq!(upstream.count(), 6);
     // Unary calls and streams alike go over connections their calls

@@ -455,18 +455,10 @@ async fn on_serving_threads_both_fronts_answer_over_shared_upstream_connections(
             .unwrap_or_else(|err| panic!("unary call {round}: {err}"))
             .into_inner();
         assert_eq!(answer.text, "Paris.");
-        let chunks: Vec<_> = client
-            .complete_stream(request("m", "hi"))
+        let chunks = collect(&mut client, request("m", "hi"))
             .await
-            .unwrap_or_else(|err| panic!("stream {round}: {err}"))
-            .into_inner()
-            .collect()
-            .await;
-        let text: String = chunks
-            .iter()
-            .map(|chunk| chunk.as_ref().expect("no error mid-stream").token.clone())
-            .collect();
-        assert_eq!(text, "abc");
+            .unwrap_or_else(|err| panic!("stream {round}: {err}"));
+        assert_eq!(text_of(&chunks), "abc");
         let url = format!("http://{}/v1/chat/completions", gateway.http_addr);
         let ask = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
         let http = http_post_json(&url, &ask).await;
