@@ -14,6 +14,8 @@
 //! answers framed by `Content-Length`, `Transfer-Encoding: chunked` or the
 //! connection's close; interim `1xx` answers are skipped.
 
+use std::io::Write as _;
+
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
@@ -124,9 +126,8 @@ pub(crate) fn encode_request(
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     }
-    head.extend_from_slice(b"content-length: ");
-    head.extend_from_slice(body_len.to_string().as_bytes());
-    head.extend_from_slice(b"\r\n\r\n");
+    // Writing into a Vec cannot fail.
+    let _ = write!(head, "content-length: {body_len}\r\n\r\n");
     head
 }
 

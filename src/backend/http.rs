@@ -48,23 +48,21 @@ pub(crate) enum UpstreamBody {
     Inline(InlineBody),
 }
 
-/// Why an answer's body broke off, from whichever client carried it.
+/// A failure of whichever client carried a request: hyper-util's pooled
+/// client (`P`, its error type) or a connection the call drives.
 #[derive(Debug)]
-pub(crate) enum BodyError {
+pub(crate) enum ClientError<P> {
     /// From hyper-util's pooled client.
-    Pooled(hyper::Error),
+    Pooled(P),
     /// From a connection the call drives.
     Inline(InlineError),
 }
 
-/// Why a request got no answer, from whichever client carried it.
-#[derive(Debug)]
-pub(crate) enum SendError {
-    /// From hyper-util's pooled client.
-    Pooled(hyper_util::client::legacy::Error),
-    /// From a connection the call drives.
-    Inline(InlineError),
-}
+/// Why a request got no answer.
+pub(crate) type SendError = ClientError<hyper_util::client::legacy::Error>;
+
+/// Why an answer's body broke off.
+pub(crate) type BodyError = ClientError<hyper::Error>;
 
 /// How long to wait for a TCP connection before calling an endpoint down.
 /// Short on purpose: a healthy server in the same cluster accepts in
@@ -106,14 +104,14 @@ impl HttpClient {
                 .inline
                 .request(request)
                 .await
-                .map_err(SendError::Inline)?;
+                .map_err(ClientError::Inline)?;
             Ok(response.map(UpstreamBody::Inline))
         } else {
             let response = self
                 .pooled
                 .request(request)
                 .await
-                .map_err(SendError::Pooled)?;
+                .map_err(ClientError::Pooled)?;
             Ok(response.map(UpstreamBody::Pooled))
         }
     }
@@ -207,8 +205,12 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            UpstreamBody::Pooled(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::Pooled),
-            UpstreamBody::Inline(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::Inline),
+            UpstreamBody::Pooled(body) => {
+                Pin::new(body).poll_frame(cx).map_err(ClientError::Pooled)
+            }
+            UpstreamBody::Inline(body) => {
+                Pin::new(body).poll_frame(cx).map_err(ClientError::Inline)
+            }
         }
     }
 
@@ -227,42 +229,22 @@ impl Body for UpstreamBody {
     }
 }
 
-// === impl BodyError ===
+// === impl ClientError ===
 
-impl std::fmt::Display for BodyError {
+impl<P: std::fmt::Display> std::fmt::Display for ClientError<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            BodyError::Pooled(err) => err.fmt(f),
-            BodyError::Inline(err) => err.fmt(f),
+            ClientError::Pooled(err) => err.fmt(f),
+            ClientError::Inline(err) => err.fmt(f),
         }
     }
 }
 
-impl std::error::Error for BodyError {
+impl<P: std::error::Error> std::error::Error for ClientError<P> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            BodyError::Pooled(err) => err.source(),
-            BodyError::Inline(err) => err.source(),
-        }
-    }
-}
-
-// === impl SendError ===
-
-impl std::fmt::Display for SendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SendError::Pooled(err) => err.fmt(f),
-            SendError::Inline(err) => err.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for SendError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            SendError::Pooled(err) => err.source(),
-            SendError::Inline(err) => err.source(),
+            ClientError::Pooled(err) => err.source(),
+            ClientError::Inline(err) => err.source(),
         }
     }
 }

@@ -53,7 +53,9 @@ where
 /// Keeps the log writer's thread alive; dropping it writes out every line
 /// still queued. `main` holds it until the process ends.
 #[must_use = "dropping the guard stops the log writer"]
-pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
+pub struct LogGuard {
+    _writer: tracing_appender::non_blocking::WorkerGuard,
+}
 
 /// Lines a writer thread holds before a logging call waits for it: a burst
 /// of access lines is absorbed, and a stderr that cannot keep up slows the
@@ -83,5 +85,5 @@ pub fn init(format: LogFormat) -> LogGuard {
     // Also bridges crates that log through `log` (rustls). Fails only when
     // a subscriber is already set, which then stays.
     let _ = subscriber(format, filter, ansi, writer).try_init();
-    LogGuard(guard)
+    LogGuard { _writer: guard }
 }
