@@ -255,8 +255,10 @@ impl Reloader {
             // Owned by the task, so the watch lasts as long as it does.
             let _watcher = watcher;
             while let Some(event) = events.recv().await {
-                if let Err(err) = event {
-                    tracing::warn!(%err, "file watcher error");
+                match event {
+                    Ok(event) if !may_change(&event) => continue,
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(%err, "file watcher error"),
                 }
                 // Wait for the burst of events one change makes to settle.
                 loop {
@@ -282,5 +284,53 @@ impl Reloader {
                 reloader.reload("SIGHUP").await;
             }
         })))
+    }
+}
+
+/// Whether a file event may have changed what the directory holds. Reading
+/// a file is an event too (inotify reports opens and closes), and the
+/// reload's own read of the routing file must not start the next reload:
+/// that made a watched gateway read its file ten times a second, forever.
+/// Closing a file written to still counts: it ends an in-place save.
+fn may_change(event: &notify::Event) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match event.kind {
+        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        notify::EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, ModifyKind, RemoveKind};
+    use notify::{Event, EventKind};
+
+    use super::may_change;
+
+    #[test]
+    fn reading_the_routing_file_does_not_count_as_a_change() {
+        for access in [
+            AccessKind::Open(AccessMode::Read),
+            AccessKind::Read,
+            AccessKind::Close(AccessMode::Read),
+            AccessKind::Any,
+        ] {
+            assert!(!may_change(&Event::new(EventKind::Access(access))));
+        }
+    }
+
+    #[test]
+    fn writes_renames_and_removals_count_as_changes() {
+        for kind in [
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Content)),
+            EventKind::Modify(ModifyKind::Name(notify::event::RenameMode::To)),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Any,
+        ] {
+            assert!(may_change(&Event::new(kind)), "{kind:?}");
+        }
     }
 }
