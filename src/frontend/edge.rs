@@ -183,6 +183,58 @@ pub(crate) fn poll_events(
     }
 }
 
+/// Sends a streamed answer's first write on its own. When an upstream has
+/// already sent several tokens, a front gathers them into one write, and
+/// the server flushes only once the body has nothing ready; without this,
+/// the first token would wait until every token already there was read.
+/// After the first write the body answers `Pending` once, having woken
+/// itself, and the server flushes the head and first token before asking
+/// again.
+#[derive(Debug, Default)]
+pub(crate) struct FirstWrite {
+    /// Where the stream is: nothing written, the first write out and its
+    /// flush still to be let through, or past it.
+    stage: FirstWriteStage,
+}
+
+/// The stages of a [`FirstWrite`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum FirstWriteStage {
+    /// No write yet: the next one goes alone.
+    #[default]
+    Ahead,
+    /// The first write went out; the next poll yields so it is flushed.
+    Flush,
+    /// Writes are gathered as usual.
+    Past,
+}
+
+impl FirstWrite {
+    /// Whether the write being built must go now, alone: true until the
+    /// first write is out.
+    pub(crate) fn alone(&self) -> bool {
+        self.stage == FirstWriteStage::Ahead
+    }
+
+    /// Notes a write handed to the server.
+    pub(crate) fn wrote(&mut self) {
+        if self.stage == FirstWriteStage::Ahead {
+            self.stage = FirstWriteStage::Flush;
+        }
+    }
+
+    /// Called first in every poll: `true` means answer `Pending` now (the
+    /// task is already woken), so the server flushes the first write.
+    pub(crate) fn yield_for_flush(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.stage != FirstWriteStage::Flush {
+            return false;
+        }
+        self.stage = FirstWriteStage::Past;
+        cx.waker().wake_by_ref();
+        true
+    }
+}
+
 /// A whole answer, gathered from its stream: what every front's unary
 /// answer is built from.
 pub(crate) struct WholeAnswer {
@@ -260,6 +312,36 @@ mod tests {
             Poll::Ready(Some(Err(err))) => assert_eq!(err.kind(), ErrorKind::Internal),
             _ => panic!("the panic became an INTERNAL error"),
         }
+    }
+
+    /// A waker that counts its wake-ups.
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_first_write_goes_alone_then_yields_once_woken_so_it_is_flushed() {
+        let wakes = Arc::new(CountingWaker(0.into()));
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut first = FirstWrite::default();
+        assert!(first.alone());
+        assert!(!first.yield_for_flush(&mut cx), "nothing to flush yet");
+        first.wrote();
+        assert!(!first.alone(), "later writes gather what is ready");
+        assert!(first.yield_for_flush(&mut cx));
+        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        first.wrote();
+        assert!(!first.yield_for_flush(&mut cx), "only the first write");
+        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

@@ -24,7 +24,7 @@ use crate::chat::{
 };
 use crate::error::GatewayError;
 use crate::frontend::door::Admitted;
-use crate::frontend::edge::{self, Edge, WholeAnswer, poll_events, truncated};
+use crate::frontend::edge::{self, Edge, FirstWrite, WholeAnswer, poll_events, truncated};
 use crate::proto;
 use crate::proto::llm_service_server::LlmService;
 use crate::telemetry::{PRIORITY, REQUEST_ID};
@@ -41,6 +41,9 @@ pub(crate) struct GrpcFrontend {
 pub(crate) struct TokenChunks {
     /// The tokens; `None` once finished.
     inner: Option<ChatStream>,
+    /// tonic gathers every message ready into one write: the first is
+    /// let through on its own.
+    first_write: FirstWrite,
 }
 
 impl GrpcFrontend {
@@ -121,6 +124,7 @@ impl LlmService for GrpcFrontend {
         respond(
             &request_id,
             stream.map(|stream| TokenChunks {
+                first_write: FirstWrite::default(),
                 inner: Some(stream),
             }),
         )
@@ -215,6 +219,23 @@ impl Stream for TokenChunks {
     type Item = Result<proto::TokenChunk, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.first_write.yield_for_flush(cx) {
+            return Poll::Pending;
+        }
+        let chunk = ready!(self.next_chunk(cx));
+        if chunk.is_some() {
+            self.first_write.wrote();
+        }
+        Poll::Ready(chunk)
+    }
+}
+
+impl TokenChunks {
+    /// The next message: a token, a piece of a tool call, or the last.
+    fn next_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<proto::TokenChunk, Status>>> {
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -533,4 +554,29 @@ pub(crate) fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Du
         "n" => Duration::from_nanos(amount),
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::testing::{done, token};
+
+    #[test]
+    fn the_first_token_goes_out_alone_and_the_rest_together() {
+        let events = vec![token("Par"), token("is"), done(2, 2)];
+        let mut chunks = TokenChunks {
+            inner: Some(Box::pin(futures_util::stream::iter(events))),
+            first_write: FirstWrite::default(),
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut poll = || match Pin::new(&mut chunks).poll_next(&mut cx) {
+            Poll::Ready(Some(Ok(chunk))) => Some((chunk.token, chunk.done)),
+            Poll::Ready(other) => panic!("a chunk, not {other:?}"),
+            Poll::Pending => None,
+        };
+        assert_eq!(poll(), Some(("Par".to_string(), false)));
+        assert_eq!(poll(), None, "a pause, so tonic writes the first alone");
+        assert_eq!(poll(), Some(("is".to_string(), false)), "then no pauses");
+        assert_eq!(poll(), Some((String::new(), true)));
+    }
 }

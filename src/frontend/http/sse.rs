@@ -24,7 +24,7 @@ use super::wire::{
 };
 use crate::chat::{ChatEvent, ChatStream, Completion, ToolCallDelta};
 use crate::error::GatewayError;
-use crate::frontend::edge::{poll_events, truncated};
+use crate::frontend::edge::{FirstWrite, poll_events, truncated};
 
 /// The most events gathered into one write, on either streaming front: a
 /// bound on the time one poll may take, far above what arrives together.
@@ -42,6 +42,8 @@ struct SseChunks {
     first: bool,
     /// Every token chunk but the first, around its text.
     token_frame: TokenFrame,
+    /// The first chunk goes out alone, flushed before the rest.
+    first_write: FirstWrite,
 }
 
 /// The bytes of a chunk that carries only text, before and after the text,
@@ -63,6 +65,7 @@ pub(super) fn sse_response(events: ChatStream, call: CallInfo) -> Response {
         token_frame: TokenFrame::new(&call),
         call,
         first: true,
+        first_write: FirstWrite::default(),
     };
     event_stream(chunks)
 }
@@ -90,9 +93,13 @@ impl Stream for SseChunks {
     type Item = Result<Bytes, Infallible>;
 
     /// Every event already waiting goes out in one write (up to
-    /// [`MAX_EVENTS_PER_WRITE`]); none waits for the next.
+    /// [`MAX_EVENTS_PER_WRITE`]); none waits for the next, and the first
+    /// goes alone.
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if this.first_write.yield_for_flush(cx) {
+            return Poll::Pending;
+        }
         // Room for a few chunks, so a token's JSON is not grown in steps.
         let mut out = Vec::with_capacity(512);
         for _ in 0..MAX_EVENTS_PER_WRITE {
@@ -117,10 +124,14 @@ impl Stream for SseChunks {
                     this.inner = None;
                 }
             }
+            if this.first_write.alone() {
+                break;
+            }
         }
         if out.is_empty() {
             return Poll::Ready(None);
         }
+        this.first_write.wrote();
         Poll::Ready(Some(Ok(out.into())))
     }
 }
@@ -284,6 +295,7 @@ mod tests {
                 include_usage: call.include_usage,
             },
             first: false,
+            first_write: FirstWrite::default(),
         };
         let choice = ChunkChoice {
             index: 0,
@@ -298,6 +310,39 @@ mod tests {
         let mut out = Vec::new();
         chunks.chunk(&mut out, &call.model, std::slice::from_ref(&choice), None);
         out
+    }
+
+    #[test]
+    fn the_first_token_goes_out_alone_and_the_rest_together() {
+        use crate::chat::testing::{done, token};
+
+        let events = vec![token("Par"), token("is"), token("!"), done(2, 3)];
+        let call = CallInfo {
+            id: "chatcmpl-1".into(),
+            created: 1_796_000_000,
+            model: "m".into(),
+            include_usage: false,
+        };
+        let mut chunks = SseChunks {
+            inner: Some(Box::pin(futures_util::stream::iter(events))),
+            token_frame: TokenFrame::new(&call),
+            call,
+            first: true,
+            first_write: FirstWrite::default(),
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut poll = || match Pin::new(&mut chunks).poll_next(&mut cx) {
+            Poll::Ready(Some(Ok(bytes))) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+            Poll::Ready(None) => Some(String::new()),
+            Poll::Pending => None,
+        };
+        let first = poll().expect("the first token at once");
+        assert!(first.contains("\"Par\""), "{first}");
+        assert!(!first.contains("\"is\""), "the first goes alone: {first}");
+        assert_eq!(poll(), None, "a pause, so the server flushes it");
+        let rest = poll().expect("the rest at once");
+        assert!(rest.contains("\"is\"") && rest.contains("\"!\""), "{rest}");
+        assert!(rest.ends_with("data: [DONE]\n\n"), "{rest}");
     }
 
     #[test]

@@ -35,7 +35,7 @@ use super::error::{error_body, status_and_type};
 use super::wire::{OutBlock, OutDelta, OutEvent, OutMessage, OutStop, OutUsage};
 use crate::chat::{ChatEvent, ChatStream, Completion, ToolCallDelta};
 use crate::error::GatewayError;
-use crate::frontend::edge::{poll_events, truncated};
+use crate::frontend::edge::{FirstWrite, poll_events, truncated};
 use crate::frontend::http::sse::{MAX_EVENTS_PER_WRITE, event_stream};
 
 /// How long a started stream may stay silent before a `ping` goes out:
@@ -59,6 +59,8 @@ struct MessageEvents {
     calls_begun: u32,
     /// When a silent stream sends its next `ping`; moved on by every write.
     ping: Pin<Box<Sleep>>,
+    /// The first event goes out alone, flushed before the rest.
+    first_write: FirstWrite,
 }
 
 /// A block being streamed.
@@ -77,16 +79,7 @@ enum Block {
 
 /// The streamed answer: `events` as Messages API events.
 pub(super) fn event_response(events: ChatStream, info: MessageInfo) -> Response {
-    let body = MessageEvents {
-        inner: Some(events),
-        info,
-        started: false,
-        open: None,
-        next_block: 0,
-        calls_begun: 0,
-        ping: Box::pin(tokio::time::sleep(PING_EVERY)),
-    };
-    event_stream(body)
+    event_stream(MessageEvents::new(events, info))
 }
 
 // === impl MessageEvents ===
@@ -96,6 +89,9 @@ impl Stream for MessageEvents {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if this.first_write.yield_for_flush(cx) {
+            return Poll::Pending;
+        }
         let mut out = Vec::new();
         let mut pending = false;
         for _ in 0..MAX_EVENTS_PER_WRITE {
@@ -124,6 +120,9 @@ impl Stream for MessageEvents {
                 error_event(&mut out, &err);
                 this.inner = None;
             }
+            if this.first_write.alone() && !out.is_empty() {
+                break;
+            }
         }
         if this.inner.is_none() && out.is_empty() {
             return Poll::Ready(None);
@@ -133,6 +132,7 @@ impl Stream for MessageEvents {
         }
         if !out.is_empty() {
             this.ping.as_mut().reset(Instant::now() + PING_EVERY);
+            this.first_write.wrote();
             return Poll::Ready(Some(Ok(out.into())));
         }
         if !pending {
@@ -145,6 +145,20 @@ impl Stream for MessageEvents {
 }
 
 impl MessageEvents {
+    /// `events` about to be streamed as the message `info`.
+    fn new(events: ChatStream, info: MessageInfo) -> Self {
+        MessageEvents {
+            inner: Some(events),
+            info,
+            started: false,
+            open: None,
+            next_block: 0,
+            calls_begun: 0,
+            ping: Box::pin(tokio::time::sleep(PING_EVERY)),
+            first_write: FirstWrite::default(),
+        }
+    }
+
     /// `message_start` and a `ping`, before the first event's own.
     fn start(&mut self, out: &mut Vec<u8>) {
         if std::mem::replace(&mut self.started, true) {
@@ -304,18 +318,13 @@ mod tests {
 
     /// The events `events` stream as: each `(name, data)`.
     async fn streamed(events: Vec<Result<ChatEvent, GatewayError>>) -> Vec<(String, Value)> {
-        let body = MessageEvents {
-            inner: Some(Box::pin(futures_util::stream::iter(events))),
-            info: MessageInfo {
+        let body = MessageEvents::new(
+            Box::pin(futures_util::stream::iter(events)),
+            MessageInfo {
                 id: "msg_1".into(),
                 model: "m".into(),
             },
-            started: false,
-            open: None,
-            next_block: 0,
-            calls_begun: 0,
-            ping: Box::pin(tokio::time::sleep(PING_EVERY)),
-        };
+        );
         let bytes: Vec<u8> = body
             .map(|chunk| chunk.map(|b| b.to_vec()).unwrap_or_default())
             .concat()
@@ -442,18 +451,13 @@ mod tests {
     async fn a_silent_stream_pings_every_interval_and_only_when_silent() {
         let events = futures_util::stream::iter(vec![Ok(ChatEvent::Token("a".into()))])
             .chain(futures_util::stream::pending());
-        let mut body = MessageEvents {
-            inner: Some(Box::pin(events)),
-            info: MessageInfo {
+        let mut body = MessageEvents::new(
+            Box::pin(events),
+            MessageInfo {
                 id: "msg_1".into(),
                 model: "m".into(),
             },
-            started: false,
-            open: None,
-            next_block: 0,
-            calls_begun: 0,
-            ping: Box::pin(tokio::time::sleep(PING_EVERY)),
-        };
+        );
         let first = body.next().await.expect("the start").expect("bytes");
         assert!(String::from_utf8_lossy(&first).contains("text_delta"));
         let began = tokio::time::Instant::now();
@@ -469,6 +473,40 @@ mod tests {
             began.elapsed(),
             PING_EVERY * 2,
             "one ping per interval of silence"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_first_text_goes_out_alone_and_the_rest_together() {
+        let events = vec![
+            Ok(ChatEvent::Token("Par".into())),
+            Ok(ChatEvent::Token("is".into())),
+            Ok(done(FinishReason::Stop)),
+        ];
+        let mut body = MessageEvents::new(
+            Box::pin(futures_util::stream::iter(events)),
+            MessageInfo {
+                id: "msg_1".into(),
+                model: "m".into(),
+            },
+        );
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut poll = || match Pin::new(&mut body).poll_next(&mut cx) {
+            Poll::Ready(Some(Ok(bytes))) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+            Poll::Ready(None) => Some(String::new()),
+            Poll::Pending => None,
+        };
+        let first = poll().expect("the first text at once");
+        assert!(first.starts_with("event: message_start"), "{first}");
+        assert!(
+            first.contains("\"Par\"") && !first.contains("\"is\""),
+            "{first}"
+        );
+        assert_eq!(poll(), None, "a pause, so the server flushes it");
+        let rest = poll().expect("the rest at once");
+        assert!(
+            rest.contains("\"is\"") && rest.contains("message_stop"),
+            "{rest}"
         );
     }
 
