@@ -227,11 +227,10 @@ impl InlinePool {
         if !connection.read.is_empty() || !connection.still_open() {
             return;
         }
-        // A large answer's buffer is not kept by an idle connection.
-        if connection.room > READ_CHUNK {
-            connection.room = READ_CHUNK;
-            connection.read = BytesMut::with_capacity(READ_CHUNK);
-        }
+        // An idle connection keeps no buffer, and the next answer's starts
+        // small again.
+        connection.room = READ_CHUNK;
+        connection.read = BytesMut::new();
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.swept.is_none_or(|at| now - at >= SWEEP_EVERY) {
@@ -295,7 +294,7 @@ async fn dial(key: &Authority) -> Result<Connection, InlineError> {
         .map_err(|err| InlineError::new("tcp connect error", err.into()))?;
     Ok(Connection {
         stream,
-        read: BytesMut::with_capacity(READ_CHUNK),
+        read: BytesMut::new(),
         room: READ_CHUNK,
     })
 }
@@ -333,13 +332,23 @@ impl Connection {
 
     /// Reads what the socket has into the buffer: the number of bytes, 0
     /// when the server closed the connection.
+    ///
+    /// A connection with nothing half-read holds no buffer while it waits:
+    /// a stream between two tokens keeps only its socket, and the buffer
+    /// (a kilobyte, ten thousand times over with that many streams open)
+    /// is taken again when the socket has something.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.read.capacity() - self.read.len() < MIN_SPARE {
-            self.read.reserve(self.room.max(self.read.len()));
-        }
-        let spare = self.read.capacity() - self.read.len();
         loop {
-            ready!(self.stream.poll_read_ready(cx))?;
+            if self.stream.poll_read_ready(cx)?.is_pending() {
+                if self.read.is_empty() {
+                    self.read = BytesMut::new();
+                }
+                return Poll::Pending;
+            }
+            if self.read.capacity() - self.read.len() < MIN_SPARE {
+                self.read.reserve(self.room.max(self.read.len()));
+            }
+            let spare = self.read.capacity() - self.read.len();
             match self.stream.try_read_buf(&mut self.read) {
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
                 Ok(read) => {
@@ -488,6 +497,7 @@ impl std::error::Error for InlineError {
 
 #[cfg(test)]
 mod tests {
+    use std::pin::Pin;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use http::Method;
@@ -572,6 +582,30 @@ mod tests {
     const CHUNKED: &str = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
                            transfer-encoding: chunked\r\n\r\n\
                            f\r\ndata: {\"a\":1}\n\n\r\ne\r\ndata: [DONE]\n\n\r\n0\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_body_waiting_for_its_next_piece_holds_no_read_buffer() {
+        let first_token = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                           f\r\ndata: {\"a\":1}\n\n\r\n";
+        let (key, _) = server(first_token, After::KeepOpen).await;
+        let pool = Arc::new(InlinePool::default());
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{key}/v1/chat/completions"))
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .expect("request");
+        let mut body = pool.request(request).await.expect("answered").into_body();
+        let frame = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(
+            frame.data_ref().map(|d| &d[..]),
+            Some(&b"data: {\"a\":1}\n\n"[..])
+        );
+        drop(frame);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        let connection = body.connection.as_ref().expect("still reading");
+        assert_eq!(connection.read.capacity(), 0, "no buffer while waiting");
+    }
 
     #[tokio::test]
     async fn a_finished_answer_leaves_its_connection_for_the_next_call() {

@@ -78,6 +78,11 @@ impl SseDecoder {
                 .position(|&b| b == b'\n' || b == b'\r')
                 .map(|at| self.scanned + at)
             else {
+                if self.buf.is_empty() {
+                    // Nothing half-read: a stream waiting for its next
+                    // token holds no buffer.
+                    self.buf = BytesMut::new();
+                }
                 self.scanned = self.buf.len();
                 if self.buf.len() + self.pending.data.len() > MAX_EVENT_BYTES {
                     return Err(SseError::TooLarge);
