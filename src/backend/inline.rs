@@ -333,14 +333,17 @@ impl Connection {
     /// Reads what the socket has into the buffer: the number of bytes, 0
     /// when the server closed the connection.
     ///
-    /// A connection with nothing half-read holds no buffer while it waits:
-    /// a stream between two tokens keeps only its socket, and the buffer
-    /// (a kilobyte, ten thousand times over with that many streams open)
-    /// is taken again when the socket has something.
+    /// A connection reading small pieces holds no buffer while it waits
+    /// with nothing half-read: a stream between two tokens keeps only its
+    /// socket, and the buffer (a kilobyte, ten thousand times over with
+    /// that many streams open) is taken again when the socket has
+    /// something. A connection whose reads grew its buffer keeps it until
+    /// its answer ends: freeing and taking tens of kilobytes on every read
+    /// costs the allocator more than the bytes are worth.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         loop {
             if self.stream.poll_read_ready(cx)?.is_pending() {
-                if self.read.is_empty() {
+                if self.read.is_empty() && self.room == READ_CHUNK {
                     self.read = BytesMut::new();
                 }
                 return Poll::Pending;

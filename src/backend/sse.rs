@@ -34,6 +34,10 @@ pub enum SseError {
     TooLarge,
 }
 
+/// The largest decode buffer let go whenever it empties (see
+/// [`SseDecoder::next_event`]).
+const SMALL_BUFFER: usize = 1024;
+
 /// Turns byte chunks into events.
 #[derive(Debug, Default)]
 pub struct SseDecoder {
@@ -78,9 +82,11 @@ impl SseDecoder {
                 .position(|&b| b == b'\n' || b == b'\r')
                 .map(|at| self.scanned + at)
             else {
-                if self.buf.is_empty() {
+                if self.buf.is_empty() && self.buf.capacity() <= SMALL_BUFFER {
                     // Nothing half-read: a stream waiting for its next
-                    // token holds no buffer.
+                    // token holds no buffer. A large one, grown by a burst,
+                    // is kept for the next: the allocator's churn would
+                    // cost more than its bytes.
                     self.buf = BytesMut::new();
                 }
                 self.scanned = self.buf.len();
