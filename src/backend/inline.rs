@@ -561,15 +561,22 @@ mod tests {
         (key, accepted)
     }
 
-    /// POSTs `{}` to `key` and reads the whole answer body as text.
-    async fn call(pool: &Arc<InlinePool>, key: &Authority) -> Result<String, String> {
-        let request = Request::builder()
+    /// A POST of `{}` to `key`.
+    fn post(key: &Authority) -> Request<Full<Bytes>> {
+        Request::builder()
             .method(Method::POST)
             .uri(format!("http://{key}/v1/chat/completions"))
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from_static(b"{}")))
-            .expect("request");
-        let response = pool.request(request).await.map_err(|err| err.to_string())?;
+            .expect("request")
+    }
+
+    /// POSTs `{}` to `key` and reads the whole answer body as text.
+    async fn call(pool: &Arc<InlinePool>, key: &Authority) -> Result<String, String> {
+        let response = pool
+            .request(post(key))
+            .await
+            .map_err(|err| err.to_string())?;
         let body =
             response
                 .into_body()
@@ -592,12 +599,11 @@ mod tests {
                            f\r\ndata: {\"a\":1}\n\n\r\n";
         let (key, _) = server(first_token, After::KeepOpen).await;
         let pool = Arc::new(InlinePool::default());
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(format!("http://{key}/v1/chat/completions"))
-            .body(Full::new(Bytes::from_static(b"{}")))
-            .expect("request");
-        let mut body = pool.request(request).await.expect("answered").into_body();
+        let mut body = pool
+            .request(post(&key))
+            .await
+            .expect("answered")
+            .into_body();
         let frame = body.frame().await.expect("a frame").expect("data");
         assert_eq!(
             frame.data_ref().map(|d| &d[..]),

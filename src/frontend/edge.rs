@@ -294,6 +294,21 @@ pub(crate) async fn unwinding<T>(
         .unwrap_or_else(|_| Err(panicked()))
 }
 
+/// Polls a streaming front's body once, as the server would: its next
+/// write as text (empty at its end), or `None` when it has nothing yet.
+#[cfg(test)]
+pub(crate) fn poll_write<S>(body: &mut S) -> Option<String>
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, std::convert::Infallible>> + Unpin,
+{
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match std::pin::Pin::new(body).poll_next(&mut cx) {
+        Poll::Ready(Some(Ok(bytes))) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+        Poll::Ready(None) => Some(String::new()),
+        Poll::Pending => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -330,12 +330,7 @@ mod tests {
             first: true,
             first_write: FirstWrite::default(),
         };
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        let mut poll = || match Pin::new(&mut chunks).poll_next(&mut cx) {
-            Poll::Ready(Some(Ok(bytes))) => Some(String::from_utf8_lossy(&bytes).into_owned()),
-            Poll::Ready(None) => Some(String::new()),
-            Poll::Pending => None,
-        };
+        let mut poll = || crate::frontend::edge::poll_write(&mut chunks);
         let first = poll().expect("the first token at once");
         assert!(first.contains("\"Par\""), "{first}");
         assert!(!first.contains("\"is\""), "the first goes alone: {first}");

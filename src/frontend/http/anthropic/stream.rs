@@ -490,12 +490,7 @@ mod tests {
                 model: "m".into(),
             },
         );
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        let mut poll = || match Pin::new(&mut body).poll_next(&mut cx) {
-            Poll::Ready(Some(Ok(bytes))) => Some(String::from_utf8_lossy(&bytes).into_owned()),
-            Poll::Ready(None) => Some(String::new()),
-            Poll::Pending => None,
-        };
+        let mut poll = || crate::frontend::edge::poll_write(&mut body);
         let first = poll().expect("the first text at once");
         assert!(first.starts_with("event: message_start"), "{first}");
         assert!(
