@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use futures_util::future::BoxFuture;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::{self, HttpServerConnExec};
@@ -35,6 +36,9 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{Config, ConnectionLimits};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What serving one request is, as hyper holds it: see [`FirstRequest`].
+type ServedFuture<B, E> = BoxFuture<'static, Result<http::Response<B>, E>>;
 
 /// Streams a client may reset before the server handles them, per
 /// connection, before the connection is closed: hyper's default, set here
@@ -156,7 +160,7 @@ impl Acceptor {
         B: http_body::Body + Send + 'static,
         B::Data: Send,
         B::Error: Into<BoxError>,
-        TokioExecutor: HttpServerConnExec<S::Future, B>,
+        TokioExecutor: HttpServerConnExec<ServedFuture<B, S::Error>, B>,
     {
         let _permit = permit;
         // Tokens must leave the moment they are produced.
@@ -228,13 +232,19 @@ where
 impl<S, R> hyper::service::Service<R> for FirstRequest<S>
 where
     S: hyper::service::Service<R>,
+    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    /// Boxed: hyper runs each HTTP/2 stream as a task as large as this
+    /// future for as long as the stream lasts, answer body included, and
+    /// the routes' future with its request is several hundred bytes. A box
+    /// that lives only until the answer's head keeps them off every open
+    /// stream.
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
 
     fn call(&self, req: R) -> Self::Future {
         self.seen.store(true, Ordering::Release);
-        self.inner.call(req)
+        Box::pin(self.inner.call(req))
     }
 }
