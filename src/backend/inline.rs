@@ -120,6 +120,10 @@ const FINISH_WITHIN: Duration = Duration::from_secs(1);
 /// closed instead: a server still talking is not one to reuse.
 const FINISH_MAX_BYTES: usize = 64 * 1024;
 
+/// How long an answer is waited for after sending a request failed: the
+/// server has gone, and only what it sent before going is wanted.
+const ANSWER_AFTER_BROKEN_SEND: Duration = Duration::from_secs(1);
+
 /// How long an idle connection is kept: as long as the pooled client keeps
 /// its own. Servers often close sooner (uvicorn after 5 s), which the check
 /// before reuse notices.
@@ -176,7 +180,7 @@ impl InlinePool {
             };
             let answered = match connection.send(head.clone(), body.clone()).await {
                 Ok(()) => connection.read_head().await,
-                Err(err) => Err(InlineError::new("sending the request", err.into())),
+                Err(err) => connection.answer_before_close(err).await,
             };
             match answered {
                 Ok(head) => break (connection, head),
@@ -307,6 +311,22 @@ impl Connection {
     async fn send(&mut self, head: Bytes, body: Bytes) -> io::Result<()> {
         let mut request = head.chain(body);
         self.stream.write_all_buf(&mut request).await
+    }
+
+    /// What a server that broke off reading the request (`failed`) said
+    /// before it closed. A server may refuse a request before reading all
+    /// of it (413 for a body too large) and close: its answer, when it
+    /// arrived before the close, says more than a broken pipe. The answer
+    /// is read as any other, then the connection is not reused.
+    async fn answer_before_close(&mut self, failed: io::Error) -> Result<Head, InlineError> {
+        let sending = || InlineError::new("sending the request", failed.to_string().into());
+        match tokio::time::timeout(ANSWER_AFTER_BROKEN_SEND, self.read_head()).await {
+            Ok(Ok(mut head)) => {
+                head.keep_alive = false;
+                Ok(head)
+            }
+            Ok(Err(_)) | Err(_) => Err(sending()),
+        }
     }
 
     /// Reads until a whole response head has arrived, and parses it.
@@ -614,6 +634,43 @@ mod tests {
         assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
         let connection = body.connection.as_ref().expect("still reading");
         assert_eq!(connection.read.capacity(), 0, "no buffer while waiting");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_refuses_a_large_body_unread_is_heard_not_a_broken_pipe() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let key = Authority::try_from(listener.local_addr().expect("address").to_string())
+            .expect("authority");
+        tokio::spawn(async move {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(read) => head.extend_from_slice(&buf[..read]),
+                }
+            }
+            let answer = "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 14\r\n\
+                          connection: close\r\n\r\nbody too large";
+            let _ = socket.write_all(answer.as_bytes()).await;
+            // Closed with the body unread: the kernel resets the
+            // connection, and the client's send breaks.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        });
+        let pool = Arc::new(InlinePool::default());
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{key}/v1/chat/completions"))
+            .body(Full::new(Bytes::from(vec![b' '; 64 << 20])))
+            .expect("request");
+        let response = pool.request(request).await.expect("the server's answer");
+        assert_eq!(response.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+        let body = response.into_body().collect().await.expect("its body");
+        assert_eq!(&body.to_bytes()[..], b"body too large");
+        assert_eq!(pool.idle(&key), 0, "a broken connection is not pooled");
     }
 
     #[tokio::test]
