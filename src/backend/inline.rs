@@ -673,26 +673,27 @@ mod tests {
         assert_eq!(pool.idle(&key), 0, "a broken connection is not pooled");
     }
 
-    #[tokio::test]
-    async fn a_finished_answer_leaves_its_connection_for_the_next_call() {
-        let (key, accepted) = server(CHUNKED, After::KeepOpen).await;
+    /// Makes three calls, one after another, to a server that answers each
+    /// whole and then does `after`; every call must be answered. Returns
+    /// how many connections the server accepted.
+    async fn three_calls(after: After) -> usize {
+        let (key, accepted) = server(CHUNKED, after).await;
         let pool = Arc::new(InlinePool::default());
         for _ in 0..3 {
             let body = call(&pool, &key).await.expect("answered");
             assert_eq!(body, "data: {\"a\":1}\n\ndata: [DONE]\n\n");
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        accepted.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn a_finished_answer_leaves_its_connection_for_the_next_call() {
+        assert_eq!(three_calls(After::KeepOpen).await, 1);
     }
 
     #[tokio::test]
     async fn a_pooled_connection_its_server_closed_is_replaced_without_an_error() {
-        let (key, accepted) = server(CHUNKED, After::Close).await;
-        let pool = Arc::new(InlinePool::default());
-        for _ in 0..3 {
-            let body = call(&pool, &key).await.expect("answered");
-            assert_eq!(body, "data: {\"a\":1}\n\ndata: [DONE]\n\n");
-        }
-        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        assert_eq!(three_calls(After::Close).await, 3);
     }
 
     #[tokio::test]
