@@ -319,13 +319,12 @@ impl Connection {
     /// arrived before the close, says more than a broken pipe. The answer
     /// is read as any other, then the connection is not reused.
     async fn answer_before_close(&mut self, failed: io::Error) -> Result<Head, InlineError> {
-        let sending = || InlineError::new("sending the request", failed.to_string().into());
         match tokio::time::timeout(ANSWER_AFTER_BROKEN_SEND, self.read_head()).await {
             Ok(Ok(mut head)) => {
                 head.keep_alive = false;
                 Ok(head)
             }
-            Ok(Err(_)) | Err(_) => Err(sending()),
+            Ok(Err(_)) | Err(_) => Err(InlineError::new("sending the request", failed.into())),
         }
     }
 
