@@ -14,6 +14,7 @@
 //! ConfigMap), debounced; SIGHUP; and the admin endpoint. Reloads run one at
 //! a time, and a file whose content did not change is not reloaded.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -240,6 +241,11 @@ impl Reloader {
     pub(crate) fn watch(self: &Arc<Self>) -> Result<impl Drop + Send + use<>, notify::Error> {
         use notify::Watcher;
 
+        let file = self
+            .path
+            .file_name()
+            .map(OsStr::to_os_string)
+            .unwrap_or_default();
         let dir = match self.path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),
@@ -256,7 +262,7 @@ impl Reloader {
             let _watcher = watcher;
             while let Some(event) = events.recv().await {
                 match event {
-                    Ok(event) if !may_change(&event) => continue,
+                    Ok(event) if !may_change(&event, &file) => continue,
                     Ok(_) => {}
                     Err(err) => tracing::warn!(%err, "file watcher error"),
                 }
@@ -287,26 +293,52 @@ impl Reloader {
     }
 }
 
-/// Whether a file event may have changed what the directory holds. Reading
-/// a file is an event too (inotify reports opens and closes), and the
-/// reload's own read of the routing file must not start the next reload:
-/// that made a watched gateway read its file ten times a second, forever.
-/// Closing a file written to still counts: it ends an in-place save.
-fn may_change(event: &notify::Event) -> bool {
+/// Whether a file event in the routing file's directory may have changed
+/// the routing file, named `file` there.
+///
+/// Reading a file is an event too (inotify reports opens and closes), and
+/// the reload's own read of the routing file must not start the next
+/// reload: that made a watched gateway read its file ten times a second,
+/// forever. Closing a file written to still counts: it ends an in-place
+/// save. Other files in the directory (a log kept beside the routing file,
+/// an editor's swap file) do not count; the rename that ends an editor's
+/// save names the routing file, and a mounted ConfigMap is updated by
+/// swapping its `..data` link, which counts. An event that names no file
+/// counts.
+fn may_change(event: &notify::Event, file: &OsStr) -> bool {
     use notify::event::{AccessKind, AccessMode};
-    match event.kind {
+    let writes = match event.kind {
         notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
         notify::EventKind::Access(_) => false,
         _ => true,
-    }
+    };
+    let concerns = |path: &PathBuf| {
+        path.file_name()
+            .is_some_and(|name| name == file || name.as_encoded_bytes().starts_with(b".."))
+    };
+    writes && (event.paths.is_empty() || event.paths.iter().any(concerns))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsStr;
+    use std::path::PathBuf;
+
+    use notify::event::RenameMode;
     use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, ModifyKind, RemoveKind};
     use notify::{Event, EventKind};
 
     use super::may_change;
+
+    /// `kind` on `name` in the routing file's directory.
+    fn event(kind: EventKind, name: &str) -> Event {
+        Event::new(kind).add_path(PathBuf::from("/etc/llmgate").join(name))
+    }
+
+    /// Whether `kind` on `name` counts for the routing file `routing.yaml`.
+    fn counts(kind: EventKind, name: &str) -> bool {
+        may_change(&event(kind, name), OsStr::new("routing.yaml"))
+    }
 
     #[test]
     fn reading_the_routing_file_does_not_count_as_a_change() {
@@ -316,21 +348,40 @@ mod tests {
             AccessKind::Close(AccessMode::Read),
             AccessKind::Any,
         ] {
-            assert!(!may_change(&Event::new(EventKind::Access(access))));
+            assert!(!counts(EventKind::Access(access), "routing.yaml"));
         }
     }
 
     #[test]
-    fn writes_renames_and_removals_count_as_changes() {
+    fn writes_renames_and_removals_of_the_routing_file_count_as_changes() {
         for kind in [
             EventKind::Create(CreateKind::File),
             EventKind::Modify(ModifyKind::Data(DataChange::Content)),
-            EventKind::Modify(ModifyKind::Name(notify::event::RenameMode::To)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
             EventKind::Remove(RemoveKind::File),
             EventKind::Access(AccessKind::Close(AccessMode::Write)),
             EventKind::Any,
         ] {
-            assert!(may_change(&Event::new(kind)), "{kind:?}");
+            assert!(counts(kind, "routing.yaml"), "{kind:?}");
         }
+    }
+
+    #[test]
+    fn other_files_in_the_directory_do_not_count_but_a_configmap_swap_does() {
+        let write = EventKind::Modify(ModifyKind::Data(DataChange::Content));
+        assert!(!counts(write, "gateway.log"));
+        assert!(!counts(write, ".routing.yaml.swp"));
+        assert!(counts(
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            "..data"
+        ));
+        assert!(counts(
+            EventKind::Create(CreateKind::Folder),
+            "..2026_12_02_14_30_00.123"
+        ));
+        assert!(
+            may_change(&Event::new(write), OsStr::new("routing.yaml")),
+            "no path named"
+        );
     }
 }
