@@ -13,27 +13,11 @@ fn streamed(tokens: &[&str]) -> Vec<Step> {
 
 #[tokio::test]
 async fn sequential_calls_reuse_one_upstream_connection_and_name_the_host() {
-    let upstream = FakeUpstream::start(|request| {
-        if request.body["stream"] == true {
-            streamed(&["a", "b", "c"])
-        } else {
-            paris_reply()
-        }
-    })
-    .await;
+    let upstream = paris_and_abc_upstream().await;
     let gateway = Gateway::start(&one_upstream(&upstream.url(), "")).await;
     let mut client = gateway.client().await;
     for round in 0..3 {
-        let answer = client
-            .complete(request("m", "hi"))
-            .await
-            .unwrap_or_else(|err| panic!("unary call {round} failed: {err}"))
-            .into_inner();
-        assert_eq!(answer.text, "Paris.");
-        let chunks = collect(&mut client, request("m", "hi"))
-            .await
-            .unwrap_or_else(|err| panic!("stream {round}: {err}"));
-        assert_eq!(text_of(&chunks), "abc");
+        unary_and_stream(&mut client, round).await;
     }
     assert_eq!(upstream.count(), 6);
     // Unary calls and streams alike go over connections their calls

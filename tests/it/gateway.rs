@@ -437,28 +437,12 @@ async fn grace_period_cuts_a_running_stream(threads: Option<usize>) {
 
 #[tokio::test]
 async fn on_serving_threads_both_fronts_answer_over_shared_upstream_connections() {
-    let upstream = FakeUpstream::start(|request| {
-        if request.body["stream"] == true {
-            openai_stream(&["a", "b", "c"], "stop", 3, 3)
-        } else {
-            paris_reply()
-        }
-    })
-    .await;
+    let upstream = paris_and_abc_upstream().await;
     let gateway = Gateway::start_on_threads(&one_upstream(&upstream.url(), ""), 2).await;
     // A connection per client: they are handed to both threads in turn.
     for round in 0..4 {
         let mut client = gateway.client().await;
-        let answer = client
-            .complete(request("m", "hi"))
-            .await
-            .unwrap_or_else(|err| panic!("unary call {round}: {err}"))
-            .into_inner();
-        assert_eq!(answer.text, "Paris.");
-        let chunks = collect(&mut client, request("m", "hi"))
-            .await
-            .unwrap_or_else(|err| panic!("stream {round}: {err}"));
-        assert_eq!(text_of(&chunks), "abc");
+        unary_and_stream(&mut client, round).await;
         let url = format!("http://{}/v1/chat/completions", gateway.http_addr);
         let ask = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
         let http = http_post_json(&url, &ask).await;

@@ -23,6 +23,35 @@ pub async fn collect(
     Ok(chunks)
 }
 
+/// An upstream answering unary calls with [`paris_reply`] and streaming
+/// "a", "b", "c" to streamed ones: what [`unary_and_stream`] expects.
+pub async fn paris_and_abc_upstream() -> FakeUpstream {
+    FakeUpstream::start(|request| {
+        if request.body["stream"] == true {
+            openai_stream(&["a", "b", "c"], "stop", 3, 3)
+        } else {
+            paris_reply()
+        }
+    })
+    .await
+}
+
+/// A unary call and then a stream for model `m` through `client`, each
+/// answered whole as [`paris_and_abc_upstream`] answers; `round` names the
+/// call in a failure.
+pub async fn unary_and_stream(client: &mut LlmServiceClient<Channel>, round: usize) {
+    let answer = client
+        .complete(request("m", "hi"))
+        .await
+        .unwrap_or_else(|err| panic!("unary call {round}: {err}"))
+        .into_inner();
+    assert_eq!(answer.text, "Paris.");
+    let chunks = collect(client, request("m", "hi"))
+        .await
+        .unwrap_or_else(|err| panic!("stream {round}: {err}"));
+    assert_eq!(text_of(&chunks), "abc");
+}
+
 /// The same request, unary and then streamed, where both must fail: the
 /// two statuses, for checks that hold either way.
 pub async fn errors_both_ways(
