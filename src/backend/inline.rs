@@ -757,27 +757,36 @@ mod tests {
         server.abort();
     }
 
+    /// Makes two calls, one after another, to a server that answers each
+    /// with `answer` and then does `after`: what each call got, and how
+    /// many connections the server accepted.
+    async fn two_calls(answer: &'static str, after: After) -> ([Result<String, String>; 2], usize) {
+        let (key, accepted) = server(answer, after).await;
+        let pool = Arc::new(InlinePool::default());
+        let first = call(&pool, &key).await;
+        let second = call(&pool, &key).await;
+        ([first, second], accepted.load(Ordering::SeqCst))
+    }
+
     #[tokio::test]
     async fn an_answer_that_announces_its_close_is_not_pooled() {
         let answer = "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok";
-        let (key, accepted) = server(answer, After::KeepOpen).await;
-        let pool = Arc::new(InlinePool::default());
-        for _ in 0..2 {
-            assert_eq!(call(&pool, &key).await.as_deref(), Ok("ok"));
+        let (answers, accepted) = two_calls(answer, After::KeepOpen).await;
+        for answer in answers {
+            assert_eq!(answer.as_deref(), Ok("ok"));
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(accepted, 2);
     }
 
     #[tokio::test]
     async fn a_body_cut_mid_chunk_is_an_error_and_the_connection_is_not_reused() {
         let cut = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\ne\r\ndata: {\"a\"";
-        let (key, accepted) = server(cut, After::Close).await;
-        let pool = Arc::new(InlinePool::default());
-        for _ in 0..2 {
-            let err = call(&pool, &key).await.expect_err("cut");
+        let (answers, accepted) = two_calls(cut, After::Close).await;
+        for answer in answers {
+            let err = answer.expect_err("cut");
             assert!(err.contains("closed before the answer ended"), "{err}");
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(accepted, 2);
     }
 
     #[tokio::test]
