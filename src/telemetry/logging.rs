@@ -234,11 +234,23 @@ impl Write for &Batch {
 // === impl LogGuard ===
 
 impl Drop for LogGuard {
+    /// Stops the writer thread once it has written every line. Lines still
+    /// waiting after it (none, unless the thread could not be started)
+    /// are written here.
     fn drop(&mut self) {
         self.lines.lock().closed = true;
         self.lines.ready.notify_one();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+        let mut waiting = self.lines.lock();
+        let Waiting { lines, sink, .. } = &mut *waiting;
+        if let Some(sink) = sink
+            && !lines.is_empty()
+        {
+            let _ = sink.write_all(lines);
+            let _ = sink.flush();
+            lines.clear();
         }
     }
 }
