@@ -395,8 +395,12 @@ pub const CATALOG: &[MetricDef] = &[
 ];
 
 /// How often histogram samples are folded in when nobody scrapes, so
-/// memory stays bounded.
-const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+/// memory stays bounded. The recorder keeps every sample (8 bytes, in
+/// blocks of 64) until it is folded in, and inter-token latency records one
+/// per token: at 300k tokens/s, 5 s between folds held about 12 MiB more
+/// RSS after a load; 250 ms holds well under 1 MiB, and a fold of a few
+/// hundred histograms costs microseconds.
+const UPKEEP_EVERY: Duration = Duration::from_millis(250);
 
 /// The recorder could not be built.
 #[derive(Debug, thiserror::Error)]
