@@ -160,6 +160,22 @@ pub(crate) enum Caller {
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct BearerKey(String);
 
+/// Collects fallible items into a vector of exactly their number.
+///
+/// `collect` cannot tell how many items a fallible iterator will yield and
+/// starts at four slots; a request's messages are kept for the whole call
+/// (for retries and continuations), so three spare slots of a one-message
+/// call would be held for as long as its stream is open.
+pub(crate) fn try_collect_exact<T, E>(
+    items: impl ExactSizeIterator<Item = Result<T, E>>,
+) -> Result<Vec<T>, E> {
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        out.push(item?);
+    }
+    Ok(out)
+}
+
 /// One message of the conversation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ChatMessage {
@@ -682,6 +698,15 @@ pub(crate) const MAX_STOP_SEQUENCE_BYTES: usize = 1024;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn collected_messages_hold_no_spare_slots_and_stop_at_the_first_error() {
+        let one: Result<Vec<u8>, &str> = try_collect_exact([Ok(1)].into_iter());
+        let one = one.expect("no error");
+        assert_eq!((one.len(), one.capacity()), (1, 1));
+        let failed = try_collect_exact([Ok(1), Err("second"), Err("third")].into_iter());
+        assert_eq!(failed, Err("second"));
+    }
 
     #[test]
     fn a_callers_request_id_is_kept_only_when_safe_to_log() {

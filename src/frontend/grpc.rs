@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 use crate::chat::{
     CallContext, Caller, ChatEvent, ChatMessage, ChatRequest, ChatStream, Completion, EmbedInput,
     EmbedRequest, JsonSchema, RequestExtras, RequestId, ResponseFormat, Role, SamplingParams,
-    ToolCall, ToolChoice, ToolSpec,
+    ToolCall, ToolChoice, ToolSpec, try_collect_exact,
 };
 use crate::error::GatewayError;
 use crate::frontend::door::Admitted;
@@ -285,11 +285,8 @@ fn chat_request(
     call: CallContext,
 ) -> Result<ChatRequest, (String, GatewayError)> {
     let model = wire.model;
-    let messages = match wire
-        .messages
-        .into_iter()
-        .enumerate()
-        .map(|(i, message)| {
+    let messages =
+        match try_collect_exact(wire.messages.into_iter().enumerate().map(|(i, message)| {
             let role = Role::parse(&message.role).ok_or_else(|| {
                 GatewayError::invalid_argument(
                     &format!("messages[{i}].role"),
@@ -314,12 +311,10 @@ fn chat_request(
                     .collect(),
                 tool_call_id: Some(message.tool_call_id).filter(|id| !id.is_empty()),
             })
-        })
-        .collect::<Result<Vec<_>, GatewayError>>()
-    {
-        Ok(messages) => messages,
-        Err(err) => return Err((model, err)),
-    };
+        })) {
+            Ok(messages) => messages,
+            Err(err) => return Err((model, err)),
+        };
     let max_tokens = match wire.max_tokens {
         0 => None,
         n if n < 0 => {

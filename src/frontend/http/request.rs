@@ -17,7 +17,7 @@ use super::wire::{
 };
 use crate::chat::{
     CallContext, Caller, ChatMessage, ChatRequest, ContentPart, JsonSchema, RequestExtras,
-    ResponseFormat, Role, SamplingParams, ToolCall, ToolChoice, ToolSpec,
+    ResponseFormat, Role, SamplingParams, ToolCall, ToolChoice, ToolSpec, try_collect_exact,
 };
 use crate::error::GatewayError;
 
@@ -77,12 +77,12 @@ pub(super) fn chat_request(
             "must be 1: this gateway generates one choice per request",
         ));
     }
-    let messages = wire
-        .messages
-        .into_iter()
-        .enumerate()
-        .map(|(i, message)| chat_message(i, message))
-        .collect::<Result<Vec<_>, GatewayError>>()?;
+    let messages = try_collect_exact(
+        wire.messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, message)| chat_message(i, message)),
+    )?;
     let extras = RequestExtras {
         tools: tools(wire.tools.unwrap_or_default())?,
         tool_choice: wire.tool_choice.map(tool_choice).transpose()?,
