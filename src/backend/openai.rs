@@ -103,9 +103,11 @@ struct WireResponse<'a> {
     choices: Option<WireChoice<'a>>,
     #[serde(default)]
     usage: Option<WireUsage>,
-    /// Some servers report a failure inside a 200 stream this way.
+    /// Some servers report a failure inside a 200 stream this way. Boxed,
+    /// as is `logprobs`: rarely there, and a smaller chunk is moved for
+    /// less on every token.
     #[serde(default)]
-    error: Option<serde_json::Value>,
+    error: Option<Box<serde_json::Value>>,
 }
 
 /// The first element of a JSON array of choices (`null` or `[]`: none);
@@ -150,7 +152,7 @@ struct WireChoice<'a> {
     finish_reason: Option<Cow<'a, str>>,
     /// Present (non-null) only when the caller asked for `logprobs`.
     #[serde(default)]
-    logprobs: Option<Value>,
+    logprobs: Option<Box<Value>>,
 }
 
 #[derive(Deserialize)]
@@ -305,7 +307,7 @@ impl Adapter for OpenAiBackend {
             .finish_reason
             .as_deref()
             .and_then(FinishReason::parse);
-        completion.logprobs = choice.logprobs.filter(|l| !l.is_null());
+        completion.logprobs = choice.logprobs.map(|l| *l).filter(|l| !l.is_null());
         completion.usage = answer.usage.map(WireUsage::into_usage);
         if let Some(model) = answer.model {
             completion.model = Arc::from(model.as_ref());
@@ -368,7 +370,7 @@ impl Dialect for ChunkStream {
             self.finished = true;
         }
         if let Some(logprobs) = choice.logprobs {
-            gather_logprobs(completion, logprobs);
+            gather_logprobs(completion, *logprobs);
         }
         let Some(delta) = choice.delta else {
             return Step::Skip;
