@@ -23,6 +23,7 @@
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, ready};
 use std::thread::ThreadId;
@@ -36,6 +37,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_util::io::poll_read_buf;
 
 use super::h1::{self, BodyDecoder, Decoded, Head};
 
@@ -360,28 +362,29 @@ impl Connection {
     /// its answer ends: freeing and taking tens of kilobytes on every read
     /// costs the allocator more than the bytes are worth.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        loop {
-            if self.stream.poll_read_ready(cx)?.is_pending() {
-                if self.read.is_empty() && self.room == READ_CHUNK {
-                    self.read = BytesMut::new();
-                }
-                return Poll::Pending;
+        if self.stream.poll_read_ready(cx)?.is_pending() {
+            if self.read.is_empty() && self.room == READ_CHUNK {
+                self.read = BytesMut::new();
             }
-            if self.read.capacity() - self.read.len() < MIN_SPARE {
-                self.read.reserve(self.room.max(self.read.len()));
-            }
-            let spare = self.read.capacity() - self.read.len();
-            match self.stream.try_read_buf(&mut self.read) {
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-                Ok(read) => {
-                    if read == spare {
-                        self.room = (self.room * 2).min(MAX_READ);
-                    }
-                    return Poll::Ready(Ok(read));
-                }
-                Err(err) => return Poll::Ready(Err(err)),
-            }
+            return Poll::Pending;
         }
+        if self.read.capacity() - self.read.len() < MIN_SPARE {
+            self.read.reserve(self.room.max(self.read.len()));
+        }
+        let spare = self.read.capacity() - self.read.len();
+        // tokio's own read, not `try_read_buf`: a read that leaves room in
+        // the buffer tells tokio the socket is drained, so the next poll
+        // waits for the socket instead of asking it once more (an `EAGAIN`
+        // system call per token of a stream).
+        let read = ready!(poll_read_buf(
+            Pin::new(&mut self.stream),
+            cx,
+            &mut self.read
+        ))?;
+        if read == spare {
+            self.room = (self.room * 2).min(MAX_READ);
+        }
+        Poll::Ready(Ok(read))
     }
 
     /// The next piece of the body `decoder` frames: `None` at its end.
