@@ -163,9 +163,9 @@ pub(crate) struct BearerKey(String);
 /// Collects fallible items into a vector of exactly their number.
 ///
 /// `collect` cannot tell how many items a fallible iterator will yield and
-/// starts at four slots; a request's messages are kept for the whole call
-/// (for retries and continuations), so three spare slots of a one-message
-/// call would be held for as long as its stream is open.
+/// starts at four slots; a request's messages and tools are kept for the
+/// whole call (for retries and continuations), so three spare slots of a
+/// one-message call would be held for as long as its stream is open.
 pub(crate) fn try_collect_exact<T, E>(
     items: impl ExactSizeIterator<Item = Result<T, E>>,
 ) -> Result<Vec<T>, E> {

@@ -409,24 +409,20 @@ fn extras(
             .map(Some)
             .map_err(|err| GatewayError::invalid_argument(field, &format!("is not JSON: {err}")))
     };
-    let tools = tools
-        .into_iter()
-        .enumerate()
-        .map(|(i, tool)| {
-            if tool.name.is_empty() {
-                return Err(GatewayError::invalid_argument(
-                    &format!("tools[{i}].name"),
-                    "is empty; every tool needs a name",
-                ));
-            }
-            Ok(ToolSpec {
-                parameters: schema(&format!("tools[{i}].parameters_json"), tool.parameters_json)?,
-                name: tool.name,
-                description: Some(tool.description).filter(|d| !d.is_empty()),
-                strict: None,
-            })
+    let tools = try_collect_exact(tools.into_iter().enumerate().map(|(i, tool)| {
+        if tool.name.is_empty() {
+            return Err(GatewayError::invalid_argument(
+                &format!("tools[{i}].name"),
+                "is empty; every tool needs a name",
+            ));
+        }
+        Ok(ToolSpec {
+            parameters: schema(&format!("tools[{i}].parameters_json"), tool.parameters_json)?,
+            name: tool.name,
+            description: Some(tool.description).filter(|d| !d.is_empty()),
+            strict: None,
         })
-        .collect::<Result<Vec<_>, GatewayError>>()?;
+    }))?;
     let tool_choice = match tool_choice {
         None => None,
         Some(choice) => Some(match (choice.mode.as_str(), choice.function) {

@@ -175,29 +175,26 @@ fn chat_message(i: usize, message: WireMessage) -> Result<ChatMessage, GatewayEr
 
 /// The tools offered, each a function with a name.
 fn tools(wire: Vec<WireTool>) -> Result<Vec<ToolSpec>, GatewayError> {
-    wire.into_iter()
-        .enumerate()
-        .map(|(i, tool)| {
-            if tool.kind.as_deref().is_some_and(|kind| kind != "function") {
-                return Err(GatewayError::invalid_argument(
-                    &format!("tools[{i}].type"),
-                    "must be function; other tool types are not supported",
-                ));
-            }
-            let Some(function) = tool.function.filter(|f| !f.name.is_empty()) else {
-                return Err(GatewayError::invalid_argument(
-                    &format!("tools[{i}].function.name"),
-                    "is missing; a tool is a function with a name",
-                ));
-            };
-            Ok(ToolSpec {
-                name: function.name,
-                description: function.description,
-                parameters: function.parameters,
-                strict: function.strict,
-            })
+    try_collect_exact(wire.into_iter().enumerate().map(|(i, tool)| {
+        if tool.kind.as_deref().is_some_and(|kind| kind != "function") {
+            return Err(GatewayError::invalid_argument(
+                &format!("tools[{i}].type"),
+                "must be function; other tool types are not supported",
+            ));
+        }
+        let Some(function) = tool.function.filter(|f| !f.name.is_empty()) else {
+            return Err(GatewayError::invalid_argument(
+                &format!("tools[{i}].function.name"),
+                "is missing; a tool is a function with a name",
+            ));
+        };
+        Ok(ToolSpec {
+            name: function.name,
+            description: function.description,
+            parameters: function.parameters,
+            strict: function.strict,
         })
-        .collect()
+    }))
 }
 
 /// `tool_choice` in any of its shapes.
